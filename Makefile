@@ -1,0 +1,35 @@
+# The two commands of a fresh machine: `make demo` and `make test`.
+# Each creates .venv when it is missing: torch first (TORCH_SPEC; the CPU wheel here), then the
+# project with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,embed
+BIN := $(VENV)/bin
+export TUNESTACK_HOME ?= $(CURDIR)/.tunestack
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: venv
+	$(BIN)/tunestack demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+test-fast: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: venv
+	$(BIN)/tunestack bench
+
+clean:
+	rm -rf .tunestack .pytest_cache

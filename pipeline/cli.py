@@ -1,0 +1,115 @@
+"""The `tunestack` command. Every subcommand honours TUNESTACK_HOME and prints --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from pipeline import home
+
+
+def _cmd_ingest(args) -> int:
+    from pipeline.ingest import IngestError, ingest
+
+    try:
+        report = ingest(args.paths, args.store, skip_bad=args.skip_bad, embedder=args.embedder,
+                        embed_dim=args.embed_dim, progress=None)
+    except IngestError as e:
+        print(f"tunestack ingest: {e}", file=sys.stderr)
+        print("tunestack ingest: nothing was written; the store is as it was", file=sys.stderr)
+        return 2
+    d = report.as_dict()
+    print(json.dumps(d, indent=2))
+    if report.skipped_documents or report.skipped_records:
+        print(f"skipped {len(report.skipped_documents)} document(s) and {report.skipped_records} record(s)",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from pipeline import synth
+
+    if args.kind == "gaap":
+        out = synth.synth_gaap(args.out or home.default_store_uri(), args.triplets,
+                               from_store=args.from_store, seed=args.seed)
+    else:
+        out = synth.synth_routing(args.out or os.path.join(home.home(), "routing"), args.rows,
+                                  seed=args.seed, noise=args.noise)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _cmd_store(args) -> int:
+    from pipeline.store.layout import StoreError, TripletStore
+
+    try:
+        store = TripletStore(args.store or home.default_store_uri())
+        m = store.require()
+    except StoreError as e:
+        print(f"tunestack store: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tunestack",
+        description="Train, tune and serve small neural models on Ray. "
+        f"Data, runs and the registry live under TUNESTACK_HOME (now {home.home()}).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("ingest", help="ingest SEC companyfacts JSON/.json.gz/folders/bulk zip and narrative CSV",
+                       description="Validate, de-duplicate (latest filing wins), scale per pair, embed pairs, "
+                       "and swap a new version into the triplet store. On bad input nothing is written.")
+    s.add_argument("paths", nargs="+", help="files or folders (.json, .json.gz, .zip, .csv)")
+    s.add_argument("--store", help="store path or pyarrow filesystem URI (default $TUNESTACK_HOME/store)")
+    s.add_argument("--skip-bad", action="store_true", help="skip and report bad documents/records instead of failing")
+    s.add_argument("--embedder", default="auto", choices=["auto", "minilm", "hashed"],
+                   help="pair embedder: MiniLM with the 'embed' extra, else hashed n-grams (auto)")
+    s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
+    s.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("synth", help="write synthetic data for scale tests: a GAAP store or routing logs")
+    s.add_argument("kind", choices=["gaap", "routing"])
+    s.add_argument("--triplets", type=int, default=1_000_000, help="gaap: number of triplets")
+    s.add_argument("--rows", type=int, default=100_000, help="routing: number of log rows")
+    s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
+    s.add_argument("--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("store", help="show the triplet store's manifest summary")
+    s.add_argument("--store", help="store path or URI (default $TUNESTACK_HOME/store)")
+    s.set_defaults(func=_cmd_store)
+
+    try:
+        from pipeline.train.cli import add_train_parsers
+    except ImportError:
+        pass
+    else:
+        add_train_parsers(sub)
+
+    s = sub.add_parser("demo", help="run the main job end to end on generated or bundled data")
+    s.add_argument("--keep", action="store_true", help="keep the demo's TUNESTACK_HOME contents")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Model families, pure PyTorch (no Ray): the registry maps an arch name to its config and model.
+
+Adding a family = a new module with a config dataclass (validating itself in __post_init__) and
+an nn.Module taking that config, plus one line in FAMILIES.
+"""
+
+from dataclasses import fields
+
+from pipeline.models.autoencoder import Autoencoder, AutoencoderConfig
+from pipeline.models.classifier import SequenceClassifier, SequenceClassifierConfig
+
+# arch name -> (config dataclass, model class built as ModelClass(config))
+FAMILIES = {
+    "sequence_classifier": (SequenceClassifierConfig, SequenceClassifier),
+    "autoencoder": (AutoencoderConfig, Autoencoder),
+}
+MODEL_CONFIGS = {arch: config_cls for arch, (config_cls, _) in FAMILIES.items()}
+
+
+def make_config(arch, **kwargs):
+    """The validated config dataclass of `arch`; unknown keys raise TypeError naming them."""
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown model arch {arch!r}; known: {sorted(FAMILIES)}")
+    config_cls = FAMILIES[arch][0]
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for arch {arch!r}; valid: {sorted(known)}")
+    return config_cls(**kwargs)
+
+
+def build_model(arch, **kwargs):
+    """Build the nn.Module of `arch` from config keyword arguments (see MODEL_CONFIGS[arch])."""
+    config = make_config(arch, **kwargs)
+    return FAMILIES[arch][1](config)

@@ -1,0 +1,141 @@
+"""Stage-1 autoencoder for financial-fact triplets (concept, unit, value), as in narrative_stack.
+
+One input row = semantic embedding of the (concept, unit) pair ‖ the value scaled per pair, so
+the LAST column is the value and the rest is the embedding. The model compresses the row into a
+latent vector and reconstructs both parts; the latent feeds downstream models and the
+reconstruction error is an anomaly score for the reported value.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOSSES = ("l1", "mse")
+
+
+@dataclass
+class AutoencoderConfig:
+    input_dim: int = 65  # 64-d pair embedding ‖ 1 scaled value
+    hidden: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; decoder mirrors
+    latent_dim: int = 64
+    dropout: float = 0.1
+    loss: str = "mse"  # "l1" | "mse"
+    alpha_embed: float = 1.0  # weight of the embedding reconstruction term
+    alpha_value: float = 1.0  # weight of the value reconstruction term
+
+    def __post_init__(self):
+        for name, low in (("input_dim", 2), ("latent_dim", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.hidden, (list, tuple)) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a list of positive integers, got {self.hidden!r}")
+        self.hidden = list(self.hidden)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("alpha_embed", "alpha_value"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.alpha_embed == 0 and self.alpha_value == 0:
+            raise ValueError("alpha_embed and alpha_value cannot both be 0")
+
+
+def _mlp(sizes, dropout):
+    """Linear → ReLU → Dropout between consecutive sizes; the last layer is linear only."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """Fully connected encoder [B, input_dim] -> [B, latent_dim] and a mirrored decoder."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = _mlp([c.input_dim, *c.hidden, c.latent_dim], c.dropout)
+        self.decoder = _mlp([c.latent_dim, *reversed(c.hidden), c.input_dim], c.dropout)
+
+    def encode(self, x):
+        """Latent vectors [B, latent_dim]."""
+        return self.encoder(x)
+
+    def forward(self, x):
+        """x [B, input_dim] -> (reconstruction [B, input_dim], latent [B, latent_dim])."""
+        latent = self.encoder(x)
+        return self.decoder(latent), latent
+
+    def _elementwise(self, x, recon):
+        fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
+        return fn(recon, x, reduction="none")
+
+    def reconstruction_loss(self, x, recon):
+        """(total, embed_part, value_part): each part is the mean elementwise loss over its
+        columns (embedding = all but the last column, value = the last); total =
+        alpha_embed·embed_part + alpha_value·value_part."""
+        err = self._elementwise(x, recon)
+        embed_part, value_part = err[:, :-1].mean(), err[:, -1].mean()
+        total = self.config.alpha_embed * embed_part + self.config.alpha_value * value_part
+        return total, embed_part, value_part
+
+    def per_sample_error(self, x, recon):
+        """Anomaly score per row [B]: the same weighted loss as `reconstruction_loss`, per sample."""
+        err = self._elementwise(x, recon)
+        return (self.config.alpha_embed * err[:, :-1].mean(dim=1)
+                + self.config.alpha_value * err[:, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation metrics (NumPy; pass tensors through .cpu().numpy() first)
+
+
+def r2_score(y_true, y_pred):
+    """Coefficient of determination over all elements: 1 − SS_res / SS_tot.
+
+    A constant target gives 1.0 for a perfect prediction and 0.0 otherwise (sklearn's rule)."""
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    ss_res = np.sum((y_true - y_pred) ** 2)
+    ss_tot = np.sum((y_true - y_true.mean()) ** 2)
+    if ss_tot == 0:
+        return 1.0 if ss_res == 0 else 0.0
+    return float(1.0 - ss_res / ss_tot)
+
+
+def embedding_cosine_similarity(x, recon, eps=1e-8):
+    """Cosine similarity per row [B] between the embedding parts (all but the last column)."""
+    a = np.asarray(x, dtype=np.float64)[:, :-1]
+    b = np.asarray(recon, dtype=np.float64)[:, :-1]
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), eps)
+    return np.sum(a * b, axis=1) / norms
+
+
+def relative_mae_by_pair(pair_ids, true_values, pred_values, eps=1e-8, worst_quantile=0.95):
+    """Relative error |v̂ − v| / max(|v|, eps) on RAW (inverse-scaled) values, averaged per pair.
+
+    Returns {"median": median over pairs, "p95": the `worst_quantile` quantile over pairs (the
+    worst 5% of pairs lie above it), "num_pairs": number of pairs}.
+    """
+    pair_ids = np.asarray(pair_ids)
+    true_values = np.asarray(true_values, dtype=np.float64)
+    pred_values = np.asarray(pred_values, dtype=np.float64)
+    if not (pair_ids.shape == true_values.shape == pred_values.shape) or pair_ids.ndim != 1:
+        raise ValueError("pair_ids, true_values and pred_values must be 1-D arrays of one length")
+    if pair_ids.size == 0:
+        raise ValueError("relative_mae_by_pair needs at least one row")
+    rel = np.abs(pred_values - true_values) / np.maximum(np.abs(true_values), eps)
+    _, inverse = np.unique(pair_ids, return_inverse=True)
+    per_pair = np.bincount(inverse, weights=rel) / np.bincount(inverse)
+    return {"median": float(np.median(per_pair)),
+            "p95": float(np.quantile(per_pair, worst_quantile)),
+            "num_pairs": int(per_pair.size)}

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from pipeline.store.scaler import PairScaler, fit_scaler, scale_by_pair, unscale_by_pair
+
+
+def heavy_tailed(n, seed=0):
+    rng = np.random.default_rng(seed)
+    v = np.sign(rng.normal(size=n)) * np.exp(rng.normal(18, 3, size=n))
+    v[: n // 10] = 0.0  # many exact ties, as real filings have
+    return np.round(v)
+
+
+@pytest.mark.parametrize("n", [2, 7, 999, 5000])
+def test_inverse_is_exact_to_1e6_relative(n):
+    v = heavy_tailed(n)
+    s = fit_scaler(v)
+    back = s.inverse(s.transform(v))
+    np.testing.assert_allclose(back, v, rtol=1e-6, atol=1e-9)
+
+
+def test_scaled_values_are_roughly_standard_normal():
+    v = heavy_tailed(20_000)[2000:]  # drop the zeros
+    z = fit_scaler(v).transform(v)
+    assert abs(np.median(z)) < 0.05 and 0.9 < np.std(z) < 1.1
+
+
+def test_transform_is_strictly_monotone_and_extrapolates_invertibly():
+    v = heavy_tailed(3000)
+    s = fit_scaler(v)
+    grid = np.linspace(v.min() * 3, v.max() * 3, 10_001)
+    z = s.transform(grid)
+    assert np.all(np.diff(z) > 0)
+    np.testing.assert_allclose(s.inverse(z), grid, rtol=1e-6, atol=1e-3)
+
+
+def test_quantile_count_capped_at_1000():
+    s = fit_scaler(np.arange(50_000, dtype=float))
+    assert s.kind == "quantile_normal" and len(s.x) == 1000
+
+
+def test_single_value_falls_back_to_standard_scaler():
+    s = fit_scaler(np.array([42.0, 42.0, 42.0]))
+    assert s.kind == "standard"
+    np.testing.assert_allclose(s.inverse(s.transform(np.array([42.0, 50.0]))), [42.0, 50.0])
+
+
+def test_row_roundtrip_is_plain_numbers():
+    s = fit_scaler(heavy_tailed(100))
+    row = s.to_row()
+    assert all(isinstance(x, float) for x in row["scaler_x"])
+    t = PairScaler.from_row(row)
+    np.testing.assert_array_equal(t.transform(s.x), s.transform(s.x))
+
+
+def test_scale_by_pair_uses_each_rows_own_scaler():
+    a, b = fit_scaler(np.arange(10.0)), fit_scaler(np.arange(10.0) * 1000)
+    ids = np.array([0, 1, 0, 1])
+    vals = np.array([5.0, 5000.0, 9.0, 9000.0])
+    z = scale_by_pair(ids, vals, {0: a, 1: b})
+    np.testing.assert_allclose(z[:2], z[0])  # same rank in each pair's own distribution
+    np.testing.assert_allclose(unscale_by_pair(ids, z, {0: a, 1: b}), vals)
+
+
+def test_fit_rejects_non_finite():
+    with pytest.raises(ValueError):
+        fit_scaler(np.array([1.0, np.nan]))
