@@ -8,6 +8,8 @@ import os
 import sys
 
 from pipeline import home
+from pipeline.train.cli import add_train_parsers
+from pipeline.tune.cli import add_tune_parser
 
 
 def _cmd_ingest(args) -> int:
@@ -31,6 +33,12 @@ def _cmd_ingest(args) -> int:
 def _cmd_synth(args) -> int:
     from pipeline import synth
 
+    if args.kind == "digits":
+        from pipeline.data.sequences import write_digits_npz
+
+        path = write_digits_npz(args.out or os.path.join(home.home(), "digits.npz"), seed=args.seed)
+        print(json.dumps({"digits": path}))
+        return 0
     if args.kind == "gaap":
         out = synth.synth_gaap(args.out or home.default_store_uri(), args.triplets,
                                from_store=args.from_store, seed=args.seed)
@@ -51,6 +59,36 @@ def _cmd_store(args) -> int:
         print(f"tunestack store: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2))
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from pipeline.registry import Registry, RegistryError
+
+    reg = Registry()
+    try:
+        if args.action == "list":
+            rows = reg.list(args.family)
+            for r in rows:
+                metrics = ", ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items() if isinstance(v, (int, float)))
+                print(f"{r['family']:<14} {r['version']:<7} {r['stage']:<11} {r['created']}  {metrics}")
+            if not rows:
+                print(f"no models registered under {reg.root}")
+        elif args.action == "show":
+            print(json.dumps(reg.get(args.family, args.version), indent=2))
+        elif args.action == "promote":
+            r = reg.promote(args.family, args.version)
+            print(f"{r['family']} {r['version']} is now production")
+        elif args.action == "rollback":
+            r = reg.rollback(args.family)
+            print(f"{r['family']} rolled back to {r['version']}")
+        elif args.action == "verify":
+            problems = reg.verify(args.family)
+            print("\n".join(problems) or f"registry {reg.root}: every file matches its sha256")
+            return 1 if problems else 0
+    except RegistryError as e:
+        print(f"tunestack models: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -79,26 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
     s.set_defaults(func=_cmd_ingest)
 
-    s = sub.add_parser("synth", help="write synthetic data for scale tests: a GAAP store or routing logs")
-    s.add_argument("kind", choices=["gaap", "routing"])
+    s = sub.add_parser("synth", help="write data for tests and demos: a synthetic GAAP store, routing logs, "
+                       "or scikit-learn's digits as a sequence task")
+    s.add_argument("kind", choices=["gaap", "routing", "digits"],
+                   help="gaap: synthetic store; routing: logs with a known rule; digits: the real 8x8 digits "
+                   "as 8 steps x 8 features (.npz, stratified 75/25 split)")
     s.add_argument("--triplets", type=int, default=1_000_000, help="gaap: number of triplets")
     s.add_argument("--rows", type=int, default=100_000, help="routing: number of log rows")
     s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
     s.add_argument("--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder")
+    s.add_argument("--out", help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder "
+                   "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz)")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("store", help="show the triplet store's manifest summary")
     s.add_argument("--store", help="store path or URI (default $TUNESTACK_HOME/store)")
     s.set_defaults(func=_cmd_store)
 
-    try:
-        from pipeline.train.cli import add_train_parsers
-    except ImportError:
-        pass
-    else:
-        add_train_parsers(sub)
+    s = sub.add_parser("models", help="the model registry: list, show, promote, rollback, verify")
+    s.add_argument("action", choices=["list", "show", "promote", "rollback", "verify"])
+    s.add_argument("family", nargs="?", help="model family (router, autoencoder, digits, …)")
+    s.add_argument("version", nargs="?", help="version (v0001, …); show: default production")
+    s.set_defaults(func=_cmd_models)
+
+    add_train_parsers(sub)
+    add_tune_parser(sub)
 
     s = sub.add_parser("demo", help="run the main job end to end on generated or bundled data")
     s.add_argument("--keep", action="store_true", help="keep the demo's TUNESTACK_HOME contents")

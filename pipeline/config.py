@@ -48,6 +48,7 @@ class DataSection:
     val_fraction: float = 0.1  # triplets: share of filing folds held out; others: share of train held out for early stopping
     test_fraction: float = 0.25  # routing/sequences without a `split` column: stratified share held out as test
     normalize: bool = True  # routing/sequences: z-score features with train-split statistics
+    log1p: list[str] = field(default_factory=list)  # named features (e.g. counts) log1p'd before the z-score
 
 
 @dataclass
@@ -144,6 +145,7 @@ class Config:
             p.get("w_sparsity", 1.0), p.get("u_sparsity", 1.0)) < 1.0
 
 
+TUNE_SECTIONS = ("search", "plan", "exclude", "tune")  # read by pipeline.tune.spec
 SECTIONS = {
     "data": DataSection, "optim": OptimSection, "schedule": ScheduleSection,
     "train": TrainSection, "sparsity": SparsitySection, "distill": DistillSection,
@@ -165,6 +167,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except yaml.YAMLError as e:
         raise ConfigError(path, "<file>", f"not valid YAML ({e})") from e
     raw = raw if raw is not None else {}
+    if isinstance(raw, dict):  # a tune file trains once with its defaults: the search is tune's
+        raw = {k: v for k, v in raw.items() if k not in TUNE_SECTIONS}
     apply_overrides(raw, overrides, path)
     return config_from_dict(raw, path)
 
@@ -272,6 +276,11 @@ def _check_value(value, tp, key: str, source: str):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -19,6 +19,13 @@ def home() -> str:
     return os.environ.get("TUNESTACK_HOME") or os.path.join(os.getcwd(), ".tunestack")
 
 
+def expand(path: str) -> str:
+    """A config path with `$TUNESTACK_HOME` (even when unset: the default home), other
+    environment variables and `~` expanded. URIs pass through."""
+    path = path.replace("${TUNESTACK_HOME}", home()).replace("$TUNESTACK_HOME", home())
+    return path if "://" in path else os.path.expanduser(os.path.expandvars(path))
+
+
 def default_store_uri() -> str:
     return os.path.join(home(), "store")
 

@@ -29,31 +29,43 @@ LABEL_COLUMNS = ("y", "label")
 
 @dataclass
 class Normalization:
-    """Per-feature z-score: (x − mean) / std over the last axis."""
+    """Per-feature input transform: log1p on the `log1p` feature indices (heavy-tailed counts),
+    then the z-score (x − mean) / std over the last axis. Saved in checkpoints; inference applies
+    exactly this (`Normalization.from_dict(meta["normalization"]).apply(x)`)."""
 
     mean: list[float]
     std: list[float]
     features: list[str] | None = None
+    log1p: list[int] = field(default_factory=list)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
+        x = np.array(x, dtype=np.float32)
+        if self.log1p:
+            x[..., self.log1p] = np.log1p(np.maximum(x[..., self.log1p], 0.0))
         return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"kind": "zscore", "mean": self.mean, "std": self.std, "features": self.features}
+        return {"kind": "zscore", "mean": self.mean, "std": self.std, "features": self.features,
+                "log1p": self.log1p}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Normalization | None":
         if not d:
             return None
-        return cls(mean=list(d["mean"]), std=list(d["std"]), features=d.get("features"))
+        return cls(mean=list(d["mean"]), std=list(d["std"]), features=d.get("features"),
+                   log1p=list(d.get("log1p") or []))
 
 
-def fit_zscore(x: np.ndarray, features: list[str] | None = None) -> Normalization:
-    """Mean/std of each feature (last axis) over every example and step of `x`."""
+def fit_zscore(x: np.ndarray, features: list[str] | None = None, log1p: list[int] = ()) -> Normalization:
+    """Mean/std of each feature (last axis, after log1p of the `log1p` indices) over every example
+    and step of `x`."""
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    if log1p:
+        flat[:, list(log1p)] = np.log1p(np.maximum(flat[:, list(log1p)], 0.0))
     std = flat.std(axis=0)
     std[std < 1e-8] = 1.0  # a constant feature stays as it is, shifted to 0
-    return Normalization(mean=flat.mean(axis=0).tolist(), std=std.tolist(), features=features)
+    return Normalization(mean=flat.mean(axis=0).tolist(), std=std.tolist(), features=features,
+                         log1p=[int(i) for i in log1p])
 
 
 @dataclass
@@ -136,9 +148,10 @@ def file_fingerprint(path: str) -> dict:
 
 
 def load_sequence_data(path: str, *, test_fraction: float = 0.25, val_fraction: float = 0.1,
-                       seed: int = 0, normalize: bool = True,
+                       seed: int = 0, normalize: bool = True, log1p: list[str] = (),
                        normalization: Normalization | None = None) -> SequenceData:
-    """Read `path`, split train/val/test (stratified, seeded) and z-score with train statistics.
+    """Read `path`, split train/val/test (stratified, seeded) and z-score with train statistics
+    (after log1p of the named `log1p` features).
 
     Pass `normalization` (from a checkpoint) to apply it instead of fitting a new one."""
     from sklearn.model_selection import train_test_split
@@ -156,7 +169,10 @@ def load_sequence_data(path: str, *, test_fraction: float = 0.25, val_fraction: 
         train_idx, val_idx = train_test_split(train_idx, test_size=val_fraction, random_state=seed,
                                               stratify=y[train_idx])
     if normalization is None and normalize:
-        normalization = fit_zscore(x[train_idx], features)
+        unknown = [f for f in log1p if f not in (features or [])]
+        if unknown:
+            raise ValueError(f"{path}: log1p feature(s) {unknown} not among the named features {features}")
+        normalization = fit_zscore(x[train_idx], features, [features.index(f) for f in log1p])
     if normalization is not None:
         x = normalization.apply(x)
 

@@ -39,12 +39,17 @@ class _Features:
         return {"x": x, "pair_id": pair_id}
 
 
-def triplet_dataset(store_uri: str | None = None, split: str | None = "train", val_fraction: float = 0.1):
-    """A lazy Ray Dataset over the live store version for `split` ("train", "val" or None = all)."""
+def triplet_dataset(store_uri: str | None = None, split: str | None = "train", val_fraction: float = 0.1,
+                    num_cpus: float = 0.25):
+    """A lazy Ray Dataset over the live store version for `split` ("train", "val" or None = all).
+
+    Read and feature tasks ask for `num_cpus` each (a fraction by default): inside Ray Train or
+    Tune the workers hold most CPUs, and data tasks that wanted a whole CPU would never start."""
     import ray.data
 
     store = TripletStore(store_uri or default_store_uri())
     store.require()
     features = _Features(store.embeddings(), split_folds(split, val_fraction))
-    ds = ray.data.read_parquet(store.triplet_files(), filesystem=store.loc.fs).select_columns(READ_COLUMNS)
-    return ds.map_batches(features, batch_format="numpy", zero_copy_batch=True)
+    ds = ray.data.read_parquet(store.triplet_files(), filesystem=store.loc.fs,
+                               ray_remote_args={"num_cpus": num_cpus}).select_columns(READ_COLUMNS)
+    return ds.map_batches(features, batch_format="numpy", zero_copy_batch=True, num_cpus=num_cpus)

@@ -1,0 +1,149 @@
+"""Per-family training objective and validation metrics.
+
+A task knows its batch layout, its loss, and its metrics as *additive sums* (so the sums of
+several workers — or of many batches — simply add up before `finalize` turns them into
+metrics). Adding a model family = a Task here plus one line in TASKS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.train.checkpoint import unwrap
+
+
+def _add(sums: dict, new: dict) -> dict:
+    for k, v in new.items():
+        sums[k] = sums[k] + v if k in sums else np.asarray(v, dtype=np.float64)
+    return sums
+
+
+class ClassificationTask:
+    """Sequence classifiers (router, digits): cross-entropy (or distillation) and accuracy."""
+
+    batch_dtypes = {"x": torch.float32, "y": torch.int64}
+    default_monitor, default_mode = "val_accuracy", "max"
+
+    def __init__(self, distill=None, teacher=None):
+        self.distill, self.teacher = distill, teacher
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
+        logits = model(batch["x"])
+        if self.teacher is None:
+            loss = F.cross_entropy(logits.float(), batch["y"])
+            return loss, {}
+        from pipeline.models.distill import distillation_loss
+
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch["x"])
+        loss = distillation_loss(logits.float(), teacher_logits.float(), batch["y"],
+                                 alpha=self.distill.alpha, temperature=self.distill.temperature)
+        return loss, {}
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch) -> dict:
+        logits = model(batch["x"]).float()
+        y = batch["y"]
+        return {
+            "n": float(len(y)),
+            "loss": F.cross_entropy(logits, y, reduction="sum").item(),
+            "correct": (logits.argmax(dim=-1) == y).sum().item(),
+        }
+
+    def finalize(self, sums: dict) -> dict:
+        n = max(float(sums["n"]), 1.0)
+        return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["correct"]) / n}
+
+
+class AutoencoderTask:
+    """Stage-1 autoencoder: weighted reconstruction loss; metrics on raw values via the scalers.
+
+    relative_mae_median / relative_mae_p95: per pair, the mean of |v̂ − v| / max(|v|, 1e-8) on
+    RAW values (both sides inverse-scaled with the store's per-pair scaler), then the median and
+    the 95th percentile (the worst 5% of pairs lie above it) over pairs — as
+    pipeline.models.autoencoder.relative_mae_by_pair, but as sums. r2: over every reconstructed
+    element (embedding ‖ value); value_r2: on the scaled value only. embedding_cosine: mean
+    cosine between input and reconstructed embeddings.
+    """
+
+    batch_dtypes = {"x": torch.float32, "pair_id": torch.int64}
+    default_monitor, default_mode = "val_loss", "min"
+
+    def __init__(self, scalers: dict, num_pairs: int | None = None):
+        self.scalers = scalers
+        self.num_pairs = num_pairs or (max(scalers) + 1 if scalers else 0)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
+        x = batch["x"]
+        recon, _ = model(x)
+        total, embed_part, value_part = unwrap(model).reconstruction_loss(x, recon.float())
+        return total, {"loss_embed": embed_part.detach(), "loss_value": value_part.detach()}
+
+    @torch.no_grad()
+    def eval_sums(self, model, batch) -> dict:
+        x = batch["x"]
+        recon, _ = model(x)
+        recon = recon.float()
+        total, embed_part, value_part = unwrap(model).reconstruction_loss(x, recon)
+        return self.array_sums(x.cpu().numpy(), recon.cpu().numpy(), batch["pair_id"].cpu().numpy(),
+                               losses=(total.item(), embed_part.item(), value_part.item()))
+
+    def array_sums(self, x: np.ndarray, recon: np.ndarray, pair_id: np.ndarray, losses=None) -> dict:
+        """Metric sums of one batch of inputs and reconstructions (also used for baselines)."""
+        from pipeline.models.autoencoder import embedding_cosine_similarity
+        from pipeline.store.scaler import unscale_by_pair
+
+        x = x.astype(np.float64)
+        recon = recon.astype(np.float64)
+        n = len(x)
+        true_raw = unscale_by_pair(pair_id, x[:, -1], self.scalers)
+        pred_raw = unscale_by_pair(pair_id, recon[:, -1], self.scalers)
+        rel = np.abs(pred_raw - true_raw) / np.maximum(np.abs(true_raw), 1e-8)
+        sums = {
+            "n": float(n),
+            "elements": float(x.size),
+            "sum_y": x.sum(), "sum_y2": (x ** 2).sum(), "ss_res": ((x - recon) ** 2).sum(),
+            "sum_v": x[:, -1].sum(), "sum_v2": (x[:, -1] ** 2).sum(),
+            "ss_res_v": ((x[:, -1] - recon[:, -1]) ** 2).sum(),
+            "cosine": embedding_cosine_similarity(x, recon).sum(),
+            "pair_rel": np.bincount(pair_id, weights=rel, minlength=self.num_pairs).astype(np.float64),
+            "pair_n": np.bincount(pair_id, minlength=self.num_pairs).astype(np.float64),
+        }
+        if losses is not None:
+            sums.update(loss=losses[0] * n, loss_embed=losses[1] * n, loss_value=losses[2] * n)
+        return sums
+
+    def finalize(self, sums: dict) -> dict:
+        n = max(float(sums["n"]), 1.0)
+
+        def r2(ss_res, sum_y, sum_y2, count):
+            ss_tot = sum_y2 - sum_y ** 2 / max(count, 1.0)
+            return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 0.0
+
+        seen = sums["pair_n"] > 0
+        per_pair = sums["pair_rel"][seen] / sums["pair_n"][seen]
+        out = {
+            "r2": r2(sums["ss_res"], sums["sum_y"], sums["sum_y2"], float(sums["elements"])),
+            "value_r2": r2(sums["ss_res_v"], sums["sum_v"], sums["sum_v2"], n),
+            "embedding_cosine": float(sums["cosine"]) / n,
+            "relative_mae_median": float(np.median(per_pair)) if per_pair.size else float("nan"),
+            "relative_mae_p95": float(np.quantile(per_pair, 0.95)) if per_pair.size else float("nan"),
+            "num_pairs": int(seen.sum()),
+        }
+        for key in ("loss", "loss_embed", "loss_value"):
+            if key in sums:
+                out[key] = float(sums[key]) / n
+        return out
+
+
+TASKS = {"sequence_classifier": ClassificationTask, "autoencoder": AutoencoderTask}
+
+
+def accumulate(task, model, batches) -> dict:
+    """Sum `task.eval_sums` over an iterable of batches (model in eval mode)."""
+    sums: dict = {}
+    for batch in batches:
+        _add(sums, task.eval_sums(model, batch))
+    return sums

@@ -1,0 +1,207 @@
+"""`tunestack tune`: Ray Tune over Ray Train runs, ASHA early stopping, the best into the registry.
+
+Each trial is a function trainable that builds a TorchTrainer (Train V2) for its configuration
+and forwards the workers' reports to Tune with TuneReportCallback. A trial's Train run lives in
+the experiment folder under `trials/<trial>`; a restored trial re-creates the Train run under the
+same name, and Train hands the workers its latest checkpoint, so nothing restarts from scratch.
+
+    $TUNESTACK_HOME/runs/tune/<experiment>/      (or the `tune.storage` URI)
+      experiment_state-*.json, …                 Ray Tune's own bookkeeping (for --resume)
+      trials/<trial>/checkpoint_epoch…/          each trial's Train checkpoints (safetensors + JSON)
+      tune_spec.json                             what was asked: file, overrides, resolved config
+      report.md, trials.csv, curves.png          the report
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+from dataclasses import dataclass
+
+from pipeline.home import runs_dir
+from pipeline.tune.space import overrides_of, param_space
+from pipeline.tune.spec import TuneSpec, load_tune_spec, trial_config
+
+SPEC_FILE = "tune_spec.json"
+
+
+@dataclass
+class TuneOutcome:
+    experiment: str
+    path: str
+    best: dict | None  # the best trial's row (see _trial_rows)
+    trials: list[dict]
+    registered: dict | None
+    report: dict
+
+
+def trial_resources(spec: TuneSpec) -> dict:
+    """What one trial holds: its driver's CPU plus its Train workers' CPUs (and GPUs)."""
+    import ray
+
+    t = spec.config.train
+    gpu = t.use_gpu if t.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    return {"CPU": spec.tune.trial_cpus + t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if gpu else 0}
+
+
+def max_concurrent(spec: TuneSpec) -> int:
+    """Trials that fit the cluster at once (at least one), unless the file fixes it."""
+    import ray
+
+    if spec.tune.max_concurrent:
+        return spec.tune.max_concurrent
+    total = ray.cluster_resources()
+    fits = [math.floor(total.get(k, 0) / v + 1e-9) for k, v in trial_resources(spec).items() if v > 0]
+    return max(1, min(fits))
+
+
+def _trial_name(trial) -> str:
+    """Short, stable trial names: Tune's folder and the trial's Train run share it."""
+    return f"trial_{trial.trial_id}"
+
+
+def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_data) -> None:
+    """The Tune function trainable: one Ray Train run for this trial's configuration.
+
+    `shared_data` was prepared once by the driver while the cluster was idle: building a Ray
+    Dataset (from_arrow) runs a 1-CPU metadata task, which cannot start inside a trial once the
+    other trials hold the CPUs. A trial that searches a `data.*` key prepares its own."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.train.run import build_trainer, fill_model_dims, prepare_data
+
+    overrides = overrides_of(trial_params)
+    cfg = trial_config(base, source, overrides)
+    data = prepare_data(cfg) if any(k.startswith("data.") for k in overrides) else shared_data
+    cfg = fill_model_dims(cfg, data.dims)
+    name = tune.get_context().get_trial_name()
+    loop_config = {"config": cfg.to_dict(), "meta": {**data.meta, "run": name, "tune_overrides": overrides},
+                   "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
+                   "init_from": None, "teacher": None}
+    build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
+
+
+def run_tune(config_path: str, *, name: str | None = None, resume: bool = False, promote: bool = False,
+             overrides: list[str] | tuple[str, ...] = ()) -> TuneOutcome:
+    """Run (or resume, by `name`) the experiment a tune file describes; register its best checkpoint."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipeline.train.run import ensure_ray, prepare_data
+    from pipeline.tune.report import write_report
+
+    spec = load_tune_spec(config_path, overrides)
+    ensure_ray()
+    root = spec.tune.storage or os.path.join(runs_dir(), "tune")
+    if resume and not name:
+        raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
+    exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    exp_path = os.path.join(root, exp_name)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=spec.base, source=spec.source, trials_dir=os.path.join(exp_path, "trials"),
+                             shared_data=prepare_data(spec.config)),
+        {"cpu": spec.tune.trial_cpus})
+
+    if resume:
+        if not tune.Tuner.can_restore(exp_path):
+            raise FileNotFoundError(f"no experiment to resume at {exp_path}")
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = None
+        if spec.tune.asha is not None:
+            a = spec.tune.asha
+            scheduler = ASHAScheduler(time_attr=a.time_attr, max_t=a.max_t or spec.config.train.epochs,
+                                      grace_period=a.grace_period, reduction_factor=a.reduction_factor,
+                                      brackets=a.brackets)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec.search, spec.plan),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.tune.num_samples,
+                                        scheduler=scheduler, search_alg=_search_alg(spec),
+                                        max_concurrent_trials=max_concurrent(spec),
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name=exp_name, storage_path=root, verbose=0),
+        )
+    results = tuner.fit()
+    os.makedirs(exp_path, exist_ok=True)
+    with open(os.path.join(exp_path, SPEC_FILE), "w") as f:
+        json.dump({"file": config_path, "overrides": list(overrides), "config": spec.config.to_dict(),
+                   "search": spec.search, "plan": spec.plan}, f, indent=2, default=str)
+    trials = _trial_rows(results, spec, os.path.join(exp_path, "trials"))
+    scored = [t for t in trials if t["metric"] is not None]
+    best = (max if spec.mode == "max" else min)(scored, key=lambda t: t["metric"]) if scored else None
+    report = write_report(exp_path, trials, spec.metric, spec.mode)
+    registered = _register(spec, best, promote) if best else None
+    return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
+
+
+def _search_alg(spec: TuneSpec):
+    from pipeline.config import ConfigError
+
+    if spec.tune.search_alg == "random":
+        return None  # Tune's basic variant generator: random draws and grid_search
+    if spec.plan != [{}]:
+        raise ConfigError(spec.source, "tune.search_alg", "a plan or grid needs search_alg: random")
+    try:
+        if spec.tune.search_alg == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            return OptunaSearch()
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch()
+    except (ImportError, AssertionError) as e:
+        raise ConfigError(spec.source, "tune.search_alg", f"{spec.tune.search_alg} is not installed ({e})") from e
+
+
+def _trial_rows(results, spec: TuneSpec, trials_dir: str) -> list[dict]:
+    """One row per trial: overrides, learning curve, epochs run, stopped early, best checkpoint."""
+    rows = []
+    epochs = spec.config.train.epochs
+    max_t = min((spec.tune.asha.max_t if spec.tune.asha else None) or epochs, epochs)
+    for r in results:
+        df = r.metrics_dataframe
+        history = [] if df is None or spec.metric not in df else [float(v) for v in df[spec.metric].dropna()]
+        name = os.path.basename(r.path)
+        ckpt, value, _ = _best_checkpoint(os.path.join(trials_dir, name), spec)
+        patience_stop = bool((r.metrics or {}).get("stopped"))  # the trial's own early stopping
+        rows.append({
+            "trial": name, "overrides": overrides_of(r.config or {}), "history": history,
+            "epochs": len(history), "final_metric": history[-1] if history else None,
+            "metric": value, "checkpoint": ckpt, "error": str(r.error) if r.error else None,
+            "stopped_early": bool(history) and len(history) < max_t and not r.error and not patience_stop,
+        })
+    return rows
+
+
+def _best_checkpoint(run_dir: str, spec: TuneSpec):
+    """(path, metric, meta) of a trial's best kept checkpoint by the tune metric, or Nones."""
+    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+
+    best = (None, None, None)
+    if not os.path.isdir(run_dir):
+        return best
+    for d in sorted(os.listdir(run_dir)):
+        if not d.startswith("checkpoint_"):
+            continue
+        try:
+            meta = load_checkpoint(os.path.join(run_dir, d)).meta
+        except CheckpointError:
+            continue
+        value = (meta.get("metrics") or {}).get(spec.metric)
+        if value is not None and (best[1] is None or (value > best[1] if spec.mode == "max" else value < best[1])):
+            best = (os.path.join(run_dir, d), float(value), meta)
+    return best
+
+
+def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:
+    from pipeline.registry import Registry
+    from pipeline.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(best["checkpoint"])
+    metrics = {k: v for k, v in (ckpt.meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    return Registry().register(spec.config.name, best["checkpoint"], config=ckpt.config, metrics=metrics,
+                               source=best["checkpoint"], promote=promote)

@@ -1,0 +1,139 @@
+"""`tunestack serve`: deploy serve/config.yaml (or --config) on Ray Serve and keep it up.
+
+It does what `serve run CONFIG` does — start Serve with the config's HTTP options, deploy its
+applications, block until Ctrl-C — with three additions: --host/--port override the config,
+every application's `registry_root` is pinned to this process's $TUNESTACK_HOME/registry (the app
+is built inside the cluster, whose working directory and environment may differ), and the admin
+token's sha256 (never the token) is passed the same way when TUNESTACK_ADMIN_TOKEN is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
+
+
+def add_serve_parser(subparsers) -> None:
+    """Add the `serve` subcommand to the main CLI's subparsers."""
+    s = subparsers.add_parser(
+        "serve", help="serve the registry's production models over HTTP (Ray Serve + FastAPI)",
+        description="Deploy the Ray Serve application of a Serve config (default serve/config.yaml): "
+                    "POST /v1/route, POST /v1/encode, /v1/models, /healthz, /readyz, /metrics, /docs. "
+                    "Blocks until Ctrl-C, then shuts Serve down.")
+    s.add_argument("--host", default=None, help="interface to bind (default: the config's, 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
+    s.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML (default: %(default)s)")
+    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to deploy on (default: $RAY_ADDRESS, else a new local Ray)")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the app to be running")
+    s.set_defaults(func=run_serve)
+
+
+def serve_config_dict(path: str, host: str | None = None, port: int | None = None) -> dict:
+    """The Serve config at `path` as a dict, with CLI overrides and the pinned registry root / token hash."""
+    import yaml
+
+    from pipeline.home import registry_dir
+    from serve.app import TOKEN_ENV, token_sha256
+
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    raw["http_options"] = dict(raw.get("http_options") or {})
+    raw["http_options"]["host"] = host or raw["http_options"].get("host") or "127.0.0.1"
+    if port is not None:
+        raw["http_options"]["port"] = port
+    for app in raw.get("applications", []):
+        if app.get("import_path", "").startswith("serve.app:"):
+            args = dict(app.get("args") or {})
+            if not args.get("registry_root"):
+                args["registry_root"] = os.path.abspath(registry_dir())
+            if os.environ.get(TOKEN_ENV) and not args.get("admin_token_sha256"):
+                args["admin_token_sha256"] = token_sha256(os.environ[TOKEN_ENV])
+            app["args"] = args
+    return raw
+
+
+def deploy(config: dict, timeout: float = 300.0) -> None:
+    """Start Serve with the config's HTTP options and deploy its applications (as `serve run
+    CONFIG` does); return once all are RUNNING. RuntimeError when one fails or time runs out."""
+    from ray import serve
+    from ray.serve._private import api as serve_api  # what `serve run CONFIG` deploys a config with
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.schemas import AppArgs
+
+    schema = ServeDeploySchema.model_validate(config)
+    for app in schema.applications:  # fail here, naming the key, not later inside the cluster
+        if app.import_path.startswith("serve.app:"):
+            AppArgs(**(app.args or {}))
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                   proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    names = [a.name for a in schema.applications]
+    deadline = time.monotonic() + timeout
+    while True:
+        apps = serve.status().applications
+        states = {n: (apps[n].status if n in apps else "NOT_STARTED") for n in names}
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        failed = {n: apps[n].message for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise RuntimeError(f"deployment failed: {failed}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not running after {timeout:.0f}s: {states}")
+        time.sleep(0.5)
+
+
+def run_serve(args) -> int:
+    import ray
+    from pydantic import ValidationError
+    from ray import serve
+
+    try:
+        config = serve_config_dict(args.config, args.host, args.port)
+    except (OSError, ValueError) as e:
+        print(f"tunestack serve: {args.config}: {e}", file=sys.stderr)
+        return 2
+    if not ray.is_initialized():
+        ray.init(address=args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+    try:
+        deploy(config, args.timeout)
+    except ValidationError as e:
+        print(f"tunestack serve: {args.config}: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"tunestack serve: {e}", file=sys.stderr)
+        serve.shutdown()
+        return 1
+    h = config["http_options"]
+    names = ", ".join(a["name"] for a in config.get("applications", []))
+    print(f"tunestack serve: {names} running at http://{h['host']}:{h.get('port', 8000)}/ "
+          "(docs at /docs); Ctrl-C to stop", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `serve` on its own (python -m serve.cli …) until the main CLI wires it in."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tunestack")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    return ns.func(ns) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
