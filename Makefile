@@ -22,11 +22,13 @@ $(BIN)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/tunestack demo
 
+# One torch thread per process: these models are tiny, and on a small shared machine a second
+# thread makes each step far slower (Ray's workers already run with OMP_NUM_THREADS=1).
 test: venv
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 test-fast: venv
-	$(BIN)/python -m pytest -q tests/unit
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/unit
 
 bench: venv
 	$(BIN)/tunestack bench

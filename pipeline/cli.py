@@ -10,6 +10,7 @@ import sys
 from pipeline import home
 from pipeline.train.cli import add_train_parsers
 from pipeline.tune.cli import add_tune_parser
+from serve.cli import add_serve_parser
 
 
 def _cmd_ingest(args) -> int:
@@ -95,7 +96,7 @@ def _cmd_models(args) -> int:
 def _cmd_demo(args) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(sub)
     add_tune_parser(sub)
+    add_serve_parser(sub)
 
     s = sub.add_parser("demo", help="run the main job end to end on generated or bundled data")
-    s.add_argument("--keep", action="store_true", help="keep the demo's TUNESTACK_HOME contents")
     s.set_defaults(func=_cmd_demo)
     return p
 

@@ -46,13 +46,21 @@ def trial_resources(spec: TuneSpec) -> dict:
     return {"CPU": spec.tune.trial_cpus + t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if gpu else 0}
 
 
+DATA_CPU_HEADROOM = 1.0
+
+
 def max_concurrent(spec: TuneSpec) -> int:
-    """Trials that fit the cluster at once (at least one), unless the file fixes it."""
+    """Trials that fit the cluster at once (at least one), unless the file fixes it.
+
+    One CPU is left free for Ray Data: some of its tasks (Parquet file listing, from_arrow
+    metadata) ask for a whole CPU, and if trials held every CPU those tasks — and so the trials
+    waiting on their data — would never start."""
     import ray
 
     if spec.tune.max_concurrent:
         return spec.tune.max_concurrent
-    total = ray.cluster_resources()
+    total = dict(ray.cluster_resources())
+    total["CPU"] = total.get("CPU", 0) - DATA_CPU_HEADROOM
     fits = [math.floor(total.get(k, 0) / v + 1e-9) for k, v in trial_resources(spec).items() if v > 0]
     return max(1, min(fits))
 

@@ -101,8 +101,8 @@ def load_tune_spec(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Tu
         raise ConfigError(path, "<file>", f"not valid YAML ({e})") from e
     if not isinstance(raw, dict):
         raise ConfigError(path, "<top>", "expected a mapping")
+    apply_overrides(raw, overrides, path)  # `--set tune.asha.max_t=4` works as well as `--set train.epochs=4`
     base, sections = split_tune_sections(raw)
-    apply_overrides(base, overrides, path)
     cfg = config_from_dict(copy.deepcopy(base), path)
     tune = _build_section(TuneSection, sections["tune"] or {}, "tune", path)
     _validate(tune, cfg, path)

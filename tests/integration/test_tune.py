@@ -1,0 +1,53 @@
+"""Ray Tune + ASHA over Ray Train trials on a real local cluster, into the registry."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.registry import Registry
+from pipeline.synth import synth_routing
+from pipeline.train.checkpoint import load_checkpoint
+from pipeline.tune.run import max_concurrent, run_tune
+from pipeline.tune.spec import load_tune_spec
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_asha_tune_with_more_trials_than_slots_registers_the_best(ray_cluster, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNESTACK_HOME", str(home))
+    synth_routing(str(home / "routing"), rows=6000, seed=1, noise=0.1)
+    overrides = ["train.epochs=4", "train.patience=0", "tune.num_samples=3",
+                 "tune.asha.grace_period=1", "tune.asha.max_t=4"]
+    spec = load_tune_spec(str(REPO / "tune_configs" / "router.yaml"), overrides)
+    slots = max_concurrent(spec)
+    assert slots >= 2  # two single-worker trials at once on 2 CPUs
+    out = run_tune(str(REPO / "tune_configs" / "router.yaml"), name="router-asha", promote=True, overrides=overrides)
+
+    assert len(out.trials) == 6 > slots  # 2 planned hidden sizes x 3 samples: more trials than slots
+    assert all(t["error"] is None for t in out.trials), [t["error"] for t in out.trials]
+    assert all(1 <= t["epochs"] <= 4 for t in out.trials)
+    assert any(t["stopped_early"] for t in out.trials)  # ASHA cut some, and their resources came back
+    assert {t["overrides"]["model.hidden_size"] for t in out.trials} == {8, 16}
+    best = out.best
+    assert best["metric"] == max(t["metric"] for t in out.trials if t["metric"] is not None)
+    assert best["metric"] > 0.8
+
+    reg = Registry()
+    rec = reg.get("router")
+    assert (rec["version"], rec["stage"]) == (out.registered["version"], "production")
+    assert rec["metrics"]["val_accuracy"] == pytest.approx(best["metric"])
+    assert reg.verify() == []
+    model_cfg = load_checkpoint(rec["checkpoint"]).config["model"]
+    assert model_cfg["hidden_size"] == best["overrides"]["model.hidden_size"]
+
+    for name in ("report.md", "trials.csv", "curves.png"):
+        assert (Path(out.path) / name).stat().st_size > 0
+    # The trials' Train runs hold safetensors + JSON only (Tune's own bookkeeping sits above them).
+    for path in Path(out.path, "trials").rglob("*"):
+        if path.is_file() and "tensorboard" not in path.parts:
+            assert path.suffix in (".safetensors", ".json"), path
+            assert path.read_bytes()[:1] != b"\x80", f"pickle: {path}"
