@@ -29,6 +29,13 @@ from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpo
 RUN_CONFIG_FILE = "run_config.json"
 
 
+# A local Ray for one machine. The dashboard stays on 127.0.0.1, and it must run: Ray Train's
+# PlacementGroupCleaner asks the state API (served by the dashboard) whether a run's controller
+# is alive, and without it the worker group of every finished Tune trial keeps its CPUs.
+LOCAL_RAY = dict(num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=False)
+
+
 def ensure_ray():
     """Connect to RAY_ADDRESS when set, else start a local cluster sized to this machine."""
     import ray
@@ -37,7 +44,7 @@ def ensure_ray():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+            ray.init(**LOCAL_RAY)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

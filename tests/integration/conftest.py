@@ -9,6 +9,8 @@ import pytest
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    from pipeline.train.run import LOCAL_RAY
+
+    ray.init(**{**LOCAL_RAY, "num_cpus": 2}, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
