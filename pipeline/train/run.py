@@ -205,10 +205,35 @@ def build_trainer(cfg: Config, name: str, storage_path: str, loop_config: dict, 
     )
 
 
+def job_placement_groups() -> set[str]:
+    """Ids of the placement groups this Ray job holds (a group id ends with its job id)."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    return {pg for pg, t in ray.util.placement_group_table().items() if t["state"] == "CREATED" and pg.endswith(job)}
+
+
+def release_placement_groups(ids: set[str]) -> None:
+    """Remove placement groups that finished Train runs left behind.
+
+    With Ray 2.60 a finished run's worker group can keep its placement group (the family of Ray
+    issue #54305); on a small cluster the next run, Tune trial or Serve replica in the same job
+    then waits for CPUs forever. Call only once the runs that created `ids` have ended."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for pg in ids:
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg))))
+
+
 def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: PreparedData) -> TrainResult:
     t = cfg.train
     trainer = build_trainer(cfg, name, os.path.dirname(run_path), loop_config, data)
-    result = trainer.fit()
+    before = job_placement_groups()
+    try:
+        result = trainer.fit()
+    finally:
+        release_placement_groups(job_placement_groups() - before)
     best = _best_checkpoint(result, t.mode)
     best_path = best[0].path if best else None
     best_metrics = best[1] if best else {}

@@ -98,7 +98,7 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.train.run import ensure_ray, prepare_data
+    from pipeline.train.run import ensure_ray, job_placement_groups, prepare_data, release_placement_groups
     from pipeline.tune.report import write_report
 
     spec = load_tune_spec(config_path, overrides)
@@ -133,9 +133,9 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=exp_name, storage_path=root, verbose=0),
         )
-    before = _job_placement_groups()
+    before = job_placement_groups()
     results = tuner.fit()
-    _release_leftover_placement_groups(before)
+    release_placement_groups(job_placement_groups() - before)  # every trial has ended: leftovers only
     os.makedirs(exp_path, exist_ok=True)
     with open(os.path.join(exp_path, SPEC_FILE), "w") as f:
         json.dump({"file": config_path, "overrides": list(overrides), "config": spec.config.to_dict(),
@@ -146,27 +146,6 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
     report = write_report(exp_path, trials, spec.metric, spec.mode)
     registered = _register(spec, best, promote) if best else None
     return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
-
-
-def _job_placement_groups() -> set[str]:
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    return {pg for pg, t in ray.util.placement_group_table().items() if t["state"] == "CREATED" and pg.endswith(job)}
-
-
-def _release_leftover_placement_groups(before: set[str]) -> None:
-    """Remove the worker-group placement groups finished trials left behind.
-
-    With Ray 2.60 a trial's Train worker group can keep its placement group after the trial ends
-    (the Ray issue #54305 family): on a small cluster the next Serve deployment or experiment in
-    the same job would then wait for CPUs forever. Every trial has ended here, so whatever this
-    job created during the experiment and still holds is such a leftover."""
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    for pg in _job_placement_groups() - before:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg))))
 
 
 def _search_alg(spec: TuneSpec):

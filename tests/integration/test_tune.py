@@ -9,7 +9,8 @@ from safetensors import safe_open
 from pipeline.registry import Registry
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.tune.run import _job_placement_groups, max_concurrent, run_tune
+from pipeline.train.run import job_placement_groups
+from pipeline.tune.run import max_concurrent, run_tune
 from pipeline.tune.spec import load_tune_spec
 
 pytestmark = pytest.mark.ray
@@ -25,9 +26,9 @@ def test_asha_tune_with_more_trials_than_slots_registers_the_best(ray_cluster, t
     spec = load_tune_spec(str(REPO / "tune_configs" / "router.yaml"), overrides)
     slots = max_concurrent(spec)
     assert slots >= 2  # two single-worker trials at once on 2 CPUs
-    held_before = _job_placement_groups()
+    held_before = job_placement_groups()
     out = run_tune(str(REPO / "tune_configs" / "router.yaml"), name="router-asha", promote=True, overrides=overrides)
-    assert _job_placement_groups() <= held_before  # no finished trial still holds CPUs
+    assert job_placement_groups() <= held_before  # no finished trial still holds CPUs
 
     assert len(out.trials) == 6 > slots  # 2 planned hidden sizes x 3 samples: more trials than slots
     assert all(t["error"] is None for t in out.trials), [t["error"] for t in out.trials]
