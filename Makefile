@@ -8,7 +8,7 @@ EXTRAS ?= dev,embed
 BIN := $(VENV)/bin
 export TUNESTACK_HOME ?= $(CURDIR)/.tunestack
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench bench-quick clean
 
 venv: $(BIN)/.installed
 
@@ -32,6 +32,10 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/tunestack bench
+
+# The whole suite at small sizes: under 10 minutes on 2 cores.
+bench-quick: venv
+	$(BIN)/tunestack bench --quick
 
 clean:
 	rm -rf .tunestack .pytest_cache

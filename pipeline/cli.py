@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from bench.runner import add_bench_parser
 from pipeline import home
 from pipeline.train.cli import add_train_parsers
 from pipeline.tune.cli import add_tune_parser
@@ -53,6 +54,16 @@ def _cmd_synth(args) -> int:
 def _cmd_store(args) -> int:
     from pipeline.store.layout import StoreError, TripletStore
 
+    if args.action == "verify":
+        from pipeline.store.integrity import verify_store
+
+        try:
+            check = verify_store(args.store or home.default_store_uri())
+        except FileNotFoundError as e:
+            print(f"tunestack store: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(check.lines()))
+        return 0 if check.ok else 1
     try:
         store = TripletStore(args.store or home.default_store_uri())
         m = store.require()
@@ -132,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz)")
     s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("store", help="show the triplet store's manifest summary")
+    s = sub.add_parser("store", help="show the triplet store's manifest summary, or verify its files",
+                       description="show: the manifest summary. verify: check the manifest and every file of the "
+                       "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage.")
+    s.add_argument("action", nargs="?", default="show", choices=["show", "verify"])
     s.add_argument("--store", help="store path or URI (default $TUNESTACK_HOME/store)")
     s.set_defaults(func=_cmd_store)
 
@@ -145,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     add_tune_parser(sub)
     add_serve_parser(sub)
+    add_bench_parser(sub)
 
     s = sub.add_parser("demo", help="run the main job end to end on generated or bundled data")
     s.set_defaults(func=_cmd_demo)
