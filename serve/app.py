@@ -508,6 +508,11 @@ class ModelServer:
         stats["largest"] = max(stats["largest"], len(items))
         return ModelHost.run(items)
 
+    async def check_health(self) -> None:
+        """Serve calls this every `health_check_period_s`: a canary prediction through the live model.
+        A replica whose model raises (or answers NaN) fails it, and Serve replaces the replica."""
+        self.host.canary()
+
     async def info(self) -> dict:
         return {**self.host.info(), "replica": serve.get_replica_context().replica_id.unique_id,
                 "batching": dict(self.batches)}

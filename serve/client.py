@@ -8,6 +8,7 @@
 Idempotent calls (every GET, and /v1/route and /v1/encode, which change nothing) are retried on
 connection errors and on 502/503/504 with exponential backoff (base · 2^attempt, capped, with
 jitter). Promote and rollback are sent once: a retried rollback would roll back twice.
+`client.stats` counts requests, retries and failures (what a load test reports).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 import requests
 
 RETRY_STATUS = (502, 503, 504)
+# The request may not have reached the server, or its answer was cut off: safe to resend if idempotent.
+RETRY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class TunestackError(Exception):
@@ -38,26 +41,32 @@ class TunestackClient:
         self.timeout, self.retries = timeout, retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.session = session or requests.Session()
+        self.stats = {"requests": 0, "retries": 0, "failed": 0}
 
     # -- transport ------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, json=None, idempotent: bool = True):
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         attempts = self.retries + 1 if idempotent else 1
+        self.stats["requests"] += 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            if attempt:
+                self.stats["retries"] += 1
             try:
                 r = self.session.request(method, self.base_url + path, json=json, headers=headers,
                                          timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as e:
-                if last:
-                    raise TunestackError(None, f"{method} {path}: {e}") from e
-            else:
                 if r.status_code < 400:
                     return r.json()
+            except RETRY_ERRORS as e:
+                if last:
+                    self.stats["failed"] += 1
+                    raise TunestackError(None, f"{method} {path}: {type(e).__name__}: {e}") from e
+            else:
                 if r.status_code not in RETRY_STATUS or last:
+                    self.stats["failed"] += 1
                     try:
                         detail = r.json().get("detail", r.text)
-                    except ValueError:
+                    except (ValueError, AttributeError):
                         detail = r.text
                     raise TunestackError(r.status_code, detail)
             self._sleep(attempt)

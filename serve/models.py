@@ -428,6 +428,13 @@ class ModelHost:
             self.staged = predictor
             return {"ok": True, "version": version}
 
+    def canary(self) -> None:
+        """One prediction through the live model (Serve's health check): raises when it cannot answer.
+        No live model is not this replica's fault (a fresh one would have none either): /readyz says it."""
+        predictor = self.predictor
+        if predictor is not None:
+            predictor.smoke_test()
+
     def prepare(self, instances: list[dict]):
         """(the live predictor, prepared instances); NotLoaded or InputError when it cannot answer."""
         predictor = self.predictor
