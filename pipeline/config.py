@@ -341,9 +341,11 @@ def _validate(cfg: Config, source: str) -> None:
         need(0 <= cfg.distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
         need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
         need(cfg.model.arch == "sequence_classifier", "distill", "distillation needs a classifier")
-    expected = {"triplets": "autoencoder"}.get(d.source, "sequence_classifier")
-    need(cfg.model.arch == expected, "model.arch",
-         f"data.source {d.source!r} trains arch {expected!r}, got {cfg.model.arch!r}")
+    from pipeline.models import DATA_SOURCES
+
+    sources = DATA_SOURCES.get(cfg.model.arch, ())
+    need(d.source in sources, "model.arch",
+         f"arch {cfg.model.arch!r} trains on data.source {' or '.join(map(repr, sources))}, not {d.source!r}")
     try:
         cfg.model_config()  # the family's own range checks (dims may still be filled from the data)
     except (TypeError, ValueError) as e:
