@@ -60,9 +60,14 @@ class Location:
     def write_bytes_atomic(self, rel: str, data: bytes) -> None:
         """Write to a temporary name, then rename over `rel` (atomic on local and POSIX filesystems)."""
         tmp = self.join(f".{rel}.tmp-{os.getpid()}")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, self.join(rel))
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, self.join(rel))
+        except BaseException:
+            if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                self.fs.delete_file(tmp)  # a failed write leaves nothing behind
+            raise
 
     def list_files(self, rel: str = "") -> list[str]:
         """Every file below `rel`, as paths relative to this location, sorted."""

@@ -12,6 +12,7 @@ Everything is written into a staged version that replaces the live one only at t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import zlib
@@ -130,15 +131,17 @@ def _stage_raw(files, staged: StagedVersion, buckets: int, skip_bad, report, pro
     pending: dict[int, list[pa.Table]] = {}
     meta: dict[tuple[str, str], tuple] = {}
     show = sys.stderr.isatty() if progress is None else progress
+    closing = contextlib.ExitStack()  # closes every writer, even when one close fails (a full disk)
 
     def flush(b: int) -> None:
         if b not in writers:
             writers[b] = pq.ParquetWriter(
                 staged.join("raw", f"bucket-{b:02d}.parquet"), RAW_SCHEMA, filesystem=staged.loc.fs
             )
+            closing.callback(writers[b].close)
         writers[b].write_table(pa.concat_tables(pending.pop(b)))
 
-    try:
+    with closing:
         for path in tqdm(files, desc="ingest", unit="file", disable=not show):
             try:
                 for doc in iter_documents(path, skip_bad):
@@ -164,9 +167,6 @@ def _stage_raw(files, staged: StagedVersion, buckets: int, skip_bad, report, pro
                 report.skipped_documents.append(str(e))
         for b in list(pending):
             flush(b)
-    finally:
-        for w in writers.values():
-            w.close()
     return meta
 
 

@@ -46,11 +46,24 @@ def sha256_file(path: Path) -> str:
 
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves the old file and nothing else
+        raise
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy in chunks through this module's `open` and fsync: one write path for every registry file."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
 
 
 class Registry:
@@ -87,7 +100,15 @@ class Registry:
 
     def pointer(self, family: str) -> dict:
         p = self.family_dir(family) / POINTER
-        return json.loads(p.read_text()) if p.exists() else {"version": None, "history": []}
+        if not p.exists():
+            return {"version": None, "history": []}
+        try:
+            ptr = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise RegistryError(f"{p}: production pointer unreadable ({e})") from e
+        if not isinstance(ptr, dict) or not isinstance(ptr.get("history"), list) or "version" not in ptr:
+            raise RegistryError(f"{p}: production pointer lacks 'version' and a 'history' list")
+        return ptr
 
     def versions(self, family: str) -> list[str]:
         d = self.family_dir(family)
@@ -113,14 +134,27 @@ class Registry:
         return [self.get(f, v) for f in fams for v in self.versions(f)]
 
     def verify(self, family: str | None = None) -> list[str]:
-        """Problems found (missing files, checksum mismatches, dangling pointer); empty when sound."""
+        """Problems found (missing, altered or unexpected files, a broken production pointer); empty when sound."""
         problems = []
         for f in [family] if family else self.families():
+            damaged = set()
             for v in self.versions(f):
-                problems += self._check_files(f, v)
-            prod = self.pointer(f)["version"]
+                found = self._check_files(f, v)
+                damaged |= {v} if found else set()
+                problems += found
+            try:
+                ptr = self.pointer(f)
+            except RegistryError as e:
+                problems.append(f"{f}: {e}")
+                continue
+            prod = ptr["version"]
             if prod and prod not in self.versions(f):
                 problems.append(f"{f}: production points at missing version {prod}")
+            elif prod in damaged:
+                problems.append(f"{f}: production version {prod} is damaged (see above); roll back or re-register")
+            gone = [v for v in ptr["history"] if v not in self.versions(f)]
+            if gone:
+                problems.append(f"{f}: production history names missing version(s) {', '.join(gone)}")
         return problems
 
     def _check_files(self, family: str, version: str) -> list[str]:
@@ -129,13 +163,20 @@ class Registry:
             rec = json.loads((d / "version.json").read_text())
         except (OSError, ValueError) as e:
             return [f"{family} {version}: version.json unreadable ({e})"]
+        files = rec.get("files") if isinstance(rec, dict) else None
+        if not isinstance(files, dict):
+            return [f"{family} {version}: version.json lacks its 'files' checksums"]
         out = []
-        for name, digest in rec["files"].items():
+        for name, digest in files.items():
             p = d / name
             if not p.is_file():
                 out.append(f"{family} {version}: {name} is missing")
             elif sha256_file(p) != digest:
                 out.append(f"{family} {version}: {name} fails its sha256")
+        listed = set(files) | {"version.json"}
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and str(p.relative_to(d)) not in listed:
+                out.append(f"{family} {version}: unexpected file {p.relative_to(d)} (not in version.json)")
         return out
 
     # ---- writing ---------------------------------------------------------------------------
@@ -155,7 +196,7 @@ class Registry:
             (staging / "checkpoint").mkdir(parents=True)
             try:
                 for p in files:
-                    shutil.copyfile(p, staging / "checkpoint" / p.name)
+                    _copy_file(p, staging / "checkpoint" / p.name)
                 record = {
                     "family": family, "version": version,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -167,24 +208,31 @@ class Registry:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-        if promote:
-            self.promote(family, version)
+            if promote:  # under the same lock: registered and promoted, or neither
+                try:
+                    self._promote_locked(family, version)
+                except BaseException:
+                    shutil.rmtree(fam / version, ignore_errors=True)
+                    raise
         return self.get(family, version)
 
     def promote(self, family: str, version: str) -> dict:
         """Make `version` production, atomically, after checking every file's sha256."""
         self.version_dir(family, version)  # validates the name before anything else
         with self._locked(family):
-            if version not in self.versions(family):
-                raise RegistryError(f"{family} {version} is not registered")
-            problems = self._check_files(family, version)
-            if problems:
-                raise RegistryError("refusing to promote: " + "; ".join(problems))
-            ptr = self.pointer(family)
-            if ptr["version"] != version:
-                _write_json_atomic(self.family_dir(family) / POINTER,
-                                   {"version": version, "history": ptr["history"] + [version]})
+            self._promote_locked(family, version)
         return self.get(family, version)
+
+    def _promote_locked(self, family: str, version: str) -> None:
+        if version not in self.versions(family):
+            raise RegistryError(f"{family} {version} is not registered")
+        problems = self._check_files(family, version)
+        if problems:
+            raise RegistryError("refusing to promote: " + "; ".join(problems))
+        ptr = self.pointer(family)
+        if ptr["version"] != version:
+            _write_json_atomic(self.family_dir(family) / POINTER,
+                               {"version": version, "history": ptr["history"] + [version]})
 
     def rollback(self, family: str) -> dict:
         """Return production to the version before the current one."""

@@ -1,7 +1,7 @@
 """The one place that knows the store's layout on disk.
 
     STORE/
-      manifest.json                    # points at the live version; swapped atomically
+      manifest.json                    # points at the live version (+ size/sha256/rows of its files); swapped atomically
       v000003/
         triplets/bucket-00.parquet ... # triplets, hash-partitioned by entity, in row groups
         pairs.parquet                  # pair id, concept, unit, label, scaler numbers, embedding
@@ -172,18 +172,25 @@ class StagedVersion:
 
     def commit(self, manifest: dict) -> dict:
         """Rename the staged folder to the next version and atomically point the manifest at it."""
+        from pipeline.store.integrity import inventory
+
         old = self.store.manifest
         version = (old["version"] + 1) if old else 1
         data_dir = f"v{version:06d}"
-        self.loc.fs.move(self.path, self.loc.join(data_dir))
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "version": version,
             "data_dir": data_dir,
             "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **manifest,
+            "files": inventory(self.loc, self.name),  # size, sha256, rows: what `store verify` checks
         }
-        self.loc.write_bytes_atomic(MANIFEST, json.dumps(manifest, indent=2).encode())
+        self.loc.fs.move(self.path, self.loc.join(data_dir))
+        try:
+            self.loc.write_bytes_atomic(MANIFEST, json.dumps(manifest, indent=2).encode())
+        except BaseException:
+            self.loc.delete_dir(data_dir)  # the manifest still names the old version: drop the new one
+            raise
         self.store.manifest = manifest
         if old:
             self.loc.delete_dir(old["data_dir"])

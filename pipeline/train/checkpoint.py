@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import uuid
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -99,10 +101,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(directory: str, model, meta: dict, optimizer=None, scheduler=None,
                     grad_scaler=None) -> str:
-    """Write the checkpoint files into `directory` (created if needed). Returns `directory`."""
-    os.makedirs(directory, exist_ok=True)
+    """Write the checkpoint files as `directory`. Returns `directory`.
+
+    The files are written into a hidden sibling folder that is renamed to `directory` only once
+    complete (an existing empty folder is replaced; a non-empty one is swapped out, then removed), so
+    a write that fails midway leaves `directory` and its parent folder exactly as they were."""
     weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    save_file(weights, os.path.join(directory, MODEL_FILE), metadata={"format": FORMAT})
     tensors: dict[str, torch.Tensor] = {}
     train_state = {}
     if optimizer is not None:
@@ -111,11 +115,34 @@ def save_checkpoint(directory: str, model, meta: dict, optimizer=None, scheduler
         train_state["scheduler"] = _split_tensors("sched", scheduler.state_dict(), tensors)
     if grad_scaler is not None and grad_scaler.is_enabled():
         train_state["grad_scaler"] = _split_tensors("amp", grad_scaler.state_dict(), tensors)
+    files = {MODEL_FILE: save(weights, metadata={"format": FORMAT})}
     if tensors or train_state:
-        save_file(tensors, os.path.join(directory, STATE_FILE), metadata={"format": FORMAT})
-    doc = {"format": FORMAT, **_encode(meta), "train_state": train_state}
-    with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump(doc, f, indent=2)
+        files[STATE_FILE] = save(tensors, metadata={"format": FORMAT})
+    files[META_FILE] = json.dumps({"format": FORMAT, **_encode(meta), "train_state": train_state}, indent=2).encode()
+
+    directory = os.path.abspath(directory)
+    parent, name = os.path.split(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        os.mkdir(staging)
+        for fname, data in files.items():
+            with open(os.path.join(staging, fname), "wb") as f:
+                f.write(data)
+        if os.path.isdir(directory) and os.listdir(directory):
+            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(directory, old)
+            try:
+                os.rename(staging, directory)
+            except BaseException:
+                os.rename(old, directory)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, directory)  # rename(2) replaces an empty folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return directory
 
 

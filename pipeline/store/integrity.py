@@ -1,0 +1,155 @@
+"""`tunestack store verify`: is the live store version exactly what its writer committed?
+
+A writer records every file of the version it commits in the manifest (`files`: size, sha256 and,
+for Parquet, the row count). `verify_store` checks the manifest itself, then each file the live
+version names: present, the recorded size and sha256, a readable Parquet footer, the recorded row
+counts and the manifest's totals. Manifests written before `files` existed are still read: their
+Parquet files are decoded in full instead (that catches most damage, not all of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.home import Location, resolve
+
+CHUNK = 4 << 20
+MANIFEST = "manifest.json"  # = layout.MANIFEST (layout imports this module)
+
+
+def file_record(fs: pafs.FileSystem, path: str) -> dict:
+    """{"size", "sha256"} of one file, plus "rows" for a Parquet file (read from its footer)."""
+    digest, size = _sha256(fs, path)
+    rec = {"size": size, "sha256": digest}
+    if path.endswith(".parquet"):
+        rec["rows"] = pq.ParquetFile(path, filesystem=fs).metadata.num_rows
+    return rec
+
+
+def inventory(loc: Location, rel_dir: str) -> dict[str, dict]:
+    """file_record of every file under `rel_dir`, keyed by its path inside `rel_dir`."""
+    return {posixpath.relpath(rel, rel_dir): file_record(loc.fs, loc.join(rel)) for rel in loc.list_files(rel_dir)}
+
+
+@dataclass
+class StoreCheck:
+    store: str
+    version: int | None = None
+    files_checked: int = 0
+    damage: list[tuple[str, str]] = field(default_factory=list)  # (file, what is wrong)
+    notes: list[str] = field(default_factory=list)  # not damage: leftovers a writer cleans up
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+    def lines(self) -> list[str]:
+        out = [f"DAMAGE {f}: {what}" for f, what in self.damage] + [f"note: {n}" for n in self.notes]
+        if self.ok:
+            out.append(f"store {self.store}: version {self.version}, {self.files_checked} file(s) match the manifest")
+        else:
+            out.append(f"store {self.store}: {len(self.damage)} problem(s) found")
+        return out
+
+
+def verify_store(uri: str) -> StoreCheck:
+    """Check the store at `uri`. Raises FileNotFoundError when there is no store folder at all."""
+    from pipeline.store.layout import SCHEMA_VERSION
+
+    loc = resolve(uri)
+    check = StoreCheck(store=uri)
+    if not loc.exists():
+        raise FileNotFoundError(f"no triplet store at {uri}")
+    if not loc.exists(MANIFEST):
+        check.damage.append((MANIFEST, "missing (no live version)"))
+        return check
+    try:
+        m = json.loads(loc.read_bytes(MANIFEST))
+    except (ValueError, OSError) as e:
+        check.damage.append((MANIFEST, f"unreadable or not valid JSON ({e})"))
+        return check
+    if not isinstance(m, dict):
+        check.damage.append((MANIFEST, "not a JSON object"))
+        return check
+    missing = [k for k in ("schema_version", "version", "data_dir", "triplet_files", "counts") if k not in m]
+    if missing:
+        check.damage.append((MANIFEST, f"lacks {', '.join(missing)}"))
+        return check
+    if m["schema_version"] != SCHEMA_VERSION:
+        check.damage.append((MANIFEST, f"schema_version {m['schema_version']!r}, this tunestack reads {SCHEMA_VERSION}"))
+        return check
+    check.version = m["version"]
+    data_dir = m["data_dir"]
+    if not loc.exists(data_dir):
+        check.damage.append((data_dir, "the live version's folder is missing"))
+        return check
+
+    records = m.get("files")
+    if records is None:
+        check.notes.append("manifest predates per-file checksums: Parquet files decoded in full instead")
+        records = {}
+    names = sorted(set(m["triplet_files"]) | {"pairs.parquet"} | set(records))
+    rows = {}
+    for name in names:
+        rel = f"{data_dir}/{name}"
+        rows[name] = _check_file(loc, rel, records.get(name), check)
+    on_disk = {posixpath.relpath(f, data_dir) for f in loc.list_files(data_dir)}
+    for extra in sorted(on_disk - set(names)) if records else []:
+        check.damage.append((f"{data_dir}/{extra}", "file not in the manifest"))
+
+    counts = m["counts"]
+    triplet_rows = [rows[n] for n in m["triplet_files"]]
+    if None not in triplet_rows and sum(triplet_rows) != counts.get("triplets"):
+        check.damage.append((MANIFEST, f"counts.triplets is {counts.get('triplets')}, the files hold {sum(triplet_rows)}"))
+    if rows.get("pairs.parquet") is not None and rows["pairs.parquet"] != counts.get("pairs"):
+        check.damage.append((f"{data_dir}/pairs.parquet", f"{rows['pairs.parquet']} rows, manifest counts "
+                             f"{counts.get('pairs')} pairs"))
+    for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False)):
+        name = posixpath.basename(info.path.rstrip("/"))
+        if name not in (MANIFEST, data_dir):
+            check.notes.append(f"{name}: left by an interrupted writer; the next ingest removes it")
+    return check
+
+
+def _check_file(loc: Location, rel: str, record: dict | None, check: StoreCheck) -> int | None:
+    """Check one file; returns its row count when it is readable Parquet."""
+    path = loc.join(rel)
+    info = loc.fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        check.damage.append((rel, "missing"))
+        return None
+    check.files_checked += 1
+    if record is not None:
+        if info.size != record["size"]:
+            check.damage.append((rel, f"{info.size} bytes, the manifest recorded {record['size']}"))
+        elif _sha256(loc.fs, path)[0] != record["sha256"]:
+            check.damage.append((rel, "sha256 does not match the manifest"))
+    if not rel.endswith(".parquet"):
+        return None
+    try:
+        pf = pq.ParquetFile(path, filesystem=loc.fs)
+        rows = pf.metadata.num_rows
+        if record is None:
+            pf.read()  # no checksum to trust: decode every page
+    except (pa.ArrowException, OSError, ValueError) as e:
+        check.damage.append((rel, f"not readable Parquet ({e})"))
+        return None
+    if record is not None and "rows" in record and rows != record["rows"]:
+        check.damage.append((rel, f"{rows} rows, the manifest recorded {record['rows']}"))
+    return rows
+
+
+def _sha256(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

@@ -1,0 +1,207 @@
+"""Drills: a write that fails midway (a filesystem that raises after N bytes) during ingest,
+checkpointing, or registry registration/promotion/rollback leaves the store, the run folder and the
+registry readable and byte-identical to before, and `store verify` / `models verify` report clean.
+
+N is taken as fractions of what the operation writes when nothing fails (measured first, on a copy),
+down to "all but the last byte", so each phase of each writer gets a failure somewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from pipeline.home import Location
+from pipeline.ingest import ingest
+from pipeline.registry import Registry
+from pipeline.registry import registry as registry_module
+from pipeline.store import layout
+from pipeline.store.integrity import verify_store
+from pipeline.train import checkpoint as checkpoint_module
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import tree_digest
+from tests.faults import ByteBudget, failing_filesystem, failing_open
+
+FRACTIONS = [0.0, 0.01, 0.1, 0.35, 0.6, 0.9, "last"]
+
+
+def _budget(total: int, frac) -> ByteBudget:
+    return ByteBudget(total - 1 if frac == "last" else int(total * frac))
+
+
+def _docs(folder, first_cik: int, n: int) -> list[str]:
+    """n small companyfacts documents: 3 concepts, a few filings each, some re-reported."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for cik in range(first_cik, first_cik + n):
+        facts = {}
+        for c, concept in enumerate(["Revenues", "Assets", "NetIncomeLoss"]):
+            rows = [{"start": f"{y}-01-01", "end": f"{y}-12-31", "val": (cik * 1000 + c * 100 + y) * 1e3,
+                     "accn": f"000{cik}-{y}", "fy": y, "fp": "FY", "form": "10-K", "filed": f"{y + 1}-02-01"}
+                    for y in range(2015, 2024)]
+            facts[concept] = {"label": concept, "description": f"{concept} of the entity", "units": {"USD": rows}}
+        p = folder / f"CIK{cik:010d}.json"
+        p.write_text(json.dumps({"cik": cik, "entityName": f"Company {cik}", "facts": {"us-gaap": facts}}))
+        out.append(str(p))
+    return out
+
+
+def _use_fs(monkeypatch, budget: ByteBudget):
+    fs = failing_filesystem(budget)
+    monkeypatch.setattr(layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri))
+
+
+def _ingest(paths, uri):
+    return ingest(paths, uri, embedder="hashed", embed_dim=8, progress=False)
+
+
+# ---- (a) ingest ---------------------------------------------------------------------------------
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("frac", FRACTIONS)
+def test_ingest_failing_midway_leaves_store_byte_identical(tmp_path, monkeypatch, frac):
+    store = tmp_path / "store"
+    _ingest(_docs(tmp_path / "a", 1, 4), str(store))
+    new = _docs(tmp_path / "b", 100, 4)
+    probe = tmp_path / "probe"
+    shutil.copytree(store, probe)
+    counter = ByteBudget(float("inf"))
+    with monkeypatch.context() as m:
+        _use_fs(m, counter)
+        _ingest(new, str(probe))
+    assert counter.written > 10_000 and verify_store(str(probe)).ok
+
+    before = tree_digest(store)
+    budget = _budget(counter.written, frac)
+    with monkeypatch.context() as m:
+        _use_fs(m, budget)
+        with pytest.raises(OSError, match="injected fault"):
+            _ingest(new, str(store))
+    assert budget.tripped
+    assert tree_digest(store) == before, f"store changed after a fault at byte {budget.written}"
+    check = verify_store(str(store))
+    assert check.ok and not check.notes, check.lines()
+    assert _ingest(new, str(store)).rows_after == 8 * 27  # the same ingest, without the fault, goes through
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("frac", [0.0, 0.5, "last"])
+def test_first_ingest_failing_midway_leaves_no_store(tmp_path, monkeypatch, frac):
+    docs = _docs(tmp_path / "a", 1, 3)
+    counter = ByteBudget(float("inf"))
+    with monkeypatch.context() as m:
+        _use_fs(m, counter)
+        _ingest(docs, str(tmp_path / "probe"))
+    budget = _budget(counter.written, frac)
+    with monkeypatch.context() as m:
+        _use_fs(m, budget)
+        with pytest.raises(OSError, match="injected fault"):
+            _ingest(docs, str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
+
+
+# ---- (b) checkpointing --------------------------------------------------------------------------
+
+
+def _model_and_optimizer():
+    from pipeline.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sequence_classifier", input_size=3, hidden_size=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(4, 2, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("frac", FRACTIONS)
+def test_checkpoint_write_failing_midway_leaves_run_folder_byte_identical(tmp_path, monkeypatch, frac):
+    model, opt = _model_and_optimizer()
+    meta = {"config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 8}}, "epoch": 0}
+    run = tmp_path / "run"
+    save_checkpoint(str(run / "checkpoint_epoch0000"), model, meta, opt)
+    (run / "run_config.json").write_text("{}")
+    counter = ByteBudget(float("inf"))
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint_module, "open", failing_open(counter), raising=False)
+        save_checkpoint(str(tmp_path / "probe" / "c"), model, {**meta, "epoch": 1}, opt)
+    assert counter.written > 1000
+
+    before = tree_digest(run)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # what a failed overwrite must not leave behind
+    for target in ("checkpoint_epoch0001", "checkpoint_epoch0000"):  # a new checkpoint, and an overwrite
+        budget = _budget(counter.written, frac)
+        with monkeypatch.context() as m:
+            m.setattr(checkpoint_module, "open", failing_open(budget), raising=False)
+            with pytest.raises(OSError, match="injected fault"):
+                save_checkpoint(str(run / target), model, {**meta, "epoch": 1}, opt)
+        assert budget.tripped
+        assert tree_digest(run) == before, f"{target}: run folder changed after a fault at byte {budget.written}"
+    loaded = load_checkpoint(str(run / "checkpoint_epoch0000"))
+    assert loaded.meta["epoch"] == 0 and loaded.optimizer_state() is not None
+    # without the fault the overwrite goes through, and nothing is left beside it
+    save_checkpoint(str(run / "checkpoint_epoch0000"), model, {**meta, "epoch": 1}, opt)
+    assert load_checkpoint(str(run / "checkpoint_epoch0000")).meta["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch0000", "run_config.json"]
+
+
+# ---- (c) registry -------------------------------------------------------------------------------
+
+
+def _ckpt(folder, seed):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    save_file({"w": torch.randn(64, 64)}, str(folder / "model.safetensors"))
+    (folder / "checkpoint.json").write_text(json.dumps({"seed": seed}))
+    return folder
+
+
+def _registry_bytes(tmp_path, root, op) -> int:
+    probe = tmp_path / f"probe-{len(list(tmp_path.glob('probe-*')))}"
+    shutil.copytree(root, probe)
+    counter = ByteBudget(float("inf"))
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(registry_module, "open", failing_open(counter), raising=False)
+        op(Registry(probe))
+    finally:
+        mp.undo()
+    return counter.written
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("frac", FRACTIONS)
+def test_registry_writes_failing_midway_leave_registry_byte_identical(tmp_path, monkeypatch, frac):
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    reg.register("router", _ckpt(tmp_path / "c1", 1), config={}, metrics={"acc": 0.9}, promote=True)
+    reg.register("router", _ckpt(tmp_path / "c2", 2), config={}, metrics={"acc": 0.95}, promote=True)
+    new = _ckpt(tmp_path / "c3", 3)
+    ops = {
+        "register": lambda r: r.register("router", new, config={}, metrics={}),
+        "register+promote": lambda r: r.register("router", new, config={}, metrics={}, promote=True),
+        "promote": lambda r: r.promote("router", "v0001"),
+        "rollback": lambda r: r.rollback("router"),
+    }
+    before = tree_digest(root)
+    for name, op in ops.items():
+        total = _registry_bytes(tmp_path, root, op)
+        assert total > 0, name
+        budget = _budget(total, frac)
+        with monkeypatch.context() as m:
+            m.setattr(registry_module, "open", failing_open(budget), raising=False)
+            with pytest.raises(OSError, match="injected fault"):
+                op(Registry(root))
+        assert budget.tripped, name
+        assert tree_digest(root) == before, f"{name}: registry changed after a fault at byte {budget.written}"
+        assert reg.verify() == [] and reg.get("router")["version"] == "v0002", name
