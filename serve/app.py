@@ -36,8 +36,10 @@ from ray import serve
 
 from pipeline.registry.registry import Registry, RegistryError
 from serve.breaker import OPEN, CircuitBreaker
+from serve.jobs import JobError, JobLauncher
 from serve.models import POWERFUL, InputError, ModelHost, NotLoaded
-from serve.schemas import (AppArgs, EncodeBatchResult, EncodeResult, ModelSettings, PromoteRequest,
+from serve.schemas import (AppArgs, EncodeBatchResult, EncodeResult, JobRequest, ModelSettings,
+                           PromoteRequest,
                            RouteBatchResult, RouteResult, request_models)
 
 logger = logging.getLogger("tunestack.serve")
@@ -98,6 +100,7 @@ ENDPOINTS = [(re.compile(p), name) for p, name in (
     (r"/v1/route$", "/v1/route"), (r"/v1/encode$", "/v1/encode"), (r"/v1/models$", "/v1/models"),
     (r"/v1/models/[^/]+$", "/v1/models/{family}"), (r"/v1/models/[^/]+/promote$", "/v1/models/{family}/promote"),
     (r"/v1/models/[^/]+/rollback$", "/v1/models/{family}/rollback"), (r"/healthz$", "/healthz"),
+    (r"/v1/jobs$", "/v1/jobs"), (r"/v1/jobs/[^/]+$", "/v1/jobs/{job_id}"),
     (r"/readyz$", "/readyz"), (r"/metrics$", "/metrics"), (r"/docs$", "/docs"), (r"/openapi.json$", "/openapi.json"))]
 
 
@@ -201,6 +204,8 @@ class GatewayService:
         self.breaker = CircuitBreaker(b.failure_threshold, b.reset_timeout_s)
         self.metrics = Metrics()
         self.admin_sha = admin_token_sha256 or args.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV))
+        self.jobs = JobLauncher(args.registry_root, args.jobs_configs_dir, args.jobs_home,
+                                args.jobs_dashboard_address)
 
     def backend_for(self, task: str):
         family = next((f for f, t in self.tasks.items() if t == task), None)
@@ -269,6 +274,14 @@ class GatewayService:
         latency = int((time.perf_counter() - t0) * 1e6)
         return [{"concept": i["concept"], "unit": i["unit"], **o, "latency_us": latency}
                 for i, o in zip(instances, res["outputs"])]
+
+    # -- training jobs (serve.jobs) -----------------------------------------------------------------
+    async def job_call(self, fn, *args) -> dict:
+        """Run a (blocking) Jobs SDK call off the event loop; its refusals become HTTP errors."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except JobError as e:
+            raise HTTPException(e.status, e.detail) from None
 
     # -- models ---------------------------------------------------------------------------------
     async def serving(self, family: str) -> dict:
@@ -362,7 +375,9 @@ DESCRIPTION = """Routing and encoding with the registry's production models.
   `{"instances": [...]}` → route, probability, uncertainty, model_version, latency_us.
 * `POST /v1/encode`: `{"concept", "unit", "value"}` or `{"instances": [...]}` → latent,
   reconstruction_error, anomaly_score.
-* `/v1/models*` need `Authorization: Bearer <token>` when `TUNESTACK_ADMIN_TOKEN` is set.
+* `POST /v1/jobs`: `{"config": "tune_configs/FILE.yaml", "promote": false, "overrides": []}` → a
+  tuning run submitted as a Ray job; `GET /v1/jobs/{job_id}` → its status and registered version.
+* `/v1/models*` and `/v1/jobs*` need `Authorization: Bearer <token>` when `TUNESTACK_ADMIN_TOKEN` is set.
 """
 
 
@@ -427,6 +442,20 @@ def make_api(service: GatewayService) -> FastAPI:
               responses={409: {"description": "nothing to roll back to, or it does not load"}})
     async def rollback(family: str):
         return await service.change(family, None)
+
+    @app.post("/v1/jobs", dependencies=[Depends(admin)], status_code=202,
+              summary="submit a tuning run (tunestack tune) to the cluster as a Ray job",
+              responses={404: {"description": "no such file in tune_configs/"},
+                         422: {"description": "not tune_configs/FILE.yaml, or not a valid tune file"},
+                         503: {"description": "the cluster's Jobs API is unreachable"}})
+    async def submit_job(body: JobRequest):
+        return await service.job_call(service.jobs.submit, body.config, body.promote, body.overrides)
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(admin)],
+             summary="a tuning job's status and, once it succeeded, the version it registered",
+             responses={404: {"description": "no job of this app has that id"}})
+    async def job(job_id: str):
+        return await service.job_call(service.jobs.status, job_id)
 
     @app.get("/healthz", summary="the gateway is alive")
     async def healthz():
@@ -544,7 +573,9 @@ def resolve_args(args: dict | None) -> AppArgs:
         store = os.path.abspath(store)
     return a.model_copy(update={
         "registry_root": os.path.abspath(a.registry_root or registry_dir()), "store_uri": store,
-        "admin_token_sha256": a.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV))})
+        "admin_token_sha256": a.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV)),
+        "jobs_configs_dir": a.jobs_configs_dir and os.path.abspath(a.jobs_configs_dir),
+        "jobs_home": a.jobs_home and os.path.abspath(a.jobs_home)})
 
 
 def build_app(args: dict | None = None):

@@ -100,6 +100,17 @@ class PromoteRequest(_Strict):
     version: str = Field(pattern=r"^v\d{4,}$", description="a registered version, e.g. v0002")
 
 
+class JobRequest(_Strict):
+    """POST /v1/jobs: a tuning run of one tune file (see serve.jobs)."""
+
+    config: str = Field(min_length=1, max_length=256, description="tune_configs/FILE.yaml (a file directly in "
+                                                                   "the app's tune_configs folder)")
+    promote: bool = Field(False, description="put the best model straight into production (default: register "
+                                             "it only; promote it with POST /v1/models/{family}/promote)")
+    overrides: list[str] = Field(default_factory=list, max_length=32,
+                                 description='KEY=VALUE overrides, as `tunestack tune --set` (e.g. "train.epochs=4")')
+
+
 # ---------------------------------------------------------------------------------------------
 # Responses (documented in the OpenAPI schema)
 
@@ -183,6 +194,12 @@ class AppArgs(_Strict):
     admin_token_sha256: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$",
         description="sha256 of the bearer token for /v1/models*; default: from $TUNESTACK_ADMIN_TOKEN")
+    jobs_configs_dir: str | None = Field(None, description="POST /v1/jobs: the tune_configs folder its "
+                                                           "\"tune_configs/FILE.yaml\" names (default: the repo's)")
+    jobs_home: str | None = Field(None, description="TUNESTACK_HOME of the tuning jobs (default: the folder "
+                                                    "holding registry_root, so jobs register where this app looks)")
+    jobs_dashboard_address: str | None = Field(None, description="Jobs API address (default: this cluster's "
+                                                                 "dashboard, found through the GCS)")
     model_num_cpus: float = Field(0.25, gt=0, description="CPUs per model replica (config.yaml may override)")
     gateway_num_cpus: float = Field(0.25, gt=0)
 

@@ -23,6 +23,9 @@ def add_tune_parser(subparsers) -> None:
     s.add_argument("--promote", action="store_true", help="put the new best straight into production")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config key (e.g. --set train.epochs=4)")
+    s.add_argument("--result-file", metavar="PATH",
+                   help="also write the run's summary (registered version, best trial, or the error) to this "
+                        "JSON file; POST /v1/jobs reads it to report a job's outcome")
     s.set_defaults(func=_cmd_tune)
 
 
@@ -36,6 +39,7 @@ def _cmd_tune(args) -> int:
                        overrides=args.overrides)
     except (ConfigError, RegistryError, FileNotFoundError, ValueError) as e:
         print(f"tunestack tune: {e}", file=sys.stderr)
+        _write_result(args.result_file, {"ok": False, "error": str(e), "registered": None})
         return 2
     widths = [max(len(str(h)), 10) for h in out.report["header"]]
     print("  ".join(str(h).ljust(w) for h, w in zip(out.report["header"], widths)))
@@ -52,4 +56,20 @@ def _cmd_tune(args) -> int:
     failed = [t["trial"] for t in out.trials if t["error"]]
     if failed:
         print(f"tunestack tune: {len(failed)} trial(s) failed: {', '.join(failed)}", file=sys.stderr)
+    _write_result(args.result_file, {"ok": bool(out.best), "failed_trials": failed,
+                                     "error": None if out.best else "no trial reported the metric", **summary})
     return 0 if out.best else 1
+
+
+def _write_result(path: str | None, result: dict) -> None:
+    """Write `result` as JSON to `path` atomically (a reader never sees half a file)."""
+    if not path:
+        return
+    import os
+    import uuid
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    os.replace(tmp, path)

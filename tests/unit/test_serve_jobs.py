@@ -1,0 +1,107 @@
+"""POST /v1/jobs and GET /v1/jobs/{id} refuse what they must before anything reaches Ray (no Ray here).
+
+The submission itself (Jobs SDK → `tunestack tune` → registered version) is in
+tests/integration/test_serve_jobs.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "unit-jobs-token"
+
+
+@pytest.fixture()
+def api(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from serve.app import make_local_api
+
+    configs = tmp_path / "tune_configs"
+    configs.mkdir()
+    shutil.copy(REPO / "tune_configs" / "router.yaml", configs / "router.yaml")
+    (configs / "broken.yaml").write_text("name: router\nmodel: {arch: nope}\n")
+    (tmp_path / "outside.yaml").write_text((REPO / "tune_configs" / "router.yaml").read_text())
+    (configs / "escape.yaml").symlink_to(tmp_path / "outside.yaml")
+    (configs / "sub").mkdir()
+    monkeypatch.setenv("TUNESTACK_ADMIN_TOKEN", TOKEN)
+    home = tmp_path / "home"
+    app = make_local_api({"registry_root": str(home / "registry"), "families": {"router": "route"},
+                          "jobs_configs_dir": str(configs)})
+    with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield c
+
+
+BAD_CONFIGS = [
+    ("/etc/passwd", 422, "tune_configs/FILE.yaml"),
+    ("tune_configs/../pyproject.toml", 422, "no absolute path"),
+    ("tune_configs/..%2f..%2fx.yaml", 422, "tune_configs/FILE.yaml"),
+    ("tune_configs/sub/router.yaml", 422, "sub-folder"),
+    ("tune_configs/./router.yaml", 422, "tune_configs/FILE.yaml"),
+    ("router.yaml", 422, "tune_configs/FILE.yaml"),
+    ("tune_configs/escape.yaml", 422, "outside tune_configs"),
+    ("tune_configs/nope.yaml", 404, "no such file"),
+    ("tune_configs/broken.yaml", 422, "not a valid tune file"),
+]
+
+
+@pytest.mark.parametrize("config, status, fragment", BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
+def test_config_must_be_a_valid_file_directly_in_tune_configs(api, config, status, fragment):
+    r = api.post("/v1/jobs", json={"config": config})
+    assert r.status_code == status and fragment in r.text, (r.status_code, r.text)
+
+
+def test_overrides_and_body_are_validated(api):
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.epochs"]})
+    assert r.status_code == 422 and "KEY=VALUE" in r.text, r.text
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.nope=1"]})
+    assert r.status_code == 422 and "train.nope" in r.text, r.text
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["a=1\nb=2"]})
+    assert r.status_code == 422, r.text
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "promote": "yes please"})
+    assert r.status_code == 422, r.text
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "extra": 1})
+    assert r.status_code == 422 and "extra" in r.text, r.text
+
+
+def test_jobs_need_the_admin_token(api):
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        assert api.post("/v1/jobs", json={"config": "tune_configs/router.yaml"}, headers=headers).status_code == 401
+        assert api.get("/v1/jobs/tunestack-tune-0123456789abcdef", headers=headers).status_code == 401
+
+
+def test_unknown_job_ids_are_404_without_asking_ray(api):
+    for job_id in ("nope", "raysubmit_abc", "tunestack-tune-xyz", "tunestack-tune-" + "0" * 17):
+        r = api.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 404 and "unknown job" in r.text, r.text
+
+
+def test_a_valid_request_without_a_cluster_is_503_naming_ray(api):
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.epochs=1"]})
+    assert r.status_code == 503 and "Ray cluster" in r.text, r.text
+
+
+def test_jobs_must_register_into_the_served_registry(tmp_path):
+    from serve.jobs import JobError, job_home
+
+    assert job_home(str(tmp_path / "h" / "registry"), None) == (tmp_path / "h").resolve()
+    with pytest.raises(JobError) as e:
+        job_home(str(tmp_path / "elsewhere"), None)
+    assert e.value.status == 409 and "<home>/registry" in e.value.detail
+
+
+def test_tune_result_file_reports_a_refused_config(tmp_path):
+    from pipeline.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: router\n")
+    result = tmp_path / "jobs" / "r.json"
+    assert main(["tune", "--config", str(bad), "--result-file", str(result)]) == 2
+    out = json.loads(result.read_text())
+    assert out["ok"] is False and out["registered"] is None and "data: section is required" in out["error"]
