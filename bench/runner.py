@@ -56,6 +56,32 @@ def _child(module: str, quick: bool, out_dir: str, result_file: str) -> int:
     return 0
 
 
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid and int(entry) != os.getpid():
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _end_session(sid: int, grace_s: float = 10.0) -> None:
+    """End every process left in the benchmark's session (Ray's daemons and actors set their own
+    process groups, so killing the group alone would miss them): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while sig == signal.SIGTERM and _session_pids(sid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def _tail(path: str, lines: int = 15) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -89,9 +115,9 @@ def run_one(name: str, module: str, quick: bool, out_dir: str, timeout_s: float)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
                 code = None
+            _end_session(proc.pid)  # a timed-out benchmark, or what a finished one left running
+            proc.wait()
         row["seconds"] = round(time.perf_counter() - t0, 1)
         if code == NO_RUN:
             row["reason"] = f"{module} has no run(quick, out_dir) (not converted to the benchmark contract yet)"
