@@ -4,6 +4,16 @@ A *document* is one company's facts (a companyfacts JSON, one member of SEC's bu
 narrative wide CSV) as a columnar Arrow table in the store's raw schema, plus the label and
 description of each (concept, unit) pair it mentions. Memory is bounded by the largest document,
 never by the number of inputs.
+
+Hostile input is refused before it can exhaust memory:
+  - a document (a .json file, a .json.gz or zip member once inflated, a .csv) is read only up to
+    MAX_DOCUMENT_BYTES; one past that fails (a gzip or zip bomb stops there, a zip member whose
+    header says more is refused unread). A JSON document is parsed whole: peak memory is about
+    twice its size (its bytes while they are decoded, then the text and the parsed objects);
+  - a CSV is read line by line, each line at most MAX_LINE_BYTES (a 100 MB line fails after 8 MiB);
+  - labels, descriptions and names longer than MAX_TEXT_CHARS, and JSON nested too deeply, fail;
+  - zip member names that are absolute, hold a drive letter or a '..' part are refused (nothing
+    is ever extracted to disk).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import math
 import os
@@ -24,7 +35,10 @@ import pyarrow as pa
 
 from pipeline.store.layout import RAW_SCHEMA
 
-MAX_MEMBER_BYTES = 512 * 1024 * 1024  # zip-bomb guard: largest uncompressed document we read
+MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # largest (uncompressed) document read: zip/gzip-bomb guard
+MAX_MEMBER_BYTES = MAX_DOCUMENT_BYTES  # older name
+MAX_LINE_BYTES = 8 * 1024 * 1024  # longest CSV line
+MAX_TEXT_CHARS = 64 * 1024  # longest entity name, label or description
 CSV_META = ("fy", "fp", "form", "filed", "accn")
 
 
@@ -72,17 +86,47 @@ def iter_documents(path: str, skip_bad: bool) -> Iterator[Document]:
         if kind == "zip":
             yield from _iter_zip(path, skip_bad)
         elif kind == "csv":
+            _check_size(path)
             with open(path, "rb") as f:
-                yield parse_narrative_csv(f.read(), path, skip_bad)
+                yield parse_narrative_csv(f, path, skip_bad)
         else:
+            if kind == "json":
+                _check_size(path)
             opener = gzip.open if kind == "json.gz" else open
             with opener(path, "rb") as f:
-                data = f.read()
-            yield parse_companyfacts(data, path, skip_bad)
+                text = _json_text(_read_bounded(f, path), path)  # the bytes are freed here
+            yield parse_companyfacts(text, path, skip_bad)
     except IngestError:
         raise
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
         raise IngestError(path, f"cannot read: {e}") from e
+
+
+def _check_size(path: str) -> None:
+    size = os.path.getsize(path)
+    if size > MAX_DOCUMENT_BYTES:
+        raise IngestError(path, f"file is {size} bytes, over the {MAX_DOCUMENT_BYTES}-byte document limit")
+
+
+def _read_bounded(f, source: str) -> bytes:
+    data = f.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise IngestError(source, f"document inflates past the {MAX_DOCUMENT_BYTES}-byte limit")
+    return data
+
+
+def _json_text(data: bytes, source: str) -> str:
+    """JSON bytes as text (UTF-8/16/32, as json.loads detects), so the bytes need not outlive parsing."""
+    try:
+        return data.decode(json.detect_encoding(data), "surrogatepass")
+    except UnicodeDecodeError as e:
+        raise IngestError(source, f"invalid JSON: not UTF-8/16/32 text ({_short(e)})") from e
+
+
+def _unsafe_name(name: str) -> bool:
+    """Absolute, drive-lettered or '..' member names (either slash): never used as paths here, but refused."""
+    norm = name.replace("\\", "/")
+    return norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in norm.split("/")
 
 
 def _kind(path: str) -> str | None:
@@ -100,18 +144,17 @@ def _iter_zip(path: str, skip_bad: bool) -> Iterator[Document]:
                 continue
             name = info.filename
             source = f"{path}!{name}"
-            if name.startswith("/") or ".." in name.split("/"):
-                raise IngestError(source, "unsafe member name (absolute or '..' path)")
+            if _unsafe_name(name):
+                raise IngestError(source, "unsafe member name (absolute, drive or '..' path)")
             if not name.lower().endswith(".json"):
                 continue
-            if info.file_size > MAX_MEMBER_BYTES:
-                raise IngestError(source, f"member is {info.file_size} bytes uncompressed, over {MAX_MEMBER_BYTES}")
-            with zf.open(info) as f:
-                data = f.read(MAX_MEMBER_BYTES + 1)
-            if len(data) > MAX_MEMBER_BYTES:
-                raise IngestError(source, f"member inflates past {MAX_MEMBER_BYTES} bytes")
+            if info.file_size > MAX_DOCUMENT_BYTES:
+                raise IngestError(source, f"member is {info.file_size} bytes uncompressed, over the "
+                                          f"{MAX_DOCUMENT_BYTES}-byte document limit")
             try:
-                yield parse_companyfacts(data, source, skip_bad)
+                with zf.open(info) as f:  # zipfile stops at the declared size and checks the CRC
+                    text = _json_text(_read_bounded(f, source), source)
+                yield parse_companyfacts(text, source, skip_bad)
             except IngestError as e:
                 if not skip_bad:
                     raise
@@ -152,19 +195,21 @@ def _number(val, source: str, where: str) -> float:
     return x
 
 
-def parse_companyfacts(data: bytes, source: str, skip_bad: bool = False) -> Document:
+def parse_companyfacts(data: bytes | str, source: str, skip_bad: bool = False) -> Document:
     """One SEC companyfacts document: {"cik", "entityName", "facts": {taxonomy: {concept: …}}}."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, ValueError) as e:
-        raise IngestError(source, f"invalid JSON: {e}") from e
+        raise IngestError(source, f"invalid JSON: {_short(e)}") from e
+    except RecursionError:
+        raise IngestError(source, "invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("facts"), dict) or "cik" not in doc:
         raise IngestError(source, "not a companyfacts document (needs 'cik' and a 'facts' object)")
     try:
         entity_id = f"{int(doc['cik']):010d}"
     except (TypeError, ValueError) as e:
         raise IngestError(source, f"cik {doc['cik']!r} is not an integer") from e
-    name = doc.get("entityName")
+    name = _text(doc.get("entityName"), source, "entityName")
     cols, meta, skipped = _Columns(), {}, []
     for taxonomy, concepts in doc["facts"].items():
         if not isinstance(concepts, dict):
@@ -173,8 +218,14 @@ def parse_companyfacts(data: bytes, source: str, skip_bad: bool = False) -> Docu
             units = body.get("units") if isinstance(body, dict) else None
             if not isinstance(units, dict):
                 raise IngestError(source, "concept has no 'units' object", f"concept {taxonomy}:{concept}")
+            if (concept, None) not in meta:  # check each concept's texts once
+                where = f"concept {taxonomy}:{concept}"
+                meta[(concept, None)] = (_text(body.get("label"), source, f"{where} label"),
+                                         _text(body.get("description"), source, f"{where} description"))
+                _text(concept, source, where)
             for unit, facts in units.items():
-                meta.setdefault((concept, unit), (body.get("label"), body.get("description")))
+                _text(unit, source, f"concept {taxonomy}:{concept} unit")
+                meta.setdefault((concept, unit), meta[(concept, None)])
                 for i, fact in enumerate(facts if isinstance(facts, list) else [None]):
                     where = f"concept {taxonomy}:{concept} unit {unit} fact {i}"
                     try:
@@ -192,28 +243,65 @@ def parse_companyfacts(data: bytes, source: str, skip_bad: bool = False) -> Docu
                         fy=fact.get("fy"), fp=fact.get("fp"), form=fact.get("form"),
                         filed=fact.get("filed"), accn=fact.get("accn"),
                     )
+    meta = {k: v for k, v in meta.items() if k[1] is not None}
     return Document(source, cols.table(source), meta, skipped)
 
 
-def parse_narrative_csv(data: bytes, source: str, skip_bad: bool = False) -> Document:
+def _short(e: Exception, limit: int = 300) -> str:
+    text = str(e)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _text(value, source: str, where: str):
+    """A name/label/description: a string (or absent) of at most MAX_TEXT_CHARS characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise IngestError(source, f"expected text, found {type(value).__name__}", where)
+    if len(value) > MAX_TEXT_CHARS:
+        raise IngestError(source, f"{len(value)} characters long, over the {MAX_TEXT_CHARS}-character limit", where)
+    return value
+
+
+def _lines(f, source: str):
+    """Decoded lines of a binary file, each at most MAX_LINE_BYTES (so a huge line is never read whole)."""
+    for line_no in itertools.count(1):
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise IngestError(source, f"line longer than the {MAX_LINE_BYTES}-byte limit", f"line {line_no}")
+        try:
+            yield raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise IngestError(source, f"not UTF-8 text: {e}", f"line {line_no}") from e
+
+
+def parse_narrative_csv(data, source: str, skip_bad: bool = False) -> Document:
     """narrative_stack's wide CSV: one row per filing, one column per concept, cells `VALUE::UNIT`.
 
+    `data`: the file's bytes or a binary file object (read line by line, each line bounded).
     The entity is the file's stem (e.g. AAPL). Rows carry no period, so they de-duplicate on
     entity/concept/unit/accession.
     """
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    reader = csv.reader(_lines(f, source))
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise IngestError(source, f"not UTF-8 text: {e}") from e
-    reader = csv.reader(io.StringIO(text))
+        return _parse_csv_rows(reader, source, skip_bad)
+    except csv.Error as e:
+        raise IngestError(source, f"bad CSV: {e}", f"line {reader.line_num}") from e
+
+
+def _parse_csv_rows(reader, source: str, skip_bad: bool) -> Document:
     header = next(reader, None)
     if not header or any(m not in header for m in CSV_META):
         raise IngestError(source, f"header must contain the columns {', '.join(CSV_META)}", "line 1")
     idx = {m: header.index(m) for m in CSV_META}
-    concept_cols = [(i, c) for i, c in enumerate(header) if c not in CSV_META]
+    concept_cols = [(i, _text(c, source, "line 1")) for i, c in enumerate(header) if c not in CSV_META]
     ticker = Path(source.split("!")[-1]).name.split(".")[0].upper()
     cols, meta, skipped = _Columns(), {}, []
-    for line_no, row in enumerate(reader, start=2):
+    for row in reader:
+        line_no = reader.line_num
         if not row:
             continue
         if len(row) != len(header):
@@ -231,11 +319,11 @@ def parse_narrative_csv(data: bytes, source: str, skip_bad: bool = False) -> Doc
             try:
                 raw, sep, unit = cell.rpartition("::")
                 if not sep or not raw or not unit:
-                    raise IngestError(source, f"cell {cell!r} is not VALUE::UNIT", where)
+                    raise IngestError(source, f"cell {_short(cell, 80)!r} is not VALUE::UNIT", where)
                 try:
                     value = float(raw)
                 except ValueError:
-                    raise IngestError(source, f"value {raw!r} is not a number", where) from None
+                    raise IngestError(source, f"value {_short(raw, 80)!r} is not a number", where) from None
                 if not math.isfinite(value):
                     raise IngestError(source, f"value {raw!r} is not finite", where)
             except IngestError as e:
