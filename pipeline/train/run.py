@@ -18,6 +18,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,7 @@ from pipeline.home import default_store_uri, expand, runs_dir
 from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
 
 RUN_CONFIG_FILE = "run_config.json"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
 
 
 # A local Ray for one machine. The dashboard stays on 127.0.0.1, and it must run: Ray Train's
@@ -165,6 +168,10 @@ def resume(run: str) -> TrainResult:
         raise FileNotFoundError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
     with open(config_file) as f:
         loop_config = json.load(f)
+    dropped = drop_partial_checkpoints(run_path)
+    if dropped:
+        print(f"tunestack: removed checkpoint folder(s) Ray Train never committed: {', '.join(dropped)}",
+              file=sys.stderr)
     ensure_ray()
     cfg = config_from_dict(loop_config["config"], config_file)
     data = prepare_data(cfg, loop_config["meta"].get("normalization"))
@@ -173,6 +180,30 @@ def resume(run: str) -> TrainResult:
         raise ValueError(f"{run}: the training data changed since the run started "
                          f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})")
     return _fit(cfg, os.path.basename(os.path.normpath(run_path)), run_path, loop_config, data)
+
+
+def drop_partial_checkpoints(run_path: str) -> list[str]:
+    """Remove the checkpoint folders of a run that Ray Train never committed and that do not load:
+    uploads cut short (a killed driver, a full disk). Returns their names. Without Ray's snapshot
+    nothing is touched; a complete but uncommitted folder is left (the resumed run rewrites it)."""
+    try:
+        with open(os.path.join(run_path, SNAPSHOT_FILE)) as f:
+            snapshot = json.load(f)
+    except (OSError, ValueError):
+        return []
+    results = list(snapshot.get("checkpoint_results") or []) + [snapshot.get("latest_checkpoint_result") or {}]
+    committed = {r.get("checkpoint_dir_name") for r in results if isinstance(r, dict)}
+    dropped = []
+    for name in sorted(os.listdir(run_path)):
+        path = os.path.join(run_path, name)
+        if not name.startswith("checkpoint_") or not os.path.isdir(path) or name in committed:
+            continue
+        try:
+            load_checkpoint(path)
+        except Exception:  # any way of being unreadable: CheckpointError, a safetensors error, OSError
+            shutil.rmtree(path)
+            dropped.append(name)
+    return dropped
 
 
 def build_trainer(cfg: Config, name: str, storage_path: str, loop_config: dict, data: PreparedData,

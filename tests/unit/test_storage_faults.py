@@ -205,3 +205,40 @@ def test_registry_writes_failing_midway_leave_registry_byte_identical(tmp_path, 
         assert budget.tripped, name
         assert tree_digest(root) == before, f"{name}: registry changed after a fault at byte {budget.written}"
         assert reg.verify() == [] and reg.get("router")["version"] == "v0002", name
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("frac", FRACTIONS)
+def test_checkpoint_upload_cut_short_is_dropped_on_resume(tmp_path, frac):
+    """Ray Train uploads a checkpoint into the run folder with pyarrow.fs.copy_files; the same call
+    with a destination that fails midway leaves a partial folder, which `resume` removes before
+    Ray restores the run: the run folder is byte-identical to before the upload."""
+    import pyarrow.fs as pafs
+
+    from pipeline.train.run import SNAPSHOT_FILE, drop_partial_checkpoints
+
+    model, opt = _model_and_optimizer()
+    meta = {"config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 8}}, "epoch": 0}
+    run = tmp_path / "run"
+    save_checkpoint(str(run / "checkpoint_epoch0000"), model, meta, opt)
+    (run / SNAPSHOT_FILE).write_text(json.dumps({
+        "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_epoch0000", "metrics": {"epoch": 0}}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch0000", "metrics": {"epoch": 0}}}))
+    local = save_checkpoint(str(tmp_path / "local" / "ckpt"), model, {**meta, "epoch": 1}, opt)
+    total = sum(p.stat().st_size for p in (tmp_path / "local" / "ckpt").iterdir())
+    before = tree_digest(run)
+
+    budget = _budget(total, frac)
+    dest = failing_filesystem(budget)
+    dest.create_dir(str(run / "checkpoint_epoch0001"))  # as Ray Train's persist_current_checkpoint does
+    with pytest.raises(OSError, match="injected fault"):
+        pafs.copy_files(local, str(run / "checkpoint_epoch0001"), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=dest)
+    assert (run / "checkpoint_epoch0001").is_dir()  # what a cut-short upload leaves
+    assert drop_partial_checkpoints(str(run)) == ["checkpoint_epoch0001"]
+    assert tree_digest(run) == before
+    assert load_checkpoint(str(run / "checkpoint_epoch0000")).meta["epoch"] == 0
+    # a complete upload the snapshot does not list yet is kept (the resumed run rewrites it)
+    (run / "checkpoint_epoch0001").mkdir()
+    pafs.copy_files(local, str(run / "checkpoint_epoch0001"))
+    assert drop_partial_checkpoints(str(run)) == [] and (run / "checkpoint_epoch0001").is_dir()
