@@ -16,11 +16,12 @@ from serve.cli import add_serve_parser
 
 def _cmd_ingest(args) -> int:
     from pipeline.ingest import IngestError, ingest
+    from pipeline.store.layout import StoreError
 
     try:
         report = ingest(args.paths, args.store, skip_bad=args.skip_bad, embedder=args.embedder,
                         embed_dim=args.embed_dim, progress=None)
-    except IngestError as e:
+    except (IngestError, StoreError, OSError) as e:  # OSError: writing the store failed (a full disk, …)
         print(f"tunestack ingest: {e}", file=sys.stderr)
         print("tunestack ingest: nothing was written; the store is as it was", file=sys.stderr)
         return 2

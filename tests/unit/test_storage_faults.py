@@ -242,3 +242,18 @@ def test_checkpoint_upload_cut_short_is_dropped_on_resume(tmp_path, frac):
     (run / "checkpoint_epoch0001").mkdir()
     pafs.copy_files(local, str(run / "checkpoint_epoch0001"))
     assert drop_partial_checkpoints(str(run)) == [] and (run / "checkpoint_epoch0001").is_dir()
+
+
+@pytest.mark.chaos
+def test_ingest_command_reports_a_failed_write(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    store = tmp_path / "store"
+    _ingest(_docs(tmp_path / "a", 1, 2), str(store))
+    before = tree_digest(store)
+    _use_fs(monkeypatch, ByteBudget(5000))
+    capsys.readouterr()
+    assert main(["ingest", *_docs(tmp_path / "b", 50, 2), "--store", str(store), "--embedder", "hashed"]) == 2
+    err = capsys.readouterr().err
+    assert "injected fault" in err and "nothing was written; the store is as it was" in err, err
+    assert tree_digest(store) == before
