@@ -99,7 +99,7 @@ def _cmd_models(args) -> int:
             problems = reg.verify(args.family)
             print("\n".join(problems) or f"registry {reg.root}: every file matches its sha256")
             return 1 if problems else 0
-    except RegistryError as e:
+    except (RegistryError, OSError) as e:  # OSError: a registry write failed; the registry is as it was
         print(f"tunestack models: {e}", file=sys.stderr)
         return 2
     return 0

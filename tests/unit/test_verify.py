@@ -169,3 +169,17 @@ def test_models_verify_reports_a_broken_production_pointer(registry, capsys, poi
     assert rc == 1 and expect in out, out
     capsys.readouterr()
     assert main(["models", "show", "router"]) in (0, 2)  # a broken pointer is an error message, not a traceback
+
+
+@pytest.mark.chaos
+def test_models_promote_reports_a_failed_write(registry, capsys, monkeypatch):
+    from pipeline.registry import registry as registry_module
+    from tests.conftest import tree_digest
+    from tests.faults import ByteBudget, failing_open
+
+    before = tree_digest(registry.root)
+    monkeypatch.setattr(registry_module, "open", failing_open(ByteBudget(10)), raising=False)
+    capsys.readouterr()
+    assert main(["models", "promote", "router", "v0001"]) == 2
+    assert "injected fault" in capsys.readouterr().err
+    assert tree_digest(registry.root) == before
