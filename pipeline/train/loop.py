@@ -125,7 +125,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             return
     elif loop_config.get("init_from"):  # fine-tuning: weights only, fresh optimizer
         model.load_state_dict(load_checkpoint(loop_config["init_from"]).weights)
-    attempts.append({"start_epoch": start_epoch, "world_size": world_size, "device": device.type})
+    # node: where this attempt ran (a restarted group, or a trial on a multi-node cluster, may move)
+    attempts.append({"start_epoch": start_epoch, "world_size": world_size, "device": device.type,
+                     "node": ray.get_runtime_context().get_node_id()})
 
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world_size > 1
     optimizer = make_optimizer(cfg, model.parameters())
