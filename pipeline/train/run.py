@@ -37,6 +37,7 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the 
 # is alive, and without it the worker group of every finished Tune trial keeps its CPUs.
 LOCAL_RAY = dict(num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=False)
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # "token": every Ray API (GCS, dashboard, jobs) needs the cluster's token
 
 
 def ensure_ray():
@@ -47,6 +48,7 @@ def ensure_ray():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
+            os.environ.setdefault(AUTH_MODE_ENV, "token")  # Ray >= 2.59 does so too; say it, whatever the version
             ray.init(**LOCAL_RAY)
     import ray.data
 
