@@ -84,7 +84,13 @@ class HandleBackend:
         self.family, self.handle = family, handle
 
     async def predict(self, instances: list[dict]) -> dict:
-        return await self.handle.predict.remote(instances)
+        from ray.exceptions import RayActorError
+
+        try:
+            return await self.handle.predict.remote(instances)
+        except RayActorError:  # the replica died or vanished mid-call (killed, its node lost): a
+            # prediction changes nothing, so ask once more; Serve has dropped that replica by now
+            return await self.handle.predict.remote(instances)
 
     async def info(self) -> dict:
         return await self.handle.info.remote()
