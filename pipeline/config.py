@@ -8,7 +8,7 @@ the file. The `model` section is `arch` plus the fields of that arch's config da
     data:     where the examples come from (triplet store, routing logs, .npz/Parquet sequences)
     model:    arch + the model family's own options
     optim:    Adam/AdamW, learning rate, weight decay, gradient clipping
-    schedule: none | cosine_restarts | step | plateau
+    schedule: none | cosine (one cycle, set every batch) | cosine_restarts | step | plateau
     train:    epochs, batch size, early stopping, checkpoints kept, workers, AMP, failures
     sparsity: FastGRNN's dense → IHT → fixed-support phase split (used when the model keeps < 1)
     distill:  optional teacher checkpoint for knowledge distillation (classifiers)
@@ -29,7 +29,7 @@ import yaml
 
 SOURCES = ("triplets", "routing", "sequences")
 OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("none", "cosine_restarts", "step", "plateau")
+SCHEDULES = ("none", "cosine", "cosine_restarts", "step", "plateau")
 MODES = ("min", "max")
 
 
@@ -68,10 +68,10 @@ class OptimSection:
 
 @dataclass
 class ScheduleSection:
-    name: str = "none"  # "none" | "cosine_restarts" | "step" | "plateau"
+    name: str = "none"  # "none" | "cosine" | "cosine_restarts" | "step" | "plateau"
     t0: int = 10  # cosine_restarts: epochs of the first cycle
     t_mult: int = 1  # cosine_restarts: cycle length multiplier
-    eta_min: float = 0.0  # cosine_restarts: lowest learning rate
+    eta_min: float = 0.0  # cosine, cosine_restarts: lowest learning rate
     step_size: int = 1  # step: epochs between decays
     gamma: float = 0.95  # step: decay factor (step_size=1 is exponential decay)
     factor: float = 0.5  # plateau: decay factor

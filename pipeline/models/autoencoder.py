@@ -4,6 +4,14 @@ One input row = semantic embedding of the (concept, unit) pair ‖ the value sca
 the LAST column is the value and the rest is the embedding. The model compresses the row into a
 latent vector and reconstructs both parts; the latent feeds downstream models and the
 reconstruction error is an anomaly score for the reported value.
+
+With `linear_path`, encoder and decoder are each a linear map plus the MLP (z = A·x + MLP(x),
+x̂ = B·z + MLP(z)): everything still passes through the latent_dim-wide bottleneck, and the model
+contains PCA of that width as the special case MLP = 0. `init="pca"` asks the trainer to start
+the linear maps at the PCA of the training rows (pipeline.train.pca_init) with the decoder MLP's
+output zeroed, so training starts from the baseline and only has to improve on it. The value
+term's loss can differ from the embedding's (`value_loss`): L1 on the value keeps most values
+exact, which is what the median relative error of the raw value measures.
 """
 
 from dataclasses import dataclass, field
@@ -14,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LOSSES = ("l1", "mse")
+INITS = ("random", "pca")
 
 
 @dataclass
@@ -25,6 +34,9 @@ class AutoencoderConfig:
     loss: str = "mse"  # "l1" | "mse"
     alpha_embed: float = 1.0  # weight of the embedding reconstruction term
     alpha_value: float = 1.0  # weight of the value reconstruction term
+    value_loss: str | None = None  # "l1" | "mse" for the value term; None = as `loss`
+    linear_path: bool = False  # a linear map beside each MLP (encoder and decoder)
+    init: str = "random"  # "random" | "pca": linear maps start at the training rows' PCA
 
     def __post_init__(self):
         for name, low in (("input_dim", 2), ("latent_dim", 1)):
@@ -39,6 +51,14 @@ class AutoencoderConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.value_loss is not None and self.value_loss not in LOSSES:
+            raise ValueError(f"value_loss must be one of {LOSSES} or null, got {self.value_loss!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "pca" and not self.linear_path:
+            raise ValueError("init='pca' needs linear_path=true (PCA initialises the linear maps)")
+        if self.init == "pca" and self.latent_dim > self.input_dim:
+            raise ValueError(f"init='pca' needs latent_dim <= input_dim ({self.input_dim}), got {self.latent_dim}")
         for name in ("alpha_embed", "alpha_value"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -65,19 +85,55 @@ class Autoencoder(nn.Module):
         c = config
         self.encoder = _mlp([c.input_dim, *c.hidden, c.latent_dim], c.dropout)
         self.decoder = _mlp([c.latent_dim, *reversed(c.hidden), c.input_dim], c.dropout)
+        if c.linear_path:
+            self.encoder_linear = nn.Linear(c.input_dim, c.latent_dim)
+            self.decoder_linear = nn.Linear(c.latent_dim, c.input_dim)
 
     def encode(self, x):
         """Latent vectors [B, latent_dim]."""
-        return self.encoder(x)
+        latent = self.encoder(x)
+        return latent + self.encoder_linear(x) if self.config.linear_path else latent
+
+    def decode(self, latent):
+        """Reconstructions [B, input_dim] of latent vectors."""
+        recon = self.decoder(latent)
+        return recon + self.decoder_linear(latent) if self.config.linear_path else recon
 
     def forward(self, x):
         """x [B, input_dim] -> (reconstruction [B, input_dim], latent [B, latent_dim])."""
-        latent = self.encoder(x)
-        return self.decoder(latent), latent
+        latent = self.encode(x)
+        return self.decode(latent), latent
+
+    @torch.no_grad()
+    def init_linear_from_pca(self, mean, components):
+        """Start the linear maps at PCA: z = C·(x − mean), x̂ = Cᵀ·z + mean, with `components`
+        C [latent_dim, input_dim] (orthonormal rows). The last layers of both MLPs are zeroed
+        (as residual branches often start), so the model's first output is the PCA
+        reconstruction; their gradients are not zero, so training moves them at once."""
+        if not self.config.linear_path:
+            raise ValueError("init_linear_from_pca needs a model with linear_path=true")
+        mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
+        comps = torch.as_tensor(np.asarray(components), dtype=torch.float32)
+        if mean.shape != (self.config.input_dim,) or comps.shape != (self.config.latent_dim, self.config.input_dim):
+            raise ValueError(f"PCA shapes {tuple(mean.shape)}, {tuple(comps.shape)} do not fit input_dim="
+                             f"{self.config.input_dim}, latent_dim={self.config.latent_dim}")
+        self.encoder_linear.weight.copy_(comps)
+        self.encoder_linear.bias.copy_(-comps @ mean)
+        self.decoder_linear.weight.copy_(comps.T)
+        self.decoder_linear.bias.copy_(mean)
+        for mlp in (self.encoder, self.decoder):
+            mlp[-1].weight.zero_()
+            mlp[-1].bias.zero_()
 
     def _elementwise(self, x, recon):
+        """Elementwise loss [B, input_dim]: `loss` on the embedding columns, `value_loss` on the last."""
         fn = F.l1_loss if self.config.loss == "l1" else F.mse_loss
-        return fn(recon, x, reduction="none")
+        err = fn(recon, x, reduction="none")
+        value_loss = self.config.value_loss or self.config.loss
+        if value_loss != self.config.loss:
+            value_fn = F.l1_loss if value_loss == "l1" else F.mse_loss
+            err = torch.cat([err[:, :-1], value_fn(recon[:, -1:], x[:, -1:], reduction="none")], dim=1)
+        return err
 
     def reconstruction_loss(self, x, recon):
         """(total, embed_part, value_part): each part is the mean elementwise loss over its
@@ -93,6 +149,22 @@ class Autoencoder(nn.Module):
         err = self._elementwise(x, recon)
         return (self.config.alpha_embed * err[:, :-1].mean(dim=1)
                 + self.config.alpha_value * err[:, -1])
+
+
+def pca_from_moments(count, sum_x, sum_xx, width):
+    """(mean [D], components [width, D]) of rows given their count, sum and sum of outer
+    products (float64): the top `width` eigenvectors of the covariance, sign fixed so each
+    component's largest entry is positive (deterministic across runs and workers)."""
+    count = float(count)
+    if count < 2:
+        raise ValueError(f"PCA needs at least 2 rows, got {count:g}")
+    sum_x, sum_xx = np.asarray(sum_x, dtype=np.float64), np.asarray(sum_xx, dtype=np.float64)
+    mean = sum_x / count
+    cov = (sum_xx - count * np.outer(mean, mean)) / (count - 1)
+    eigvals, eigvecs = np.linalg.eigh((cov + cov.T) / 2)
+    comps = eigvecs[:, np.argsort(eigvals)[::-1][:width]].T
+    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
+    return mean, comps * np.where(signs == 0, 1.0, signs)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ def make_optimizer(cfg: Config, params):
 def make_scheduler(cfg: Config, optimizer):
     """Stepped once per epoch (plateau: with the monitored metric). None for "none"."""
     s = cfg.schedule
+    if s.name == "cosine":  # stepped per batch (batch_step) as well as per epoch
+        from pipeline.train.cosine import CosineAnnealing
+
+        return CosineAnnealing(optimizer, cfg.train.epochs, s.eta_min)
     if s.name == "cosine_restarts":
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=s.t0, T_mult=s.t_mult,
                                                                     eta_min=s.eta_min)
@@ -125,6 +129,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             return
     elif loop_config.get("init_from"):  # fine-tuning: weights only, fresh optimizer
         model.load_state_dict(load_checkpoint(loop_config["init_from"]).weights)
+    elif hasattr(model, "init_linear_from_pca") and model.config.init == "pca":  # autoencoder: start at PCA
+        from pipeline.train.pca_init import init_from_pca
+
+        init_from_pca(model, ray.train.get_dataset_shard("train"), t.eval_batch_size, device, world_size)
     # node: where this attempt ran (a restarted group, or a trial on a multi-node cluster, may move)
     attempts.append({"start_epoch": start_epoch, "world_size": world_size, "device": device.type,
                      "node": ray.get_runtime_context().get_node_id()})
@@ -160,9 +168,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         phase = sparsity.phase(epoch) if sparsity else "dense"
         model.train()
         train_sums = {"n": 0.0, "loss": 0.0}
-        for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, dtypes=task.batch_dtypes,
-                                                    device=device, local_shuffle_buffer_size=SHUFFLE_BUFFER,
-                                                    local_shuffle_seed=t.seed * 100_003 + epoch):
+        for i, batch in enumerate(train_shard.iter_torch_batches(
+                batch_size=t.batch_size, dtypes=task.batch_dtypes, device=device,
+                local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=t.seed * 100_003 + epoch)):
+            if hasattr(scheduler, "batch_step"):
+                scheduler.batch_step(epoch, i)
             with torch.autocast(device.type, enabled=use_amp):
                 loss, _ = task.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
