@@ -82,6 +82,7 @@ class HandleBackend:
 
     def __init__(self, family: str, handle):
         self.family, self.handle = family, handle
+        self.on_retry = lambda: None  # the gateway counts these (tunestack_model_call_retries)
 
     async def predict(self, instances: list[dict]) -> dict:
         from ray.exceptions import RayActorError
@@ -90,6 +91,7 @@ class HandleBackend:
             return await self.handle.predict.remote(instances)
         except RayActorError:  # the replica died or vanished mid-call (killed, its node lost): a
             # prediction changes nothing, so ask once more; Serve has dropped that replica by now
+            self.on_retry()
             return await self.handle.predict.remote(instances)
 
     async def info(self) -> dict:
@@ -129,6 +131,8 @@ class Metrics:
         self.fallbacks = Counter("tunestack_route_fallbacks", "instances routed by the fallback",
                                  ["reason"], registry=r)
         self.breaker_open = Gauge("tunestack_breaker_open", "1 while the router circuit is open", registry=r)
+        self.retries = Counter("tunestack_model_call_retries", "model calls asked again after their replica died",
+                               ["family"], registry=r)
         self.promotions = Counter("tunestack_promotions", "promote/rollback requests", ["family", "outcome"],
                                   registry=r)
 
@@ -209,6 +213,9 @@ class GatewayService:
         b = args.breaker
         self.breaker = CircuitBreaker(b.failure_threshold, b.reset_timeout_s)
         self.metrics = Metrics()
+        for family, backend in backends.items():
+            if hasattr(backend, "on_retry"):
+                backend.on_retry = self.metrics.retries.labels(family).inc
         self.admin_sha = admin_token_sha256 or args.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV))
         self.jobs = JobLauncher(args.registry_root, args.jobs_configs_dir, args.jobs_home,
                                 args.jobs_dashboard_address)
