@@ -133,7 +133,7 @@ def figure_row(name: str, fig: dict) -> tuple[str, ...]:
     unit = f" {fig['unit']}" if fig.get("unit") else ""
     baseline = fig.get("baseline") or "-"
     if fig.get("baseline_value") is not None:
-        baseline = f"{baseline} ({_num(fig['baseline_value'])}{unit})"
+        baseline = f"{_num(fig['baseline_value'])}{unit}: {baseline}"  # the number first: long names get cut
     ratio = f"{fig['ratio']:.2f}x" if isinstance(fig.get("ratio"), (int, float)) else "-"
     verdict = {True: "PASS", False: "FAIL"}.get(fig.get("pass"), "-")
     return (name, str(fig["figure"]), f"{_num(fig['value'])}{unit}", baseline, ratio, fig.get("goal") or "-", verdict)
