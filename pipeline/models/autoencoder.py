@@ -157,7 +157,7 @@ def pca_from_moments(count, sum_x, sum_xx, width):
     component's largest entry is positive (deterministic across runs and workers)."""
     count = float(count)
     if count < 2:
-        raise ValueError(f"PCA needs at least 2 rows, got {count:g}")
+        raise ValueError(f"PCA needs at least 2 training rows, got {count:g}")
     sum_x, sum_xx = np.asarray(sum_x, dtype=np.float64), np.asarray(sum_xx, dtype=np.float64)
     mean = sum_x / count
     cov = (sum_xx - count * np.outer(mean, mean)) / (count - 1)

@@ -10,28 +10,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def shard_moments(batches) -> dict:
-    """{"n", "sum_x", "sum_xx"} over the "x" arrays of `batches` (float64)."""
-    n, sum_x, sum_xx = 0.0, None, None
+def shard_moments(batches, dim: int) -> dict:
+    """{"n", "sum_x", "sum_xx"} over the "x" arrays [rows, dim] of `batches` (float64). An empty
+    shard gives zeros (another worker may hold the rows); too few rows in all is an error later."""
+    n, sum_x, sum_xx = 0.0, np.zeros(dim), np.zeros((dim, dim))
     for batch in batches:
         x = np.asarray(batch["x"], dtype=np.float64)
-        if sum_x is None:
-            sum_x, sum_xx = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"PCA initialisation expects rows of width {dim}, got shape {tuple(x.shape)}")
         n += len(x)
         sum_x += x.sum(axis=0)
         sum_xx += x.T @ x
-    if sum_x is None:
-        raise ValueError("PCA initialisation found no training rows in this worker's shard")
     return {"n": n, "sum_x": sum_x, "sum_xx": sum_xx}
 
 
-def init_from_pca(model, shard, batch_size: int, device, world_size: int, iter_args: dict) -> int:
+def init_from_pca(model, shard, batch_size: int, device, world_size: int, iter_args: dict | None = None) -> int:
     """Initialise `model` (unwrapped, linear_path=true) from the PCA of every worker's train
-    shard. Returns the number of rows the PCA was fitted on."""
+    shard (`iter_args`: extra `iter_torch_batches` arguments, e.g. the task's dtypes). Returns the
+    number of rows the PCA was fitted on."""
     from pipeline.models.autoencoder import pca_from_moments
     from pipeline.train.loop import _all_reduce_sums
 
-    sums = shard_moments(shard.iter_torch_batches(batch_size=batch_size, device="cpu", **iter_args))
+    sums = shard_moments(shard.iter_torch_batches(batch_size=batch_size, device="cpu", **(iter_args or {})),
+                         model.config.input_dim)
     sums = _all_reduce_sums(sums, device, world_size)
     mean, components = pca_from_moments(sums["n"], sums["sum_x"], sums["sum_xx"], model.config.latent_dim)
     model.init_linear_from_pca(mean, components)

@@ -18,7 +18,7 @@ def _rows(n=400, d=9, seed=0):
 
 def test_pca_from_moments_matches_svd_of_the_rows():
     x = _rows().astype(np.float64)
-    moments = shard_moments({"x": x[i:i + 64]} for i in range(0, len(x), 64))  # batches add up
+    moments = shard_moments(({"x": x[i:i + 64]} for i in range(0, len(x), 64)), 9)  # batches add up
     assert moments["n"] == len(x)
     mean, comps = pca_from_moments(moments["n"], moments["sum_x"], moments["sum_xx"], 3)
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-10, atol=1e-12)
@@ -26,17 +26,19 @@ def test_pca_from_moments_matches_svd_of_the_rows():
     np.testing.assert_allclose(comps @ comps.T, np.eye(3), atol=1e-10)  # orthonormal rows
     np.testing.assert_allclose(np.abs(comps @ vt[:3].T), np.eye(3), atol=1e-6)  # same axes (up to sign)
     assert all(c[np.abs(c).argmax()] > 0 for c in comps)  # deterministic signs
-    with pytest.raises(ValueError, match="at least 2 rows"):
-        pca_from_moments(1, x[0], np.outer(x[0], x[0]), 2)
-    with pytest.raises(ValueError, match="no training rows"):
-        shard_moments([])
+    empty = shard_moments([], 9)  # an empty shard adds nothing to the other workers' sums
+    assert empty["n"] == 0 and not empty["sum_xx"].any()
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        pca_from_moments(empty["n"], empty["sum_x"], empty["sum_xx"], 3)
+    with pytest.raises(ValueError, match="width 9"):
+        shard_moments([{"x": x[:, :5]}], 9)
 
 
 def test_pca_initialised_model_reconstructs_exactly_as_pca_then_trains():
     x = _rows()
     model = build_model("autoencoder", input_dim=9, hidden=[16], latent_dim=3, dropout=0.0,
                         linear_path=True, init="pca").eval()
-    m = shard_moments([{"x": x}])
+    m = shard_moments([{"x": x}], 9)
     mean, comps = pca_from_moments(m["n"], m["sum_x"], m["sum_xx"], 3)
     model.init_linear_from_pca(mean, comps)
     recon, latent = model(torch.from_numpy(x))
