@@ -98,3 +98,11 @@ def test_every_subcommand_is_in_the_command_table():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:
         assert f"| `tunestack {name}" in README, f"`tunestack {name}` is missing from the README's command table"
+
+
+def test_every_prometheus_metric_is_documented():
+    source = (REPO / "serve" / "app.py").read_text()
+    names = set(re.findall(r'"(tunestack_[a-z_]+)"', source))
+    assert names, "no metrics found in serve/app.py"
+    missing = sorted(n for n in names if f"`{n}`" not in README)
+    assert not missing, f"metrics not in the README's /metrics row: {missing}"
