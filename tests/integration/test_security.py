@@ -34,10 +34,10 @@ def test_demo_like_run_writes_no_pickle(ray_cluster, tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("TUNESTACK_HOME", str(home))
     docs = []
-    for i, name in enumerate(["Acme Corp", "Globex Inc"]):  # what `tunestack demo` ingests without real data
-        docs.append(str(home / "demo-input" / f"CIK{1000 + i:010d}.json.gz"))
+    for i, name in enumerate(["Acme Corp", "Globex Inc", "Initech LLC"]):  # what `tunestack demo` ingests
+        docs.append(str(home / "demo-input" / f"CIK{1000 + i:010d}.json.gz"))  # when there is no real data
         Path(docs[-1]).parent.mkdir(parents=True, exist_ok=True)
-        write_companyfacts_json(docs[-1], cik=1000 + i, name=name, facts_per_concept=8, seed=i)
+        write_companyfacts_json(docs[-1], cik=1000 + i, name=name, facts_per_concept=24, seed=i)
     ingest(docs, default_store_uri(), progress=False)
     synth_routing(str(home / "routing"), rows=4000, seed=0, noise=0.1)
     tiny = ["train.epochs=2", "train.patience=0", "tune.num_samples=1", "tune.asha.grace_period=1",
