@@ -268,6 +268,15 @@ def test_fuzz_every_endpoint_never_5xx(app):
 
     t0 = time.monotonic()
     one()
+    # With the token, a real tune file and hostile overrides (negative batch sizes and counts, YAML
+    # tags, unknown keys): refused with 422 naming the key, before anything is submitted.
+    for overrides in (["train.batch_size=-5"], ["train.batch_size=0"], ["tune.num_samples=-1"], ["train.epochs=0"],
+                      ["train.epochs=!!python/object/apply:os.system [id]"], ["nope.key=1"], ["model.arch=__import__"],
+                      ["train.epochs=[[["], ["x" * 300], ["a=b\nc=d"]):
+        r = session.post(app["url"] + "/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": overrides},
+                         headers=app["auth"], timeout=60)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code == 422, (overrides, r.status_code, r.text[:300])
     took = time.monotonic() - t0
     tried = sum(statuses.values()) + len(failures)
     assert not failures, failures[:5]
