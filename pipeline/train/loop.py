@@ -2,7 +2,8 @@
 
 Each worker: builds the model (fine-tune weights or the latest checkpoint loaded), wraps it with
 `prepare_model` (device placement; DDP when there is more than one worker), streams its shard of
-the "train" and "val" datasets with `iter_torch_batches`, and every epoch reports metrics with a
+the "train" and "val" datasets with `iter_torch_batches` (shards of sources read whole on the
+driver are loaded into tensors once and reshuffled every epoch), and every epoch reports metrics with a
 checkpoint (written by rank 0). On a GPU worker it trains with AMP; on CPU in float32 — the same
 code either way. A worker group restarted after a failure finds the latest checkpoint through
 `ray.train.get_checkpoint()` and continues from the epoch after it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -21,6 +23,27 @@ from pipeline.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from pipeline.train.tasks import TASKS
 
 SHUFFLE_BUFFER = 20_000  # rows; a local shuffle window over the streamed blocks
+# Sources the driver reads whole (routing logs, .npz/Parquet sequences): each worker loads its
+# shard into tensors once and reshuffles them every epoch. Streaming them through Ray Data every
+# epoch costs about a millisecond a batch on a CPU worker — as long as a small model's whole
+# step (bench/training.py). The triplet store streams as before.
+IN_MEMORY_SOURCES = ("routing", "sequences")
+
+
+def shard_tensors(shard, device, **iter_args) -> dict:
+    """Every row of a Ray Data shard as one tensor per column on `device` (one pass)."""
+    parts = list(shard.iter_torch_batches(batch_size=65_536, device=device, **iter_args))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def tensor_batches(tensors: dict, batch_size: int, seed: int | None = None):
+    """Batches of the rows of `tensors` ({column: tensor}), in a seeded random order (None: in order)."""
+    if not tensors:
+        return
+    n = len(next(iter(tensors.values())))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.arange(n)
+    for idx in order.split(batch_size):
+        yield {k: v[idx.to(v.device)] for k, v in tensors.items()}
 
 
 def make_optimizer(cfg: Config, params):
@@ -164,13 +187,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    in_memory, cached = cfg.data.source in IN_MEMORY_SOURCES, {}
     for epoch in range(start_epoch, t.epochs):
         phase = sparsity.phase(epoch) if sparsity else "dense"
+        epoch_start, epoch_started_at = time.perf_counter(), time.time()
         model.train()
         train_sums = {"n": 0.0, "loss": 0.0}
-        for i, batch in enumerate(train_shard.iter_torch_batches(
+        if in_memory:
+            if not cached:  # the first epoch of this worker pays the one pass over its shards
+                cached = {"train": shard_tensors(train_shard, device, dtypes=task.batch_dtypes),
+                          "val": shard_tensors(val_shard, device, dtypes=task.batch_dtypes)}
+            train_batches = tensor_batches(cached["train"], t.batch_size, seed=t.seed * 100_003 + epoch)
+        else:
+            train_batches = train_shard.iter_torch_batches(
                 batch_size=t.batch_size, dtypes=task.batch_dtypes, device=device,
-                local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=t.seed * 100_003 + epoch)):
+                local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=t.seed * 100_003 + epoch)
+        for i, batch in enumerate(train_batches):
             if hasattr(scheduler, "batch_step"):
                 scheduler.batch_step(epoch, i)
             with torch.autocast(device.type, enabled=use_amp):
@@ -190,11 +222,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             train_sums["n"] += n
             train_sums["loss"] += loss.item() * n
 
+        train_seconds = time.perf_counter() - epoch_start  # this worker's pass over its shard
+
         model.eval()
         val_sums: dict = {}
         with torch.autocast(device.type, enabled=use_amp):
-            for batch in val_shard.iter_torch_batches(batch_size=t.eval_batch_size, dtypes=task.batch_dtypes,
-                                                      device=device):
+            val_batches = (tensor_batches(cached["val"], t.eval_batch_size) if in_memory else
+                           val_shard.iter_torch_batches(batch_size=t.eval_batch_size, dtypes=task.batch_dtypes, device=device))
+            for batch in val_batches:
                 for k, v in task.eval_sums(model, batch).items():
                     val_sums[k] = val_sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
         val_sums = _all_reduce_sums(val_sums, device, world_size)
@@ -203,7 +238,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         metrics = {"epoch": epoch, "train_loss": float(train_sums["loss"]) / max(float(train_sums["n"]), 1.0),
                    "lr": optimizer.param_groups[0]["lr"],
-                   **{f"val_{k}": v for k, v in val_metrics.items()}}
+                   **{f"val_{k}": v for k, v in val_metrics.items()},
+                   # throughput: all workers' rows over rank 0's train-pass time (data iteration
+                   # included); epoch_seconds adds validation, not the checkpoint and report below
+                   # (the next epoch's epoch_started_at, a Unix time, includes those)
+                   "train_seconds": train_seconds,
+                   "train_samples_per_s": float(train_sums["n"]) / max(train_seconds, 1e-9),
+                   "epoch_seconds": time.perf_counter() - epoch_start, "epoch_started_at": epoch_started_at}
         if t.monitor not in metrics:
             raise KeyError(f"train.monitor={t.monitor!r} is not a metric; have {sorted(metrics)}")
         value = float(metrics[t.monitor])
@@ -221,7 +262,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         if writer is not None:
             for k, v in metrics.items():
-                if k not in ("epoch", "score"):
+                if k not in ("epoch", "score", "epoch_started_at"):  # a Unix time is no float32 scalar
                     writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("val_", "train_")) else k, v, epoch)
             writer.flush()
 

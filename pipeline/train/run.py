@@ -37,6 +37,11 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the 
 # is alive, and without it the worker group of every finished Tune trial keeps its CPUs.
 LOCAL_RAY = dict(num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=False)
+# Ray Train's controller takes a worker's epoch report only when it polls (every 2 s by default)
+# and a worker can be at most one report ahead, so epochs shorter than the poll (a router on 100k
+# rows trains one in well under a second) waited for it (bench/training.py). A local cluster's
+# processes, the controller included, inherit this from the driver that starts it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # "token": every Ray API (GCS, dashboard, jobs) needs the cluster's token
 
 
