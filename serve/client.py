@@ -101,6 +101,27 @@ class TunestackClient:
     def rollback(self, family: str) -> dict:
         return self._request("POST", f"/v1/models/{family}/rollback", idempotent=False)
 
+    # -- training jobs ----------------------------------------------------------------------------
+    def submit_job(self, config: str, *, promote: bool = False, overrides: list[str] | None = None) -> dict:
+        """Submit `tunestack tune --config CONFIG` ("tune_configs/FILE.yaml") as a Ray job (sent once)."""
+        return self._request("POST", "/v1/jobs", json={"config": config, "promote": promote,
+                                                       "overrides": list(overrides or [])}, idempotent=False)
+
+    def job(self, job_id: str) -> dict:
+        """A job's status and, once it SUCCEEDED, the version it registered."""
+        return self._request("GET", f"/v1/jobs/{job_id}")
+
+    def wait_job(self, job_id: str, timeout: float = 3600.0, interval: float = 2.0) -> dict:
+        """Poll until the job ends (SUCCEEDED, FAILED or STOPPED); TunestackError when time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return job
+            if time.monotonic() > deadline:
+                raise TunestackError(None, f"job {job_id} still {job['status']} after {timeout:.0f}s")
+            time.sleep(interval)
+
     # -- health ---------------------------------------------------------------------------------
     def healthz(self) -> dict:
         return self._request("GET", "/healthz")
