@@ -77,7 +77,7 @@ def run_demo() -> int:
 
     ensure_ray()
     t = time.perf_counter()
-    n = sum(len(b["x"]) for b in triplet_dataset(store, split=None).iter_batches(batch_size=8192, batch_format="numpy"))
+    n = sum(len(b["pair_id"]) for b in triplet_dataset(store, split=None).iter_batches(batch_size=8192, batch_format="numpy"))
     _say("stream", f"{n} rows streamed through Ray Data in {time.perf_counter() - t:.2f}s")
     if n != r.rows_after:
         _say("stream", f"FAILED: streamed {n} rows, the store holds {r.rows_after}")

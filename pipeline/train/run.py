@@ -53,7 +53,10 @@ def ensure_ray():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
-            os.environ.setdefault(AUTH_MODE_ENV, "token")  # Ray >= 2.59 does so too; say it, whatever the version
+            # Token auth: Ray >= 2.59 turns it on for a new local cluster itself (RAY_AUTH_MODE unset:
+            # it sets the variable and reloads its cached config; an explicit value is respected).
+            # Setting the variable here instead comes after `import ray` cached "disabled": the
+            # driver then cannot authenticate to the GCS it just started ("Failed to start GCS").
             ray.init(**LOCAL_RAY)
     import ray.data
 
@@ -317,9 +320,9 @@ def evaluate_checkpoint(checkpoint: str, source: str | None = None, split: str =
 
         ensure_ray()
         uri = source or (ckpt.meta.get("store") or {}).get("uri") or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
-        task = TASKS["autoencoder"](TripletStore(uri).scalers())
+        task = TASKS["autoencoder"].for_store(TripletStore(uri))
         ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
-        batches = ds.iter_torch_batches(batch_size=batch_size, dtypes=task.batch_dtypes)
+        batches = ds.iter_torch_batches(batch_size=batch_size, **task.iter_args)
         sums = accumulate(task, model, batches)
         return {"rows": int(sums.get("n", 0)), **task.finalize(sums)}
 

@@ -24,6 +24,7 @@ class ClassificationTask:
     """Sequence classifiers (router, digits): cross-entropy (or distillation) and accuracy."""
 
     batch_dtypes = {"x": torch.float32, "y": torch.int64}
+    iter_args = {"dtypes": batch_dtypes}  # how iter_torch_batches builds this task's batches
     default_monitor, default_mode = "val_accuracy", "max"
 
     def __init__(self, distill=None, teacher=None):
@@ -71,9 +72,21 @@ class AutoencoderTask:
     batch_dtypes = {"x": torch.float32, "pair_id": torch.int64}
     default_monitor, default_mode = "val_loss", "min"
 
-    def __init__(self, scalers: dict, num_pairs: int | None = None):
+    def __init__(self, scalers: dict, num_pairs: int | None = None, embeddings=None):
         self.scalers = scalers
         self.num_pairs = num_pairs or (max(scalers) + 1 if scalers else 0)
+        if embeddings is not None:  # the store's compact rows: join the pair embeddings per batch
+            from pipeline.data.triplets import TripletCollate
+
+            self.iter_args = {"collate_fn": TripletCollate(embeddings)}
+        else:
+            self.iter_args = {"dtypes": self.batch_dtypes}
+
+    @classmethod
+    def for_store(cls, store) -> "AutoencoderTask":
+        """The task over a TripletStore's streamed rows: its scalers and pair embeddings."""
+        pairs = store.read_pairs()
+        return cls(store.scalers(pairs), embeddings=store.embeddings(pairs))
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
         x = batch["x"]

@@ -6,23 +6,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data import triplet_dataset
+from pipeline.data import TripletCollate, triplet_dataset
 from pipeline.store import TripletStore
 
 pytestmark = pytest.mark.ray
 
 
-def _rows(ds):
+def _rows(ds, embeddings):
     xs, ids = [], []
-    for b in ds.iter_batches(batch_size=4096, batch_format="numpy"):
-        xs.append(b["x"])
-        ids.append(b["pair_id"])
+    for b in ds.iter_torch_batches(batch_size=4096, collate_fn=TripletCollate(embeddings)):
+        xs.append(b["x"].numpy())
+        ids.append(b["pair_id"].numpy())
     return np.concatenate(xs), np.concatenate(ids)
 
 
 def test_one_pass_returns_every_row_exactly_once(ray_cluster, us_gaap_store):
     store = TripletStore(us_gaap_store)
-    x, ids = _rows(triplet_dataset(us_gaap_store, split=None))
+    ds = triplet_dataset(us_gaap_store, split=None)
+    x, ids = _rows(ds, store.embeddings())
     assert x.dtype == np.float32 and x.shape == (store.manifest["counts"]["triplets"], 65)
     # Each streamed row equals a stored row: embedding of its pair ‖ its scaled value.
     np.testing.assert_array_equal(x[:, :64], store.embeddings()[ids])

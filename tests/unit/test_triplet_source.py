@@ -1,0 +1,65 @@
+"""The triplet datasource's read tasks, run in this process (no Ray cluster): one compact block per
+row group, every row of a split exactly once, train and val disjoint by filing."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.data.triplets import TripletCollate, TripletDatasource, split_folds, triplet_features
+from pipeline.store.layout import TripletStore
+from pipeline.synth import synth_gaap
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("synth") / "store")
+    synth_gaap(uri, 50_000, seed=3, row_group_size=4_096)
+    return TripletStore(uri)
+
+
+def _read(source: TripletDatasource, parallelism: int) -> list[pa.Table]:
+    return [block for task in source.get_read_tasks(parallelism) for block in task()]
+
+
+def _stored(store: TripletStore) -> pa.Table:
+    return pa.concat_tables(pq.read_table(f, columns=["pair_id", "scaled_value", "fold"]) for f in store.triplet_files())
+
+
+@pytest.mark.parametrize("parallelism", [1, 3, 8, 10_000])
+def test_read_tasks_emit_one_compact_block_per_row_group(store, parallelism):
+    source = TripletDatasource(store, split_folds(None, 0.1))
+    tasks = source.get_read_tasks(parallelism)
+    row_groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in store.triplet_files())
+    assert len(tasks) == min(parallelism, row_groups)
+    blocks = _read(source, parallelism)
+    assert len(blocks) == row_groups and max(b.num_rows for b in blocks) <= 4_096
+    got = pa.concat_tables(blocks)
+    assert got.schema.names == ["pair_id", "value"]
+    assert got.column("pair_id").type == pa.int32() and got.column("value").type == pa.float32()
+    want = _stored(store)
+    key = lambda ids, v: np.lexsort((np.asarray(v, np.float32), ids))  # noqa: E731
+    w_ids, w_v = want["pair_id"].to_numpy(), want["scaled_value"].to_numpy().astype(np.float32)
+    g_ids, g_v = got["pair_id"].to_numpy(), got["value"].to_numpy()
+    np.testing.assert_array_equal(g_ids[key(g_ids, g_v)], w_ids[key(w_ids, w_v)])
+    np.testing.assert_array_equal(g_v[key(g_ids, g_v)], w_v[key(w_ids, w_v)])
+
+
+def test_train_and_val_split_every_row_by_fold(store):
+    folds = _stored(store)["fold"].to_numpy()
+    n = {split: sum(b.num_rows for b in _read(TripletDatasource(store, split_folds(split, 0.2)), 4))
+         for split in ("train", "val")}
+    assert n["val"] == int((folds < 20).sum()) > 0
+    assert n["train"] == int((folds >= 20).sum()) > 0
+
+
+def test_collate_joins_each_rows_pair_embedding(store):
+    emb = store.embeddings()
+    block = _read(TripletDatasource(store, (0, 100)), 1)[0]
+    batch = {"pair_id": block["pair_id"].to_numpy(), "value": block["value"].to_numpy()}
+    out = TripletCollate(emb)(batch)
+    assert out["x"].dtype.is_floating_point and tuple(out["x"].shape) == (block.num_rows, emb.shape[1] + 1)
+    np.testing.assert_array_equal(out["x"][:, :-1].numpy(), emb[batch["pair_id"]])
+    np.testing.assert_array_equal(out["x"][:, -1].numpy(), batch["value"])
+    np.testing.assert_array_equal(out["pair_id"].numpy(), batch["pair_id"])
+    assert triplet_features(emb, np.array([], np.int32), np.array([], np.float32)).shape == (0, emb.shape[1] + 1)
