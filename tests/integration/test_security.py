@@ -19,9 +19,21 @@ from tests.pickle_scan import pickles_under
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 REPO = Path(__file__).resolve().parents[2]
-# Ray Tune's own experiment bookkeeping (Tuner.restore reads it): written by Ray, not by tunestack,
-# at the top of each experiment folder; never a model, never read by Serve or the registry.
-RAY_TUNE_BOOKKEEPING = {"tuner.pkl"}
+# Ray Tune's own experiment bookkeeping, pickled by Ray (Tuner.restore reads it), never a model and
+# never read by Serve or the registry: <experiment>/tuner.pkl, the search state
+# <experiment>/basic-variant-state-<time>.json (a pickle despite its name) and each of Ray's trial
+# folders' params.pkl (<experiment>/trial_<id>/; tunestack's own Train runs live in <experiment>/trials/).
+RAY_TUNE_BOOKKEEPING = (("tuner.pkl",), ("basic-variant-state-*.json",), ("trial_*", "params.pkl"))
+
+
+def ray_tune_bookkeeping(path: Path, tune_root: Path) -> bool:
+    from fnmatch import fnmatch
+
+    try:
+        parts = path.relative_to(tune_root).parts[1:]  # below <tune root>/<experiment>/
+    except ValueError:
+        return False
+    return any(len(parts) == len(p) and all(fnmatch(a, b) for a, b in zip(parts, p)) for p in RAY_TUNE_BOOKKEEPING)
 
 
 def test_demo_like_run_writes_no_pickle(ray_cluster, tmp_path, monkeypatch):
@@ -51,8 +63,7 @@ def test_demo_like_run_writes_no_pickle(ray_cluster, tmp_path, monkeypatch):
 
     files = [p for p in home.rglob("*") if p.is_file()]
     found = pickles_under(home)
-    ray_own = {p: why for p, why in found.items() if Path(p).name in RAY_TUNE_BOOKKEEPING
-               and (home / p).parent.parent == Path(runs_dir()) / "tune"}  # <runs>/tune/<experiment>/tuner.pkl
+    ray_own = {p: why for p, why in found.items() if ray_tune_bookkeeping(home / p, Path(runs_dir()) / "tune")}
     print(f"\n{len(files)} files written under TUNESTACK_HOME; pickles: {found or 'none'}; "
           f"of them Ray Tune's own bookkeeping: {sorted(ray_own) or 'none'}")
     assert set(found) == set(ray_own), {p: w for p, w in found.items() if p not in ray_own}
