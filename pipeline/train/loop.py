@@ -75,7 +75,7 @@ def make_task(cfg: Config, loop_config: dict, device):
     if cfg.model.arch == "autoencoder":
         from pipeline.store.layout import TripletStore
 
-        return TASKS["autoencoder"](TripletStore(loop_config["meta"]["store"]["uri"]).scalers())
+        return TASKS["autoencoder"].for_store(TripletStore(loop_config["meta"]["store"]["uri"]))
     teacher = None
     if cfg.distill is not None:
         teacher = load_checkpoint(loop_config["teacher"]).build_model().to(device).eval()
@@ -155,7 +155,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     elif hasattr(model, "init_linear_from_pca") and model.config.init == "pca":  # autoencoder: start at PCA
         from pipeline.train.pca_init import init_from_pca
 
-        init_from_pca(model, ray.train.get_dataset_shard("train"), t.eval_batch_size, device, world_size)
+        init_from_pca(model, ray.train.get_dataset_shard("train"), t.eval_batch_size, device, world_size,
+                      task.iter_args)
     # node: where this attempt ran (a restarted group, or a trial on a multi-node cluster, may move)
     attempts.append({"start_epoch": start_epoch, "world_size": world_size, "device": device.type,
                      "node": ray.get_runtime_context().get_node_id()})
@@ -195,12 +196,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_sums = {"n": 0.0, "loss": 0.0}
         if in_memory:
             if not cached:  # the first epoch of this worker pays the one pass over its shards
-                cached = {"train": shard_tensors(train_shard, device, dtypes=task.batch_dtypes),
-                          "val": shard_tensors(val_shard, device, dtypes=task.batch_dtypes)}
+                cached = {"train": shard_tensors(train_shard, device, **task.iter_args),
+                          "val": shard_tensors(val_shard, device, **task.iter_args)}
             train_batches = tensor_batches(cached["train"], t.batch_size, seed=t.seed * 100_003 + epoch)
         else:
             train_batches = train_shard.iter_torch_batches(
-                batch_size=t.batch_size, dtypes=task.batch_dtypes, device=device,
+                batch_size=t.batch_size, **task.iter_args, device=device,
                 local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=t.seed * 100_003 + epoch)
         for i, batch in enumerate(train_batches):
             if hasattr(scheduler, "batch_step"):
@@ -228,7 +229,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         val_sums: dict = {}
         with torch.autocast(device.type, enabled=use_amp):
             val_batches = (tensor_batches(cached["val"], t.eval_batch_size) if in_memory else
-                           val_shard.iter_torch_batches(batch_size=t.eval_batch_size, dtypes=task.batch_dtypes, device=device))
+                           val_shard.iter_torch_batches(batch_size=t.eval_batch_size, **task.iter_args, device=device))
             for batch in val_batches:
                 for k, v in task.eval_sums(model, batch).items():
                     val_sums[k] = val_sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
