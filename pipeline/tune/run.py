@@ -86,10 +86,34 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
     data = prepare_data(cfg) if any(k.startswith("data.") for k in overrides) else shared_data
     cfg = fill_model_dims(cfg, data.dims)
     name = tune.get_context().get_trial_name()
+    done = _finished_run_metrics(os.path.join(trials_dir, name), cfg.train.epochs)
+    if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
+        tune.report(done)
+        return
     loop_config = {"config": cfg.to_dict(), "meta": {**data.meta, "run": name, "tune_overrides": overrides},
                    "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
                    "init_from": None, "teacher": None}
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
+
+
+def _finished_run_metrics(run_dir: str, epochs: int) -> dict | None:
+    """The last epoch's metrics when this trial's Train run already finished, else None.
+
+    A driver killed after a trial's last checkpoint but before Tune recorded the trial as done
+    leaves it to be run again on `--resume`; its restored Train run has nothing left to train and
+    would report nothing, which Tune treats as an error (the metric is missing)."""
+    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+
+    if not os.path.isdir(run_dir):
+        return None
+    last = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch"))
+    try:
+        meta = load_checkpoint(os.path.join(run_dir, last[-1])).meta if last else None
+    except CheckpointError:  # cut off mid-write: Train restores the one before and trains on
+        return None
+    if meta is None or not (meta.get("epoch", -1) >= epochs - 1 or meta.get("stopped")):
+        return None
+    return meta.get("metrics")
 
 
 def run_tune(config_path: str, *, name: str | None = None, resume: bool = False, promote: bool = False,
