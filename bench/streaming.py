@@ -1,32 +1,34 @@
 """Streaming benchmark: the Ray Data triplet pipeline against its practical limit and against
-per-index lookups, and its memory as the store grows tenfold.
+per-index lookups, its memory as the store grows tenfold, and its throughput vs block size.
 
-    python -m bench.streaming [--quick] [--out bench/results/streaming.json]
+    python -m bench.streaming [--quick] [--out-dir bench/results]
 
-(a) Throughput, on synthetic stores of N and 10·N triplets (1M and 10M; --quick 200k and 2M):
-    - ray_data: `triplet_dataset(store, split=None).iter_batches(batch_size=B)`, a full pass after
-      a warm-up pass (also `iter_torch_batches`, as training consumes it);
-    - raw_scan: pyarrow `ParquetFile.iter_batches` over the same columns building the same float32
-      [embedding ‖ scaled] batches in this process — the practical limit;
+(a) Throughput, on synthetic stores of N and 10·N triplets (1M and 10M; --quick 200k and 2M). Every
+    way builds the same float32 [embedding ‖ scaled value] batches of 4,096 rows in this process:
+    - ray_data: `triplet_dataset(store, split=None).iter_batches(...)` (row-group blocks of
+      {pair_id, value}), the embedding joined per batch (`triplet_features`), a full pass after a
+      warm-up pass; also `iter_torch_batches(collate_fn=TripletCollate)`, as training consumes it;
+    - raw_scan: pyarrow `ParquetFile.iter_batches` over the same columns in this process — the
+      practical limit (no scheduling, no object store, no parallelism needed);
     - per_index: a map-style dataset whose `__getitem__(i)` fetches one row from the store (as
       narrative_stack's did from its KV store), batched by a torch DataLoader; a sample of indices
       is timed and extrapolated per triplet. `random` order is how a shuffled map-style dataset is
       read; `sequential` is its best case (the row group just decoded is kept).
-    Goals: ray_data ≥ 0.5 × raw_scan and ≥ 20 × per_index.
+    Goals: ray_data >= 0.5 x raw_scan and >= 20 x per_index (random).
 (b) Memory: one full Ray Data pass per store, each in a fresh subprocess with its own Ray instance;
     the RSS (and PSS, which counts shared object-store pages once) of the whole process tree —
-    driver, raylet, GCS, workers — is sampled every 50 ms. Goal: peak(10·N) ≤ 1.2 × peak(N).
+    driver, raylet, GCS, workers — is sampled every 50 ms. Goal: peak(10·N) <= 1.2 x peak(N).
+(c) Block size: stores of N triplets written with row groups (= Ray Data blocks) of 16k, 64k and
+    256k rows; ray_data and raw_scan on each (plot: streaming_block_size.png).
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
-import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,46 +40,51 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
-from pipeline.data.triplets import READ_COLUMNS
+from bench.report import machine
+from pipeline.data.triplets import READ_COLUMNS, TripletCollate, triplet_features
 from pipeline.store.layout import TripletStore
 from pipeline.synth import synth_gaap
 
+NAME = "streaming"
 GOALS = {"ray_vs_raw_scan_min": 0.5, "ray_vs_per_index_min": 20.0, "rss_ratio_max": 1.2}
+BATCH = 4096
+BLOCK_SIZES = (16_384, 65_536, 262_144)
 SAMPLE_EVERY_S = 0.05
 
 
 # ---- the three ways to read a store ------------------------------------------------------------
-def _ray_init(legacy_reader: bool = False) -> None:
+def _ray_init() -> None:
     import ray
     from ray.data import DataContext
 
     # address="local": always a fresh instance, never someone's `ray start` cluster on this machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    if legacy_reader:  # Ray's V1 Parquet reader: one read task per file (see --legacy-parquet-reader)
-        ctx.use_datasource_v2 = False
+    DataContext.get_current().enable_progress_bars = False
 
 
-def ray_pass(store: str, batch_size: int, torch_batches: bool = False) -> dict:
+def ray_pass(store: str, batch_size: int = BATCH, torch_batches: bool = False) -> dict:
     """One full pass of the Ray Data pipeline: rows, seconds, and when the first batch arrived."""
     from pipeline.data.triplets import triplet_dataset
 
     t0 = time.perf_counter()
+    emb = TripletStore(store).embeddings()
     ds = triplet_dataset(store, split=None)
-    batches = (ds.iter_torch_batches(batch_size=batch_size) if torch_batches
-               else ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
     rows, first = 0, None
-    for batch in batches:
-        rows += batch["x"].shape[0]
-        first = first or time.perf_counter() - t0
+    if torch_batches:
+        for batch in ds.iter_torch_batches(batch_size=batch_size, collate_fn=TripletCollate(emb), device="cpu"):
+            rows += batch["x"].shape[0]
+            first = first or time.perf_counter() - t0
+    else:
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            rows += triplet_features(emb, batch["pair_id"], batch["value"]).shape[0]
+            first = first or time.perf_counter() - t0
     secs = time.perf_counter() - t0
     return {"rows": rows, "seconds": secs, "rows_per_s": rows / secs, "first_batch_s": first,
             "after_first_batch_rows_per_s": rows / max(secs - first, 1e-9)}
 
 
-def raw_scan(store: str, batch_size: int) -> dict:
+def raw_scan(store: str, batch_size: int = BATCH) -> dict:
     """pyarrow + numpy, no Ray: the same columns into the same float32 [emb ‖ scaled] batches."""
     t0 = time.perf_counter()
     s = TripletStore(store)
@@ -86,10 +93,7 @@ def raw_scan(store: str, batch_size: int) -> dict:
     for path in s.triplet_files():
         for b in pq.ParquetFile(path, filesystem=s.loc.fs).iter_batches(batch_size=batch_size, columns=READ_COLUMNS):
             pair_id = b.column("pair_id").to_numpy().astype(np.int32)
-            x = np.empty((len(pair_id), emb.shape[1] + 1), dtype=np.float32)
-            x[:, :-1] = emb[pair_id]
-            x[:, -1] = b.column("scaled_value").to_numpy()
-            rows += len(x)
+            rows += triplet_features(emb, pair_id, b.column("scaled_value").to_numpy()).shape[0]
     secs = time.perf_counter() - t0
     return {"rows": rows, "seconds": secs, "rows_per_s": rows / secs}
 
@@ -156,7 +160,7 @@ def per_index(store: str, sample: int, batch_size: int, order: str, seed: int = 
             "rows_per_s": rows / seconds}
 
 
-def throughput(store: str, batch_size: int, per_index_sample: int) -> dict:
+def throughput(store: str, per_index_sample: int, batch_size: int = BATCH) -> dict:
     """(a) for one store. Ray must already be initialised."""
     out: dict = {}
     raw_scan(store, batch_size)  # warm the page cache
@@ -176,23 +180,33 @@ def throughput(store: str, batch_size: int, per_index_sample: int) -> dict:
     return out
 
 
+def block_sizes(stores: dict[int, str]) -> dict:
+    """(c): ray_data and raw_scan per row-group size (best of two passes each, after a warm-up)."""
+    out = {}
+    for rows_per_block, store in stores.items():
+        ray_pass(store)
+        raw_scan(store)
+        ray = max(ray_pass(store)["rows_per_s"] for _ in range(2))
+        raw = max(raw_scan(store)["rows_per_s"] for _ in range(2))
+        out[str(rows_per_block)] = {"ray_data_rows_per_s": ray, "raw_scan_rows_per_s": raw, "ratio": ray / raw}
+    return out
+
+
 # ---- (b) memory of a full pass in a fresh process tree -----------------------------------------
-def _child(store: str, batch_size: int, legacy_reader: bool) -> None:
+def _child(store: str) -> None:
     """Run in the subprocess: start Ray, signal, stream one full pass, report."""
-    _ray_init(legacy_reader)
+    _ray_init()
     time.sleep(2.0)  # let the Ray processes settle so the parent can take an idle baseline
     print("READY", flush=True)
     sys.stdin.readline()  # the parent has its baseline
-    print("RESULT " + json.dumps(ray_pass(store, batch_size)), flush=True)
+    print("RESULT " + json.dumps(ray_pass(store)), flush=True)
     import ray
 
     ray.shutdown()
 
 
 def _tree_memory(root: psutil.Process) -> dict:
-    rss = pss = 0
-    driver_rss = 0
-    procs = 0
+    rss = pss = driver_rss = procs = 0
     for p in [root] + root.children(recursive=True):
         try:
             full = p.memory_full_info()
@@ -206,12 +220,11 @@ def _tree_memory(root: psutil.Process) -> dict:
     return {"rss": rss, "pss": pss, "driver_rss": driver_rss, "procs": procs}
 
 
-def memory_pass(store: str, batch_size: int, legacy_reader: bool = False) -> dict:
+def memory_pass(store: str) -> dict:
     """(b) for one store: peak tree RSS/PSS of a fresh process streaming it once."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.streaming", "--_child", store, "--batch-size", str(batch_size)]
-        + (["--legacy-parquet-reader"] if legacy_reader else []),
+        [sys.executable, "-m", "bench.streaming", "--_child", store],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
@@ -251,137 +264,140 @@ def memory_pass(store: str, batch_size: int, legacy_reader: bool = False) -> dic
         "idle_tree_rss_mib": idle["rss"] / mib, "idle_tree_pss_mib": idle["pss"] / mib,
         "peak_tree_rss_mib": peak["rss"] / mib, "peak_tree_pss_mib": peak["pss"] / mib,
         "peak_driver_rss_mib": peak["driver_rss"] / mib, "max_processes": peak["procs"],
-        "pass_tree_rss_increase_mib": (peak["rss"] - idle["rss"]) / mib,
-        "pass_tree_pss_increase_mib": (peak["pss"] - idle["pss"]) / mib,
     }
 
 
 # ---- the run --------------------------------------------------------------------------------------
-def machine() -> dict:
-    import pyarrow
-    import ray
-    import torch
+def _fig(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None) -> dict:
+    ratio = value / baseline_value if baseline_value else None
+    return {"figure": figure, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
+            "ratio": ratio, "goal": goal, "pass": ok}
 
-    import pipeline.data.triplets as triplets
 
-    return {
-        "cpus_logical": os.cpu_count(), "cpus_physical": psutil.cpu_count(logical=False),
-        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1), "platform": platform.platform(),
-        "python": platform.python_version(), "ray": ray.__version__, "pyarrow": pyarrow.__version__,
-        "numpy": np.__version__, "torch": torch.__version__, "load_average_at_start": os.getloadavg(),
-        # The pipeline measured: other engineers edit it, so say exactly which one this was.
-        "triplets_py_sha256": hashlib.sha256(open(triplets.__file__, "rb").read()).hexdigest()[:16],
-    }
+def figures(r: dict) -> list[dict]:
+    small, large = (str(n) for n in r["details"]["sizes"])
+    out = []
+    for n in (small, large):
+        t = r["details"]["throughput"][n]
+        ray, raw = t["ray_data"]["rows_per_s"], t["raw_scan"]["rows_per_s"]
+        rnd = t["per_index_random"]["rows_per_s"]
+        label = f"{int(n):,} triplets"
+        out.append(_fig(f"Ray Data triplets/s, {label}", ray, "rows/s", "raw pyarrow scan", raw,
+                        f">= {GOALS['ray_vs_raw_scan_min']}x", ray / raw >= GOALS["ray_vs_raw_scan_min"]))
+        out.append(_fig(f"Ray Data triplets/s vs per-index lookups, {label}", ray, "rows/s",
+                        "per-index lookups (random order)", rnd, f">= {GOALS['ray_vs_per_index_min']:g}x",
+                        ray / rnd >= GOALS["ray_vs_per_index_min"]))
+        out.append(_fig(f"iter_torch_batches triplets/s, {label}", t["ray_data_torch"]["rows_per_s"], "rows/s",
+                        "raw pyarrow scan", raw))
+    mem = r["details"]["memory"]
+    for key, what in (("peak_tree_rss_mib", "peak RSS"), ("peak_tree_pss_mib", "peak PSS")):
+        ok = mem[large][key] <= GOALS["rss_ratio_max"] * mem[small][key]
+        out.append(_fig(f"{what} of a pass (driver + Ray processes), {int(large):,} triplets", mem[large][key],
+                        "MiB", f"the same at {int(small):,} triplets", mem[small][key],
+                        f"<= {GOALS['rss_ratio_max']}x", ok))
+    for size, b in r["details"]["block_sizes"].items():
+        out.append(_fig(f"Ray Data triplets/s, {int(size):,}-row blocks", b["ray_data_rows_per_s"], "rows/s",
+                        "raw pyarrow scan", b["raw_scan_rows_per_s"]))
+    return out
+
+
+def plot(block: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(int(k) for k in block)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("ray_data_rows_per_s", "Ray Data pipeline"), ("raw_scan_rows_per_s", "raw pyarrow scan")):
+        ax.plot(sizes, [block[str(s)][key] / 1e6 for s in sizes], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rows per block (Parquet row group)")
+    ax.set_ylabel("million triplets / s")
+    ax.set_title("Streaming throughput vs block size")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(quick: bool = False, out_dir: str = "bench/results", per_index_sample: int = 20_000,
+        workdir: str | None = None) -> dict:
+    t_start = time.perf_counter()
+    small, large = (200_000, 2_000_000) if quick else (1_000_000, 10_000_000)
+    workdir_made = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="tunestack-bench-streaming-")
+    details: dict = {"sizes": [small, large], "batch_size": BATCH, "per_index_sample": per_index_sample,
+                     "load_average_at_start": os.getloadavg(), "stores": {}}
+    try:
+        stores, by_block = {}, {}
+        for n, rg in [(small, 65_536), (large, 65_536)] + [(small, b) for b in BLOCK_SIZES if b != 65_536]:
+            uri = os.path.join(workdir, f"synth-{n}-rg{rg}")
+            details["stores"][uri] = synth_gaap(uri, n, seed=0, row_group_size=rg)
+            if rg == 65_536:
+                stores[n] = uri
+            if n == small:
+                by_block[rg] = uri
+        import ray
+
+        _ray_init()
+        try:
+            details["throughput"] = {str(n): throughput(stores[n], per_index_sample) for n in (small, large)}
+            details["block_sizes"] = block_sizes(dict(sorted(by_block.items())))
+        finally:
+            ray.shutdown()
+        details["memory"] = {str(n): memory_pass(stores[n]) for n in (small, large)}
+    finally:
+        if workdir_made:
+            shutil.rmtree(workdir, ignore_errors=True)
+    details["load_average_at_end"] = os.getloadavg()
+    os.makedirs(out_dir, exist_ok=True)
+    result = {"name": NAME, "title": "Ray Data streaming of the triplet store: throughput and memory",
+              "seconds": 0.0, "quick": quick, "figures": [], "details": details,
+              "plots": [plot(details["block_sizes"], os.path.join(out_dir, "streaming_block_size.png"))],
+              "method": (f"Synthetic stores (tunestack synth gaap) of {small:,} and {large:,} triplets, 16 hash "
+                         "buckets, 65,536-row row groups; a fresh local Ray with 2 CPUs. Every reader builds the same "
+                         f"float32 [64-d embedding ‖ scaled value] batches of {BATCH:,} rows in the benchmark "
+                         "process; Ray Data = triplet_dataset(...).iter_batches + triplet_features, a full pass "
+                         "after a warm-up pass; raw scan = pyarrow ParquetFile.iter_batches in-process (the practical "
+                         f"limit); per-index = a torch DataLoader over a map-style dataset, {per_index_sample:,} "
+                         "random indices timed and extrapolated. Memory: a fresh subprocess with its own Ray per "
+                         "store streams it once while the RSS and PSS of its whole process tree are sampled every "
+                         "50 ms. Block sizes: stores of the smaller size re-written with 16k/64k/256k-row row "
+                         "groups, best of two passes each.")}
+    result["figures"] = figures(result)
+    result["seconds"] = time.perf_counter() - t_start
+    with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def render(r: dict) -> str:
+    lines = [r["title"], ""]
+    for f in r["figures"]:
+        ratio = f" = {f['ratio']:.2f}x {f['baseline']} ({f['baseline_value']:,.0f})" if f["ratio"] is not None else ""
+        verdict = "" if f["pass"] is None else (" PASS" if f["pass"] else " FAIL")
+        lines.append(f"{f['figure']}: {f['value']:,.0f} {f['unit']}{ratio} {f['goal'] or ''}{verdict}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200k vs 2M triplets instead of 1M vs 10M")
-    ap.add_argument("--out", default="bench/results/streaming.json", help="where to write the JSON results")
-    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--per-index-sample", type=int, default=20_000)
-    ap.add_argument("--row-group-size", type=int, default=None, help="store row-group size (default: the store's)")
     ap.add_argument("--workdir", default=None, help="where to build the stores (default: a temporary folder)")
-    ap.add_argument("--keep-stores", action="store_true")
-    ap.add_argument("--legacy-parquet-reader", action="store_true",
-                    help="set DataContext.use_datasource_v2 = False (Ray's per-file V1 reader) to compare")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        _child(args._child, args.batch_size, args.legacy_parquet_reader)
+        _child(args._child)
         return 0
-
-    small, large = (200_000, 2_000_000) if args.quick else (1_000_000, 10_000_000)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="tunestack-bench-")
-    results: dict = {"machine": machine(), "goals": GOALS, "batch_size": args.batch_size,
-                     "per_index_sample": args.per_index_sample, "sizes": [small, large],
-                     "legacy_parquet_reader": args.legacy_parquet_reader, "stores": {}}
-    try:
-        stores = {}
-        for n in (small, large):
-            uri = os.path.join(workdir, f"synth-{n}")
-            kw = {"row_group_size": args.row_group_size} if args.row_group_size else {}
-            existing = TripletStore(uri).manifest
-            synth = (existing or {}).get("inputs", [{}])[0].get("synth", {})
-            if synth.get("triplets") == n and synth.get("row_group_size") == kw.get("row_group_size", 65_536):
-                results["stores"][str(n)] = {"reused": True, **existing["counts"]}  # --workdir from a prior run
-            else:
-                results["stores"][str(n)] = synth_gaap(uri, n, seed=0, **kw)
-                print(f"built {n:,} triplets in {results['stores'][str(n)]['seconds']:.1f}s", flush=True)
-            results["stores"][str(n)]["row_group_size"] = TripletStore(uri).manifest["row_group_size"]
-            stores[n] = uri
-
-        import ray
-
-        _ray_init(args.legacy_parquet_reader)
-        try:
-            results["throughput"] = {}
-            for n in (small, large):
-                results["throughput"][str(n)] = throughput(stores[n], args.batch_size, args.per_index_sample)
-                print(f"throughput measured on {n:,}", flush=True)
-        finally:
-            ray.shutdown()
-        results["memory"] = {str(n): memory_pass(stores[n], args.batch_size, args.legacy_parquet_reader)
-                             for n in (small, large)}
-    finally:
-        if not args.keep_stores and not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-
-    mem_s, mem_l = results["memory"][str(small)], results["memory"][str(large)]
-    results["memory_ratio"] = {
-        "peak_tree_rss": mem_l["peak_tree_rss_mib"] / mem_s["peak_tree_rss_mib"],
-        "peak_tree_pss": mem_l["peak_tree_pss_mib"] / mem_s["peak_tree_pss_mib"],
-        "peak_driver_rss": mem_l["peak_driver_rss_mib"] / mem_s["peak_driver_rss_mib"],
-        "pass_tree_pss_increase": mem_l["pass_tree_pss_increase_mib"] / max(mem_s["pass_tree_pss_increase_mib"], 1e-9),
-    }
-    ratios = [results["throughput"][str(n)]["ratios"] for n in (small, large)]
-    results["pass"] = {
-        "ray_vs_raw_scan": all(r["ray_vs_raw_scan"] >= GOALS["ray_vs_raw_scan_min"] for r in ratios),
-        "ray_vs_per_index_random": all(r["ray_vs_per_index_random"] >= GOALS["ray_vs_per_index_min"] for r in ratios),
-        "ray_vs_per_index_sequential": all(
-            r["ray_vs_per_index_sequential"] >= GOALS["ray_vs_per_index_min"] for r in ratios),
-        "memory_flat_rss": results["memory_ratio"]["peak_tree_rss"] <= GOALS["rss_ratio_max"],
-        "memory_flat_pss": results["memory_ratio"]["peak_tree_pss"] <= GOALS["rss_ratio_max"],
-    }
-    print(render(results))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    r = run(args.quick, args.out_dir, args.per_index_sample, args.workdir)
+    print(render(r))
     return 0
-
-
-def render(r: dict) -> str:
-    m = r["machine"]
-    reader = "V1 per-file (--legacy-parquet-reader)" if r["legacy_parquet_reader"] else "Ray default"
-    lines = [f"machine: {m['cpus_logical']} cpus, {m['memory_gib']} GiB, ray {m['ray']}, pyarrow {m['pyarrow']}, "
-             f"numpy {m['numpy']}, torch {m['torch']}; load avg {m['load_average_at_start'][0]:.1f} → "
-             f"{m['load_average_at_end'][0]:.1f}; batch {r['batch_size']}; parquet reader: {reader}; "
-             f"triplets.py {m['triplets_py_sha256']}", ""]
-    head = (f"{'triplets':>11} | {'raw scan/s':>11} | {'ray data/s':>11} | {'1st batch':>9} | {'ray torch/s':>11} | "
-            f"{'per-idx rnd/s':>13} | {'per-idx seq/s':>13} | {'ray/raw':>7} | {'ray/idx rnd':>11} | {'ray/idx seq':>11}")
-    lines.append(head)
-    for n, t in r["throughput"].items():
-        q = t["ratios"]
-        lines.append(
-            f"{int(n):>11,} | {t['raw_scan']['rows_per_s']:>11,.0f} | {t['ray_data']['rows_per_s']:>11,.0f} | "
-            f"{t['ray_data']['first_batch_s']:>8.1f}s | "
-            f"{t['ray_data_torch']['rows_per_s']:>11,.0f} | {t['per_index_random']['rows_per_s']:>13,.0f} | "
-            f"{t['per_index_sequential']['rows_per_s']:>13,.0f} | {q['ray_vs_raw_scan']:>6.2f}x | "
-            f"{q['ray_vs_per_index_random']:>10.0f}x | {q['ray_vs_per_index_sequential']:>10.1f}x")
-    lines += ["", f"{'triplets':>11} | {'pass':>6} | {'1st batch':>9} | {'idle tree PSS':>13} | {'peak tree PSS':>13} | "
-                  f"{'peak tree RSS':>13} | {'peak driver':>11} | procs"]
-    for n, x in r["memory"].items():
-        lines.append(f"{int(n):>11,} | {x['seconds']:>5.1f}s | {x['first_batch_s']:>8.1f}s | "
-                     f"{x['idle_tree_pss_mib']:>9,.0f} MiB | {x['peak_tree_pss_mib']:>9,.0f} MiB | "
-                     f"{x['peak_tree_rss_mib']:>9,.0f} MiB | {x['peak_driver_rss_mib']:>7,.0f} MiB | {x['max_processes']}")
-    mr, g = r["memory_ratio"], r["goals"]
-    lines += ["", f"peak ratio {r['sizes'][1]:,} / {r['sizes'][0]:,}: tree PSS {mr['peak_tree_pss']:.2f}x, "
-                  f"tree RSS {mr['peak_tree_rss']:.2f}x, driver RSS {mr['peak_driver_rss']:.2f}x "
-                  f"(goal ≤ {g['rss_ratio_max']}x); growth above idle PSS {mr['pass_tree_pss_increase']:.2f}x",
-              "goals: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in r["pass"].items())]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
