@@ -86,6 +86,9 @@ def test_submit_a_tuning_job_and_serve_what_it_registered(jobs_app):
     assert job["registered"] == {"family": "router", "version": "v0001", "stage": "production"}, job
     assert job["result"]["ok"] is True and job["result"]["best"]["metric"] > 0.5
     assert Path(jobs_app["home"], "registry", "router", "v0001", "version.json").is_file()
+    from serve.client import TunestackClient
+
+    assert TunestackClient(url, token=TOKEN).job(job_id)["registered"] == job["registered"]  # the Python client
 
     # the promotion the job made reaches the running app through the registry watch
     deadline = time.monotonic() + 30
