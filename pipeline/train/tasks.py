@@ -20,6 +20,13 @@ def _add(sums: dict, new: dict) -> dict:
     return sums
 
 
+def require_rows(sums: dict) -> None:
+    """An evaluation over no rows has no metrics: say so instead of failing on a missing sum."""
+    if not sums or float(sums.get("n", 0)) == 0:
+        raise ValueError("no rows to evaluate: the validation split is empty (too little data for "
+                         "data.val_fraction — add data or raise the fraction)")
+
+
 class ClassificationTask:
     """Sequence classifiers (router, digits): cross-entropy (or distillation) and accuracy."""
 
@@ -54,6 +61,7 @@ class ClassificationTask:
         }
 
     def finalize(self, sums: dict) -> dict:
+        require_rows(sums)
         n = max(float(sums["n"]), 1.0)
         return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["correct"]) / n}
 
@@ -129,6 +137,7 @@ class AutoencoderTask:
         return sums
 
     def finalize(self, sums: dict) -> dict:
+        require_rows(sums)
         n = max(float(sums["n"]), 1.0)
 
         def r2(ss_res, sum_y, sum_y2, count):
