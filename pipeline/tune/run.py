@@ -194,21 +194,33 @@ def _search_alg(spec: TuneSpec):
 def _trial_rows(results, spec: TuneSpec, trials_dir: str) -> list[dict]:
     """One row per trial: overrides, learning curve, epochs run, stopped early, best checkpoint."""
     rows = []
-    epochs = spec.config.train.epochs
-    max_t = min((spec.tune.asha.max_t if spec.tune.asha else None) or epochs, epochs)
     for r in results:
         df = r.metrics_dataframe
         history = [] if df is None or spec.metric not in df else [float(v) for v in df[spec.metric].dropna()]
         name = os.path.basename(r.path)
+        overrides = overrides_of(r.config or {})
         ckpt, value, _ = _best_checkpoint(os.path.join(trials_dir, name), spec)
+        # Epochs trained, from the Train run itself: Tune's history of a trial restarted by
+        # --resume holds only what it reported after the restart.
+        trained = max(len(history), _epochs_trained(os.path.join(trials_dir, name)))
+        epochs = overrides.get("train.epochs", spec.config.train.epochs)
+        max_t = min(spec.tune.asha.max_t or epochs, epochs) if spec.tune.asha else epochs
         patience_stop = bool((r.metrics or {}).get("stopped"))  # the trial's own early stopping
         rows.append({
-            "trial": name, "overrides": overrides_of(r.config or {}), "history": history,
-            "epochs": len(history), "final_metric": history[-1] if history else None,
+            "trial": name, "overrides": overrides, "history": history,
+            "epochs": trained, "final_metric": history[-1] if history else None,
             "metric": value, "checkpoint": ckpt, "error": str(r.error) if r.error else None,
-            "stopped_early": bool(history) and len(history) < max_t and not r.error and not patience_stop,
+            "stopped_early": spec.tune.asha is not None and 0 < trained < max_t and not r.error
+            and not patience_stop,
         })
     return rows
+
+
+def _epochs_trained(run_dir: str) -> int:
+    """1 + the epoch of a Train run's latest checkpoint (Train always keeps the latest), or 0."""
+    names = [d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch")] if os.path.isdir(run_dir) else []
+    return max((int(d[len("checkpoint_epoch"):]) + 1 for d in names if d[len("checkpoint_epoch"):].isdigit()),
+               default=0)
 
 
 def _best_checkpoint(run_dir: str, spec: TuneSpec):

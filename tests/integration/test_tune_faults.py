@@ -80,14 +80,16 @@ def _planned_epochs(exp: Path, trial: str) -> int | None:
         return None
 
 
-def _files(*roots: Path) -> dict[str, tuple[int, int]]:
-    """(mtime_ns, size) of every file under `roots`: unchanged means nothing was re-run there."""
+def _files(*roots: Path) -> dict[str, tuple]:
+    """(mtime_ns, size) of every file under `roots` (results, curves, checkpoints): unchanged means
+    nothing was re-run there. Tune rewrites a restored trial's params.json/params.pkl (its
+    bookkeeping) with the same content: those are compared by content."""
     out = {}
     for root in roots:
         for p in root.rglob("*"):
             if p.is_file():
                 st = p.stat()
-                out[str(p)] = (st.st_mtime_ns, st.st_size)
+                out[str(p)] = (p.read_bytes(),) if p.name.startswith("params.") else (st.st_mtime_ns, st.st_size)
     return out
 
 
