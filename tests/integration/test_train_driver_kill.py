@@ -25,7 +25,7 @@ from pipeline.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNESTACK = [sys.executable, "-m", "pipeline.cli"]
-EPOCHS = 8
+EPOCHS = 60  # epochs of digits take a fraction of a second: enough of them that the kill lands mid-run
 
 
 def _committed(run_dir: Path, epoch: int) -> bool:
@@ -83,6 +83,7 @@ def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path, target):
         time.sleep(2)
         assert not (run_dir / "run.json").exists()  # the run did not finish
         killed_at = max(int(p.name[-4:]) for p in run_dir.glob("checkpoint_epoch*"))
+        assert killed_at < EPOCHS - 1, "the run finished before the kill: nothing was left to resume"
         survivors = [(p.pid, " ".join(p.cmdline())[:80]) for p in _ray_processes(ray_tmp)]
 
         resumed = subprocess.run(TUNESTACK + ["train", "--resume", "victim"], env=env, cwd=ROOT,

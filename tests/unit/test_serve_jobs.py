@@ -16,8 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = "unit-jobs-token"
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture()
-def api(tmp_path, monkeypatch):
+def api(tmp_path, monkeypatch, request):
     from fastapi.testclient import TestClient
 
     from serve.app import make_local_api
@@ -32,7 +40,10 @@ def api(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESTACK_ADMIN_TOKEN", TOKEN)
     home = tmp_path / "home"
     app = make_local_api({"registry_root": str(home / "registry"), "families": {"router": "route"},
-                          "jobs_configs_dir": str(configs)})
+                          "jobs_configs_dir": str(configs),
+                          # A dashboard nobody listens on: whatever Ray this process may be connected
+                          # to (the integration tests' session cluster), nothing is ever submitted.
+                          "jobs_dashboard_address": getattr(request, "param", f"http://127.0.0.1:{_closed_port()}")})
     with TestClient(app) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
         yield c
@@ -82,7 +93,18 @@ def test_unknown_job_ids_are_404_without_asking_ray(api):
         assert r.status_code == 404 and "unknown job" in r.text, r.text
 
 
+def test_a_valid_request_to_an_unreachable_jobs_api_is_503_naming_it(api):
+    r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.epochs=1"]})
+    assert r.status_code == 503 and "Jobs API at http://127.0.0.1:" in r.text and "unavailable" in r.text, r.text
+
+
+@pytest.mark.parametrize("api", [None], indirect=True)  # no address: the cluster this process runs in
 def test_a_valid_request_without_a_cluster_is_503_naming_ray(api):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("this process is connected to a Ray cluster (an integration test's): the no-cluster case "
+                    "cannot happen here")
     r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.epochs=1"]})
     assert r.status_code == 503 and "Ray cluster" in r.text, r.text
 
