@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
+from bench.report import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tune_configs"
@@ -214,14 +214,7 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.asha", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="8 configs x 6 epochs, digits 12 epochs x 2 trials")
-    ap.add_argument("--out-dir", default="bench/results")
-    args = ap.parse_args(argv)
-    result = run(quick=args.quick, out_dir=args.out_dir)
-    print(render(result))
-    print(f"wrote {os.path.join(args.out_dir, 'asha.json')}")
-    return 0
+    return bench_cli("asha", __doc__, run, render, "8 configs x 6 epochs, digits 12 epochs x 2 trials", argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ INT8 model ≤ 2 KB; batched FastGRNN ≤ 10 µs/sample on CPU (tiny-dancer's de
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench.report import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "tune_configs" / "digits.yaml"
@@ -286,14 +286,7 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="60 training epochs instead of 120, shorter timings")
-    ap.add_argument("--out-dir", default="bench/results")
-    args = ap.parse_args(argv)
-    result = run(quick=args.quick, out_dir=args.out_dir)
-    print(render(result))
-    print(f"wrote {os.path.join(args.out_dir, 'models.json')}")
-    return 0
+    return bench_cli("models", __doc__, run, render, "60 training epochs instead of 120, shorter timings", argv)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,17 @@ def check_result(result) -> list[str]:
     return problems
 
 
+def bench_cli(name: str, doc: str, run, render, quick_help: str, argv=None) -> int:
+    """`python -m bench.<name> [--quick] [--out-dir D]`: run, print `render(result)`, say where it went."""
+    ap = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out-dir", default="bench/results")
+    args = ap.parse_args(argv)
+    print(render(run(quick=args.quick, out_dir=args.out_dir)))
+    print(f"wrote {os.path.join(args.out_dir, name + '.json')}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The machine
 

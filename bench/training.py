@@ -22,7 +22,6 @@ next one's for Ray â€” train, validation, checkpoint, persisting it, reporting â
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench.report import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER_CONFIG = ROOT / "tune_configs" / "router.yaml"
@@ -259,14 +259,7 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="100k rows x 4 epochs instead of 200k x 8")
-    ap.add_argument("--out-dir", default="bench/results")
-    args = ap.parse_args(argv)
-    result = run(quick=args.quick, out_dir=args.out_dir)
-    print(render(result))
-    print(f"wrote {os.path.join(args.out_dir, 'training.json')}")
-    return 0
+    return bench_cli("training", __doc__, run, render, "100k rows x 4 epochs instead of 200k x 8", argv)
 
 
 if __name__ == "__main__":

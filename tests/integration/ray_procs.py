@@ -68,3 +68,17 @@ def venv_env(**extra) -> dict:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def train_worker_pids() -> list[int]:
+    """Ray Train worker processes of this session's cluster (descendants of this process)."""
+    import psutil
+
+    pids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.Error:
+            pass
+    return pids

@@ -17,6 +17,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.train.checkpoint import (MODEL_FILE, CheckpointError, load_checkpoint, save_checkpoint)
+from tests.integration.ray_procs import train_worker_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -210,20 +211,6 @@ def test_autoencoder_on_us_gaap_beats_pca_of_same_width(ray_cluster, home):
 # Failures
 
 
-def _train_worker_pids():
-    """Ray Train worker processes of THIS session's cluster (descendants of this process)."""
-    import psutil
-
-    pids = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                pids.append(p.pid)
-        except psutil.Error:
-            pass
-    return pids
-
-
 def _checkpoint_registered(run_dir: Path, epoch: int) -> bool:
     # Ray Train's snapshot (JSON) lists a checkpoint once it is committed, not while it uploads
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
@@ -236,8 +223,8 @@ def _checkpoint_registered(run_dir: Path, epoch: int) -> bool:
 def _kill_worker_after_checkpoint(run_dir: Path, epoch: int, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if _checkpoint_registered(run_dir, epoch) and _train_worker_pids():
-            pids = _train_worker_pids()
+        if _checkpoint_registered(run_dir, epoch) and train_worker_pids():
+            pids = train_worker_pids()
             for pid in pids:
                 os.kill(pid, 9)
             return pids

@@ -22,14 +22,13 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from pipeline.registry import Registry
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from tests.integration.ray_procs import REPO, end_session, venv_env
+from tests.integration.ray_procs import REPO, end_session, train_worker_pids, venv_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 
@@ -164,18 +163,6 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert rec["metrics"]["val_accuracy"] == pytest.approx(best)
 
 
-def _train_worker_pids() -> list[int]:
-    """Ray Train worker processes of this session's cluster (descendants of this process)."""
-    pids = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                pids.append(p.pid)
-        except psutil.Error:
-            pass
-    return pids
-
-
 def test_killed_train_worker_continues_the_trial_from_its_checkpoint(ray_cluster, tmp_path):
     from pipeline.tune.run import run_tune
 
@@ -192,7 +179,7 @@ def test_killed_train_worker_continues_the_trial_from_its_checkpoint(ray_cluster
         while not killed and time.time() < deadline:
             runs = list((exp / "trials").glob("trial_*"))
             if runs and 1 in _committed_epochs(runs[0]):
-                killed = _train_worker_pids()
+                killed = train_worker_pids()
                 for pid in killed:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
