@@ -151,7 +151,10 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec.search, spec.plan),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.tune.num_samples,
+            # Each point of tune.points_to_evaluate takes one of Tune's samples: add them, so the
+            # file's num_samples draws all run.
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
+                                        num_samples=spec.tune.num_samples + len(spec.tune.points_to_evaluate),
                                         scheduler=scheduler, search_alg=_search_alg(spec),
                                         max_concurrent_trials=max_concurrent(spec),
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
@@ -175,18 +178,23 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
 def _search_alg(spec: TuneSpec):
     from pipeline.config import ConfigError
 
+    points = [dict(p) for p in spec.tune.points_to_evaluate] or None
     if spec.tune.search_alg == "random":
-        return None  # Tune's basic variant generator: random draws and grid_search
+        if not points:
+            return None  # Tune's basic variant generator: random draws and grid_search
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=points)  # a point expands over the plan's grid
     if spec.plan != [{}]:
         raise ConfigError(spec.source, "tune.search_alg", "a plan or grid needs search_alg: random")
     try:
         if spec.tune.search_alg == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch()
+            return OptunaSearch(points_to_evaluate=points)
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch()
+        return HyperOptSearch(points_to_evaluate=points)
     except (ImportError, AssertionError) as e:
         raise ConfigError(spec.source, "tune.search_alg", f"{spec.tune.search_alg} is not installed ({e})") from e
 
@@ -224,12 +232,18 @@ def _epochs_trained(run_dir: str) -> int:
 
 
 def _best_checkpoint(run_dir: str, spec: TuneSpec):
-    """(path, metric, meta) of a trial's best kept checkpoint by the tune metric, or Nones."""
+    """(path, metric, meta) of a trial's best kept checkpoint by the tune metric, or Nones.
+
+    Ranked as `tunestack train` ranks a run's checkpoints: only those the loop marked eligible
+    (with sparsity, the final fixed-support phase: a dense-phase model is not the model that
+    ships; the loop gives the others a score of ±1e30), ties to the later epoch (trained longer,
+    at a lower learning rate)."""
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
-    best = (None, None, None)
+    best, best_key = (None, None, None), None
     if not os.path.isdir(run_dir):
         return best
+    sign = 1 if spec.mode == "max" else -1
     for d in sorted(os.listdir(run_dir)):
         if not d.startswith("checkpoint_"):
             continue
@@ -237,10 +251,17 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
             meta = load_checkpoint(os.path.join(run_dir, d)).meta
         except CheckpointError:
             continue
-        value = (meta.get("metrics") or {}).get(spec.metric)
-        if value is not None and (best[1] is None or (value > best[1] if spec.mode == "max" else value < best[1])):
-            best = (os.path.join(run_dir, d), float(value), meta)
+        metrics = meta.get("metrics") or {}
+        value = metrics.get(spec.metric)
+        if value is None or abs(metrics.get("score", 0.0)) >= INELIGIBLE_SCORE:
+            continue
+        key = (sign * float(value), meta.get("epoch", -1))
+        if best_key is None or key > best_key:
+            best, best_key = (os.path.join(run_dir, d), float(value), meta), key
     return best
+
+
+INELIGIBLE_SCORE = 1e30  # pipeline.train.loop's score of a checkpoint that may not be "best"
 
 
 def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:

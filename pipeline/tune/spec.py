@@ -8,6 +8,8 @@
       max_concurrent: 0         # 0 = as many as the cluster's CPUs/GPUs fit
       trial_cpus: 0.25          # CPU held by each trial's driver (the Train workers hold their own)
       storage: null             # experiment storage URI (default $TUNESTACK_HOME/runs/tune)
+      points_to_evaluate:       # configurations tried first, besides the num_samples draws: values of
+        - {optim.lr: 0.02}      # sampled search keys (a key left out is drawn); each runs every plan entry
       asha:                     # early stopping across trials; `asha: null` runs every trial out
         time_attr: training_iteration
         grace_period: 2
@@ -48,6 +50,7 @@ class TuneSection:
     max_concurrent: int = 0
     trial_cpus: float = 0.25
     storage: str | None = None
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     asha: AshaSection | None = field(default_factory=AshaSection)
 
 
@@ -112,6 +115,7 @@ def load_tune_spec(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Tu
     except SpaceError as e:
         raise ConfigError(e.source, e.key, str(e).split(": ", 2)[-1]) from e
     spec = TuneSpec(path, base, cfg, tune, search, plan)
+    _validate_points(spec, path)
     # Every searched or planned key must be a config key of the right type: try one value of each.
     for key, value in {**sample_values(search), **(plan[0] if plan else {})}.items():
         try:
@@ -119,6 +123,25 @@ def load_tune_spec(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Tu
         except ConfigError as e:
             raise ConfigError(path, f"search.{key}" if key in search else f"plan.{key}", str(e).split(": ", 2)[-1]) from e
     return spec
+
+
+def _validate_points(spec: TuneSpec, source: str) -> None:
+    """Each point gives values of sampled search keys (not plan/grid keys: a point runs every plan
+    entry, as a draw does), each a valid value for its config key."""
+    sampled = [k for k, v in spec.search.items() if "grid" not in v]
+    for i, point in enumerate(spec.tune.points_to_evaluate):
+        where = f"tune.points_to_evaluate[{i}]"
+        if not isinstance(point, dict) or not point:
+            raise ConfigError(source, where, f"expected a mapping of sampled search keys to values, got {point!r}")
+        for key, value in point.items():
+            if key not in sampled:
+                why = ("a plan or grid key (a point runs every plan entry)" if any(key in c for c in spec.plan)
+                       else "not a sampled search key")
+                raise ConfigError(source, f"{where}.{key}", f"{why}; sampled keys: {sampled}")
+            try:
+                spec.trial_config({key: value})
+            except ConfigError as e:
+                raise ConfigError(source, f"{where}.{key}", str(e).split(": ", 2)[-1]) from e
 
 
 def _validate(t: TuneSection, cfg: Config, source: str) -> None:

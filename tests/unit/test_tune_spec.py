@@ -62,12 +62,36 @@ def test_no_search_is_one_plain_trial(tmp_path):
     ("tune:\n  bogus: 1\n", "tune.bogus"),
     ("tune:\n  asha: {reduction_factor: 1}\n", "tune.asha.reduction_factor"),
     ("tune:\n  search_alg: grid\n", "tune.search_alg"),
+    # points_to_evaluate: values of sampled search keys, each valid for its config key
+    ("search: {optim.lr: {loguniform: [1.0e-3, 1.0e-1]}}\ntune: {points_to_evaluate: {optim.lr: 0.02}}\n",
+     "tune.points_to_evaluate"),
+    ("search: {optim.lr: {loguniform: [1.0e-3, 1.0e-1]}}\ntune: {points_to_evaluate: [{}]}\n",
+     "tune.points_to_evaluate[0]"),
+    ("search: {optim.lr: {loguniform: [1.0e-3, 1.0e-1]}}\ntune: {points_to_evaluate: [{optim.lr: fast}]}\n",
+     "tune.points_to_evaluate[0].optim.lr"),
+    ("search: {optim.lr: {loguniform: [1.0e-3, 1.0e-1]}}\ntune: {points_to_evaluate: [{train.epochs: 3}]}\n",
+     "tune.points_to_evaluate[0].train.epochs"),
+    ("search: {model.hidden_size: {grid: [16, 32]}}\ntune: {points_to_evaluate: [{model.hidden_size: 16}]}\n",
+     "tune.points_to_evaluate[0].model.hidden_size"),
 ])
 def test_bad_tune_files_name_the_key_and_the_file(tmp_path, text, key):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
         load_tune_spec(path)
     assert e.value.source == path and e.value.key.startswith(key), str(e.value)
+
+
+def test_points_to_evaluate_hold_sampled_keys(tmp_path):
+    spec = load_tune_spec(write(tmp_path, """
+        search:
+          optim.lr: {loguniform: [1.0e-3, 1.0e-2]}
+          model.hidden_size: {grid: [16, 32]}
+        tune:
+          points_to_evaluate:
+            - {optim.lr: 0.02}        # outside the sampled range: a known config is allowed
+        """))
+    assert spec.tune.points_to_evaluate == [{"optim.lr": 0.02}]
+    assert load_tune_spec(write(tmp_path, "")).tune.points_to_evaluate == []
 
 
 def test_flatten_and_overrides_helpers():
