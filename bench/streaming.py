@@ -4,22 +4,27 @@ per-index lookups, its memory as the store grows tenfold, and its throughput vs 
     python -m bench.streaming [--quick] [--out-dir bench/results]
 
 (a) Throughput, on synthetic stores of N and 10·N triplets (1M and 10M; --quick 200k and 2M). Every
-    way builds the same float32 [embedding ‖ scaled value] batches of 4,096 rows in this process:
-    - ray_data: `triplet_dataset(store, split=None).iter_batches(...)` (row-group blocks of
-      {pair_id, value}), the embedding joined per batch (`triplet_features`), a full pass after a
-      warm-up pass; also `iter_torch_batches(collate_fn=TripletCollate)`, as training consumes it;
+    way builds the same batches of 4,096 rows in this process — {"x": float32 tensor
+    [embedding ‖ scaled value], "pair_id": int64 tensor}, by the same `triplet_batch`:
+    - ray_data: `iter_triplet_batches(triplet_dataset(store, split=None), ...)`, exactly as the
+      training loop reads the store (whole row-group blocks from Ray Data, the batches cut and the
+      embeddings joined in this process); also with the training loop's local shuffle, and the
+      previous path — Ray Data's `iter_batches(batch_size=4096)`, Ray's iterator per batch;
     - raw_scan: pyarrow `ParquetFile.iter_batches` over the same columns in this process — the
       practical limit (no scheduling, no object store, no parallelism needed);
     - per_index: a map-style dataset whose `__getitem__(i)` fetches one row from the store (as
       narrative_stack's did from its KV store), batched by a torch DataLoader; a sample of indices
       is timed and extrapolated per triplet. `random` order is how a shuffled map-style dataset is
       read; `sequential` is its best case (the row group just decoded is kept).
+    Each timed pass follows a warm-up pass of its kind; raw_scan and ray_data alternate, REPEATS
+    passes each, and the medians are compared (other load drifts over seconds).
     Goals: ray_data >= 0.5 x raw_scan and >= 20 x per_index (random).
 (b) Memory: one full Ray Data pass per store, each in a fresh subprocess with its own Ray instance;
     the RSS (and PSS, which counts shared object-store pages once) of the whole process tree —
     driver, raylet, GCS, workers — is sampled every 50 ms. Goal: peak(10·N) <= 1.2 x peak(N).
-(c) Block size: stores of N triplets written with row groups (= Ray Data blocks) of 16k, 64k and
-    256k rows; ray_data and raw_scan on each (plot: streaming_block_size.png).
+(c) Block size: the larger store (10·N triplets) also written with row groups (= Ray Data blocks)
+    of 16k and 256k rows; ray_data and raw_scan on each, measured as in (a) (plot:
+    streaming_block_size.png).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import psutil
 import pyarrow.parquet as pq
 
 from bench.report import machine
-from pipeline.data.triplets import READ_COLUMNS, TripletCollate, triplet_features
+from pipeline.data.triplets import READ_COLUMNS, iter_triplet_batches, triplet_batch
 from pipeline.store.layout import TripletStore
 from pipeline.synth import synth_gaap
 
@@ -49,6 +54,9 @@ NAME = "streaming"
 GOALS = {"ray_vs_raw_scan_min": 0.5, "ray_vs_per_index_min": 20.0, "rss_ratio_max": 1.2}
 BATCH = 4096
 BLOCK_SIZES = (16_384, 65_536, 262_144)
+REPEATS = 3  # timed passes of each reader, alternating
+SHUFFLE_ROWS = 20_000  # the training loop's local shuffle window (pipeline.train.tasks.SHUFFLE_ROWS)
+MODES = ("blocks", "shuffled", "per_batch")
 SAMPLE_EVERY_S = 0.05
 
 
@@ -63,7 +71,18 @@ def _ray_init() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def ray_pass(store: str, batch_size: int = BATCH, torch_batches: bool = False) -> dict:
+def _ray_batches(ds, emb, batch_size: int, mode: str):
+    if mode == "blocks":  # how the training loop reads the store (validation; train without its shuffle)
+        return iter_triplet_batches(ds, emb, batch_size)
+    if mode == "shuffled":  # the training loop's train pass
+        return iter_triplet_batches(ds, emb, batch_size, shuffle_rows=SHUFFLE_ROWS, seed=0)
+    if mode == "per_batch":  # the previous path: Ray Data's iterator cuts every batch
+        return (triplet_batch(emb, b["pair_id"], b["value"])
+                for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def ray_pass(store: str, batch_size: int = BATCH, mode: str = "blocks") -> dict:
     """One full pass of the Ray Data pipeline: rows, seconds, and when the first batch arrived."""
     from pipeline.data.triplets import triplet_dataset
 
@@ -71,21 +90,16 @@ def ray_pass(store: str, batch_size: int = BATCH, torch_batches: bool = False) -
     emb = TripletStore(store).embeddings()
     ds = triplet_dataset(store, split=None)
     rows, first = 0, None
-    if torch_batches:
-        for batch in ds.iter_torch_batches(batch_size=batch_size, collate_fn=TripletCollate(emb), device="cpu"):
-            rows += batch["x"].shape[0]
-            first = first or time.perf_counter() - t0
-    else:
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            rows += triplet_features(emb, batch["pair_id"], batch["value"]).shape[0]
-            first = first or time.perf_counter() - t0
+    for batch in _ray_batches(ds, emb, batch_size, mode):
+        rows += batch["x"].shape[0]
+        first = first or time.perf_counter() - t0
     secs = time.perf_counter() - t0
     return {"rows": rows, "seconds": secs, "rows_per_s": rows / secs, "first_batch_s": first,
             "after_first_batch_rows_per_s": rows / max(secs - first, 1e-9)}
 
 
 def raw_scan(store: str, batch_size: int = BATCH) -> dict:
-    """pyarrow + numpy, no Ray: the same columns into the same float32 [emb ‖ scaled] batches."""
+    """pyarrow + numpy, no Ray: the same columns into the same batches (`triplet_batch`)."""
     t0 = time.perf_counter()
     s = TripletStore(store)
     emb = s.embeddings()
@@ -93,7 +107,7 @@ def raw_scan(store: str, batch_size: int = BATCH) -> dict:
     for path in s.triplet_files():
         for b in pq.ParquetFile(path, filesystem=s.loc.fs).iter_batches(batch_size=batch_size, columns=READ_COLUMNS):
             pair_id = b.column("pair_id").to_numpy().astype(np.int32)
-            rows += triplet_features(emb, pair_id, b.column("scaled_value").to_numpy()).shape[0]
+            rows += triplet_batch(emb, pair_id, b.column("scaled_value").to_numpy())["x"].shape[0]
     secs = time.perf_counter() - t0
     return {"rows": rows, "seconds": secs, "rows_per_s": rows / secs}
 
@@ -160,20 +174,41 @@ def per_index(store: str, sample: int, batch_size: int, order: str, seed: int = 
             "rows_per_s": rows / seconds}
 
 
+def _median_pass(passes: list[dict]) -> dict:
+    """The pass of median throughput, with every pass's rows/s beside it."""
+    ranked = sorted(passes, key=lambda p: p["rows_per_s"])
+    return {**ranked[len(ranked) // 2], "passes_rows_per_s": [p["rows_per_s"] for p in passes]}
+
+
+def compare(store: str, modes=MODES, batch_size: int = BATCH, repeats: int = REPEATS) -> dict:
+    """raw_scan and ray_pass in each of `modes`, a warm-up pass each, then `repeats` rounds of
+    one pass each, alternating; the median pass of each. Ray must already be initialised."""
+    raw_scan(store, batch_size)  # warm the page cache
+    for mode in modes:
+        ray_pass(store, batch_size, mode)  # warm-up: worker start, imports
+    passes: dict = {"raw_scan": [], **{f"ray_{m}": [] for m in modes}}
+    for _ in range(repeats):
+        passes["raw_scan"].append(raw_scan(store, batch_size))
+        for mode in modes:
+            passes[f"ray_{mode}"].append(ray_pass(store, batch_size, mode))
+    out = {k: _median_pass(v) for k, v in passes.items()}
+    if any(p["rows"] != out["raw_scan"]["rows"] for v in passes.values() for p in v):
+        raise RuntimeError(f"readers disagree on the rows in {store}: "
+                           f"{ {k: [p['rows'] for p in v] for k, v in passes.items()} }")
+    return out
+
+
 def throughput(store: str, per_index_sample: int, batch_size: int = BATCH) -> dict:
     """(a) for one store. Ray must already be initialised."""
-    out: dict = {}
-    raw_scan(store, batch_size)  # warm the page cache
-    out["raw_scan"] = raw_scan(store, batch_size)
-    ray_pass(store, batch_size)  # warm-up: worker start, imports, page cache
-    out["ray_data"] = ray_pass(store, batch_size)
-    out["ray_data_torch"] = ray_pass(store, batch_size, torch_batches=True)
+    out = compare(store, MODES, batch_size)
+    out["ray_data"] = out.pop("ray_blocks")
     out["per_index_random"] = per_index(store, per_index_sample, batch_size, "random")
     out["per_index_sequential"] = per_index(store, per_index_sample, batch_size, "sequential")
-    ray = out["ray_data"]["rows_per_s"]
+    ray, raw = out["ray_data"]["rows_per_s"], out["raw_scan"]["rows_per_s"]
     out["ratios"] = {
-        "ray_vs_raw_scan": ray / out["raw_scan"]["rows_per_s"],
-        "ray_torch_vs_raw_scan": out["ray_data_torch"]["rows_per_s"] / out["raw_scan"]["rows_per_s"],
+        "ray_vs_raw_scan": ray / raw,
+        "ray_shuffled_vs_raw_scan": out["ray_shuffled"]["rows_per_s"] / raw,
+        "ray_per_batch_vs_raw_scan": out["ray_per_batch"]["rows_per_s"] / raw,
         "ray_vs_per_index_random": ray / out["per_index_random"]["rows_per_s"],
         "ray_vs_per_index_sequential": ray / out["per_index_sequential"]["rows_per_s"],
     }
@@ -181,14 +216,13 @@ def throughput(store: str, per_index_sample: int, batch_size: int = BATCH) -> di
 
 
 def block_sizes(stores: dict[int, str]) -> dict:
-    """(c): ray_data and raw_scan per row-group size (best of two passes each, after a warm-up)."""
+    """(c): ray_data (the training path) and raw_scan per row-group size, measured as in (a)."""
     out = {}
     for rows_per_block, store in stores.items():
-        ray_pass(store)
-        raw_scan(store)
-        ray = max(ray_pass(store)["rows_per_s"] for _ in range(2))
-        raw = max(raw_scan(store)["rows_per_s"] for _ in range(2))
-        out[str(rows_per_block)] = {"ray_data_rows_per_s": ray, "raw_scan_rows_per_s": raw, "ratio": ray / raw}
+        c = compare(store, ("blocks",))
+        ray, raw = c["ray_blocks"]["rows_per_s"], c["raw_scan"]["rows_per_s"]
+        out[str(rows_per_block)] = {"ray_data_rows_per_s": ray, "raw_scan_rows_per_s": raw, "ratio": ray / raw,
+                                    "rows": c["raw_scan"]["rows"]}
     return out
 
 
@@ -287,8 +321,10 @@ def figures(r: dict) -> list[dict]:
         out.append(_fig(f"Ray Data triplets/s vs per-index lookups, {label}", ray, "rows/s",
                         "per-index lookups (random order)", rnd, f">= {GOALS['ray_vs_per_index_min']:g}x",
                         ray / rnd >= GOALS["ray_vs_per_index_min"]))
-        out.append(_fig(f"iter_torch_batches triplets/s, {label}", t["ray_data_torch"]["rows_per_s"], "rows/s",
-                        "raw pyarrow scan", raw))
+        out.append(_fig(f"Ray Data triplets/s with the training loop's local shuffle, {label}",
+                        t["ray_shuffled"]["rows_per_s"], "rows/s", "raw pyarrow scan", raw))
+        out.append(_fig(f"Ray Data triplets/s, Ray's iterator per 4,096-row batch (previous path), {label}",
+                        t["ray_per_batch"]["rows_per_s"], "rows/s", "raw pyarrow scan", raw))
     mem = r["details"]["memory"]
     for key, what in (("peak_tree_rss_mib", "peak RSS"), ("peak_tree_pss_mib", "peak PSS")):
         ok = mem[large][key] <= GOALS["rss_ratio_max"] * mem[small][key]
@@ -296,8 +332,8 @@ def figures(r: dict) -> list[dict]:
                         "MiB", f"the same at {int(small):,} triplets", mem[small][key],
                         f"<= {GOALS['rss_ratio_max']}x", ok))
     for size, b in r["details"]["block_sizes"].items():
-        out.append(_fig(f"Ray Data triplets/s, {int(size):,}-row blocks", b["ray_data_rows_per_s"], "rows/s",
-                        "raw pyarrow scan", b["raw_scan_rows_per_s"]))
+        out.append(_fig(f"Ray Data triplets/s, {int(size):,}-row blocks, {int(large):,} triplets",
+                        b["ray_data_rows_per_s"], "rows/s", "raw pyarrow scan", b["raw_scan_rows_per_s"]))
     return out
 
 
@@ -334,12 +370,12 @@ def run(quick: bool = False, out_dir: str = "bench/results", per_index_sample: i
                      "load_average_at_start": os.getloadavg(), "stores": {}}
     try:
         stores, by_block = {}, {}
-        for n, rg in [(small, 65_536), (large, 65_536)] + [(small, b) for b in BLOCK_SIZES if b != 65_536]:
+        for n, rg in [(small, 65_536), (large, 65_536)] + [(large, b) for b in BLOCK_SIZES if b != 65_536]:
             uri = os.path.join(workdir, f"synth-{n}-rg{rg}")
             details["stores"][uri] = synth_gaap(uri, n, seed=0, row_group_size=rg)
             if rg == 65_536:
                 stores[n] = uri
-            if n == small:
+            if n == large:
                 by_block[rg] = uri
         import ray
 
@@ -360,14 +396,18 @@ def run(quick: bool = False, out_dir: str = "bench/results", per_index_sample: i
               "plots": [plot(details["block_sizes"], os.path.join(out_dir, "streaming_block_size.png"))],
               "method": (f"Synthetic stores (tunestack synth gaap) of {small:,} and {large:,} triplets, 16 hash "
                          "buckets, 65,536-row row groups; a fresh local Ray with 2 CPUs. Every reader builds the same "
-                         f"float32 [64-d embedding ‖ scaled value] batches of {BATCH:,} rows in the benchmark "
-                         "process; Ray Data = triplet_dataset(...).iter_batches + triplet_features, a full pass "
-                         "after a warm-up pass; raw scan = pyarrow ParquetFile.iter_batches in-process (the practical "
-                         f"limit); per-index = a torch DataLoader over a map-style dataset, {per_index_sample:,} "
-                         "random indices timed and extrapolated. Memory: a fresh subprocess with its own Ray per "
-                         "store streams it once while the RSS and PSS of its whole process tree are sampled every "
-                         "50 ms. Block sizes: stores of the smaller size re-written with 16k/64k/256k-row row "
-                         "groups, best of two passes each.")}
+                         f"batches of {BATCH:,} rows in the benchmark process with the same function (triplet_batch: "
+                         "float32 tensor [64-d embedding ‖ scaled value] and int64 pair ids); Ray Data = "
+                         "iter_triplet_batches(triplet_dataset(...)), the training loop's path (whole row-group "
+                         "blocks from Ray Data, batches cut in the consumer), also with the loop's local shuffle "
+                         "and, for reference, Ray's iterator cutting every 4,096-row batch (the previous path); raw "
+                         "scan = pyarrow ParquetFile.iter_batches in-process (the practical limit). A warm-up pass "
+                         f"of each, then {REPEATS} rounds alternating the readers, one full pass each; the median "
+                         "pass of each reader is reported. Per-index = a torch DataLoader over a map-style dataset, "
+                         f"{per_index_sample:,} random indices timed and extrapolated. Memory: a fresh subprocess "
+                         "with its own Ray per store streams it once (training's path) while the RSS and PSS of its "
+                         "whole process tree are sampled every 50 ms. Block sizes: the larger store also written "
+                         "with 16k- and 256k-row row groups, measured as the main figures.")}
     result["figures"] = figures(result)
     result["seconds"] = time.perf_counter() - t_start
     with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:

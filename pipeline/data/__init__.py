@@ -1,7 +1,7 @@
 """Data sources for training: Ray Data pipelines over the triplet store (and, for the router and
 sequence tasks, routing logs and .npz/Parquet sequence files)."""
 
-__all__ = ["triplet_dataset", "split_folds", "TripletCollate"]
+__all__ = ["triplet_dataset", "iter_triplet_batches", "split_folds", "TripletCollate"]
 
 
 def __getattr__(name: str):

@@ -4,12 +4,16 @@ The store's Parquet row groups are the blocks: `TripletDatasource` plans read ta
 decode a run of row groups (only `pair_id`, `scaled_value` and `fold`), keep the rows of the
 requested split and emit one compact block per row group — `pair_id` int32 and `value` float32,
 8 bytes a row. Memory therefore stays flat as the store grows (the executor holds a bounded number
-of 0.5 MB blocks), and there are only as many read tasks as the cluster runs at once, so task
-start-up does not dominate (bench/streaming.py measures both).
+of 0.5 MB blocks), and there are few read tasks (one per 2M rows, see `default_read_tasks`), so
+running tasks does not cost more than reading (bench/streaming.py measures both).
 
-The 64-d pair embedding is joined where the batch is consumed: `TripletCollate` turns a batch into
-`{"x": float32 [n, dim+1] = embedding ‖ scaled value, "pair_id"}` tensors from the small
-embedding matrix it holds, instead of shipping 260 bytes a row through the object store.
+The 64-d pair embedding is joined where the batch is consumed, from the small embedding matrix,
+instead of shipping 260 bytes a row through the object store. `iter_triplet_batches` (what training
+uses) takes Ray Data's blocks whole — Ray's iterator costs about half a millisecond a batch, so it
+is paid once per 65,536-row block instead of once per 4,096-row batch — and cuts the
+`{"x": float32 [n, dim+1] = embedding ‖ scaled value, "pair_id"}` batches from them in the
+consumer, optionally shuffling within a window of rows. `TripletCollate` does the same join for
+`iter_torch_batches(collate_fn=...)`.
 
 The train/validation split is by filing: a row's `fold` is crc32(accession) % 100, so a filing
 never lands on both sides.
@@ -58,8 +62,13 @@ class TripletDatasource(Datasource):
             meta = pq.ParquetFile(path, filesystem=self.fs).metadata
             self.units += [(path, rg, meta.row_group(rg).num_rows) for rg in range(meta.num_row_groups)]
 
+    @property
+    def rows(self) -> int:
+        """Rows in the store version (before the split's fold filter)."""
+        return sum(rows for _, _, rows in self.units)
+
     def estimate_inmemory_data_size(self) -> int:
-        return sum(rows for _, _, rows in self.units) * ROW_BYTES
+        return self.rows * ROW_BYTES
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         if not self.units:
@@ -82,19 +91,26 @@ class TripletDatasource(Datasource):
         return tasks
 
 
-def default_read_tasks(num_cpus: float) -> int:
-    """One read task per slot the cluster can run at once: enough to keep every CPU busy, few
-    enough that starting tasks does not cost more than reading (a task per row group does)."""
+ROWS_PER_READ_TASK = 2_000_000
+
+
+def default_read_tasks(rows: int) -> int:
+    """One read task per 2M rows, at most two per CPU of the cluster. Ray Data's executor waits
+    (up to 0.1 s a round) for every running task to have a block ready, so each extra task delays
+    the stream; one task decoding while the consumer works already keeps 2 CPUs busy. Measured
+    on 2 CPUs (bench/streaming.py's way): 1 task streamed 1M-2M triplets at 0.84-0.87x the raw
+    scan, 2 tasks at 0.67-0.80x, 4 at 0.55-0.73x, 8 (one per 0.25-CPU slot) at 0.55x; at 10M,
+    3-4 tasks ran 1.4x the raw scan, 2 tasks 1.2x."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
-    return max(2, int(cpus / max(num_cpus, 1e-3)))
+    return max(1, min(-(-rows // ROWS_PER_READ_TASK), 2 * int(cpus)))
 
 
 def triplet_dataset(store_uri: str | None = None, split: str | None = "train", val_fraction: float = 0.1,
                     num_cpus: float = 0.25, read_tasks: int | None = None):
     """A lazy Ray Dataset of {"pair_id", "value"} rows of the live store version for `split`
-    ("train", "val" or None = all); join embeddings with `TripletCollate`.
+    ("train", "val" or None = all); build feature batches with `iter_triplet_batches`.
 
     Read tasks ask for `num_cpus` each (a fraction by default): inside Ray Train or Tune the
     workers hold most CPUs, and data tasks that wanted a whole CPU would never start."""
@@ -104,7 +120,7 @@ def triplet_dataset(store_uri: str | None = None, split: str | None = "train", v
     store.require()
     source = TripletDatasource(store, split_folds(split, val_fraction))
     return ray.data.read_datasource(source, num_cpus=num_cpus,
-                                    override_num_blocks=read_tasks or default_read_tasks(num_cpus))
+                                    override_num_blocks=read_tasks or default_read_tasks(source.rows))
 
 
 def triplet_features(embeddings: np.ndarray, pair_id: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -115,6 +131,67 @@ def triplet_features(embeddings: np.ndarray, pair_id: np.ndarray, value: np.ndar
     return x
 
 
+def triplet_batch(embeddings: np.ndarray, pair_id: np.ndarray, value: np.ndarray, device=None) -> dict:
+    """{"x": float32 tensor [n, dim+1], "pair_id": int64 tensor} of rows (on `device`, if given)."""
+    import torch
+
+    x = torch.from_numpy(triplet_features(embeddings, pair_id, value))
+    ids = torch.from_numpy(pair_id.astype(np.int64))
+    if device is not None and torch.device(device).type != "cpu":
+        x, ids = x.to(device, non_blocking=True), ids.to(device, non_blocking=True)
+    return {"x": x, "pair_id": ids}
+
+
+def rebatch(blocks, batch_size: int, shuffle_rows: int = 0, seed: int | None = None):
+    """Cut runs of aligned column arrays (`blocks`: tuples of equal-length arrays) into tuples of
+    exactly `batch_size` rows (the last may be short); every row exactly once.
+
+    With a `seed`, rows are pooled until at least max(batch_size, shuffle_rows) are held (a whole
+    block usually is), the pool is permuted and the full batches are emitted; the few rows left
+    over join the next pool. So a row moves at most about one pool away — a local shuffle, like
+    Ray Data's `local_shuffle_buffer_size`. Without a seed the order is kept and blocks are sliced,
+    not copied (only rows left over at a block's end are joined to the next block's)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = None if seed is None else np.random.default_rng(seed)
+    fill = max(batch_size, shuffle_rows) if rng is not None else batch_size
+    pool: list[tuple] = []
+    rows = 0
+
+    def cut(final: bool):
+        cols = pool[0] if len(pool) == 1 else tuple(np.concatenate(c) for c in zip(*pool))
+        if rng is not None:
+            order = rng.permutation(rows)
+            cols = tuple(c[order] for c in cols)
+        full = rows if final else rows - rows % batch_size
+        for start in range(0, full, batch_size):
+            yield tuple(c[start:start + batch_size] for c in cols)
+        return [tuple(c[full:] for c in cols)] if full < rows else [], rows - full
+
+    for block in blocks:
+        if len(block[0]) == 0:
+            continue
+        pool.append(block)
+        rows += len(block[0])
+        if rows >= fill:
+            pool, rows = yield from cut(final=False)
+    if rows:
+        yield from cut(final=True)
+
+
+def iter_triplet_batches(source, embeddings: np.ndarray, batch_size: int, shuffle_rows: int = 0,
+                         seed: int | None = None, device=None, prefetch_blocks: int = 1):
+    """Training batches {"x", "pair_id"} (see `triplet_batch`) of a `triplet_dataset` or a Ray
+    Train shard of one: Ray Data hands over whole blocks (zero-copy numpy), the batches of
+    `batch_size` rows are cut here (`rebatch`: every row once; with a `seed`, shuffled within
+    windows of at least `shuffle_rows` rows)."""
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    blocks = ((b["pair_id"], b["value"]) for b in
+              source.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks))
+    for pair_id, value in rebatch(blocks, batch_size, shuffle_rows, seed):
+        yield triplet_batch(emb, pair_id, value, device)
+
+
 class TripletCollate(NumpyBatchCollateFn):
     """`iter_torch_batches(collate_fn=...)`: a numpy batch → {"x", "pair_id"} tensors."""
 
@@ -123,8 +200,4 @@ class TripletCollate(NumpyBatchCollateFn):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
-        import torch
-
-        pair_id = batch["pair_id"].astype(np.int64)
-        return {"x": torch.from_numpy(triplet_features(self.embeddings, pair_id, batch["value"])),
-                "pair_id": torch.from_numpy(pair_id)}
+        return triplet_batch(self.embeddings, batch["pair_id"], batch["value"])

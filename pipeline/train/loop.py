@@ -2,8 +2,9 @@
 
 Each worker: builds the model (fine-tune weights or the latest checkpoint loaded), wraps it with
 `prepare_model` (device placement; DDP when there is more than one worker), streams its shard of
-the "train" and "val" datasets with `iter_torch_batches` (shards of sources read whole on the
-driver are loaded into tensors once and reshuffled every epoch), and every epoch reports metrics with a
+the "train" and "val" datasets in the task's batches (`task.batches`: the triplet store's blocks
+are cut into batches in the worker; shards of sources read whole on the driver are loaded into
+tensors once and reshuffled every epoch), and every epoch reports metrics with a
 checkpoint (written by rank 0). On a GPU worker it trains with AMP; on CPU in float32 — the same
 code either way. A worker group restarted after a failure finds the latest checkpoint through
 `ray.train.get_checkpoint()` and continues from the epoch after it.
@@ -22,7 +23,6 @@ from pipeline.config import Config, config_from_dict
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from pipeline.train.tasks import TASKS
 
-SHUFFLE_BUFFER = 20_000  # rows; a local shuffle window over the streamed blocks
 # Sources the driver reads whole (routing logs, .npz/Parquet sequences): each worker loads its
 # shard into tensors once and reshuffles them every epoch. Streaming them through Ray Data every
 # epoch costs about a millisecond a batch on a CPU worker — as long as a small model's whole
@@ -155,8 +155,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     elif hasattr(model, "init_linear_from_pca") and model.config.init == "pca":  # autoencoder: start at PCA
         from pipeline.train.pca_init import init_from_pca
 
-        init_from_pca(model, ray.train.get_dataset_shard("train"), t.eval_batch_size, device, world_size,
-                      task.iter_args)
+        init_from_pca(model, task.batches(ray.train.get_dataset_shard("train"), t.eval_batch_size, "cpu"),
+                      device, world_size)
     # node: where this attempt ran (a restarted group, or a trial on a multi-node cluster, may move)
     attempts.append({"start_epoch": start_epoch, "world_size": world_size, "device": device.type,
                      "node": ray.get_runtime_context().get_node_id()})
@@ -200,9 +200,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                           "val": shard_tensors(val_shard, device, **task.iter_args)}
             train_batches = tensor_batches(cached["train"], t.batch_size, seed=t.seed * 100_003 + epoch)
         else:
-            train_batches = train_shard.iter_torch_batches(
-                batch_size=t.batch_size, **task.iter_args, device=device,
-                local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=t.seed * 100_003 + epoch)
+            train_batches = task.batches(train_shard, t.batch_size, device, seed=t.seed * 100_003 + epoch)
         for i, batch in enumerate(train_batches):
             if hasattr(scheduler, "batch_step"):
                 scheduler.batch_step(epoch, i)
@@ -229,7 +227,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         val_sums: dict = {}
         with torch.autocast(device.type, enabled=use_amp):
             val_batches = (tensor_batches(cached["val"], t.eval_batch_size) if in_memory else
-                           val_shard.iter_torch_batches(batch_size=t.eval_batch_size, **task.iter_args, device=device))
+                           task.batches(val_shard, t.eval_batch_size, device))
             for batch in val_batches:
                 for k, v in task.eval_sums(model, batch).items():
                     val_sums[k] = val_sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)

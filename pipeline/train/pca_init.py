@@ -24,15 +24,14 @@ def shard_moments(batches, dim: int) -> dict:
     return {"n": n, "sum_x": sum_x, "sum_xx": sum_xx}
 
 
-def init_from_pca(model, shard, batch_size: int, device, world_size: int, iter_args: dict | None = None) -> int:
+def init_from_pca(model, batches, device, world_size: int) -> int:
     """Initialise `model` (unwrapped, linear_path=true) from the PCA of every worker's train
-    shard (`iter_args`: extra `iter_torch_batches` arguments, e.g. the task's dtypes). Returns the
+    shard (`batches`: its {"x", ...} batches on the CPU, e.g. the task's `batches`). Returns the
     number of rows the PCA was fitted on."""
     from pipeline.models.autoencoder import pca_from_moments
     from pipeline.train.loop import _all_reduce_sums
 
-    sums = shard_moments(shard.iter_torch_batches(batch_size=batch_size, device="cpu", **(iter_args or {})),
-                         model.config.input_dim)
+    sums = shard_moments(batches, model.config.input_dim)
     sums = _all_reduce_sums(sums, device, world_size)
     mean, components = pca_from_moments(sums["n"], sums["sum_x"], sums["sum_xx"], model.config.latent_dim)
     model.init_linear_from_pca(mean, components)

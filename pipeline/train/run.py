@@ -322,7 +322,7 @@ def evaluate_checkpoint(checkpoint: str, source: str | None = None, split: str =
         uri = source or (ckpt.meta.get("store") or {}).get("uri") or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
         task = TASKS["autoencoder"].for_store(TripletStore(uri))
         ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
-        batches = ds.iter_torch_batches(batch_size=batch_size, **task.iter_args)
+        batches = task.batches(ds, batch_size, "cpu")
         sums = accumulate(task, model, batches)
         return {"rows": int(sums.get("n", 0)), **task.finalize(sums)}
 

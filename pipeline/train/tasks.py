@@ -14,6 +14,15 @@ import torch.nn.functional as F
 from pipeline.train.checkpoint import unwrap
 
 
+SHUFFLE_ROWS = 20_000  # with a seed, batches are drawn from a local shuffle window of this many rows
+
+
+def torch_batches(source, batch_size: int, device, seed: int | None = None, **iter_args):
+    """`iter_torch_batches` of a Ray Dataset or shard; with a seed, through a local shuffle buffer."""
+    shuffle = {} if seed is None else {"local_shuffle_buffer_size": SHUFFLE_ROWS, "local_shuffle_seed": seed}
+    return source.iter_torch_batches(batch_size=batch_size, device=device, **iter_args, **shuffle)
+
+
 def _add(sums: dict, new: dict) -> dict:
     for k, v in new.items():
         sums[k] = sums[k] + v if k in sums else np.asarray(v, dtype=np.float64)
@@ -36,6 +45,10 @@ class ClassificationTask:
 
     def __init__(self, distill=None, teacher=None):
         self.distill, self.teacher = distill, teacher
+
+    def batches(self, source, batch_size: int, device, seed: int | None = None):
+        """This task's batches of a Ray Dataset or shard (with a `seed`: locally shuffled)."""
+        return torch_batches(source, batch_size, device, seed, **self.iter_args)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
         logits = model(batch["x"])
@@ -83,12 +96,19 @@ class AutoencoderTask:
     def __init__(self, scalers: dict, num_pairs: int | None = None, embeddings=None):
         self.scalers = scalers
         self.num_pairs = num_pairs or (max(scalers) + 1 if scalers else 0)
-        if embeddings is not None:  # the store's compact rows: join the pair embeddings per batch
-            from pipeline.data.triplets import TripletCollate
+        self.embeddings = None if embeddings is None else np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.iter_args = {"dtypes": self.batch_dtypes}  # rows that already hold "x" (no store)
 
-            self.iter_args = {"collate_fn": TripletCollate(embeddings)}
-        else:
-            self.iter_args = {"dtypes": self.batch_dtypes}
+    def batches(self, source, batch_size: int, device, seed: int | None = None):
+        """Batches {"x", "pair_id"} of a Ray Dataset or shard (with a `seed`: locally shuffled).
+        The store's compact rows go through `iter_triplet_batches`: whole blocks from Ray Data,
+        the pair embeddings joined and the batches cut in this process."""
+        if self.embeddings is None:
+            return torch_batches(source, batch_size, device, seed, **self.iter_args)
+        from pipeline.data.triplets import iter_triplet_batches
+
+        return iter_triplet_batches(source, self.embeddings, batch_size, shuffle_rows=SHUFFLE_ROWS,
+                                    seed=seed, device=device)
 
     @classmethod
     def for_store(cls, store) -> "AutoencoderTask":

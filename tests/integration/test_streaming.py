@@ -6,24 +6,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data import TripletCollate, triplet_dataset
+from pipeline.data import TripletCollate, iter_triplet_batches, triplet_dataset
 from pipeline.store import TripletStore
 
 pytestmark = pytest.mark.ray
 
 
-def _rows(ds, embeddings):
-    xs, ids = [], []
-    for b in ds.iter_torch_batches(batch_size=4096, collate_fn=TripletCollate(embeddings)):
+def _rows(batches):
+    xs, ids, sizes = [], [], []
+    for b in batches:
         xs.append(b["x"].numpy())
         ids.append(b["pair_id"].numpy())
+        sizes.append(len(ids[-1]))
+    assert all(n == 4096 for n in sizes[:-1]) and 0 < sizes[-1] <= 4096
     return np.concatenate(xs), np.concatenate(ids)
 
 
-def test_one_pass_returns_every_row_exactly_once(ray_cluster, us_gaap_store):
+@pytest.mark.parametrize("how", ["blocks", "shuffled", "iter_torch_batches"])
+def test_one_pass_returns_every_row_exactly_once(ray_cluster, us_gaap_store, how):
     store = TripletStore(us_gaap_store)
     ds = triplet_dataset(us_gaap_store, split=None)
-    x, ids = _rows(ds, store.embeddings())
+    emb = store.embeddings()
+    if how == "iter_torch_batches":
+        x, ids = _rows(ds.iter_torch_batches(batch_size=4096, collate_fn=TripletCollate(emb)))
+    else:  # how training reads it: whole blocks, batches cut (and shuffled) in this process
+        x, ids = _rows(iter_triplet_batches(ds, emb, 4096, shuffle_rows=20_000, seed=0 if how == "shuffled" else None))
     assert x.dtype == np.float32 and x.shape == (store.manifest["counts"]["triplets"], 65)
     # Each streamed row equals a stored row: embedding of its pair ‖ its scaled value.
     np.testing.assert_array_equal(x[:, :64], store.embeddings()[ids])

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.data.triplets import TripletCollate, TripletDatasource, split_folds, triplet_features
 from pipeline.store.layout import TripletStore
@@ -63,3 +64,57 @@ def test_collate_joins_each_rows_pair_embedding(store):
     np.testing.assert_array_equal(out["x"][:, -1].numpy(), batch["value"])
     np.testing.assert_array_equal(out["pair_id"].numpy(), batch["pair_id"])
     assert triplet_features(emb, np.array([], np.int32), np.array([], np.float32)).shape == (0, emb.shape[1] + 1)
+
+
+def _blocks(source: TripletDatasource, parallelism: int = 3):
+    return ((b["pair_id"].to_numpy(), b["value"].to_numpy()) for b in _read(source, parallelism))
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_rebatched_blocks_give_full_batches_of_every_row_once(store, seed):
+    from pipeline.data.triplets import rebatch
+
+    source = TripletDatasource(store, split_folds("train", 0.1))  # fold filtering leaves ragged blocks
+    want_ids = np.concatenate([ids for ids, _ in _blocks(source)])
+    want_v = np.concatenate([v for _, v in _blocks(source)])
+    assert len(want_ids) % 1_000 != 0
+    batches = list(rebatch(_blocks(source), 1_000, shuffle_rows=10_000, seed=seed))
+    assert [len(i) for i, _ in batches[:-1]] == [1_000] * (len(batches) - 1)
+    assert 0 < len(batches[-1][0]) <= 1_000
+    ids = np.concatenate([i for i, _ in batches])
+    v = np.concatenate([x for _, x in batches])
+    if seed is None:  # in order
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(v, want_v)
+    else:  # the same rows (pair id and value stay together), shuffled
+        assert not np.array_equal(ids, want_ids)
+        got, want = np.stack([ids, v], 1), np.stack([want_ids, want_v], 1)
+        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+        np.testing.assert_array_equal(order(got), order(want))
+
+
+def test_rebatch_shuffle_is_seeded_and_local():
+    from pipeline.data.triplets import rebatch
+
+    blocks = [(np.arange(a, b),) for a, b in [(0, 700), (700, 700), (700, 1_500), (1_500, 4_000)]]
+    order = lambda seed: np.concatenate([b[0] for b in rebatch(iter(blocks), 64, shuffle_rows=1_000, seed=seed)])  # noqa: E731
+    a = order(1)
+    np.testing.assert_array_equal(a, order(1))
+    assert not np.array_equal(a, order(2))
+    assert sorted(a.tolist()) == list(range(4_000))
+    # a window: blocks are pooled to >= 1,000 rows (here 1,500), so early rows stay early
+    assert a[:1_472].max() < 1_500
+    with pytest.raises(ValueError, match="batch_size"):
+        list(rebatch(iter(blocks), 0))
+
+
+def test_triplet_batch_tensors(store):
+    from pipeline.data.triplets import triplet_batch
+
+    emb = store.embeddings()
+    ids, v = np.array([3, 0, 3], np.int32), np.array([0.5, -1.0, 2.0], np.float32)
+    b = triplet_batch(emb, ids, v, device="cpu")
+    assert b["x"].dtype == torch.float32 and tuple(b["x"].shape) == (3, emb.shape[1] + 1)
+    assert b["pair_id"].dtype == torch.int64 and b["pair_id"].tolist() == [3, 0, 3]
+    np.testing.assert_array_equal(b["x"][:, :-1].numpy(), emb[ids])
+    np.testing.assert_array_equal(b["x"][:, -1].numpy(), v)
