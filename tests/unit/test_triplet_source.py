@@ -118,3 +118,12 @@ def test_triplet_batch_tensors(store):
     assert b["pair_id"].dtype == torch.int64 and b["pair_id"].tolist() == [3, 0, 3]
     np.testing.assert_array_equal(b["x"][:, :-1].numpy(), emb[ids])
     np.testing.assert_array_equal(b["x"][:, -1].numpy(), v)
+
+
+def test_one_read_task_per_2m_rows_at_most_two_per_cpu():
+    from pipeline.data.triplets import default_read_tasks
+
+    import ray
+
+    assert not ray.is_initialized()  # no cluster: 1 CPU
+    assert [default_read_tasks(n) for n in (0, 40_000, 2_000_000, 2_000_001, 10_000_000)] == [1, 1, 1, 2, 2]
