@@ -8,8 +8,12 @@ serve/config.yaml is deployed on a fresh local Ray (2 CPUs): the HTTP proxy, one
 (FastAPI: validation, breaker, metrics) and one model-router replica, with the config's settings
 except the one under test:
 
-  - batched:   max_batch_size from serve/config.yaml (@serve.batch with the config's wait timeout);
-  - unbatched: max_batch_size = 1 (every request is its own model call).
+  - batched:   max_batch_size from serve/config.yaml: the Gateway gathers concurrent requests
+               (@serve.batch, the config's wait timeout) into one call of the model replica;
+  - unbatched: max_batch_size = 1 (every request is its own gateway -> model call).
+
+Ray Serve's floor: a constant-answer FastAPI app (no validation, no model, no second hop) behind
+the same proxy, loaded the same way — what any Serve app can reach on this machine.
 
 The load comes from a separate process (bench/serve_load.py: aiohttp, a closed loop of
 `concurrency` workers with keep-alive connections) on loopback, at concurrency 1, 16 and 64; each
@@ -171,6 +175,24 @@ def _load(url: str, body_file: str, concurrency: int, warmup: float, duration: f
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def _floor_app(answer: dict):
+    """Ray Serve's own floor on this machine: a FastAPI ingress that validates nothing, calls no
+    model and returns a constant answer of the same shape, behind the same proxy."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="floor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+    @serve.ingress(api)
+    class Floor:
+        @api.post("/v1/route")
+        async def route(self, body: dict):
+            return answer
+
+    return Floor.bind()
+
+
 def _batching_stats() -> dict:
     from ray import serve
 
@@ -207,6 +229,10 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, e
                              "model_calls": calls, "requests_batched": reqs,
                              "mean_batch": reqs / calls if calls else None, "largest_batch": after.get("largest")}
             serve.delete("tunestack")
+        serve.run(_floor_app(results["batched"]["answer"]), name="floor", route_prefix="/floor")
+        url = f"http://127.0.0.1:{port}/floor"
+        results["floor"] = {"points": {c: _load(url, body_file, c, warmup, duration) for c in CONCURRENCY}}
+        serve.delete("floor")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -223,7 +249,7 @@ def _fig(figure, value, unit, baseline=None, baseline_value=None, ratio=None, go
 
 
 def _figures(srv: dict, local: dict) -> list[dict]:
-    b, u = srv["batched"]["points"], srv["unbatched"]["points"]
+    b, u, fl = srv["batched"]["points"], srv["unbatched"]["points"], srv["floor"]["points"]
     one = local["by_size"][1]
     figs = []
     for c in CONCURRENCY:
@@ -245,12 +271,17 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                          (ratio is not None and ratio >= goal_x) if goal_x else None))
     figs.append(_fig("HTTP p50 latency, concurrency 1 (batched)", b[1]["p50_ms"], "ms",
                      "in-process predictor call, 1 instance", one["p50_ms"], _ratio(b[1]["p50_ms"], one["p50_ms"])))
+    for c in CONCURRENCY[1:]:
+        figs.append(_fig(f"Ray Serve floor p50 latency, concurrency {c}", fl[c]["p50_ms"], "ms",
+                         "the app's batched p50", b[c]["p50_ms"], _ratio(fl[c]["p50_ms"], b[c]["p50_ms"])))
+        figs.append(_fig(f"batched throughput vs Ray Serve floor, concurrency {c}", b[c]["rps"], "requests/s",
+                         f"constant-answer Serve app, c={c}", fl[c]["rps"], _ratio(b[c]["rps"], fl[c]["rps"])))
     best = max(CONCURRENCY, key=lambda c: b[c]["rps"])
     inproc = local["by_size"][64]
     figs.append(_fig(f"HTTP throughput, best (batched, c={best})", b[best]["rps"], "requests/s",
                      "in-process predictor, 64 instances per call", inproc["instances_per_s"],
                      _ratio(b[best]["rps"], inproc["instances_per_s"])))
-    errors = sum(p["errors"] for m in srv.values() for p in m["points"].values())
+    errors = sum(p["errors"] for m in ("batched", "unbatched") for p in srv[m]["points"].values())
     figs.append(_fig("HTTP errors (non-200 or dropped) over all points", float(errors), "requests", None, None,
                      None, "== 0", errors == 0))
     return figs
@@ -267,7 +298,7 @@ def _plot(srv: dict, local: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode, color in (("batched", "tab:blue"), ("unbatched", "tab:orange")):
+    for mode, color in (("batched", "tab:blue"), ("unbatched", "tab:orange"), ("floor", "tab:gray")):
         pts = srv[mode]["points"]
         for q, style in (("p50_ms", "-o"), ("p99_ms", "--s")):
             ax.plot(CONCURRENCY, [pts[c][q] for c in CONCURRENCY], style, color=color,
@@ -313,7 +344,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         srv = served(root, body_file, warmup, duration)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    mismatch = [m for m, r in srv.items()
+    mismatch = [m for m, r in srv.items() if m != "floor"
                 if abs(r["answer"].get("probability", math.nan) - local["answer"]["probability"]) > 1e-6]
     if mismatch:
         raise RuntimeError(f"served answers differ from the in-process predictor: {mismatch}")
@@ -357,7 +388,7 @@ def main(argv=None) -> int:
         over = {} if a.batch_wait_ms is None else {"batch_wait_timeout_s": a.batch_wait_ms / 1e3}
         srv = served(os.path.join(home, "registry"), body, 1.0, 4.0, env, over)
         for m, r in srv.items():
-            print(m, r["mean_batch"], {c: (round(p["p50_ms"], 2), round(p["p99_ms"], 2), round(p["rps"]))
+            print(m, r.get("mean_batch"), {c: (round(p["p50_ms"], 2), round(p["p99_ms"], 2), round(p["rps"]))
                                         for c, p in r["points"].items()})
         return 0
     _print(run(quick=a.quick, out_dir=a.out_dir))

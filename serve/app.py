@@ -1,8 +1,9 @@
 """The Ray Serve application: a FastAPI gateway in front of one model deployment per family.
 
-    HTTP ─► Gateway (FastAPI ingress: validation, body limit, auth, circuit breaker, metrics)
+    HTTP ─► Gateway (FastAPI ingress: validation, body limit, auth, circuit breaker, metrics;
+              │      gathers concurrent requests per family with @serve.batch: one model call each)
               ├─► model-router       ModelServer replicas: the router's production version,
-              └─► model-autoencoder  ModelServer replicas: the autoencoder's; @serve.batch each
+              └─► model-autoencoder  ModelServer replicas: the autoencoder's
 
 Run it with `tunestack serve`, `serve run serve/config.yaml` or `serve run serve.app:build_app`.
 
@@ -78,24 +79,46 @@ class LocalBackend:
 
 
 class HandleBackend:
-    """A ModelServer deployment behind a Serve DeploymentHandle."""
+    """A ModelServer deployment behind a Serve DeploymentHandle.
 
-    def __init__(self, family: str, handle):
+    With `max_batch_size` > 1 the gateway gathers the requests that arrive together (`@serve.batch`,
+    one queue per backend) and sends them to the model as ONE call (`predict_many`): the hop from
+    gateway to model replica, not the model, is what a small model's request costs. Each request
+    keeps its own answer or error. With 1, every request is its own call (`predict`)."""
+
+    def __init__(self, family: str, handle, max_batch_size: int = 1, batch_wait_timeout_s: float = 0.0):
         self.family, self.handle = family, handle
         self.on_retry = lambda: None  # the gateway counts these (tunestack_model_call_retries)
+        self.batches = {"batches": 0, "requests": 0, "largest": 0}  # what the gathering did
+        self._gathered = None
+        if max_batch_size > 1:  # decorated per instance: @serve.batch keeps one queue per function
+            self._gathered = serve.batch(max_batch_size=max_batch_size,
+                                         batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
 
-    async def predict(self, instances: list[dict]) -> dict:
+    async def _call(self, method: str, payload):
         from ray.exceptions import RayActorError
 
         try:
-            return await self.handle.predict.remote(instances)
+            return await getattr(self.handle, method).remote(payload)
         except RayActorError:  # the replica died or vanished mid-call (killed, its node lost): a
             # prediction changes nothing, so ask once more; Serve has dropped that replica by now
             self.on_retry()
-            return await self.handle.predict.remote(instances)
+            return await getattr(self.handle, method).remote(payload)
+
+    async def _predict_many(self, requests: list[list[dict]]) -> list[dict]:
+        stats = self.batches
+        stats["batches"] += 1
+        stats["requests"] += len(requests)
+        stats["largest"] = max(stats["largest"], len(requests))
+        return await self._call("predict_many", requests)
+
+    async def predict(self, instances: list[dict]) -> dict:
+        if self._gathered is not None:
+            return await self._gathered(instances)
+        return await self._call("predict", instances)
 
     async def info(self) -> dict:
-        return await self.handle.info.remote()
+        return {**await self.handle.info.remote(), "gateway_batching": dict(self.batches)}
 
     async def stage(self, version: str) -> dict:
         return await self.handle.stage.remote(version)
@@ -529,25 +552,48 @@ class ModelServer:
             except Exception:  # never let the watcher die
                 logger.exception("%s: registry watch failed", self.host.family)
 
-    async def predict(self, instances: list[dict]) -> dict:
+    def _prepare(self, instances: list[dict]) -> tuple | dict:
+        """(predictor, prepared instances), or the error answer {"status", "detail"}."""
         try:
-            predictor, prepared = self.host.prepare(instances)
+            return self.host.prepare(instances)
         except NotLoaded as e:
             return {"status": 503, "detail": str(e)}
         except InputError as e:
             return {"status": 422, "detail": str(e)}
-        outputs = await self._run_batch((predictor, prepared))
+
+    def _answer(self, predictor, outputs: list[dict]) -> dict:
         try:
             return {"status": 200, "outputs": self.host.finish(predictor, outputs)}
         except InputError as e:
             return {"status": 422, "detail": str(e)}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _run_batch(self, items: list[tuple]) -> list[list[dict]]:
+    def _count(self, requests: int) -> None:
         stats = self.batches
         stats["batches"] += 1
-        stats["requests"] += len(items)
-        stats["largest"] = max(stats["largest"], len(items))
+        stats["requests"] += requests
+        stats["largest"] = max(stats["largest"], requests)
+
+    async def predict(self, instances: list[dict]) -> dict:
+        """One request (a list of instances); concurrent calls are batched by @serve.batch."""
+        prepared = self._prepare(instances)
+        if isinstance(prepared, dict):
+            return prepared
+        return self._answer(prepared[0], await self._run_batch(prepared))
+
+    async def predict_many(self, requests: list[list[dict]]) -> list[dict]:
+        """Requests a gateway gathered: one model call for all of them, an answer (or error) each."""
+        answers = [self._prepare(instances) for instances in requests]
+        ready = [n for n, a in enumerate(answers) if isinstance(a, tuple)]
+        if ready:
+            self._count(len(ready))
+            outputs = ModelHost.run([answers[n] for n in ready])
+            for n, out in zip(ready, outputs):
+                answers[n] = self._answer(answers[n][0], out)
+        return answers
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _run_batch(self, items: list[tuple]) -> list[list[dict]]:
+        self._count(len(items))
         return ModelHost.run(items)
 
     async def check_health(self) -> None:
@@ -570,7 +616,8 @@ class Gateway:
 
     def __init__(self, args: dict, handles: dict):
         a = AppArgs(**args)
-        self.service = GatewayService(a, {family: HandleBackend(family, h) for family, h in handles.items()})
+        self.service = GatewayService(a, {family: HandleBackend(family, h, a.max_batch_size, a.batch_wait_timeout_s)
+                                          for family, h in handles.items()})
 
     def __serve_build_asgi_app__(self):
         return make_api(self.service)

@@ -122,6 +122,28 @@ def test_route_equals_in_process_model(app):
     assert p_seq == pytest.approx(float(reference_route(app["registry"], "v0001", x[None, :5])[0]), abs=1e-6)
 
 
+def test_gathered_requests_keep_their_own_answers(app):
+    """Concurrent requests the gateway gathers into one model call (@serve.batch) each get their own
+    answer, and a bad one among them gets its own 422 without failing the others."""
+    x = routing_features(48, seed=5)
+    want = reference_route(app["registry"], "v0001", x)
+    bodies = [{"features": [0.5] * 3} if n % 6 == 5 else {"features": [float(v) for v in r]}
+              for n, r in enumerate(x)]
+    before = requests.get(app["url"] + "/v1/models/router", headers=app["auth"], timeout=30).json()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda b: post(app, "/v1/route", b), bodies))
+    for n, r in enumerate(answers):
+        if n % 6 == 5:
+            assert r.status_code == 422 and "features has 3 values" in r.text, (n, r.status_code, r.text[:200])
+        else:
+            assert r.status_code == 200, (n, r.text[:200])
+            assert r.json()["probability"] == pytest.approx(float(want[n]), abs=1e-6)
+    after = requests.get(app["url"] + "/v1/models/router", headers=app["auth"], timeout=30).json()
+    got, was = after["serving"]["gateway_batching"], before["serving"]["gateway_batching"]
+    assert got["requests"] - was["requests"] == len(bodies)  # every request went through the gathering
+    assert got["batches"] - was["batches"] < len(bodies)     # ... and some shared a model call
+
+
 def test_encode_equals_in_process_model(app):
     from serve.models import ModelHost
 
