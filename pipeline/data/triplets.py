@@ -4,8 +4,9 @@ The store's Parquet row groups are the blocks: `TripletDatasource` plans read ta
 decode a run of row groups (only `pair_id`, `scaled_value` and `fold`), keep the rows of the
 requested split and emit one compact block per row group — `pair_id` int32 and `value` float32,
 8 bytes a row. Memory therefore stays flat as the store grows (the executor holds a bounded number
-of 0.5 MB blocks), and there are few read tasks (one per 2M rows, see `default_read_tasks`), so
-running tasks does not cost more than reading (bench/streaming.py measures both).
+of 0.5 MB blocks), and there are few read tasks (one per 2M rows and per two CPUs, see
+`default_read_tasks`), so running tasks does not cost more than reading (bench/streaming.py
+measures both).
 
 The 64-d pair embedding is joined where the batch is consumed, from the small embedding matrix,
 instead of shipping 260 bytes a row through the object store. `iter_triplet_batches` (what training
@@ -95,16 +96,16 @@ ROWS_PER_READ_TASK = 2_000_000
 
 
 def default_read_tasks(rows: int) -> int:
-    """One read task per 2M rows, at most two per CPU of the cluster. Ray Data's executor waits
-    (up to 0.1 s a round) for every running task to have a block ready, so each extra task delays
-    the stream; one task decoding while the consumer works already keeps 2 CPUs busy. Measured
-    on 2 CPUs (bench/streaming.py's way): 1 task streamed 1M-2M triplets at 0.84-0.87x the raw
-    scan, 2 tasks at 0.67-0.80x, 4 at 0.55-0.73x, 8 (one per 0.25-CPU slot) at 0.55x; at 10M,
-    3-4 tasks ran 1.4x the raw scan, 2 tasks 1.2x."""
+    """One read task per 2M rows, at most one per two CPUs of the cluster (one process decodes
+    while another consumes). Ray Data's executor waits (up to 0.1 s a round) for every running task
+    to have a block ready, so each extra task delays the stream, and each adds a worker process
+    (~250 MB RSS). Measured on 2 CPUs (bench/streaming.py's way): 1 task streamed 1M-2M triplets
+    at 0.84-0.87x the raw scan, 2 tasks at 0.67-0.80x, 4 at 0.55-0.73x, 8 (one per 0.25-CPU slot)
+    at 0.55x; 4 tasks at 10M ran 1.28x the raw scan but peaked at 1.5x the RSS of 1 task at 1M."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
-    return max(1, min(-(-rows // ROWS_PER_READ_TASK), 2 * int(cpus)))
+    return max(1, min(-(-rows // ROWS_PER_READ_TASK), int(cpus) // 2))
 
 
 def triplet_dataset(store_uri: str | None = None, split: str | None = "train", val_fraction: float = 0.1,

@@ -120,10 +120,13 @@ def test_triplet_batch_tensors(store):
     np.testing.assert_array_equal(b["x"][:, -1].numpy(), v)
 
 
-def test_one_read_task_per_2m_rows_at_most_two_per_cpu():
-    from pipeline.data.triplets import default_read_tasks
-
+def test_one_read_task_per_2m_rows_and_per_two_cpus(monkeypatch):
     import ray
 
+    from pipeline.data.triplets import default_read_tasks
+
     assert not ray.is_initialized()  # no cluster: 1 CPU
-    assert [default_read_tasks(n) for n in (0, 40_000, 2_000_000, 2_000_001, 10_000_000)] == [1, 1, 1, 2, 2]
+    assert [default_read_tasks(n) for n in (0, 10_000_000)] == [1, 1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    assert [default_read_tasks(n) for n in (0, 40_000, 2_000_000, 2_000_001, 6_000_001, 100_000_000)] == [1, 1, 1, 2, 4, 4]
