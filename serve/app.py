@@ -78,6 +78,11 @@ class LocalBackend:
         return await asyncio.to_thread(self.host.stage, version)
 
 
+# Gathered calls in flight at once per backend: one at a time would make every burst wait for the
+# previous call's round trip (the gateway -> replica hop, not the model, is the slow part).
+GATHER_CONCURRENCY = 8
+
+
 class HandleBackend:
     """A ModelServer deployment behind a Serve DeploymentHandle.
 
@@ -92,8 +97,8 @@ class HandleBackend:
         self.batches = {"batches": 0, "requests": 0, "largest": 0}  # what the gathering did
         self._gathered = None
         if max_batch_size > 1:  # decorated per instance: @serve.batch keeps one queue per function
-            self._gathered = serve.batch(max_batch_size=max_batch_size,
-                                         batch_wait_timeout_s=batch_wait_timeout_s)(self._predict_many)
+            self._gathered = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                                         max_concurrent_batches=GATHER_CONCURRENCY)(self._predict_many)
 
     async def _call(self, method: str, payload):
         from ray.exceptions import RayActorError
