@@ -78,6 +78,13 @@ class LocalBackend:
         return await asyncio.to_thread(self.host.stage, version)
 
 
+def count_batch(stats: dict, requests: int) -> None:
+    """Record one model call of `requests` requests in {"batches", "requests", "largest"}."""
+    stats["batches"] += 1
+    stats["requests"] += requests
+    stats["largest"] = max(stats["largest"], requests)
+
+
 # Gathered calls in flight at once per backend: one at a time would make every burst wait for the
 # previous call's round trip (the gateway -> replica hop, not the model, is the slow part).
 GATHER_CONCURRENCY = 8
@@ -111,10 +118,7 @@ class HandleBackend:
             return await getattr(self.handle, method).remote(payload)
 
     async def _predict_many(self, requests: list[list[dict]]) -> list[dict]:
-        stats = self.batches
-        stats["batches"] += 1
-        stats["requests"] += len(requests)
-        stats["largest"] = max(stats["largest"], len(requests))
+        count_batch(self.batches, len(requests))
         return await self._call("predict_many", requests)
 
     async def predict(self, instances: list[dict]) -> dict:
@@ -572,12 +576,6 @@ class ModelServer:
         except InputError as e:
             return {"status": 422, "detail": str(e)}
 
-    def _count(self, requests: int) -> None:
-        stats = self.batches
-        stats["batches"] += 1
-        stats["requests"] += requests
-        stats["largest"] = max(stats["largest"], requests)
-
     async def predict(self, instances: list[dict]) -> dict:
         """One request (a list of instances); concurrent calls are batched by @serve.batch."""
         prepared = self._prepare(instances)
@@ -590,7 +588,7 @@ class ModelServer:
         answers = [self._prepare(instances) for instances in requests]
         ready = [n for n, a in enumerate(answers) if isinstance(a, tuple)]
         if ready:
-            self._count(len(ready))
+            count_batch(self.batches, len(ready))
             outputs = ModelHost.run([answers[n] for n in ready])
             for n, out in zip(ready, outputs):
                 answers[n] = self._answer(answers[n][0], out)
@@ -598,7 +596,7 @@ class ModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _run_batch(self, items: list[tuple]) -> list[list[dict]]:
-        self._count(len(items))
+        count_batch(self.batches, len(items))
         return ModelHost.run(items)
 
     async def check_health(self) -> None:

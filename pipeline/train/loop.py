@@ -23,6 +23,7 @@ from pipeline.config import Config, config_from_dict
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from pipeline.train.tasks import TASKS
 
+INELIGIBLE_SCORE = 1e30  # |score| of a checkpoint that may not be a run's best (e.g. a dense phase)
 # Sources the driver reads whole (routing logs, .npz/Parquet sequences): each worker loads its
 # shard into tensors once and reshuffles them every epoch. Streaming them through Ray Data every
 # epoch costs about a millisecond a batch on a CPU worker — as long as a small model's whole
@@ -251,7 +252,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # model's score says nothing about the sparse model that ships.
         eligible = phase == final_phase
         stop = early.update(value) if eligible else False
-        metrics["score"] = value if eligible else (-1e30 if t.mode == "max" else 1e30)
+        metrics["score"] = value if eligible else (-INELIGIBLE_SCORE if t.mode == "max" else INELIGIBLE_SCORE)
         metrics["sparsity_phase"] = ["dense", "iht", "fixed"].index(phase)
         metrics["stopped"] = int(stop)  # early stopping (patience), as opposed to a scheduler's cut
         if cfg.schedule.name == "plateau":

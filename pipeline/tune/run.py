@@ -239,6 +239,7 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
     ships; the loop gives the others a score of ±1e30), ties to the later epoch (trained longer,
     at a lower learning rate)."""
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.train.loop import INELIGIBLE_SCORE
 
     best, best_key = (None, None, None), None
     if not os.path.isdir(run_dir):
@@ -259,9 +260,6 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
         if best_key is None or key > best_key:
             best, best_key = (os.path.join(run_dir, d), float(value), meta), key
     return best
-
-
-INELIGIBLE_SCORE = 1e30  # pipeline.train.loop's score of a checkpoint that may not be "best"
 
 
 def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:
