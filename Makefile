@@ -8,7 +8,7 @@ EXTRAS ?= dev,embed
 BIN := $(VENV)/bin
 export TUNESTACK_HOME ?= $(CURDIR)/.tunestack
 
-.PHONY: venv demo test test-fast bench bench-quick clean
+.PHONY: venv demo lint test test-fast bench bench-quick clean
 
 venv: $(BIN)/.installed
 
@@ -24,7 +24,12 @@ demo: venv
 
 # One torch thread per process: these models are tiny, and on a small shared machine a second
 # thread makes each step far slower (Ray's workers already run with OMP_NUM_THREADS=1).
-test: venv
+# ruff's lint rules and format live in pyproject.toml; `make test` fails on either.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 test-fast: venv

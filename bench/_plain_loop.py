@@ -21,8 +21,15 @@ from pipeline.train.loop import cfg_model, make_optimizer, make_scheduler
 from pipeline.train.tasks import TASKS, accumulate
 
 
-def train_plain(cfg: Config, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None = None,
-                val_y: np.ndarray | None = None, *, checkpoint_every_epoch: bool = False):
+def train_plain(
+    cfg: Config,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    *,
+    checkpoint_every_epoch: bool = False,
+):
     """Train `cfg`'s model on in-memory arrays for cfg.train.epochs epochs (no early stopping).
 
     Each epoch: a seeded random permutation of the rows in batches of cfg.train.batch_size, loss →
@@ -65,19 +72,30 @@ def train_plain(cfg: Config, train_x: np.ndarray, train_y: np.ndarray, val_x: np
                     apply_sparsity(model, phase)
                 loss_sum += loss.item() * len(idx)
             train_seconds = time.perf_counter() - start
-            record = {"epoch": epoch, "train_loss": loss_sum / max(len(y), 1), "samples": int(len(y)),
-                      "train_seconds": train_seconds, "lr": optimizer.param_groups[0]["lr"]}
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(len(y), 1),
+                "samples": int(len(y)),
+                "train_seconds": train_seconds,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             if val_x is not None:
                 model.eval()
-                record.update({f"val_{k}": v for k, v in evaluate(model, val_x, val_y, t.eval_batch_size).items()})
+                record.update(
+                    {f"val_{k}": v for k, v in evaluate(model, val_x, val_y, t.eval_batch_size).items()}
+                )
             if cfg.schedule.name == "plateau":
                 scheduler.step(record[t.monitor])
             elif scheduler is not None:
                 scheduler.step()
             if checkpoint_every_epoch:
-                save_checkpoint(f"{ckpt_root}/checkpoint_epoch{epoch:04d}", model,
-                                {"config": cfg.to_dict(), "epoch": epoch, "metrics": record},
-                                optimizer, scheduler)
+                save_checkpoint(
+                    f"{ckpt_root}/checkpoint_epoch{epoch:04d}",
+                    model,
+                    {"config": cfg.to_dict(), "epoch": epoch, "metrics": record},
+                    optimizer,
+                    scheduler,
+                )
             record["epoch_seconds"] = time.perf_counter() - start
             history.append(record)
     return model.eval(), history
@@ -89,9 +107,13 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 4096) -> dic
     task = TASKS["sequence_classifier"]()
     was_training = model.training
     model.eval()
-    batches = ({"x": torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)),
-                "y": torch.from_numpy(np.asarray(y[i:i + batch_size], dtype=np.int64))}
-               for i in range(0, len(y), batch_size))
+    batches = (
+        {
+            "x": torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)),
+            "y": torch.from_numpy(np.asarray(y[i : i + batch_size], dtype=np.int64)),
+        }
+        for i in range(0, len(y), batch_size)
+    )
     metrics = task.finalize(accumulate(task, model, batches))
     model.train(was_training)
     return metrics

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import yaml
+
 from bench.report import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,13 @@ LRS = [0.001, 0.0017, 0.0029, 0.005, 0.0085, 0.0145, 0.025, 0.042]  # log-spaced
 LRS_QUICK = [0.0017, 0.0085, 0.042]  # --quick: 9 configurations, to fit CI's < 10 min suite
 PLAN_SEED = 0
 EPOCHS = 27  # max_t: grid trials train all of them
-ASHA = {"time_attr": "training_iteration", "grace_period": 1, "reduction_factor": 3, "brackets": 1,
-        "max_t": EPOCHS}
+ASHA = {
+    "time_attr": "training_iteration",
+    "grace_period": 1,
+    "reduction_factor": 3,
+    "brackets": 1,
+    "max_t": EPOCHS,
+}
 
 
 def plan_of(quick: bool) -> dict:
@@ -74,13 +80,20 @@ def _router_file(folder: str, plan: dict, epochs: int, asha: dict | None) -> str
 
 
 def _experiment(outcome, seconds: float) -> dict:
-    return {"experiment": outcome.experiment, "seconds": seconds, "best": outcome.best["metric"],
-            "best_trial": outcome.best["overrides"], "trial_epochs": sum(t["epochs"] for t in outcome.trials),
-            # what Tune saw: a trial ASHA stops has usually trained one or two epochs more by then
-            "reported_epochs": sum(len(t["history"]) for t in outcome.trials),
-            "errors": [t["error"] for t in outcome.trials if t["error"]],
-            "trials": [{k: t[k] for k in ("trial", "overrides", "metric", "epochs", "stopped_early", "history")}
-                       for t in outcome.trials]}
+    return {
+        "experiment": outcome.experiment,
+        "seconds": seconds,
+        "best": outcome.best["metric"],
+        "best_trial": outcome.best["overrides"],
+        "trial_epochs": sum(t["epochs"] for t in outcome.trials),
+        # what Tune saw: a trial ASHA stops has usually trained one or two epochs more by then
+        "reported_epochs": sum(len(t["history"]) for t in outcome.trials),
+        "errors": [t["error"] for t in outcome.trials if t["error"]],
+        "trials": [
+            {k: t[k] for k in ("trial", "overrides", "metric", "epochs", "stopped_early", "history")}
+            for t in outcome.trials
+        ],
+    }
 
 
 def asha_vs_grid(folder: str, quick: bool) -> dict:
@@ -94,8 +107,11 @@ def asha_vs_grid(folder: str, quick: bool) -> dict:
         t0 = time.perf_counter()
         outcome = run_tune(_router_file(folder, plan, epochs, asha), name=f"router-{kind}")
         out[kind] = _experiment(outcome, time.perf_counter() - t0)
-        print(f"{kind}: best {out[kind]['best']:.4f}, {out[kind]['trial_epochs']} trial-epochs, "
-              f"{out[kind]['seconds']:.0f}s", flush=True)
+        print(
+            f"{kind}: best {out[kind]['best']:.4f}, {out[kind]['trial_epochs']} trial-epochs, "
+            f"{out[kind]['seconds']:.0f}s",
+            flush=True,
+        )
     return out
 
 
@@ -132,11 +148,16 @@ def replay_orders(a: dict, orders: int = 200, seed: int = 1) -> dict:
         shares.append(epochs / (len(curves) * a["epochs"]))
         bests.append(best / grid_best)
     q = lambda xs, p: float(np.percentile(xs, p))  # noqa: E731
-    return {"orders": orders, "overrun_epochs_per_stopped_trial": over, "share_median": q(shares, 50),
-            "share_p90": q(shares, 90), "share_pass_fraction": float(np.mean([x <= GOALS["epoch_share_max"]
-                                                                               for x in shares])),
-            "best_ratio_median": q(bests, 50), "best_ratio_p10": q(bests, 10),
-            "best_pass_fraction": float(np.mean([x >= GOALS["best_ratio_min"] for x in bests]))}
+    return {
+        "orders": orders,
+        "overrun_epochs_per_stopped_trial": over,
+        "share_median": q(shares, 50),
+        "share_p90": q(shares, 90),
+        "share_pass_fraction": float(np.mean([x <= GOALS["epoch_share_max"] for x in shares])),
+        "best_ratio_median": q(bests, 50),
+        "best_ratio_p10": q(bests, 10),
+        "best_pass_fraction": float(np.mean([x >= GOALS["best_ratio_min"] for x in bests])),
+    }
 
 
 def tuned_vs_default(folder: str, quick: bool) -> dict:
@@ -153,18 +174,30 @@ def tuned_vs_default(folder: str, quick: bool) -> dict:
     default_s = time.perf_counter() - t0
     print(f"default: test accuracy {default.test_metrics['accuracy']:.4f} ({default_s:.0f}s)", flush=True)
     t0 = time.perf_counter()
-    asha = [f"tune.asha.grace_period={max(1, epochs // 3)}", f"tune.asha.max_t={epochs}",
-            f"tune.num_samples={samples}"]
+    asha = [
+        f"tune.asha.grace_period={max(1, epochs // 3)}",
+        f"tune.asha.max_t={epochs}",
+        f"tune.num_samples={samples}",
+    ]
     tuned = run_tune(str(CONFIGS / "digits.yaml"), name="digits-tuned", overrides=budget + asha)
     tuned_s = time.perf_counter() - t0
     tuned_test = evaluate_checkpoint(tuned.best["checkpoint"])
     print(f"tuned: test accuracy {tuned_test['accuracy']:.4f} ({tuned_s:.0f}s)", flush=True)
-    return {"epochs": epochs, "num_samples": samples,
-            "default": {"config": {"optim.lr": 0.02, "model.hidden_size": 48}, "seconds": default_s,
-                        "val_accuracy": default.best_metrics.get("val_accuracy"),
-                        "test_accuracy": default.test_metrics["accuracy"]},
-            "tuned": {**_experiment(tuned, tuned_s), "val_accuracy": tuned.best["metric"],
-                      "test_accuracy": tuned_test["accuracy"]}}
+    return {
+        "epochs": epochs,
+        "num_samples": samples,
+        "default": {
+            "config": {"optim.lr": 0.02, "model.hidden_size": 48},
+            "seconds": default_s,
+            "val_accuracy": default.best_metrics.get("val_accuracy"),
+            "test_accuracy": default.test_metrics["accuracy"],
+        },
+        "tuned": {
+            **_experiment(tuned, tuned_s),
+            "val_accuracy": tuned.best["metric"],
+            "test_accuracy": tuned_test["accuracy"],
+        },
+    }
 
 
 def _plot(a: dict, path: str) -> str:
@@ -180,12 +213,17 @@ def _plot(a: dict, path: str) -> str:
             ax.plot(range(1, len(h) + 1), h, lw=1)
             if t["stopped_early"]:
                 ax.plot(len(h), h[-1], "x", color="k")
-        ax.set_title(f"{kind}: {a[kind]['trial_epochs']} trial-epochs, best {a[kind]['best']:.4f}, "
-                     f"{a[kind]['seconds']:.0f}s", fontsize=9)
+        ax.set_title(
+            f"{kind}: {a[kind]['trial_epochs']} trial-epochs, best {a[kind]['best']:.4f}, "
+            f"{a[kind]['seconds']:.0f}s",
+            fontsize=9,
+        )
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val_accuracy")
-    fig.suptitle("router: the same configurations as a grid and under ASHA (x = stopped by ASHA)", fontsize=10)
+    fig.suptitle(
+        "router: the same configurations as a grid and under ASHA (x = stopped by ASHA)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -221,26 +259,65 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     a["order_replay"] = replay = replay_orders(a)
     n = len(a["grid"]["trials"])
     figures = [
-        {"figure": f"ASHA best val_accuracy (router, {n} configs)", "value": a["asha"]["best"], "unit": "accuracy",
-         "baseline": "grid: every config to completion", "baseline_value": a["grid"]["best"], "ratio": best_ratio,
-         "goal": f">= {GOALS['best_ratio_min']}x", "pass": bool(best_ratio >= GOALS["best_ratio_min"])},
-        {"figure": "ASHA trial-epochs", "value": a["asha"]["trial_epochs"], "unit": "trial-epochs",
-         "baseline": "grid trial-epochs", "baseline_value": a["grid"]["trial_epochs"], "ratio": share,
-         "goal": f"<= {GOALS['epoch_share_max']}x", "pass": bool(share <= GOALS["epoch_share_max"])},
-        {"figure": "ASHA wall time", "value": a["asha"]["seconds"], "unit": "s", "baseline": "grid wall time",
-         "baseline_value": a["grid"]["seconds"], "ratio": a["asha"]["seconds"] / a["grid"]["seconds"],
-         "goal": None, "pass": None},
-        {"figure": f"ASHA trial-epochs share, replayed on the grid's curves in {replay.get('orders', 0)} random "
-                   "plan orders (median)", "value": replay.get("share_median", float("nan")), "unit": "x",
-         "baseline": None, "baseline_value": None, "ratio": None, "goal": None, "pass": None},
-        {"figure": f"tuned FastGRNN digits test accuracy ({d['epochs']} epochs)", "value": d["tuned"]["test_accuracy"],
-         "unit": "accuracy", "baseline": "default config (digits.yaml), same epochs",
-         "baseline_value": d["default"]["test_accuracy"], "ratio": tuned_ratio, "goal": ">= 1.0x",
-         "pass": bool(tuned_ratio >= 1.0)},
+        {
+            "figure": f"ASHA best val_accuracy (router, {n} configs)",
+            "value": a["asha"]["best"],
+            "unit": "accuracy",
+            "baseline": "grid: every config to completion",
+            "baseline_value": a["grid"]["best"],
+            "ratio": best_ratio,
+            "goal": f">= {GOALS['best_ratio_min']}x",
+            "pass": bool(best_ratio >= GOALS["best_ratio_min"]),
+        },
+        {
+            "figure": "ASHA trial-epochs",
+            "value": a["asha"]["trial_epochs"],
+            "unit": "trial-epochs",
+            "baseline": "grid trial-epochs",
+            "baseline_value": a["grid"]["trial_epochs"],
+            "ratio": share,
+            "goal": f"<= {GOALS['epoch_share_max']}x",
+            "pass": bool(share <= GOALS["epoch_share_max"]),
+        },
+        {
+            "figure": "ASHA wall time",
+            "value": a["asha"]["seconds"],
+            "unit": "s",
+            "baseline": "grid wall time",
+            "baseline_value": a["grid"]["seconds"],
+            "ratio": a["asha"]["seconds"] / a["grid"]["seconds"],
+            "goal": None,
+            "pass": None,
+        },
+        {
+            "figure": f"ASHA trial-epochs share, replayed on the grid's curves in {replay.get('orders', 0)} random "
+            "plan orders (median)",
+            "value": replay.get("share_median", float("nan")),
+            "unit": "x",
+            "baseline": None,
+            "baseline_value": None,
+            "ratio": None,
+            "goal": None,
+            "pass": None,
+        },
+        {
+            "figure": f"tuned FastGRNN digits test accuracy ({d['epochs']} epochs)",
+            "value": d["tuned"]["test_accuracy"],
+            "unit": "accuracy",
+            "baseline": "default config (digits.yaml), same epochs",
+            "baseline_value": d["default"]["test_accuracy"],
+            "ratio": tuned_ratio,
+            "goal": ">= 1.0x",
+            "pass": bool(tuned_ratio >= 1.0),
+        },
     ]
     result = {
-        "name": "asha", "title": "ASHA vs a full grid (router), tuned vs default FastGRNN (digits)",
-        "seconds": time.perf_counter() - t0, "quick": quick, "figures": figures, "plots": [plot],
+        "name": "asha",
+        "title": "ASHA vs a full grid (router), tuned vs default FastGRNN (digits)",
+        "seconds": time.perf_counter() - t0,
+        "quick": quick,
+        "figures": figures,
+        "plots": [plot],
         "method": _method(a, d, n),
         "details": {"asha_vs_grid": a, "tuned_vs_default": d, "goals": GOALS},
     }
@@ -271,41 +348,58 @@ def _method(a: dict, d: dict, n: int) -> str:
         f"tune.points_to_evaluate (the default lr 0.02) first, then {d['num_samples']} draw(s) of lr "
         "(loguniform), each with hidden 32 and 48, under its ASHA (grace = a third of the epochs, the dense "
         "phase). The tuned model is the best trial by val_accuracy; both models are scored on the held-out test "
-        "split (evaluate_checkpoint).")
+        "split (evaluate_checkpoint)."
+    )
 
 
 def _replay_text(r: dict) -> str:
     if "share_median" not in r:
         return ""
-    return (f"Order matters to asynchronous ASHA (early trials pass rungs unopposed): its rule replayed on the "
-            f"grid's own curves in {r['orders']} random plan orders, one trial after another, each stopped trial "
-            f"charged the measured over-run ({r['overrun_epochs_per_stopped_trial']:.1f} epochs), uses a median "
-            f"{r['share_median']:.2f}x of the grid's trial-epochs (90th percentile {r['share_p90']:.2f}x; "
-            f"{r['share_pass_fraction']:.0%} of orders meet the goal), best within 2% in "
-            f"{r['best_pass_fraction']:.0%}. ")
+    return (
+        f"Order matters to asynchronous ASHA (early trials pass rungs unopposed): its rule replayed on the "
+        f"grid's own curves in {r['orders']} random plan orders, one trial after another, each stopped trial "
+        f"charged the measured over-run ({r['overrun_epochs_per_stopped_trial']:.1f} epochs), uses a median "
+        f"{r['share_median']:.2f}x of the grid's trial-epochs (90th percentile {r['share_p90']:.2f}x; "
+        f"{r['share_pass_fraction']:.0%} of orders meet the goal), best within 2% in "
+        f"{r['best_pass_fraction']:.0%}. "
+    )
 
 
 def render(result: dict) -> str:
     lines = [result["title"] + (" (quick)" if result["quick"] else ""), ""]
     for f in result["figures"]:
         verdict = "n/a" if f["pass"] is None else ("PASS" if f["pass"] else "FAIL")
-        versus = ("" if f["baseline_value"] is None else
-                  f" vs {f['baseline_value']:.4g} ({f['baseline']}) = {f['ratio']:.3f}x")
-        lines.append(f"{f['figure']}: {f['value']:.4g} {f['unit']}{versus}, goal {f['goal'] or '-'}: {verdict}")
+        versus = (
+            ""
+            if f["baseline_value"] is None
+            else f" vs {f['baseline_value']:.4g} ({f['baseline']}) = {f['ratio']:.3f}x"
+        )
+        lines.append(
+            f"{f['figure']}: {f['value']:.4g} {f['unit']}{versus}, goal {f['goal'] or '-'}: {verdict}"
+        )
     a = result["details"]["asha_vs_grid"]
     lines += ["", f"{'trial':<22} {'overrides':<44} {'grid best':>9} {'asha best':>9} {'asha epochs':>11}"]
     asha = {json.dumps(t["overrides"], sort_keys=True): t for t in a["asha"]["trials"]}
     for g in a["grid"]["trials"]:
         key = json.dumps(g["overrides"], sort_keys=True)
         t = asha.get(key, {})
-        lines.append(f"{g['trial']:<22} {key:<44} {g['metric'] or 0:>9.4f} {t.get('metric') or 0:>9.4f} "
-                     f"{t.get('epochs', 0):>11}")
+        lines.append(
+            f"{g['trial']:<22} {key:<44} {g['metric'] or 0:>9.4f} {t.get('metric') or 0:>9.4f} "
+            f"{t.get('epochs', 0):>11}"
+        )
     lines.append(f"wall {result['seconds']:.0f}s")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    return bench_cli("asha", __doc__, run, render, "9 configs (not 24), 8k rows; digits 12 epochs (not 120), 1 draw (not 3)", argv)
+    return bench_cli(
+        "asha",
+        __doc__,
+        run,
+        render,
+        "9 configs (not 24), 8k rows; digits 12 epochs (not 120), 1 draw (not 3)",
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bench.report import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,13 @@ def digits_config(cell: str = "fastgrnn", epochs: int | None = None, hidden_size
 
     overrides = []
     if cell != "fastgrnn":
-        overrides += [f"model.cell={cell}", "model.u_rank=null", "model.w_rank=null", "model.w_sparsity=1.0",
-                      "model.u_sparsity=1.0"]
+        overrides += [
+            f"model.cell={cell}",
+            "model.u_rank=null",
+            "model.w_rank=null",
+            "model.w_sparsity=1.0",
+            "model.u_sparsity=1.0",
+        ]
     if hidden_size is not None:
         overrides.append(f"model.hidden_size={hidden_size}")
     if epochs is not None:  # one cosine cycle over the (shorter) run, as the config does over 120
@@ -59,8 +65,14 @@ def digits_data(workdir: str, cfg):
 
     path = write_digits_npz(os.path.join(workdir, "digits.npz"), seed=0)
     d = cfg.data
-    return load_sequence_data(path, test_fraction=d.test_fraction, val_fraction=d.val_fraction,
-                              seed=cfg.train.seed, normalize=d.normalize, log1p=d.log1p)
+    return load_sequence_data(
+        path,
+        test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        normalize=d.normalize,
+        log1p=d.log1p,
+    )
 
 
 def evaluate_model(name: str, cfg, data) -> dict:
@@ -77,15 +89,19 @@ def evaluate_model(name: str, cfg, data) -> dict:
     int8_model = load_int8(build_model(params.pop("arch"), **params), qdict)
     x_test = torch_tensor(data.test.x)
     return {
-        "name": name, "config": cfg.to_dict()["model"], "epochs": cfg.train.epochs,
+        "name": name,
+        "config": cfg.to_dict()["model"],
+        "epochs": cfg.train.epochs,
         "train_seconds": train_seconds,
         "final_val_accuracy": history[-1]["val_accuracy"],
         "test_accuracy": evaluate(model, data.test.x, data.test.y)["accuracy"],
         "int8_test_accuracy": evaluate(int8_model, data.test.x, data.test.y)["accuracy"],
         "parameters": sum(p.numel() for p in model.parameters()),
-        "float_bytes": model_size_bytes(model), "int8_bytes": model_size_bytes(qdict),
+        "float_bytes": model_size_bytes(model),
+        "int8_bytes": model_size_bytes(qdict),
         "int8_max_probability_diff": max_probability_diff(model, x_test, qdict),
-        "_model": model, "_int8_model": int8_model,
+        "_model": model,
+        "_int8_model": int8_model,
     }
 
 
@@ -95,8 +111,9 @@ def torch_tensor(a):
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
-def latency_us(model, x: np.ndarray, batch: int, threads: int, repeats: int = 5,
-               min_repeat_seconds: float = 0.1) -> float:
+def latency_us(
+    model, x: np.ndarray, batch: int, threads: int, repeats: int = 5, min_repeat_seconds: float = 0.1
+) -> float:
     """Median µs per sample of model(x_batch) under inference_mode with `threads` torch threads.
 
     batch 1 cycles through the rows of `x` one sample per call; a larger batch tiles `x` to
@@ -108,7 +125,7 @@ def latency_us(model, x: np.ndarray, batch: int, threads: int, repeats: int = 5,
     try:
         xt = torch_tensor(x)
         if batch == 1:
-            inputs = [xt[i:i + 1] for i in range(len(xt))]
+            inputs = [xt[i : i + 1] for i in range(len(xt))]
         else:
             inputs = [xt.repeat((batch + len(xt) - 1) // len(xt), *([1] * (xt.dim() - 1)))[:batch]]
         model.eval()
@@ -130,8 +147,14 @@ def latency_us(model, x: np.ndarray, batch: int, threads: int, repeats: int = 5,
     return float(np.median(per_call)) * 1e6 / batch
 
 
-def measure(epochs: int | None = None, baselines: dict | None = None, batch: int = BATCH,
-            repeats: int = 5, min_repeat_seconds: float = 0.1, workdir: str | None = None) -> dict:
+def measure(
+    epochs: int | None = None,
+    baselines: dict | None = None,
+    batch: int = BATCH,
+    repeats: int = 5,
+    min_repeat_seconds: float = 0.1,
+    workdir: str | None = None,
+) -> dict:
     """Train FastGRNN (digits.yaml) and the GRU/LSTM `baselines` ({cell: hidden size}); their
     accuracy, sizes and latencies. `epochs` None = the config's. Returns JSON-able results."""
     import torch
@@ -148,16 +171,29 @@ def measure(epochs: int | None = None, baselines: dict | None = None, batch: int
     for r in runs:
         r["latency_us_per_sample"] = {
             f"batch{b}_threads{t}": latency_us(r["_model"], data.test.x, b, t, repeats, min_repeat_seconds)
-            for b in (1, batch) for t in thread_counts}
+            for b in (1, batch)
+            for t in thread_counts
+        }
     fg = runs[0]
     fg["int8_latency_us_per_sample"] = {
         f"batch{b}_threads{t}": latency_us(fg["_int8_model"], data.test.x, b, t, repeats, min_repeat_seconds)
-        for b in (1, batch) for t in thread_counts}
-    return {"models": {r["name"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in runs},
-            "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
-                     "steps": int(data.test.x.shape[1]), "features": int(data.test.x.shape[2])},
-            "batch": batch, "default_threads": default_threads, "thread_counts": thread_counts,
-            "torch": torch.__version__}
+        for b in (1, batch)
+        for t in thread_counts
+    }
+    return {
+        "models": {r["name"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in runs},
+        "data": {
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "steps": int(data.test.x.shape[1]),
+            "features": int(data.test.x.shape[2]),
+        },
+        "batch": batch,
+        "default_threads": default_threads,
+        "thread_counts": thread_counts,
+        "torch": torch.__version__,
+    }
 
 
 def plot(models: dict, path: str) -> str:
@@ -172,11 +208,15 @@ def plot(models: dict, path: str) -> str:
     for name, m in models.items():
         label = {"fastgrnn": "FastGRNN", "gru": "GRU", "lstm": "LSTM"}.get(name, name)
         color = colors.get(name, "tab:gray")
-        pts = [(m["float_bytes"], m["test_accuracy"], "o", f"{label} float32"),
-               (m["int8_bytes"], m["int8_test_accuracy"], "^", f"{label} INT8")]
+        pts = [
+            (m["float_bytes"], m["test_accuracy"], "o", f"{label} float32"),
+            (m["int8_bytes"], m["int8_test_accuracy"], "^", f"{label} INT8"),
+        ]
         for size, acc, marker, text in pts:
             ax.scatter(size, 100 * acc, marker=marker, color=color, s=60, label=text, zorder=3)
-            ax.annotate(f"{size:,} B", (size, 100 * acc), textcoords="offset points", xytext=(6, -10), fontsize=7)
+            ax.annotate(
+                f"{size:,} B", (size, 100 * acc), textcoords="offset points", xytext=(6, -10), fontsize=7
+            )
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=color, lw=0.8, alpha=0.5)
     ax.axvline(GOALS["int8_bytes_max"], color="gray", ls="--", lw=0.8)
     ax.axhline(100 * GOALS["accuracy_min"], color="gray", ls=":", lw=0.8)
@@ -196,8 +236,16 @@ def plot(models: dict, path: str) -> str:
 
 def _figure(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None):
     ratio = value / baseline_value if baseline_value else None
-    return {"figure": figure, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
-            "ratio": ratio, "goal": goal, "pass": ok}
+    return {
+        "figure": figure,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+        "goal": goal,
+        "pass": ok,
+    }
 
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
@@ -210,38 +258,90 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     lat, gru_lat = fg["latency_us_per_sample"], gru["latency_us_per_sample"]
     acc_goal = f">= {100 * GOALS['accuracy_min']:.0f}%"
     figures = [
-        _figure("FastGRNN INT8 test accuracy", 100 * fg["int8_test_accuracy"], "%", "GRU float32 test accuracy",
-                100 * gru["test_accuracy"], acc_goal, fg["int8_test_accuracy"] >= GOALS["accuracy_min"]),
-        _figure("FastGRNN float32 test accuracy", 100 * fg["test_accuracy"], "%", "GRU float32 test accuracy",
-                100 * gru["test_accuracy"], acc_goal, fg["test_accuracy"] >= GOALS["accuracy_min"]),
-        _figure("FastGRNN INT8 model size", fg["int8_bytes"], "bytes", "GRU float32 size", gru["float_bytes"],
-                f"<= {GOALS['int8_bytes_max']} B", fg["int8_bytes"] <= GOALS["int8_bytes_max"]),
-        _figure("FastGRNN float32 model size (non-zeros)", fg["float_bytes"], "bytes", "GRU float32 size",
-                gru["float_bytes"]),
-        _figure("FastGRNN INT8 vs float32: largest probability difference (test set)",
-                fg["int8_max_probability_diff"], "probability"),
+        _figure(
+            "FastGRNN INT8 test accuracy",
+            100 * fg["int8_test_accuracy"],
+            "%",
+            "GRU float32 test accuracy",
+            100 * gru["test_accuracy"],
+            acc_goal,
+            fg["int8_test_accuracy"] >= GOALS["accuracy_min"],
+        ),
+        _figure(
+            "FastGRNN float32 test accuracy",
+            100 * fg["test_accuracy"],
+            "%",
+            "GRU float32 test accuracy",
+            100 * gru["test_accuracy"],
+            acc_goal,
+            fg["test_accuracy"] >= GOALS["accuracy_min"],
+        ),
+        _figure(
+            "FastGRNN INT8 model size",
+            fg["int8_bytes"],
+            "bytes",
+            "GRU float32 size",
+            gru["float_bytes"],
+            f"<= {GOALS['int8_bytes_max']} B",
+            fg["int8_bytes"] <= GOALS["int8_bytes_max"],
+        ),
+        _figure(
+            "FastGRNN float32 model size (non-zeros)",
+            fg["float_bytes"],
+            "bytes",
+            "GRU float32 size",
+            gru["float_bytes"],
+        ),
+        _figure(
+            "FastGRNN INT8 vs float32: largest probability difference (test set)",
+            fg["int8_max_probability_diff"],
+            "probability",
+        ),
     ]
     for name in models:
         if name != "fastgrnn":
             b = models[name]
-            figures.append(_figure(f"{name.upper()} (hidden {b['config']['hidden_size']}) float32 test accuracy",
-                                   100 * b["test_accuracy"], "%"))
+            figures.append(
+                _figure(
+                    f"{name.upper()} (hidden {b['config']['hidden_size']}) float32 test accuracy",
+                    100 * b["test_accuracy"],
+                    "%",
+                )
+            )
     for threads in m["thread_counts"]:
         key = f"batch{batch}_threads{threads}"
-        figures.append(_figure(f"FastGRNN latency, batch {batch}, {threads} thread(s)", lat[key], "µs/sample",
-                               f"GRU, batch {batch}, {threads} thread(s)", gru_lat[key],
-                               f"<= {GOALS['batched_us_max']:.0f} µs/sample",
-                               lat[key] <= GOALS["batched_us_max"]))
+        figures.append(
+            _figure(
+                f"FastGRNN latency, batch {batch}, {threads} thread(s)",
+                lat[key],
+                "µs/sample",
+                f"GRU, batch {batch}, {threads} thread(s)",
+                gru_lat[key],
+                f"<= {GOALS['batched_us_max']:.0f} µs/sample",
+                lat[key] <= GOALS["batched_us_max"],
+            )
+        )
     for threads in m["thread_counts"]:
         key = f"batch1_threads{threads}"
-        figures.append(_figure(f"FastGRNN latency, single sample (batch 1), {threads} thread(s)", lat[key],
-                               "µs/sample", f"GRU, batch 1, {threads} thread(s)", gru_lat[key],
-                               f"< {GOALS['single_us_claim']:.0f} µs/sample (tiny-dancer's design claim; the issue's goal is batched)",
-                               lat[key] < GOALS["single_us_claim"]))
+        figures.append(
+            _figure(
+                f"FastGRNN latency, single sample (batch 1), {threads} thread(s)",
+                lat[key],
+                "µs/sample",
+                f"GRU, batch 1, {threads} thread(s)",
+                gru_lat[key],
+                f"< {GOALS['single_us_claim']:.0f} µs/sample (tiny-dancer's design claim; the issue's goal is batched)",
+                lat[key] < GOALS["single_us_claim"],
+            )
+        )
     plot_path = plot(models, os.path.join(out_dir, "models_accuracy_size.png"))
     result = {
-        "name": "models", "title": "FastGRNN vs GRU vs LSTM on digits: accuracy, size, CPU latency",
-        "seconds": time.perf_counter() - t0, "quick": quick, "figures": figures, "plots": [plot_path],
+        "name": "models",
+        "title": "FastGRNN vs GRU vs LSTM on digits: accuracy, size, CPU latency",
+        "seconds": time.perf_counter() - t0,
+        "quick": quick,
+        "figures": figures,
+        "plots": [plot_path],
         "method": (
             f"scikit-learn digits as 8 steps x 8 pixels ({m['data']['train']} train / {m['data']['val']} val / "
             f"{m['data']['test']} test rows), split and z-scored as `tunestack train` does for "
@@ -249,14 +349,16 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "via dense → IHT → fixed-support phases); GRU (hidden 40) and LSTM (hidden 32) the same recipe, "
             "dense. All train in one process with the project's optimizer/scheduler/loss helpers "
             f"(bench/_plain_loop.py) for {fg['epochs']} epochs"
-            + (" (--quick: 60 instead of the config's 120)" if quick else "") + "; the final model is "
+            + (" (--quick: 60 instead of the config's 120)" if quick else "")
+            + "; the final model is "
             "evaluated on the test split. INT8 = quantize_int8 (symmetric per-tensor) then load_int8; sizes "
             "count non-zeros (4 B float32, 1 B per INT8 weight + float32 scales/biases/ζ/ν). Latency: median "
             "µs/sample over timed repeats after warm-up, torch.inference_mode, CPU, batch 1 (one test sample "
             f"per call) and batch {batch}, with 1 thread and the default {t_def}; under inference_mode FastGRNN "
             "runs its inference path (FastGRNN._forward_inference: biases folded into one input projection, "
             "σ(ζ)/σ(ν) taken once, full U for small batches, fewer ops a step). The INT8 model is dequantized "
-            "once at load, so it runs the same float32 graph (its latency is in details)."),
+            "once at load, so it runs the same float32 graph (its latency is in details)."
+        ),
         "details": m,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -269,12 +371,16 @@ def render(result: dict) -> str:
     d = result["details"]
     lines = [result["title"] + (" (quick)" if result["quick"] else ""), ""]
     keys = list(next(iter(d["models"].values()))["latency_us_per_sample"])
-    lines.append(f"{'model':>9} | {'params':>6} | {'acc':>6} | {'int8 acc':>8} | {'float B':>8} | {'int8 B':>7} | "
-                 + " | ".join(f"{k:>17}" for k in keys))
+    lines.append(
+        f"{'model':>9} | {'params':>6} | {'acc':>6} | {'int8 acc':>8} | {'float B':>8} | {'int8 B':>7} | "
+        + " | ".join(f"{k:>17}" for k in keys)
+    )
     for name, m in d["models"].items():
-        lines.append(f"{name:>9} | {m['parameters']:>6} | {100 * m['test_accuracy']:>5.1f}% | "
-                     f"{100 * m['int8_test_accuracy']:>7.1f}% | {m['float_bytes']:>8,} | {m['int8_bytes']:>7,} | "
-                     + " | ".join(f"{m['latency_us_per_sample'][k]:>12.2f} µs/s" for k in keys))
+        lines.append(
+            f"{name:>9} | {m['parameters']:>6} | {100 * m['test_accuracy']:>5.1f}% | "
+            f"{100 * m['int8_test_accuracy']:>7.1f}% | {m['float_bytes']:>8,} | {m['int8_bytes']:>7,} | "
+            + " | ".join(f"{m['latency_us_per_sample'][k]:>12.2f} µs/s" for k in keys)
+        )
     lines.append("")
     for f in result["figures"]:
         verdict = "" if f["pass"] is None else (" PASS" if f["pass"] else " FAIL")
@@ -286,7 +392,9 @@ def render(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    return bench_cli("models", __doc__, run, render, "60 training epochs instead of 120, shorter timings", argv)
+    return bench_cli(
+        "models", __doc__, run, render, "60 training epochs instead of 120, shorter timings", argv
+    )
 
 
 if __name__ == "__main__":

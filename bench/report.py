@@ -31,8 +31,15 @@ import subprocess
 import sys
 from importlib import metadata
 
-REQUIRED = {"name": str, "title": str, "seconds": (int, float), "quick": bool, "figures": list,
-            "plots": list, "method": str}
+REQUIRED = {
+    "name": str,
+    "title": str,
+    "seconds": (int, float),
+    "quick": bool,
+    "figures": list,
+    "plots": list,
+    "method": str,
+}
 FIGURE_KEYS = ("figure", "value", "unit", "baseline", "baseline_value", "ratio", "goal", "pass")
 HEADER = ("benchmark", "figure", "value", "baseline", "ratio", "goal", "result")
 
@@ -41,8 +48,11 @@ def check_result(result) -> list[str]:
     """What `result` gets wrong against the contract above (empty: nothing)."""
     if not isinstance(result, dict):
         return [f"run() returned {type(result).__name__}, not a dict"]
-    problems = [f"{key!r} missing or not {t.__name__ if isinstance(t, type) else 'a number'}"
-                for key, t in REQUIRED.items() if not isinstance(result.get(key), t)]
+    problems = [
+        f"{key!r} missing or not {t.__name__ if isinstance(t, type) else 'a number'}"
+        for key, t in REQUIRED.items()
+        if not isinstance(result.get(key), t)
+    ]
     for i, fig in enumerate(result.get("figures") or []):
         if not isinstance(fig, dict):
             problems.append(f"figures[{i}] is not a mapping")
@@ -81,7 +91,9 @@ def _version(dist: str) -> str:
 
 def _git(repo: str, *args: str) -> str:
     try:
-        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", repo, *args], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -103,24 +115,36 @@ def machine(repo: str | None = None) -> dict:
     import torch
 
     repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
     commit = _git(repo, "rev-parse", "HEAD")
     dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
     return {
-        "cpus_logical": os.cpu_count(), "cpus_physical": psutil.cpu_count(logical=False), "cpu_model": _cpu_model(),
-        "memory_gib": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-        "gpu": ", ".join(gpus) if gpus else "none", "platform": platform.platform(),
-        "python": platform.python_version(), "ray": _version("ray"), "torch": _version("torch"),
-        "pyarrow": _version("pyarrow"), "numpy": _version("numpy"),
+        "cpus_logical": os.cpu_count(),
+        "cpus_physical": psutil.cpu_count(logical=False),
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "gpu": ", ".join(gpus) if gpus else "none",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ray": _version("ray"),
+        "torch": _version("torch"),
+        "pyarrow": _version("pyarrow"),
+        "numpy": _version("numpy"),
         "git_commit": (commit[:12] + ("+uncommitted changes" if dirty else "")) if commit else "unknown",
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 def machine_line(m: dict) -> str:
-    return (f"{m['cpus_logical']} logical CPUs ({m['cpus_physical']} physical, {m['cpu_model']}), "
-            f"{m['memory_gib']} GiB RAM, GPU: {m['gpu']}; Python {m['python']}, Ray {m['ray']}, "
-            f"PyTorch {m['torch']}, PyArrow {m['pyarrow']}, NumPy {m['numpy']}; commit {m['git_commit']}")
+    return (
+        f"{m['cpus_logical']} logical CPUs ({m['cpus_physical']} physical, {m['cpu_model']}), "
+        f"{m['memory_gib']} GiB RAM, GPU: {m['gpu']}; Python {m['python']}, Ray {m['ray']}, "
+        f"PyTorch {m['torch']}, PyArrow {m['pyarrow']}, NumPy {m['numpy']}; commit {m['git_commit']}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +171,15 @@ def figure_row(name: str, fig: dict) -> tuple[str, ...]:
         baseline = f"{_num(fig['baseline_value'])}{unit}: {baseline}"  # the number first: long names get cut
     ratio = f"{fig['ratio']:.2f}x" if isinstance(fig.get("ratio"), (int, float)) else "-"
     verdict = {True: "PASS", False: "FAIL"}.get(fig.get("pass"), "-")
-    return (name, str(fig["figure"]), f"{_num(fig['value'])}{unit}", baseline, ratio, fig.get("goal") or "-", verdict)
+    return (
+        name,
+        str(fig["figure"]),
+        f"{_num(fig['value'])}{unit}",
+        baseline,
+        ratio,
+        fig.get("goal") or "-",
+        verdict,
+    )
 
 
 def table_rows(summary: dict) -> list[tuple[str, ...]]:
@@ -167,7 +199,7 @@ def table_rows(summary: dict) -> list[tuple[str, ...]]:
 
 
 def text_table(rows: list[tuple[str, ...]], max_width: int = 70) -> str:
-    rows = [tuple(c if len(c) <= max_width else c[:max_width - 1] + "…" for c in r) for r in rows]
+    rows = [tuple(c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r) for r in rows]
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(HEADER), "  ".join("-" * w for w in widths), *map(line, rows)])
@@ -183,9 +215,11 @@ def markdown_table(rows: list[tuple[str, ...]]) -> str:
 def counts(summary: dict) -> str:
     figs = [f for b in summary["benchmarks"] if b["status"] == "ok" for f in b["result"]["figures"]]
     status = [b["status"] for b in summary["benchmarks"]]
-    return (f"{sum(f.get('pass') is True for f in figs)} PASS, {sum(f.get('pass') is False for f in figs)} FAIL, "
-            f"{sum(f.get('pass') is None for f in figs)} without a goal; benchmarks: {status.count('ok')} ran, "
-            f"{status.count('error')} errored, {status.count('skipped')} skipped")
+    return (
+        f"{sum(f.get('pass') is True for f in figs)} PASS, {sum(f.get('pass') is False for f in figs)} FAIL, "
+        f"{sum(f.get('pass') is None for f in figs)} without a goal; benchmarks: {status.count('ok')} ran, "
+        f"{status.count('error')} errored, {status.count('skipped')} skipped"
+    )
 
 
 def print_table(summary: dict, file=None) -> None:
@@ -209,30 +243,45 @@ def _plot_path(plot: str, out_dir: str) -> str | None:
 
 def _markdown(summary: dict, plot_link, title: str, preface: list[str]) -> str:
     m = summary["machine"]
-    lines = [f"# {title}", "", *preface,
-             f"- **Run**: {'quick (`--quick`)' if summary['quick'] else 'full'}, started {summary['started']}, "
-             f"{summary['seconds']:.0f} s in all",
-             f"- **Machine**: {m['cpus_logical']} logical CPUs ({m['cpus_physical']} physical, {m['cpu_model']}), "
-             f"{m['memory_gib']} GiB RAM, GPU: {m['gpu']}, {m['platform']}",
-             f"- **Versions**: Python {m['python']}, Ray {m['ray']}, PyTorch {m['torch']}, PyArrow {m['pyarrow']}, "
-             f"NumPy {m['numpy']}",
-             f"- **Commit**: {m['git_commit']}; load average at the end {m['load_average']}",
-             f"- **Result**: {counts(summary)}", "",
-             markdown_table(table_rows(summary)), ""]
+    lines = [
+        f"# {title}",
+        "",
+        *preface,
+        f"- **Run**: {'quick (`--quick`)' if summary['quick'] else 'full'}, started {summary['started']}, "
+        f"{summary['seconds']:.0f} s in all",
+        f"- **Machine**: {m['cpus_logical']} logical CPUs ({m['cpus_physical']} physical, {m['cpu_model']}), "
+        f"{m['memory_gib']} GiB RAM, GPU: {m['gpu']}, {m['platform']}",
+        f"- **Versions**: Python {m['python']}, Ray {m['ray']}, PyTorch {m['torch']}, PyArrow {m['pyarrow']}, "
+        f"NumPy {m['numpy']}",
+        f"- **Commit**: {m['git_commit']}; load average at the end {m['load_average']}",
+        f"- **Result**: {counts(summary)}",
+        "",
+        markdown_table(table_rows(summary)),
+        "",
+    ]
     for b in summary["benchmarks"]:
         if b["status"] == "skipped":
             continue
         r = b.get("result") or {}
-        lines += [f"## {r.get('title') or b['name']}", "",
-                  f"`{b['module']}`, {b['seconds']:.0f} s.", ""]
+        lines += [f"## {r.get('title') or b['name']}", "", f"`{b['module']}`, {b['seconds']:.0f} s.", ""]
         if b["status"] == "error":
-            lines += ["**Error**:", "", "```", b["error"].strip(), *([b["log_tail"].rstrip()] if b.get("log_tail") else []),
-                      "```", ""]
+            lines += [
+                "**Error**:",
+                "",
+                "```",
+                b["error"].strip(),
+                *([b["log_tail"].rstrip()] if b.get("log_tail") else []),
+                "```",
+                "",
+            ]
         if r.get("method"):
             lines += [f"**Method.** {r['method']}", ""]
         for plot in r.get("plots") or []:
             link = plot_link(plot)
-            lines += [f"![{os.path.basename(plot)}]({link})" if link else f"(plot {plot} was not written)", ""]
+            lines += [
+                f"![{os.path.basename(plot)}]({link})" if link else f"(plot {plot} was not written)",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -264,10 +313,15 @@ def write_benchmarks_md(summary: dict, repo: str) -> str:
     preface = [
         "Every figure below comes from one run of `tunestack bench --write-benchmarks-md`: each benchmark "
         "measures tunestack and its baseline in the same run, on the machine described here, and reports the "
-        "ratio beside the goal. A missed goal says FAIL; nothing here is edited by hand.", ""]
+        "ratio beside the goal. A missed goal says FAIL; nothing here is edited by hand.",
+        "",
+    ]
     if summary["quick"]:
-        preface += ["> **This is a quick run** (`--quick`: small sizes). Run `tunestack bench "
-                    "--write-benchmarks-md` (the full suite) before quoting these figures.", ""]
+        preface += [
+            "> **This is a quick run** (`--quick`: small sizes). Run `tunestack bench "
+            "--write-benchmarks-md` (the full suite) before quoting these figures.",
+            "",
+        ]
     path = os.path.join(repo, "BENCHMARKS.md")
     with open(path, "w") as f:
         f.write(_markdown(summary, link, "Benchmarks", preface))
@@ -275,9 +329,13 @@ def write_benchmarks_md(summary: dict, repo: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.report", description="Render BENCHMARKS.md from summary.json.")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.report", description="Render BENCHMARKS.md from summary.json."
+    )
     p.add_argument("--summary", default="bench/results/summary.json")
-    p.add_argument("--repo", default=".", help="where BENCHMARKS.md and docs/bench/ go (default: %(default)s)")
+    p.add_argument(
+        "--repo", default=".", help="where BENCHMARKS.md and docs/bench/ go (default: %(default)s)"
+    )
     args = p.parse_args(argv)
     try:
         with open(args.summary) as f:

@@ -105,13 +105,25 @@ def run_one(name: str, module: str, quick: bool, out_dir: str, timeout_s: float)
     fd, result_file = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".json")
     os.close(fd)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "bench.runner", "--_child", module, "--_result", result_file, "--out-dir", out_dir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.runner",
+        "--_child",
+        module,
+        "--_result",
+        result_file,
+        "--out-dir",
+        out_dir,
+    ]
     cmd += ["--quick"] if quick else []
     t0 = time.perf_counter()
     try:
         with open(log, "w") as out:
             # A session of its own, so a timeout can end the benchmark and everything it started.
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -120,7 +132,9 @@ def run_one(name: str, module: str, quick: bool, out_dir: str, timeout_s: float)
             proc.wait()
         row["seconds"] = round(time.perf_counter() - t0, 1)
         if code == NO_RUN:
-            row["reason"] = f"{module} has no run(quick, out_dir) (not converted to the benchmark contract yet)"
+            row["reason"] = (
+                f"{module} has no run(quick, out_dir) (not converted to the benchmark contract yet)"
+            )
             return row
         if code is None:
             row.update(status="error", error=f"timed out after {timeout_s:.0f}s (log: {log})")
@@ -128,14 +142,19 @@ def run_one(name: str, module: str, quick: bool, out_dir: str, timeout_s: float)
         if code != 0:
             tail = _tail(log)
             last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "no output")
-            row.update(status="error", error=f"{last.strip()} (exit status {code}; log: {log})", log_tail=tail)
+            row.update(
+                status="error", error=f"{last.strip()} (exit status {code}; log: {log})", log_tail=tail
+            )
             return row
         with open(result_file) as f:
             result = json.load(f)
         problems = check_result(result)
         if problems:
-            row.update(status="error", error="result does not follow the contract: " + "; ".join(problems),
-                       result=result)
+            row.update(
+                status="error",
+                error="result does not follow the contract: " + "; ".join(problems),
+                result=result,
+            )
             return row
         row.update(status="ok", result=result)
         return row
@@ -143,8 +162,15 @@ def run_one(name: str, module: str, quick: bool, out_dir: str, timeout_s: float)
         os.unlink(result_file)
 
 
-def run_suite(benchmarks=None, *, quick: bool = False, only: list[str] | None = None,
-              out_dir: str = "bench/results", timeout_s: float | None = None, echo=print) -> dict:
+def run_suite(
+    benchmarks=None,
+    *,
+    quick: bool = False,
+    only: list[str] | None = None,
+    out_dir: str = "bench/results",
+    timeout_s: float | None = None,
+    echo=print,
+) -> dict:
     """Run the suite (or `only` its named members); write summary.json and SUMMARY.md; return the summary."""
     benchmarks = list(benchmarks or BENCHMARKS)
     if only:
@@ -168,9 +194,14 @@ def run_suite(benchmarks=None, *, quick: bool = False, only: list[str] | None = 
             echo(f"   ERROR after {row['seconds']}s: {row['error']}\n{row.get('log_tail', '')}", flush=True)
         else:
             echo(f"   done in {row['seconds']}s", flush=True)
-    summary = {"quick": quick, "started": started.isoformat(timespec="seconds"),
-               "seconds": round(time.perf_counter() - t0, 1), "machine": machine(),
-               "out_dir": out_dir, "benchmarks": rows}
+    summary = {
+        "quick": quick,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": machine(),
+        "out_dir": out_dir,
+        "benchmarks": rows,
+    }
     write_summary(summary, out_dir)
     return summary
 
@@ -178,23 +209,34 @@ def run_suite(benchmarks=None, *, quick: bool = False, only: list[str] | None = 
 def add_bench_parser(subparsers) -> None:
     """Add `bench` to the main CLI's subparsers."""
     s = subparsers.add_parser(
-        "bench", help="run the benchmarks in bench/ against their baselines; one table, JSON and Markdown",
+        "bench",
+        help="run the benchmarks in bench/ against their baselines; one table, JSON and Markdown",
         description="Run each benchmark (" + ", ".join(n for n, _ in BENCHMARKS) + ") in its own process, "
         "print one table of figures, baselines, ratios and goals, and write summary.json and SUMMARY.md "
         "(with the machine's description) to --out-dir. Exit status 1 when a benchmark fails to run; "
-        "a missed goal is reported as FAIL.")
+        "a missed goal is reported as FAIL.",
+    )
     _add_options(s)
     s.set_defaults(func=cmd_bench)
 
 
 def _add_options(p) -> None:
-    p.add_argument("--quick", action="store_true", help="small sizes: the whole suite in under 10 minutes on 2 cores")
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes: the whole suite in under 10 minutes on 2 cores"
+    )
     p.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks")
     p.add_argument("--out-dir", default="bench/results", help="where results go (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds per benchmark before it is stopped (default 900 quick, 3600 full)")
-    p.add_argument("--write-benchmarks-md", action="store_true",
-                   help="also render BENCHMARKS.md (plots copied to docs/bench/) from this run")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per benchmark before it is stopped (default 900 quick, 3600 full)",
+    )
+    p.add_argument(
+        "--write-benchmarks-md",
+        action="store_true",
+        help="also render BENCHMARKS.md (plots copied to docs/bench/) from this run",
+    )
 
 
 def cmd_bench(args) -> int:
@@ -206,14 +248,18 @@ def cmd_bench(args) -> int:
         return 2
     print()
     print_table(summary)
-    print(f"\nwrote {os.path.join(args.out_dir, 'summary.json')} and {os.path.join(args.out_dir, 'SUMMARY.md')} "
-          f"({summary['seconds']:.0f}s in all)")
+    print(
+        f"\nwrote {os.path.join(args.out_dir, 'summary.json')} and {os.path.join(args.out_dir, 'SUMMARY.md')} "
+        f"({summary['seconds']:.0f}s in all)"
+    )
     if args.write_benchmarks_md:
         path = write_benchmarks_md(summary, REPO)
         print(f"wrote {path}")
     errors = [r["name"] for r in summary["benchmarks"] if r["status"] == "error"]
     if errors:
-        print(f"tunestack bench: {len(errors)} benchmark(s) failed to run: {', '.join(errors)}", file=sys.stderr)
+        print(
+            f"tunestack bench: {len(errors)} benchmark(s) failed to run: {', '.join(errors)}", file=sys.stderr
+        )
         return 1
     return 0
 

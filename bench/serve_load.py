@@ -60,11 +60,19 @@ async def _load(url: str, body: bytes, concurrency: int, warmup: float, duration
     def pct(q):
         return float(np.percentile(lat_ms, q)) if len(lat_ms) else None
 
-    return {"concurrency": concurrency, "requests": int(len(lat_ms)), "errors": int(n_err),
-            "seconds": elapsed, "rps": len(lat_ms) / elapsed if elapsed > 0 else 0.0,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "error_samples": errors}
+    return {
+        "concurrency": concurrency,
+        "requests": int(len(lat_ms)),
+        "errors": int(n_err),
+        "seconds": elapsed,
+        "rps": len(lat_ms) / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "mean_ms": float(lat_ms.mean()) if len(lat_ms) else None,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "error_samples": errors,
+    }
 
 
 def main(argv=None) -> int:

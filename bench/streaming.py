@@ -45,7 +45,6 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
-from bench.report import machine
 from pipeline.data.triplets import READ_COLUMNS, iter_triplet_batches, triplet_batch
 from pipeline.store.layout import TripletStore
 from pipeline.synth import synth_gaap
@@ -77,8 +76,10 @@ def _ray_batches(ds, emb, batch_size: int, mode: str):
     if mode == "shuffled":  # the training loop's train pass
         return iter_triplet_batches(ds, emb, batch_size, shuffle_rows=SHUFFLE_ROWS, seed=0)
     if mode == "per_batch":  # the previous path: Ray Data's iterator cuts every batch
-        return (triplet_batch(emb, b["pair_id"], b["value"])
-                for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+        return (
+            triplet_batch(emb, b["pair_id"], b["value"])
+            for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy")
+        )
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
@@ -94,8 +95,13 @@ def ray_pass(store: str, batch_size: int = BATCH, mode: str = "blocks") -> dict:
         rows += batch["x"].shape[0]
         first = first or time.perf_counter() - t0
     secs = time.perf_counter() - t0
-    return {"rows": rows, "seconds": secs, "rows_per_s": rows / secs, "first_batch_s": first,
-            "after_first_batch_rows_per_s": rows / max(secs - first, 1e-9)}
+    return {
+        "rows": rows,
+        "seconds": secs,
+        "rows_per_s": rows / secs,
+        "first_batch_s": first,
+        "after_first_batch_rows_per_s": rows / max(secs - first, 1e-9),
+    }
 
 
 def raw_scan(store: str, batch_size: int = BATCH) -> dict:
@@ -105,7 +111,9 @@ def raw_scan(store: str, batch_size: int = BATCH) -> dict:
     emb = s.embeddings()
     rows = 0
     for path in s.triplet_files():
-        for b in pq.ParquetFile(path, filesystem=s.loc.fs).iter_batches(batch_size=batch_size, columns=READ_COLUMNS):
+        for b in pq.ParquetFile(path, filesystem=s.loc.fs).iter_batches(
+            batch_size=batch_size, columns=READ_COLUMNS
+        ):
             pair_id = b.column("pair_id").to_numpy().astype(np.int32)
             rows += triplet_batch(emb, pair_id, b.column("scaled_value").to_numpy())["x"].shape[0]
     secs = time.perf_counter() - t0
@@ -170,8 +178,12 @@ def per_index(store: str, sample: int, batch_size: int, order: str, seed: int = 
         assert isinstance(batch, torch.Tensor)
         rows += batch.shape[0]
     seconds = time.perf_counter() - t0
-    return {"sample": rows, "seconds": seconds, "us_per_triplet": 1e6 * seconds / rows,
-            "rows_per_s": rows / seconds}
+    return {
+        "sample": rows,
+        "seconds": seconds,
+        "us_per_triplet": 1e6 * seconds / rows,
+        "rows_per_s": rows / seconds,
+    }
 
 
 def _median_pass(passes: list[dict]) -> dict:
@@ -193,8 +205,10 @@ def compare(store: str, modes=MODES, batch_size: int = BATCH, repeats: int = REP
             passes[f"ray_{mode}"].append(ray_pass(store, batch_size, mode))
     out = {k: _median_pass(v) for k, v in passes.items()}
     if any(p["rows"] != out["raw_scan"]["rows"] for v in passes.values() for p in v):
-        raise RuntimeError(f"readers disagree on the rows in {store}: "
-                           f"{ {k: [p['rows'] for p in v] for k, v in passes.items()} }")
+        raise RuntimeError(
+            f"readers disagree on the rows in {store}: "
+            f"{ {k: [p['rows'] for p in v] for k, v in passes.items()} }"
+        )
     return out
 
 
@@ -221,8 +235,12 @@ def block_sizes(stores: dict[int, str]) -> dict:
     for rows_per_block, store in stores.items():
         c = compare(store, ("blocks",))
         ray, raw = c["ray_blocks"]["rows_per_s"], c["raw_scan"]["rows_per_s"]
-        out[str(rows_per_block)] = {"ray_data_rows_per_s": ray, "raw_scan_rows_per_s": raw, "ratio": ray / raw,
-                                    "rows": c["raw_scan"]["rows"]}
+        out[str(rows_per_block)] = {
+            "ray_data_rows_per_s": ray,
+            "raw_scan_rows_per_s": raw,
+            "ratio": ray / raw,
+            "rows": c["raw_scan"]["rows"],
+        }
     return out
 
 
@@ -259,7 +277,11 @@ def memory_pass(store: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.streaming", "--_child", store],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     root = psutil.Process(proc.pid)
@@ -293,19 +315,32 @@ def memory_pass(store: str) -> dict:
         raise RuntimeError(f"benchmark child failed (exit {proc.returncode})")
     mib = 1024**2
     return {
-        "rows": result["rows"], "seconds": result["seconds"], "first_batch_s": result["first_batch_s"],
+        "rows": result["rows"],
+        "seconds": result["seconds"],
+        "first_batch_s": result["first_batch_s"],
         "samples": samples,
-        "idle_tree_rss_mib": idle["rss"] / mib, "idle_tree_pss_mib": idle["pss"] / mib,
-        "peak_tree_rss_mib": peak["rss"] / mib, "peak_tree_pss_mib": peak["pss"] / mib,
-        "peak_driver_rss_mib": peak["driver_rss"] / mib, "max_processes": peak["procs"],
+        "idle_tree_rss_mib": idle["rss"] / mib,
+        "idle_tree_pss_mib": idle["pss"] / mib,
+        "peak_tree_rss_mib": peak["rss"] / mib,
+        "peak_tree_pss_mib": peak["pss"] / mib,
+        "peak_driver_rss_mib": peak["driver_rss"] / mib,
+        "max_processes": peak["procs"],
     }
 
 
 # ---- the run --------------------------------------------------------------------------------------
 def _fig(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None) -> dict:
     ratio = value / baseline_value if baseline_value else None
-    return {"figure": figure, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
-            "ratio": ratio, "goal": goal, "pass": ok}
+    return {
+        "figure": figure,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+        "goal": goal,
+        "pass": ok,
+    }
 
 
 def figures(r: dict) -> list[dict]:
@@ -316,24 +351,70 @@ def figures(r: dict) -> list[dict]:
         ray, raw = t["ray_data"]["rows_per_s"], t["raw_scan"]["rows_per_s"]
         rnd = t["per_index_random"]["rows_per_s"]
         label = f"{int(n):,} triplets"
-        out.append(_fig(f"Ray Data triplets/s, {label}", ray, "rows/s", "raw pyarrow scan", raw,
-                        f">= {GOALS['ray_vs_raw_scan_min']}x", ray / raw >= GOALS["ray_vs_raw_scan_min"]))
-        out.append(_fig(f"Ray Data triplets/s vs per-index lookups, {label}", ray, "rows/s",
-                        "per-index lookups (random order)", rnd, f">= {GOALS['ray_vs_per_index_min']:g}x",
-                        ray / rnd >= GOALS["ray_vs_per_index_min"]))
-        out.append(_fig(f"Ray Data triplets/s with the training loop's local shuffle, {label}",
-                        t["ray_shuffled"]["rows_per_s"], "rows/s", "raw pyarrow scan", raw))
-        out.append(_fig(f"Ray Data triplets/s, Ray's iterator per 4,096-row batch (previous path), {label}",
-                        t["ray_per_batch"]["rows_per_s"], "rows/s", "raw pyarrow scan", raw))
+        out.append(
+            _fig(
+                f"Ray Data triplets/s, {label}",
+                ray,
+                "rows/s",
+                "raw pyarrow scan",
+                raw,
+                f">= {GOALS['ray_vs_raw_scan_min']}x",
+                ray / raw >= GOALS["ray_vs_raw_scan_min"],
+            )
+        )
+        out.append(
+            _fig(
+                f"Ray Data triplets/s vs per-index lookups, {label}",
+                ray,
+                "rows/s",
+                "per-index lookups (random order)",
+                rnd,
+                f">= {GOALS['ray_vs_per_index_min']:g}x",
+                ray / rnd >= GOALS["ray_vs_per_index_min"],
+            )
+        )
+        out.append(
+            _fig(
+                f"Ray Data triplets/s with the training loop's local shuffle, {label}",
+                t["ray_shuffled"]["rows_per_s"],
+                "rows/s",
+                "raw pyarrow scan",
+                raw,
+            )
+        )
+        out.append(
+            _fig(
+                f"Ray Data triplets/s, Ray's iterator per 4,096-row batch (previous path), {label}",
+                t["ray_per_batch"]["rows_per_s"],
+                "rows/s",
+                "raw pyarrow scan",
+                raw,
+            )
+        )
     mem = r["details"]["memory"]
     for key, what in (("peak_tree_rss_mib", "peak RSS"), ("peak_tree_pss_mib", "peak PSS")):
         ok = mem[large][key] <= GOALS["rss_ratio_max"] * mem[small][key]
-        out.append(_fig(f"{what} of a pass (driver + Ray processes), {int(large):,} triplets", mem[large][key],
-                        "MiB", f"the same at {int(small):,} triplets", mem[small][key],
-                        f"<= {GOALS['rss_ratio_max']}x", ok))
+        out.append(
+            _fig(
+                f"{what} of a pass (driver + Ray processes), {int(large):,} triplets",
+                mem[large][key],
+                "MiB",
+                f"the same at {int(small):,} triplets",
+                mem[small][key],
+                f"<= {GOALS['rss_ratio_max']}x",
+                ok,
+            )
+        )
     for size, b in r["details"]["block_sizes"].items():
-        out.append(_fig(f"Ray Data triplets/s, {int(size):,}-row blocks, {int(large):,} triplets",
-                        b["ray_data_rows_per_s"], "rows/s", "raw pyarrow scan", b["raw_scan_rows_per_s"]))
+        out.append(
+            _fig(
+                f"Ray Data triplets/s, {int(size):,}-row blocks, {int(large):,} triplets",
+                b["ray_data_rows_per_s"],
+                "rows/s",
+                "raw pyarrow scan",
+                b["raw_scan_rows_per_s"],
+            )
+        )
     return out
 
 
@@ -345,7 +426,10 @@ def plot(block: dict, path: str) -> str:
 
     sizes = sorted(int(k) for k in block)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("ray_data_rows_per_s", "Ray Data pipeline"), ("raw_scan_rows_per_s", "raw pyarrow scan")):
+    for key, label in (
+        ("ray_data_rows_per_s", "Ray Data pipeline"),
+        ("raw_scan_rows_per_s", "raw pyarrow scan"),
+    ):
         ax.plot(sizes, [block[str(s)][key] / 1e6 for s in sizes], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("rows per block (Parquet row group)")
@@ -360,14 +444,23 @@ def plot(block: dict, path: str) -> str:
     return path
 
 
-def run(quick: bool = False, out_dir: str = "bench/results", per_index_sample: int = 20_000,
-        workdir: str | None = None) -> dict:
+def run(
+    quick: bool = False,
+    out_dir: str = "bench/results",
+    per_index_sample: int = 20_000,
+    workdir: str | None = None,
+) -> dict:
     t_start = time.perf_counter()
     small, large = (200_000, 2_000_000) if quick else (1_000_000, 10_000_000)
     workdir_made = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="tunestack-bench-streaming-")
-    details: dict = {"sizes": [small, large], "batch_size": BATCH, "per_index_sample": per_index_sample,
-                     "load_average_at_start": os.getloadavg(), "stores": {}}
+    details: dict = {
+        "sizes": [small, large],
+        "batch_size": BATCH,
+        "per_index_sample": per_index_sample,
+        "load_average_at_start": os.getloadavg(),
+        "stores": {},
+    }
     try:
         stores, by_block = {}, {}
         for n, rg in [(small, 65_536), (large, 65_536)] + [(large, b) for b in BLOCK_SIZES if b != 65_536]:
@@ -391,23 +484,31 @@ def run(quick: bool = False, out_dir: str = "bench/results", per_index_sample: i
             shutil.rmtree(workdir, ignore_errors=True)
     details["load_average_at_end"] = os.getloadavg()
     os.makedirs(out_dir, exist_ok=True)
-    result = {"name": NAME, "title": "Ray Data streaming of the triplet store: throughput and memory",
-              "seconds": 0.0, "quick": quick, "figures": [], "details": details,
-              "plots": [plot(details["block_sizes"], os.path.join(out_dir, "streaming_block_size.png"))],
-              "method": (f"Synthetic stores (tunestack synth gaap) of {small:,} and {large:,} triplets, 16 hash "
-                         "buckets, 65,536-row row groups; a fresh local Ray with 2 CPUs. Every reader builds the same "
-                         f"batches of {BATCH:,} rows in the benchmark process with the same function (triplet_batch: "
-                         "float32 tensor [64-d embedding ‖ scaled value] and int64 pair ids); Ray Data = "
-                         "iter_triplet_batches(triplet_dataset(...)), the training loop's path (whole row-group "
-                         "blocks from Ray Data, batches cut in the consumer), also with the loop's local shuffle "
-                         "and, for reference, Ray's iterator cutting every 4,096-row batch (the previous path); raw "
-                         "scan = pyarrow ParquetFile.iter_batches in-process (the practical limit). A warm-up pass "
-                         f"of each, then {REPEATS} rounds alternating the readers, one full pass each; the median "
-                         "pass of each reader is reported. Per-index = a torch DataLoader over a map-style dataset, "
-                         f"{per_index_sample:,} random indices timed and extrapolated. Memory: a fresh subprocess "
-                         "with its own Ray per store streams it once (training's path) while the RSS and PSS of its "
-                         "whole process tree are sampled every 50 ms. Block sizes: the larger store also written "
-                         "with 16k- and 256k-row row groups, measured as the main figures.")}
+    result = {
+        "name": NAME,
+        "title": "Ray Data streaming of the triplet store: throughput and memory",
+        "seconds": 0.0,
+        "quick": quick,
+        "figures": [],
+        "details": details,
+        "plots": [plot(details["block_sizes"], os.path.join(out_dir, "streaming_block_size.png"))],
+        "method": (
+            f"Synthetic stores (tunestack synth gaap) of {small:,} and {large:,} triplets, 16 hash "
+            "buckets, 65,536-row row groups; a fresh local Ray with 2 CPUs. Every reader builds the same "
+            f"batches of {BATCH:,} rows in the benchmark process with the same function (triplet_batch: "
+            "float32 tensor [64-d embedding ‖ scaled value] and int64 pair ids); Ray Data = "
+            "iter_triplet_batches(triplet_dataset(...)), the training loop's path (whole row-group "
+            "blocks from Ray Data, batches cut in the consumer), also with the loop's local shuffle "
+            "and, for reference, Ray's iterator cutting every 4,096-row batch (the previous path); raw "
+            "scan = pyarrow ParquetFile.iter_batches in-process (the practical limit). A warm-up pass "
+            f"of each, then {REPEATS} rounds alternating the readers, one full pass each; the median "
+            "pass of each reader is reported. Per-index = a torch DataLoader over a map-style dataset, "
+            f"{per_index_sample:,} random indices timed and extrapolated. Memory: a fresh subprocess "
+            "with its own Ray per store streams it once (training's path) while the RSS and PSS of its "
+            "whole process tree are sampled every 50 ms. Block sizes: the larger store also written "
+            "with 16k- and 256k-row row groups, measured as the main figures."
+        ),
+    }
     result["figures"] = figures(result)
     result["seconds"] = time.perf_counter() - t_start
     with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
@@ -418,7 +519,11 @@ def run(quick: bool = False, out_dir: str = "bench/results", per_index_sample: i
 def render(r: dict) -> str:
     lines = [r["title"], ""]
     for f in r["figures"]:
-        ratio = f" = {f['ratio']:.2f}x {f['baseline']} ({f['baseline_value']:,.0f})" if f["ratio"] is not None else ""
+        ratio = (
+            f" = {f['ratio']:.2f}x {f['baseline']} ({f['baseline_value']:,.0f})"
+            if f["ratio"] is not None
+            else ""
+        )
         verdict = "" if f["pass"] is None else (" PASS" if f["pass"] else " FAIL")
         lines.append(f"{f['figure']}: {f['value']:,.0f} {f['unit']}{ratio} {f['goal'] or ''}{verdict}")
     return "\n".join(lines)

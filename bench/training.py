@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bench.report import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,16 +83,26 @@ def worker_threads(cpus: float) -> int:
 
 def ray_train_path(cfg, workdir: str) -> dict:
     """Train `cfg` through the real Ray Train path; per-epoch reports with their times."""
-    from pipeline.train.run import (build_trainer, fill_model_dims, job_placement_groups, prepare_data,
-                                    release_placement_groups)
+    from pipeline.train.run import (
+        build_trainer,
+        fill_model_dims,
+        job_placement_groups,
+        prepare_data,
+        release_placement_groups,
+    )
 
     data = prepare_data(cfg)
     cfg = fill_model_dims(cfg, data.dims)
     name = "bench-training"
     run_path = os.path.join(workdir, name)
     os.makedirs(run_path, exist_ok=True)
-    loop_config = {"config": cfg.to_dict(), "meta": {**data.meta, "run": name},
-                   "tensorboard_dir": os.path.join(run_path, "tensorboard"), "init_from": None, "teacher": None}
+    loop_config = {
+        "config": cfg.to_dict(),
+        "meta": {**data.meta, "run": name},
+        "tensorboard_dir": os.path.join(run_path, "tensorboard"),
+        "init_from": None,
+        "teacher": None,
+    }
     log = os.path.join(workdir, "reports.jsonl")
     trainer = build_trainer(cfg, name, workdir, loop_config, data, callbacks=[_ReportLog.make(log)])
     before = job_placement_groups()
@@ -124,15 +135,25 @@ def measure(rows: int = 50_000, epochs: int = 4, workdir: str | None = None, ove
     from pipeline.synth import synth_routing
 
     if epochs < 3:
-        raise ValueError(f"epochs must be >= 3 (the first is warm-up; the last has no next start), got {epochs}")
+        raise ValueError(
+            f"epochs must be >= 3 (the first is warm-up; the last has no next start), got {epochs}"
+        )
     own_dir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="tunestack-bench-training-")
     try:
         logs = os.path.join(workdir, "routing")
         synth_routing(logs, rows, seed=0)
         # CPU for both paths (the plain loop is a CPU loop), even where the cluster has a GPU
-        cfg = load_config(ROUTER_CONFIG, [f"data.path={logs}", f"train.epochs={epochs}", "train.patience=0",
-                                          "train.use_gpu=false", *overrides])
+        cfg = load_config(
+            ROUTER_CONFIG,
+            [
+                f"data.path={logs}",
+                f"train.epochs={epochs}",
+                "train.patience=0",
+                "train.use_gpu=false",
+                *overrides,
+            ],
+        )
         import ray
 
         started = not ray.is_initialized()
@@ -145,14 +166,21 @@ def measure(rows: int = 50_000, epochs: int = 4, workdir: str | None = None, ove
                 ray.shutdown()  # the plain loop runs without Ray's processes beside it
 
         d = cfg.data  # exactly the split and z-score prepare_data made for the Ray path
-        data = load_sequence_data(logs, test_fraction=d.test_fraction, val_fraction=d.val_fraction,
-                                  seed=cfg.train.seed, normalize=d.normalize, log1p=d.log1p)
+        data = load_sequence_data(
+            logs,
+            test_fraction=d.test_fraction,
+            val_fraction=d.val_fraction,
+            seed=cfg.train.seed,
+            normalize=d.normalize,
+            log1p=d.log1p,
+        )
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             t0 = time.perf_counter()
-            _, plain_history = train_plain(cfg, data.train.x, data.train.y, data.val.x, data.val.y,
-                                           checkpoint_every_epoch=True)
+            _, plain_history = train_plain(
+                cfg, data.train.x, data.train.y, data.val.x, data.val.y, checkpoint_every_epoch=True
+            )
             plain_seconds = time.perf_counter() - t0
         finally:
             torch.set_num_threads(previous_threads)
@@ -172,22 +200,46 @@ def measure(rows: int = 50_000, epochs: int = 4, workdir: str | None = None, ove
     plain_epoch = [h["samples"] / h["epoch_seconds"] for h in plain_history[1:]]
     out = {
         "ray_train_health_check_interval_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"),
-        "rows": rows, "train_rows": train_rows, "val_rows": len(data.val), "epochs": epochs,
-        "batch_size": cfg.train.batch_size, "torch_threads": threads,
+        "rows": rows,
+        "train_rows": train_rows,
+        "val_rows": len(data.val),
+        "epochs": epochs,
+        "batch_size": cfg.train.batch_size,
+        "torch_threads": threads,
         "cpus_per_worker": cfg.train.cpus_per_worker,
-        "model": cfg.to_dict()["model"], "optim": dataclasses.asdict(cfg.optim),
-        "ray": {"train_samples_per_s": _steady(ray_train), "epoch_samples_per_s": _steady(ray_epoch),
-                "fit_seconds": ray_run["fit_seconds"],
-                "first_report_after_s": reports[0]["time"] - ray_run["fit_start"],
-                "per_epoch": [{k: r["metrics"][k] for k in ("epoch", "train_seconds", "epoch_seconds",
-                                                            "train_samples_per_s", "train_loss",
-                                                            "val_accuracy")} for r in reports],
-                "epoch_periods_s": periods,
-                "controller_report_intervals_s": [b["time"] - a["time"] for a, b in zip(reports, reports[1:])]},
-        "plain": {"train_samples_per_s": _steady(plain_train), "epoch_samples_per_s": _steady(plain_epoch),
-                  "seconds": plain_seconds,
-                  "per_epoch": [{k: h[k] for k in ("epoch", "train_seconds", "epoch_seconds", "train_loss",
-                                                   "val_accuracy")} for h in plain_history]},
+        "model": cfg.to_dict()["model"],
+        "optim": dataclasses.asdict(cfg.optim),
+        "ray": {
+            "train_samples_per_s": _steady(ray_train),
+            "epoch_samples_per_s": _steady(ray_epoch),
+            "fit_seconds": ray_run["fit_seconds"],
+            "first_report_after_s": reports[0]["time"] - ray_run["fit_start"],
+            "per_epoch": [
+                {
+                    k: r["metrics"][k]
+                    for k in (
+                        "epoch",
+                        "train_seconds",
+                        "epoch_seconds",
+                        "train_samples_per_s",
+                        "train_loss",
+                        "val_accuracy",
+                    )
+                }
+                for r in reports
+            ],
+            "epoch_periods_s": periods,
+            "controller_report_intervals_s": [b["time"] - a["time"] for a, b in zip(reports, reports[1:])],
+        },
+        "plain": {
+            "train_samples_per_s": _steady(plain_train),
+            "epoch_samples_per_s": _steady(plain_epoch),
+            "seconds": plain_seconds,
+            "per_epoch": [
+                {k: h[k] for k in ("epoch", "train_seconds", "epoch_seconds", "train_loss", "val_accuracy")}
+                for h in plain_history
+            ],
+        },
     }
     out["ratio_train"] = out["ray"]["train_samples_per_s"] / out["plain"]["train_samples_per_s"]
     out["ratio_epoch"] = out["ray"]["epoch_samples_per_s"] / out["plain"]["epoch_samples_per_s"]
@@ -199,17 +251,30 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     rows, epochs = (100_000, 4) if quick else (200_000, 8)
     m = measure(rows=rows, epochs=epochs)
     figures = []
-    for key, what in (("train", "train pass"), ("epoch", "whole epoch: train + validation + checkpoint + report")):
+    for key, what in (
+        ("train", "train pass"),
+        ("epoch", "whole epoch: train + validation + checkpoint + report"),
+    ):
         ratio = m[f"ratio_{key}"]
-        figures.append({
-            "figure": f"Ray Train samples/s, {what} (router FastGRNN, steady state)",
-            "value": m["ray"][f"{key}_samples_per_s"], "unit": "samples/s",
-            "baseline": f"plain PyTorch loop, same model/data/batch/optimizer, {m['torch_threads']} thread(s)",
-            "baseline_value": m["plain"][f"{key}_samples_per_s"], "ratio": ratio,
-            "goal": f">= {GOAL_RATIO}x", "pass": bool(ratio >= GOAL_RATIO)})
+        figures.append(
+            {
+                "figure": f"Ray Train samples/s, {what} (router FastGRNN, steady state)",
+                "value": m["ray"][f"{key}_samples_per_s"],
+                "unit": "samples/s",
+                "baseline": f"plain PyTorch loop, same model/data/batch/optimizer, {m['torch_threads']} thread(s)",
+                "baseline_value": m["plain"][f"{key}_samples_per_s"],
+                "ratio": ratio,
+                "goal": f">= {GOAL_RATIO}x",
+                "pass": bool(ratio >= GOAL_RATIO),
+            }
+        )
     result = {
-        "name": "training", "title": "Ray Train path vs a plain PyTorch loop: training samples/s",
-        "seconds": time.perf_counter() - t0, "quick": quick, "figures": figures, "plots": [],
+        "name": "training",
+        "title": "Ray Train path vs a plain PyTorch loop: training samples/s",
+        "seconds": time.perf_counter() - t0,
+        "quick": quick,
+        "figures": figures,
+        "plots": [],
         "method": (
             f"The shipped router config (tune_configs/router.yaml: FastGRNN hidden 32 over 5 routing features, "
             f"batch {m['batch_size']}, Adam, plateau schedule, grad clip) on {rows:,} synthetic routing rows "
@@ -226,7 +291,8 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "by a UserCallback on the controller). "
             "Plain: bench/_plain_loop.py, same config helpers (model, optimizer, scheduler, task loss), "
             "tensors in memory, randperm batches, validation and a checkpoint every epoch, same thread count, "
-            "run after Ray is shut down. Steady state: median over epochs 2..N (the first is warm-up)."),
+            "run after Ray is shut down. Steady state: median over epochs 2..N (the first is warm-up)."
+        ),
         "details": m,
     }
     _write(result, out_dir)
@@ -243,18 +309,27 @@ def render(result: dict) -> str:
     lines = [result["title"] + (" (quick)" if result["quick"] else ""), ""]
     for f in result["figures"]:
         verdict = "n/a" if f["pass"] is None else ("PASS" if f["pass"] else "FAIL")
-        lines.append(f"{f['figure']}: {f['value']:,.0f} {f['unit']} vs {f['baseline_value']:,.0f} "
-                     f"({f['baseline']}) = {f['ratio']:.2f}x, goal {f['goal']}: {verdict}")
+        lines.append(
+            f"{f['figure']}: {f['value']:,.0f} {f['unit']} vs {f['baseline_value']:,.0f} "
+            f"({f['baseline']}) = {f['ratio']:.2f}x, goal {f['goal']}: {verdict}"
+        )
     d = result["details"]
-    lines += ["", f"{'epoch':>5} | {'ray train s':>11} | {'ray period s':>14} | {'plain train s':>13} | "
-                  f"{'plain epoch s':>13}"]
+    lines += [
+        "",
+        f"{'epoch':>5} | {'ray train s':>11} | {'ray period s':>14} | {'plain train s':>13} | "
+        f"{'plain epoch s':>13}",
+    ]
     intervals = d["ray"]["epoch_periods_s"] + [None]
     for r, iv, p in zip(d["ray"]["per_epoch"], intervals, d["plain"]["per_epoch"]):
-        lines.append(f"{r['epoch']:>5} | {r['train_seconds']:>11.2f} | "
-                     f"{'' if iv is None else f'{iv:.2f}':>14} | {p['train_seconds']:>13.2f} | "
-                     f"{p['epoch_seconds']:>13.2f}")
-    lines.append(f"ray fit {d['ray']['fit_seconds']:.1f}s (first report after {d['ray']['first_report_after_s']:.1f}s); "
-                 f"plain {d['plain']['seconds']:.1f}s; wall {result['seconds']:.1f}s")
+        lines.append(
+            f"{r['epoch']:>5} | {r['train_seconds']:>11.2f} | "
+            f"{'' if iv is None else f'{iv:.2f}':>14} | {p['train_seconds']:>13.2f} | "
+            f"{p['epoch_seconds']:>13.2f}"
+        )
+    lines.append(
+        f"ray fit {d['ray']['fit_seconds']:.1f}s (first report after {d['ray']['first_report_after_s']:.1f}s); "
+        f"plain {d['plain']['seconds']:.1f}s; wall {result['seconds']:.1f}s"
+    )
     return "\n".join(lines)
 
 

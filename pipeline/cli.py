@@ -19,8 +19,14 @@ def _cmd_ingest(args) -> int:
     from pipeline.store.layout import StoreError
 
     try:
-        report = ingest(args.paths, args.store, skip_bad=args.skip_bad, embedder=args.embedder,
-                        embed_dim=args.embed_dim, progress=None)
+        report = ingest(
+            args.paths,
+            args.store,
+            skip_bad=args.skip_bad,
+            embedder=args.embedder,
+            embed_dim=args.embed_dim,
+            progress=None,
+        )
     except (IngestError, StoreError, OSError) as e:  # OSError: writing the store failed (a full disk, …)
         print(f"tunestack ingest: {e}", file=sys.stderr)
         print("tunestack ingest: nothing was written; the store is as it was", file=sys.stderr)
@@ -28,8 +34,10 @@ def _cmd_ingest(args) -> int:
     d = report.as_dict()
     print(json.dumps(d, indent=2))
     if report.skipped_documents or report.skipped_records:
-        print(f"skipped {len(report.skipped_documents)} document(s) and {report.skipped_records} record(s)",
-              file=sys.stderr)
+        print(
+            f"skipped {len(report.skipped_documents)} document(s) and {report.skipped_records} record(s)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -43,11 +51,13 @@ def _cmd_synth(args) -> int:
         print(json.dumps({"digits": path}))
         return 0
     if args.kind == "gaap":
-        out = synth.synth_gaap(args.out or home.default_store_uri(), args.triplets,
-                               from_store=args.from_store, seed=args.seed)
+        out = synth.synth_gaap(
+            args.out or home.default_store_uri(), args.triplets, from_store=args.from_store, seed=args.seed
+        )
     else:
-        out = synth.synth_routing(args.out or os.path.join(home.home(), "routing"), args.rows,
-                                  seed=args.seed, noise=args.noise)
+        out = synth.synth_routing(
+            args.out or os.path.join(home.home(), "routing"), args.rows, seed=args.seed, noise=args.noise
+        )
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -71,7 +81,11 @@ def _cmd_store(args) -> int:
     except StoreError as e:
         print(f"tunestack store: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2))
+    print(
+        json.dumps(
+            {k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2
+        )
+    )
     return 0
 
 
@@ -83,7 +97,9 @@ def _cmd_models(args) -> int:
         if args.action == "list":
             rows = reg.list(args.family)
             for r in rows:
-                metrics = ", ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items() if isinstance(v, (int, float)))
+                metrics = ", ".join(
+                    f"{k}={v:.4g}" for k, v in r["metrics"].items() if isinstance(v, (int, float))
+                )
                 print(f"{r['family']:<14} {r['version']:<7} {r['stage']:<11} {r['created']}  {metrics}")
             if not rows:
                 print(f"no models registered under {reg.root}")
@@ -119,34 +135,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("ingest", help="ingest SEC companyfacts JSON/.json.gz/folders/bulk zip and narrative CSV",
-                       description="Validate, de-duplicate (latest filing wins), scale per pair, embed pairs, "
-                       "and swap a new version into the triplet store. On bad input nothing is written.")
+    s = sub.add_parser(
+        "ingest",
+        help="ingest SEC companyfacts JSON/.json.gz/folders/bulk zip and narrative CSV",
+        description="Validate, de-duplicate (latest filing wins), scale per pair, embed pairs, "
+        "and swap a new version into the triplet store. On bad input nothing is written.",
+    )
     s.add_argument("paths", nargs="+", help="files or folders (.json, .json.gz, .zip, .csv)")
     s.add_argument("--store", help="store path or pyarrow filesystem URI (default $TUNESTACK_HOME/store)")
-    s.add_argument("--skip-bad", action="store_true", help="skip and report bad documents/records instead of failing")
-    s.add_argument("--embedder", default="auto", choices=["auto", "minilm", "hashed"],
-                   help="pair embedder: MiniLM with the 'embed' extra, else hashed n-grams (auto)")
+    s.add_argument(
+        "--skip-bad", action="store_true", help="skip and report bad documents/records instead of failing"
+    )
+    s.add_argument(
+        "--embedder",
+        default="auto",
+        choices=["auto", "minilm", "hashed"],
+        help="pair embedder: MiniLM with the 'embed' extra, else hashed n-grams (auto)",
+    )
     s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
     s.set_defaults(func=_cmd_ingest)
 
-    s = sub.add_parser("synth", help="write data for tests and demos: a synthetic GAAP store, routing logs, "
-                       "or scikit-learn's digits as a sequence task")
-    s.add_argument("kind", choices=["gaap", "routing", "digits"],
-                   help="gaap: synthetic store; routing: logs with a known rule; digits: the real 8x8 digits "
-                   "as 8 steps x 8 features (.npz, stratified 75/25 split)")
+    s = sub.add_parser(
+        "synth",
+        help="write data for tests and demos: a synthetic GAAP store, routing logs, "
+        "or scikit-learn's digits as a sequence task",
+    )
+    s.add_argument(
+        "kind",
+        choices=["gaap", "routing", "digits"],
+        help="gaap: synthetic store; routing: logs with a known rule; digits: the real 8x8 digits "
+        "as 8 steps x 8 features (.npz, stratified 75/25 split)",
+    )
     s.add_argument("--triplets", type=int, default=1_000_000, help="gaap: number of triplets")
     s.add_argument("--rows", type=int, default=100_000, help="routing: number of log rows")
     s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
-    s.add_argument("--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)")
+    s.add_argument(
+        "--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)"
+    )
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder "
-                   "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz)")
+    s.add_argument(
+        "--out",
+        help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder "
+        "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz)",
+    )
     s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("store", help="show the triplet store's manifest summary, or verify its files",
-                       description="show: the manifest summary. verify: check the manifest and every file of the "
-                       "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage.")
+    s = sub.add_parser(
+        "store",
+        help="show the triplet store's manifest summary, or verify its files",
+        description="show: the manifest summary. verify: check the manifest and every file of the "
+        "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage.",
+    )
     s.add_argument("action", nargs="?", default="show", choices=["show", "verify"])
     s.add_argument("--store", help="store path or URI (default $TUNESTACK_HOME/store)")
     s.set_defaults(func=_cmd_store)

@@ -44,9 +44,15 @@ class ConfigError(ValueError):
 @dataclass
 class DataSection:
     source: str = "sequences"  # "triplets" (autoencoder) | "routing" (router) | "sequences" (.npz/Parquet)
-    path: str | None = None  # routing: folder or .parquet; sequences: .npz/.parquet; triplets: store URI (None = default store)
-    val_fraction: float = 0.1  # triplets: share of filing folds held out; others: share of train held out for early stopping
-    test_fraction: float = 0.25  # routing/sequences without a `split` column: stratified share held out as test
+    path: str | None = (
+        None  # routing: folder or .parquet; sequences: .npz/.parquet; triplets: store URI (None = default store)
+    )
+    val_fraction: float = (
+        0.1  # triplets: share of filing folds held out; others: share of train held out for early stopping
+    )
+    test_fraction: float = (
+        0.25  # routing/sequences without a `split` column: stratified share held out as test
+    )
     normalize: bool = True  # routing/sequences: z-score features with train-split statistics
     log1p: list[str] = field(default_factory=list)  # named features (e.g. counts) log1p'd before the z-score
 
@@ -141,14 +147,20 @@ class Config:
     @property
     def uses_sparsity(self) -> bool:
         p = self.model.params
-        return p.get("cell", "fastgrnn") == "fastgrnn" and min(
-            p.get("w_sparsity", 1.0), p.get("u_sparsity", 1.0)) < 1.0
+        return (
+            p.get("cell", "fastgrnn") == "fastgrnn"
+            and min(p.get("w_sparsity", 1.0), p.get("u_sparsity", 1.0)) < 1.0
+        )
 
 
 TUNE_SECTIONS = ("search", "plan", "exclude", "tune")  # read by pipeline.tune.spec
 SECTIONS = {
-    "data": DataSection, "optim": OptimSection, "schedule": ScheduleSection,
-    "train": TrainSection, "sparsity": SparsitySection, "distill": DistillSection,
+    "data": DataSection,
+    "optim": OptimSection,
+    "schedule": ScheduleSection,
+    "train": TrainSection,
+    "sparsity": SparsitySection,
+    "distill": DistillSection,
 }
 
 
@@ -245,8 +257,12 @@ def _build_model_section(raw, source: str) -> ModelSection:
     params = {}
     for key, value in raw.items():
         if key not in hints:
-            raise ConfigError(source, f"model.{key}", f"unknown key for arch {arch!r}; valid: "
-                              f"{['arch', *(f.name for f in dataclasses.fields(cls))]}")
+            raise ConfigError(
+                source,
+                f"model.{key}",
+                f"unknown key for arch {arch!r}; valid: "
+                f"{['arch', *(f.name for f in dataclasses.fields(cls))]}",
+            )
         params[key] = _check_value(value, hints[key], f"model.{key}", source)
     return ModelSection(arch=arch, params=params)
 
@@ -334,8 +350,11 @@ def _validate(cfg: Config, source: str) -> None:
     need(t.num_workers >= 1, "train.num_workers", "must be >= 1")
     need(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
     need(t.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = unlimited)")
-    need(0 <= sp.dense_frac <= 1 and 0 <= sp.iht_frac <= 1 and sp.dense_frac + sp.iht_frac <= 1 + 1e-9,
-         "sparsity", "dense_frac and iht_frac in [0, 1] with a sum <= 1")
+    need(
+        0 <= sp.dense_frac <= 1 and 0 <= sp.iht_frac <= 1 and sp.dense_frac + sp.iht_frac <= 1 + 1e-9,
+        "sparsity",
+        "dense_frac and iht_frac in [0, 1] with a sum <= 1",
+    )
     if cfg.distill is not None:
         need(bool(cfg.distill.teacher), "distill.teacher", "a teacher checkpoint is required")
         need(0 <= cfg.distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
@@ -344,8 +363,11 @@ def _validate(cfg: Config, source: str) -> None:
     from pipeline.models import DATA_SOURCES
 
     sources = DATA_SOURCES.get(cfg.model.arch, ())
-    need(d.source in sources, "model.arch",
-         f"arch {cfg.model.arch!r} trains on data.source {' or '.join(map(repr, sources))}, not {d.source!r}")
+    need(
+        d.source in sources,
+        "model.arch",
+        f"arch {cfg.model.arch!r} trains on data.source {' or '.join(map(repr, sources))}, not {d.source!r}",
+    )
     try:
         cfg.model_config()  # the family's own range checks (dims may still be filled from the data)
     except (TypeError, ValueError) as e:

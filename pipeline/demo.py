@@ -32,7 +32,10 @@ def _say(step: str, msg: str) -> None:
 def demo_inputs(workdir: Path) -> list[str]:
     """Real SEC companyfacts when available (TUNESTACK_DEMO_DATA or ../shared/data/us-gaap),
     otherwise three generated companyfacts documents in the same format."""
-    for candidate in (os.environ.get("TUNESTACK_DEMO_DATA"), Path.cwd().parent / "shared" / "data" / "us-gaap"):
+    for candidate in (
+        os.environ.get("TUNESTACK_DEMO_DATA"),
+        Path.cwd().parent / "shared" / "data" / "us-gaap",
+    ):
         if candidate and Path(candidate).is_dir():
             files = sorted(str(p) for p in Path(candidate).glob("*_companyfacts.json*"))
             if files:
@@ -72,19 +75,28 @@ def run_demo() -> int:
     inputs = demo_inputs(root / "demo-input")
     _say("ingest", f"{len(inputs)} companyfacts document(s): {', '.join(Path(p).name for p in inputs)}")
     r = ingest(inputs, store, progress=False)
-    _say("ingest", f"{r.rows_read} facts read, {r.duplicates_dropped} duplicates dropped, {r.rows_after} in the "
-                   f"store ({r.pairs} pairs, {r.entities} entities, embedder {r.embedder}) at {store}")
+    _say(
+        "ingest",
+        f"{r.rows_read} facts read, {r.duplicates_dropped} duplicates dropped, {r.rows_after} in the "
+        f"store ({r.pairs} pairs, {r.entities} entities, embedder {r.embedder}) at {store}",
+    )
 
     ensure_ray()
     t = time.perf_counter()
-    n = sum(len(b["pair_id"]) for b in triplet_dataset(store, split=None).iter_batches(batch_size=8192, batch_format="numpy"))
+    n = sum(
+        len(b["pair_id"])
+        for b in triplet_dataset(store, split=None).iter_batches(batch_size=8192, batch_format="numpy")
+    )
     _say("stream", f"{n} rows streamed through Ray Data in {time.perf_counter() - t:.2f}s")
     if n != r.rows_after:
         _say("stream", f"FAILED: streamed {n} rows, the store holds {r.rows_after}")
         return 1
 
     info = synth_routing(str(root / "routing"), rows=20_000, seed=0, noise=0.1)
-    _say("synth", f"20000 routing-log rows at {root / 'routing'} (best possible accuracy {info['bayes_accuracy']})")
+    _say(
+        "synth",
+        f"20000 routing-log rows at {root / 'routing'} (best possible accuracy {info['bayes_accuracy']})",
+    )
     for family, overrides in DEMO_TUNES.items():
         t = time.perf_counter()
         out = run_tune(str(REPO / "tune_configs" / f"{family}.yaml"), promote=True, overrides=overrides)
@@ -92,17 +104,27 @@ def run_demo() -> int:
             _say("tune", f"FAILED: {family}: no trial produced a checkpoint ({out.path})")
             return 1
         stopped = sum(t_["stopped_early"] for t_ in out.trials)
-        _say("tune", f"{family}: {len(out.trials)} trials, {stopped} stopped early by ASHA, best "
-                     f"{out.best['metric']:.4f} → registered {family} {out.registered['version']} (production) "
-                     f"in {time.perf_counter() - t:.0f}s; report {out.report['table']}")
+        _say(
+            "tune",
+            f"{family}: {len(out.trials)} trials, {stopped} stopped early by ASHA, best "
+            f"{out.best['metric']:.4f} → registered {family} {out.registered['version']} (production) "
+            f"in {time.perf_counter() - t:.0f}s; report {out.report['table']}",
+        )
 
     port = _free_port()
     deploy(serve_config_dict(str(REPO / "serve" / "config.yaml"), "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
     try:
         _say("serve", f"Ray Serve running at {base} (OpenAPI at {base}/docs)")
-        body = {"features": {"similarity": 0.92, "recency": 0.8, "frequency": 12.0,
-                             "success_rate": 0.97, "metadata_match": 1.0}}
+        body = {
+            "features": {
+                "similarity": 0.92,
+                "recency": 0.8,
+                "frequency": 12.0,
+                "success_rate": 0.97,
+                "metadata_match": 1.0,
+            }
+        }
         resp = requests.post(f"{base}/v1/route", json=body, timeout=30)
         _say("query", f"POST /v1/route {json.dumps(body)} → {resp.status_code} {resp.text}")
         pair = _a_known_pair(store)
@@ -122,5 +144,10 @@ def _a_known_pair(store_uri: str) -> dict:
 
     from pipeline.store import TripletStore
 
-    row = pq.ParquetFile(TripletStore(store_uri).triplet_files()[0]).read_row_group(0, columns=["concept", "unit", "value"]).slice(0, 1).to_pylist()[0]
+    row = (
+        pq.ParquetFile(TripletStore(store_uri).triplet_files()[0])
+        .read_row_group(0, columns=["concept", "unit", "value"])
+        .slice(0, 1)
+        .to_pylist()[0]
+    )
     return {"concept": row["concept"], "unit": row["unit"], "value": row["value"]}

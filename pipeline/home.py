@@ -75,9 +75,7 @@ class Location:
         if self.fs.get_file_info(base).type == pafs.FileType.NotFound:
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        return sorted(
-            posixpath.relpath(i.path, self.path) for i in infos if i.type == pafs.FileType.File
-        )
+        return sorted(posixpath.relpath(i.path, self.path) for i in infos if i.type == pafs.FileType.File)
 
     def delete_dir(self, rel: str) -> None:
         p = self.join(rel) if rel else self.path

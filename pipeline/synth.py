@@ -44,57 +44,156 @@ GENERATED_PAIRS = 500
 
 # ---- generated pair vocabulary ----------------------------------------------------------------
 _STOCK_CORES = [  # balance-sheet (instant) USD concepts
-    "Cash", "CashAndCashEquivalentsAtCarryingValue", "AccountsReceivable", "InventoryNet",
-    "PrepaidExpense", "PropertyPlantAndEquipment", "Goodwill", "IntangibleAssetsNetExcludingGoodwill",
-    "Assets", "Liabilities", "AccountsPayable", "AccruedLiabilities", "ContractWithCustomerLiability",
-    "LongTermDebt", "ShortTermBorrowings", "OperatingLeaseLiability", "DeferredTaxAssetsNet",
-    "DeferredTaxLiabilities", "StockholdersEquity", "RetainedEarningsAccumulatedDeficit",
-    "MarketableSecurities", "OtherAssets", "OtherLiabilities", "CommercialPaper", "FinanceLeaseLiability",
-    "AccumulatedOtherComprehensiveIncomeLossNetOfTax", "AvailableForSaleSecuritiesDebtSecurities",
-    "EmployeeRelatedLiabilities", "TaxesPayable", "RestrictedCash",
+    "Cash",
+    "CashAndCashEquivalentsAtCarryingValue",
+    "AccountsReceivable",
+    "InventoryNet",
+    "PrepaidExpense",
+    "PropertyPlantAndEquipment",
+    "Goodwill",
+    "IntangibleAssetsNetExcludingGoodwill",
+    "Assets",
+    "Liabilities",
+    "AccountsPayable",
+    "AccruedLiabilities",
+    "ContractWithCustomerLiability",
+    "LongTermDebt",
+    "ShortTermBorrowings",
+    "OperatingLeaseLiability",
+    "DeferredTaxAssetsNet",
+    "DeferredTaxLiabilities",
+    "StockholdersEquity",
+    "RetainedEarningsAccumulatedDeficit",
+    "MarketableSecurities",
+    "OtherAssets",
+    "OtherLiabilities",
+    "CommercialPaper",
+    "FinanceLeaseLiability",
+    "AccumulatedOtherComprehensiveIncomeLossNetOfTax",
+    "AvailableForSaleSecuritiesDebtSecurities",
+    "EmployeeRelatedLiabilities",
+    "TaxesPayable",
+    "RestrictedCash",
 ]
 _STOCK_QUALIFIERS = ["", "Current", "Noncurrent", "Net", "Gross", "FairValueDisclosure", "RelatedParty"]
 _FLOW_CORES = [  # income and cash-flow (duration) USD concepts
-    "Revenues", "CostOfRevenue", "GrossProfit", "OperatingIncomeLoss", "NetIncomeLoss",
-    "ResearchAndDevelopmentExpense", "SellingGeneralAndAdministrativeExpense", "IncomeTaxExpenseBenefit",
-    "InterestExpense", "DepreciationDepletionAndAmortization", "ShareBasedCompensation",
-    "PaymentsToAcquirePropertyPlantAndEquipment", "ProceedsFromIssuanceOfLongTermDebt",
-    "RepaymentsOfLongTermDebt", "PaymentsForRepurchaseOfCommonStock", "PaymentsOfDividends",
-    "NetCashProvidedByUsedInOperatingActivities", "NetCashProvidedByUsedInInvestingActivities",
-    "NetCashProvidedByUsedInFinancingActivities", "OtherComprehensiveIncomeLossNetOfTax",
-    "RestructuringCharges", "AmortizationOfIntangibleAssets", "OtherNonoperatingIncomeExpense",
-    "InvestmentIncomeInterest", "GainLossOnInvestments", "IncreaseDecreaseInAccountsReceivable",
-    "IncreaseDecreaseInInventories", "IncreaseDecreaseInAccountsPayable", "PaymentsToAcquireBusinessesNetOfCashAcquired",
+    "Revenues",
+    "CostOfRevenue",
+    "GrossProfit",
+    "OperatingIncomeLoss",
+    "NetIncomeLoss",
+    "ResearchAndDevelopmentExpense",
+    "SellingGeneralAndAdministrativeExpense",
+    "IncomeTaxExpenseBenefit",
+    "InterestExpense",
+    "DepreciationDepletionAndAmortization",
+    "ShareBasedCompensation",
+    "PaymentsToAcquirePropertyPlantAndEquipment",
+    "ProceedsFromIssuanceOfLongTermDebt",
+    "RepaymentsOfLongTermDebt",
+    "PaymentsForRepurchaseOfCommonStock",
+    "PaymentsOfDividends",
+    "NetCashProvidedByUsedInOperatingActivities",
+    "NetCashProvidedByUsedInInvestingActivities",
+    "NetCashProvidedByUsedInFinancingActivities",
+    "OtherComprehensiveIncomeLossNetOfTax",
+    "RestructuringCharges",
+    "AmortizationOfIntangibleAssets",
+    "OtherNonoperatingIncomeExpense",
+    "InvestmentIncomeInterest",
+    "GainLossOnInvestments",
+    "IncreaseDecreaseInAccountsReceivable",
+    "IncreaseDecreaseInInventories",
+    "IncreaseDecreaseInAccountsPayable",
+    "PaymentsToAcquireBusinessesNetOfCashAcquired",
     "ProceedsFromSaleOfMarketableSecurities",
 ]
-_FLOW_QUALIFIERS = ["", "Domestic", "Foreign", "Federal", "State", "ContinuingOperations",
-                    "DiscontinuedOperations", "RelatedParty", "Other"]
+_FLOW_QUALIFIERS = [
+    "",
+    "Domestic",
+    "Foreign",
+    "Federal",
+    "State",
+    "ContinuingOperations",
+    "DiscontinuedOperations",
+    "RelatedParty",
+    "Other",
+]
 _SHARE_CORES = [
-    "CommonStockSharesOutstanding", "CommonStockSharesIssued", "CommonStockSharesAuthorized",
-    "WeightedAverageNumberOfSharesOutstandingBasic", "WeightedAverageNumberOfDilutedSharesOutstanding",
-    "TreasuryStockShares", "StockRepurchasedDuringPeriodShares", "StockIssuedDuringPeriodSharesNewIssues",
-    "PreferredStockSharesAuthorized", "ShareBasedCompensationArrangementOptionsOutstandingNumber",
-    "ShareBasedCompensationArrangementOptionsGrantedNumber", "RestrictedStockUnitsVestedNumber",
+    "CommonStockSharesOutstanding",
+    "CommonStockSharesIssued",
+    "CommonStockSharesAuthorized",
+    "WeightedAverageNumberOfSharesOutstandingBasic",
+    "WeightedAverageNumberOfDilutedSharesOutstanding",
+    "TreasuryStockShares",
+    "StockRepurchasedDuringPeriodShares",
+    "StockIssuedDuringPeriodSharesNewIssues",
+    "PreferredStockSharesAuthorized",
+    "ShareBasedCompensationArrangementOptionsOutstandingNumber",
+    "ShareBasedCompensationArrangementOptionsGrantedNumber",
+    "RestrictedStockUnitsVestedNumber",
     "AntidilutiveSecuritiesExcludedFromComputationOfEarningsPerShareAmount",
 ]
 _EPS_CORES = [
-    "EarningsPerShareBasic", "EarningsPerShareDiluted", "CommonStockDividendsPerShareDeclared",
-    "CommonStockDividendsPerShareCashPaid", "IncomeLossFromContinuingOperationsPerBasicShare",
-    "IncomeLossFromContinuingOperationsPerDilutedShare", "CommonStockParOrStatedValuePerShare",
-    "ShareBasedCompensationArrangementOptionsExercisePrice", "SharePrice",
+    "EarningsPerShareBasic",
+    "EarningsPerShareDiluted",
+    "CommonStockDividendsPerShareDeclared",
+    "CommonStockDividendsPerShareCashPaid",
+    "IncomeLossFromContinuingOperationsPerBasicShare",
+    "IncomeLossFromContinuingOperationsPerDilutedShare",
+    "CommonStockParOrStatedValuePerShare",
+    "ShareBasedCompensationArrangementOptionsExercisePrice",
+    "SharePrice",
 ]
 _PURE_CORES = [
-    "EffectiveIncomeTaxRateContinuingOperations", "EffectiveIncomeTaxRateReconciliationAtFederalStatutoryIncomeTaxRate",
-    "DebtInstrumentInterestRateStatedPercentage", "ConcentrationRiskPercentage", "FairValueInputsDiscountRate",
-    "ShareBasedCompensationArrangementExpectedVolatilityRate", "ShareBasedCompensationArrangementRiskFreeInterestRate",
-    "ShareBasedCompensationArrangementExpectedDividendRate", "LessorOperatingLeaseDiscountRate",
+    "EffectiveIncomeTaxRateContinuingOperations",
+    "EffectiveIncomeTaxRateReconciliationAtFederalStatutoryIncomeTaxRate",
+    "DebtInstrumentInterestRateStatedPercentage",
+    "ConcentrationRiskPercentage",
+    "FairValueInputsDiscountRate",
+    "ShareBasedCompensationArrangementExpectedVolatilityRate",
+    "ShareBasedCompensationArrangementRiskFreeInterestRate",
+    "ShareBasedCompensationArrangementExpectedDividendRate",
+    "LessorOperatingLeaseDiscountRate",
     "OperatingLeaseWeightedAverageDiscountRatePercent",
 ]
-_COMPANY_WORDS = (["Northwind", "Bluewater", "Granite", "Summit", "Cedar", "Harbor", "Ironwood", "Silverline",
-                   "Keystone", "Meridian", "Redrock", "Evergreen", "Lakeshore", "Pioneer", "Atlas", "Beacon"],
-                  ["Holdings", "Industries", "Systems", "Technologies", "Energy", "Foods", "Pharmaceuticals",
-                   "Logistics", "Financial", "Materials", "Semiconductor", "Retail", "Networks", "Health"],
-                  ["Inc.", "Corp.", "Co.", "Group Inc.", "Ltd.", "PLC"])
+_COMPANY_WORDS = (
+    [
+        "Northwind",
+        "Bluewater",
+        "Granite",
+        "Summit",
+        "Cedar",
+        "Harbor",
+        "Ironwood",
+        "Silverline",
+        "Keystone",
+        "Meridian",
+        "Redrock",
+        "Evergreen",
+        "Lakeshore",
+        "Pioneer",
+        "Atlas",
+        "Beacon",
+    ],
+    [
+        "Holdings",
+        "Industries",
+        "Systems",
+        "Technologies",
+        "Energy",
+        "Foods",
+        "Pharmaceuticals",
+        "Logistics",
+        "Financial",
+        "Materials",
+        "Semiconductor",
+        "Retail",
+        "Networks",
+        "Health",
+    ],
+    ["Inc.", "Corp.", "Co.", "Group Inc.", "Ltd.", "PLC"],
+)
 
 _SIGNED_LOGNORMAL, _RATIO, _SOURCE_QUANTILES = 0, 1, 2
 _FP = ["Q1", "Q2", "Q3", "FY"]
@@ -144,7 +243,9 @@ class _Pairs:
             starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
             for s, e in zip(starts, np.r_[starts[1:], len(order)]):
                 rows, scaler = order[s:e], self.source[int(ids[s])]
-                v[rows] = np.full(e - s, scaler.mean) if scaler.kind == "standard" else scaler.inverse(z[rows])
+                v[rows] = (
+                    np.full(e - s, scaler.mean) if scaler.kind == "standard" else scaler.inverse(z[rows])
+                )
         v[u_zero < self.p_zero[pos]] = 0.0
         q = self.quantum[pos]
         rounded = q > 0
@@ -166,13 +267,19 @@ def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) ->
     """~500 plausible us-gaap pairs with distributions of their kind, embedded like ingest does."""
     stock = [(c + q, "USD", True) for c in _STOCK_CORES for q in _STOCK_QUALIFIERS]
     flow = [(c + q, "USD", False) for c in _FLOW_CORES for q in _FLOW_QUALIFIERS]
-    usd = [stock[i] for i in rng.permutation(len(stock))[:200]] + [flow[i] for i in rng.permutation(len(flow))[:240]]
-    shares = [(c, "shares", "Outstanding" in c or "Authorized" in c or "Issued" in c or c == "TreasuryStockShares")
-              for c in _SHARE_CORES]
+    usd = [stock[i] for i in rng.permutation(len(stock))[:200]] + [
+        flow[i] for i in rng.permutation(len(flow))[:240]
+    ]
+    shares = [
+        (c, "shares", "Outstanding" in c or "Authorized" in c or "Issued" in c or c == "TreasuryStockShares")
+        for c in _SHARE_CORES
+    ]
     shares += [(c + "Other", "shares", inst) for c, _, inst in shares[:8]]
     eps = [(c, "USD/shares", "Par" in c or c == "SharePrice") for c in _EPS_CORES]
     eps += [(c + "Adjusted", "USD/shares", inst) for c, _, inst in eps[:8]]
-    pure = [(c, "pure", False) for c in _PURE_CORES] + [(c + "Maximum", "pure", False) for c in _PURE_CORES[:7]]
+    pure = [(c, "pure", False) for c in _PURE_CORES] + [
+        (c + "Maximum", "pure", False) for c in _PURE_CORES[:7]
+    ]
     specs = sorted((usd + shares + eps + pure)[:GENERATED_PAIRS])  # (concept, unit, instant)
     n = len(specs)
     concept = [s[0] for s in specs]
@@ -182,8 +289,12 @@ def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) ->
     for c, u, inst in specs:
         words = _words(c)
         label.append(words)
-        what = {"USD": "Amount", "shares": "Number of shares", "USD/shares": "Per-share amount",
-                "pure": "Rate or percentage"}[u]
+        what = {
+            "USD": "Amount",
+            "shares": "Number of shares",
+            "USD/shares": "Per-share amount",
+            "pure": "Rate or percentage",
+        }[u]
         when = "as of the balance sheet date" if inst else "for the period"
         description.append(f"{what} of {words.lower()} {when}.")
     kind = np.where(np.array(unit) == "pure", _RATIO, _SIGNED_LOGNORMAL)
@@ -197,23 +308,43 @@ def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) ->
             p_zero[k] = rng.uniform(0.01, 0.1) if rng.random() < 0.2 else 0.0
             quantum[k] = 1000.0 if rng.random() < 0.7 else 1.0
         elif u == "shares":
-            mu[k], sigma[k], quantum[k] = rng.uniform(math.log(1e6), math.log(5e9)), rng.uniform(0.8, 2.0), 1.0
+            mu[k], sigma[k], quantum[k] = (
+                rng.uniform(math.log(1e6), math.log(5e9)),
+                rng.uniform(0.8, 2.0),
+                1.0,
+            )
         elif u == "USD/shares":
-            mu[k], sigma[k], quantum[k] = rng.uniform(math.log(0.2), math.log(5.0)), rng.uniform(0.5, 1.2), 0.01
+            mu[k], sigma[k], quantum[k] = (
+                rng.uniform(math.log(0.2), math.log(5.0)),
+                rng.uniform(0.5, 1.2),
+                0.01,
+            )
             p_pos[k] = rng.uniform(0.8, 0.99)
         else:  # pure: a rate in (0, 1), as a logistic of a normal
             mu[k], sigma[k], quantum[k] = rng.uniform(-3.0, 0.0), rng.uniform(0.2, 0.8), 1e-4
     # Zipf-like frequencies: the pair of rank r is reported in a filing with probability ∝ r^-0.5.
     rank = rng.permutation(n) + 1
-    freq = np.minimum(0.95, 1.2 * rank ** -0.5)
+    freq = np.minimum(0.95, 1.2 * rank**-0.5)
     emb = get_embedder(embedder)
     raw = emb.embed([pair_text(c, u, lab, d) for c, u, lab, d in zip(concept, unit, label, description)])
     info = {"name": emb.name, "source_dim": int(raw.shape[1]), "dim": embed_dim, "reduction": "pca"}
     pairs = _Pairs(
-        pair_id=np.arange(n, dtype=np.int32), concept=concept, unit=unit,
-        taxonomy=["us-gaap"] * n, label=label, description=description,
-        embedding=pca_reduce(raw, embed_dim), freq=freq, instant=instant, kind=kind, mu=mu, sigma=sigma,
-        p_pos=p_pos, p_zero=p_zero, quantum=quantum, source=[None] * n,
+        pair_id=np.arange(n, dtype=np.int32),
+        concept=concept,
+        unit=unit,
+        taxonomy=["us-gaap"] * n,
+        label=label,
+        description=description,
+        embedding=pca_reduce(raw, embed_dim),
+        freq=freq,
+        instant=instant,
+        kind=kind,
+        mu=mu,
+        sigma=sigma,
+        p_pos=p_pos,
+        p_zero=p_zero,
+        quantum=quantum,
+        source=[None] * n,
     )
     return pairs, info
 
@@ -232,19 +363,39 @@ def _pairs_from_store(uri: str) -> tuple[_Pairs, dict]:
     counts = np.array([r["count"] or 1 for r in rows], dtype=np.float64)
     unit = [r["unit"] for r in rows]
     concept = [r["concept"] for r in rows]
-    quantum = np.array([{"USD": 1.0, "shares": 1.0, "USD/shares": 0.01, "pure": 1e-4}.get(u, 0.0) for u in unit])
+    quantum = np.array(
+        [{"USD": 1.0, "shares": 1.0, "USD/shares": 0.01, "pure": 1e-4}.get(u, 0.0) for u in unit]
+    )
     # Whether a pair is a balance-sheet (instant) fact, from its name: the source keeps no flag.
-    instant = np.array([u == "shares" or not re.search(r"Expense|Revenue|Income|Payments|Proceeds|Increase|Cash"
-                                                       r"Provided|PerShare|Rate|Gain|Loss", c)
-                        for c, u in zip(concept, unit)])
+    instant = np.array(
+        [
+            u == "shares"
+            or not re.search(
+                r"Expense|Revenue|Income|Payments|Proceeds|Increase|Cash"
+                r"Provided|PerShare|Rate|Gain|Loss",
+                c,
+            )
+            for c, u in zip(concept, unit)
+        ]
+    )
     emb = np.asarray(table.column("embedding").combine_chunks().flatten().to_numpy(), dtype=np.float32)
     pairs = _Pairs(
-        pair_id=np.array([r["pair_id"] for r in rows], dtype=np.int32), concept=concept, unit=unit,
+        pair_id=np.array([r["pair_id"] for r in rows], dtype=np.int32),
+        concept=concept,
+        unit=unit,
         taxonomy=["dei" if c.startswith("Entity") else "us-gaap" for c in concept],
-        label=[r["label"] for r in rows], description=[r["description"] for r in rows],
-        embedding=emb.reshape(n, -1), freq=np.minimum(0.95, 0.95 * counts / counts.max()), instant=instant,
-        kind=np.full(n, _SOURCE_QUANTILES), mu=np.zeros(n), sigma=np.ones(n), p_pos=np.ones(n),
-        p_zero=np.zeros(n), quantum=quantum, source=scalers,
+        label=[r["label"] for r in rows],
+        description=[r["description"] for r in rows],
+        embedding=emb.reshape(n, -1),
+        freq=np.minimum(0.95, 0.95 * counts / counts.max()),
+        instant=instant,
+        kind=np.full(n, _SOURCE_QUANTILES),
+        mu=np.zeros(n),
+        sigma=np.ones(n),
+        p_pos=np.ones(n),
+        p_zero=np.zeros(n),
+        quantum=quantum,
+        source=scalers,
     )
     return pairs, dict(manifest["embedder"])
 
@@ -293,27 +444,33 @@ def _entity_table(i: int, keep: int, seed: int, pairs: _Pairs) -> pa.Table:
     z = 0.6 * z_entity + 0.5 * z_pair[pos] + math.sqrt(1 - 0.36 - 0.25) * rng.standard_normal(n)
 
     def repeat(s: str) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([s])).cast(pa.string())
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([s])).cast(
+            pa.string()
+        )
 
     def pick(values: list[str], idx: np.ndarray) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), pa.array(values)).cast(pa.string())
+        return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), pa.array(values)).cast(
+            pa.string()
+        )
 
-    return pa.table({
-        "entity_id": repeat(entity_id),
-        "entity_name": repeat(name),
-        "period_start": pa.array(start[k], pa.date32(), mask=pairs.instant[pos]),
-        "period_end": pa.array(end[k], pa.date32()),
-        "fy": pa.array((first_fy + k // 4).astype(np.int32)),
-        "fp": pick(_FP, k % 4),
-        "form": pick(_FORM, k % 4),
-        "filed": pa.array(filed[k], pa.date32()),
-        "accn": pick(accn, k),
-        "fold": pa.array(fold[k]),
-        "_pos": pa.array(pos.astype(np.int32)),
-        "_z": pa.array(z),
-        "_us": pa.array(rng.random(n)),
-        "_uz": pa.array(rng.random(n)),
-    })
+    return pa.table(
+        {
+            "entity_id": repeat(entity_id),
+            "entity_name": repeat(name),
+            "period_start": pa.array(start[k], pa.date32(), mask=pairs.instant[pos]),
+            "period_end": pa.array(end[k], pa.date32()),
+            "fy": pa.array((first_fy + k // 4).astype(np.int32)),
+            "fp": pick(_FP, k % 4),
+            "form": pick(_FORM, k % 4),
+            "filed": pa.array(filed[k], pa.date32()),
+            "accn": pick(accn, k),
+            "fold": pa.array(fold[k]),
+            "_pos": pa.array(pos.astype(np.int32)),
+            "_z": pa.array(z),
+            "_us": pa.array(rng.random(n)),
+            "_uz": pa.array(rng.random(n)),
+        }
+    )
 
 
 class _BucketWriter:
@@ -326,7 +483,11 @@ class _BucketWriter:
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.counts = np.zeros(len(pairs), dtype=np.int64)
-        self.concept, self.unit, self.taxonomy = (pa.array(pairs.concept), pa.array(pairs.unit), pa.array(pairs.taxonomy))
+        self.concept, self.unit, self.taxonomy = (
+            pa.array(pairs.concept),
+            pa.array(pairs.unit),
+            pa.array(pairs.taxonomy),
+        )
 
     def add(self, t: pa.Table) -> None:
         self.buffer.append(t)
@@ -347,7 +508,9 @@ class _BucketWriter:
         self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
         pos = out.column("_pos").to_numpy()
         p = self.pairs
-        value = p.values(pos, out.column("_z").to_numpy(), out.column("_us").to_numpy(), out.column("_uz").to_numpy())
+        value = p.values(
+            pos, out.column("_z").to_numpy(), out.column("_us").to_numpy(), out.column("_uz").to_numpy()
+        )
         pair_id = p.pair_id[pos]
         idx = pa.array(pos)
         cols = {
@@ -358,7 +521,9 @@ class _BucketWriter:
             "scaled_value": pa.array(scale_by_pair(pair_id, value, self.scalers)),
             "pair_id": pa.array(pair_id),
         }
-        table = pa.table({f.name: cols[f.name] if f.name in cols else out.column(f.name) for f in TRIPLET_SCHEMA})
+        table = pa.table(
+            {f.name: cols[f.name] if f.name in cols else out.column(f.name) for f in TRIPLET_SCHEMA}
+        )
         self.writer.write_table(table.cast(TRIPLET_SCHEMA), row_group_size=self.rgs)
         self.counts += np.bincount(pos, minlength=len(p))
 
@@ -419,39 +584,68 @@ def synth_gaap(
             files.append(name)
         rows = []
         for k in np.flatnonzero(counts):
-            rows.append({
-                "pair_id": int(pairs.pair_id[k]), "concept": pairs.concept[k], "unit": pairs.unit[k],
-                "label": pairs.label[k], "description": pairs.description[k], "count": int(counts[k]),
-                **fitted[k].to_row(), "embedding": pairs.embedding[k].tolist(),
-            })
+            rows.append(
+                {
+                    "pair_id": int(pairs.pair_id[k]),
+                    "concept": pairs.concept[k],
+                    "unit": pairs.unit[k],
+                    "label": pairs.label[k],
+                    "description": pairs.description[k],
+                    "count": int(counts[k]),
+                    **fitted[k].to_row(),
+                    "embedding": pairs.embedding[k].tolist(),
+                }
+            )
         dim = pairs.embedding.shape[1]
         write_pairs(staged.join("pairs.parquet"), rows, dim, store.loc.fs)
         store.loc.delete_dir(f"{staged.name}/raw")
         store.loc.delete_dir(f"{staged.name}/dedup")
         entities = sum(len(v) for v in plan.values())
-        params = {"kind": "gaap", "triplets": triplets, "from_store": from_store, "seed": seed,
-                  "row_group_size": row_group_size, "embedder": embedder_info["name"], "buckets": buckets}
-        manifest = staged.commit({
-            "counts": {"triplets": int(counts.sum()), "pairs": len(rows), "entities": entities},
-            "embedder": embedder_info,
-            "buckets": buckets,
+        params = {
+            "kind": "gaap",
+            "triplets": triplets,
+            "from_store": from_store,
+            "seed": seed,
             "row_group_size": row_group_size,
-            "val_folds": VAL_FOLDS,
-            "triplet_files": files,
-            "inputs": [{"synth": params, "generated": time.strftime("%Y-%m-%dT%H:%M:%S")}],
-        })
+            "embedder": embedder_info["name"],
+            "buckets": buckets,
+        }
+        manifest = staged.commit(
+            {
+                "counts": {"triplets": int(counts.sum()), "pairs": len(rows), "entities": entities},
+                "embedder": embedder_info,
+                "buckets": buckets,
+                "row_group_size": row_group_size,
+                "val_folds": VAL_FOLDS,
+                "triplet_files": files,
+                "inputs": [{"synth": params, "generated": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+            }
+        )
     except BaseException:
         staged.abort()
         raise
     seconds = time.perf_counter() - t0
-    return {"store": out_uri, "store_version": manifest["version"], "triplets": int(counts.sum()),
-            "pairs": len(rows), "entities": entities, "files": len(files), "seconds": round(seconds, 3),
-            "triplets_per_second": round(float(counts.sum()) / seconds, 1)}
+    return {
+        "store": out_uri,
+        "store_version": manifest["version"],
+        "triplets": int(counts.sum()),
+        "pairs": len(rows),
+        "entities": entities,
+        "files": len(files),
+        "seconds": round(seconds, 3),
+        "triplets_per_second": round(float(counts.sum()) / seconds, 1),
+    }
 
 
 # ---- routing logs -----------------------------------------------------------------------------
 ROUTING_FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
-ROUTING_WEIGHTS = {"similarity": 4.0, "recency": 1.0, "log1p_frequency": 0.5, "success_rate": 2.0, "metadata_match": 1.0}
+ROUTING_WEIGHTS = {
+    "similarity": 4.0,
+    "recency": 1.0,
+    "log1p_frequency": 0.5,
+    "success_rate": 2.0,
+    "metadata_match": 1.0,
+}
 ROUTING_THRESHOLD = 5.4  # about half the clean labels are 1
 ROUTING_RULE = (
     "clean label = 1 (lightweight model suffices) iff 4.0*similarity + 1.0*recency + 0.5*ln(1+frequency)"
@@ -464,10 +658,13 @@ ROUTING_CHUNK = 1_000_000
 def routing_rule(features: dict[str, np.ndarray]) -> np.ndarray:
     """The clean label (int8) of synth_routing's rule, from the float32 features as stored."""
     f = {k: np.asarray(features[k], dtype=np.float64) for k in ROUTING_FEATURES}
-    score = (ROUTING_WEIGHTS["similarity"] * f["similarity"] + ROUTING_WEIGHTS["recency"] * f["recency"]
-             + ROUTING_WEIGHTS["log1p_frequency"] * np.log1p(f["frequency"])
-             + ROUTING_WEIGHTS["success_rate"] * f["success_rate"]
-             + ROUTING_WEIGHTS["metadata_match"] * f["metadata_match"])
+    score = (
+        ROUTING_WEIGHTS["similarity"] * f["similarity"]
+        + ROUTING_WEIGHTS["recency"] * f["recency"]
+        + ROUTING_WEIGHTS["log1p_frequency"] * np.log1p(f["frequency"])
+        + ROUTING_WEIGHTS["success_rate"] * f["success_rate"]
+        + ROUTING_WEIGHTS["metadata_match"] * f["metadata_match"]
+    )
     return (score > ROUTING_THRESHOLD).astype(np.int8)
 
 
@@ -535,16 +732,42 @@ _DOC_CONCEPTS = [  # (taxonomy, concept, unit, label, instant, log-scale of valu
     ("us-gaap", "ResearchAndDevelopmentExpense", "USD", "Research and Development Expense", False, 21.0),
     ("us-gaap", "Assets", "USD", "Assets", True, 24.5),
     ("us-gaap", "Liabilities", "USD", "Liabilities", True, 24.0),
-    ("us-gaap", "CashAndCashEquivalentsAtCarryingValue", "USD", "Cash and Cash Equivalents, at Carrying Value",
-     True, 23.0),
+    (
+        "us-gaap",
+        "CashAndCashEquivalentsAtCarryingValue",
+        "USD",
+        "Cash and Cash Equivalents, at Carrying Value",
+        True,
+        23.0,
+    ),
     ("us-gaap", "AccountsPayableCurrent", "USD", "Accounts Payable, Current", True, 22.0),
     ("us-gaap", "StockholdersEquity", "USD", "Stockholders' Equity Attributable to Parent", True, 23.5),
     ("us-gaap", "EarningsPerShareBasic", "USD/shares", "Earnings Per Share, Basic", False, 0.5),
     ("us-gaap", "EarningsPerShareDiluted", "USD/shares", "Earnings Per Share, Diluted", False, 0.45),
-    ("us-gaap", "WeightedAverageNumberOfSharesOutstandingBasic", "shares",
-     "Weighted Average Number of Shares Outstanding, Basic", False, 21.0),
-    ("us-gaap", "EffectiveIncomeTaxRateContinuingOperations", "pure", "Effective Income Tax Rate", False, -1.5),
-    ("dei", "EntityCommonStockSharesOutstanding", "shares", "Entity Common Stock, Shares Outstanding", True, 21.0),
+    (
+        "us-gaap",
+        "WeightedAverageNumberOfSharesOutstandingBasic",
+        "shares",
+        "Weighted Average Number of Shares Outstanding, Basic",
+        False,
+        21.0,
+    ),
+    (
+        "us-gaap",
+        "EffectiveIncomeTaxRateContinuingOperations",
+        "pure",
+        "Effective Income Tax Rate",
+        False,
+        -1.5,
+    ),
+    (
+        "dei",
+        "EntityCommonStockSharesOutstanding",
+        "shares",
+        "Entity Common Stock, Shares Outstanding",
+        True,
+        21.0,
+    ),
 ]
 
 
@@ -567,11 +790,19 @@ def write_companyfacts_json(
         end = (q_end + 1).astype("datetime64[D]") - 1
         annual = j % 4 == 3
         filed = end + (int(rng.integers(55, 90)) if annual else int(rng.integers(25, 45)))
-        filings.append({
-            "end": str(end), "annual": annual, "fy": 2016 + j // 4, "fp": _FP[j % 4], "form": _FORM[j % 4],
-            "filed": str(filed), "accn": f"0001193125-{str(filed)[2:4]}-{(cik * 31 + j) % 400_000:06d}",
-            "q_start": str((q_end - 2).astype("datetime64[D]")), "y_start": str((q_end - 11).astype("datetime64[D]")),
-        })
+        filings.append(
+            {
+                "end": str(end),
+                "annual": annual,
+                "fy": 2016 + j // 4,
+                "fp": _FP[j % 4],
+                "form": _FORM[j % 4],
+                "filed": str(filed),
+                "accn": f"0001193125-{str(filed)[2:4]}-{(cik * 31 + j) % 400_000:06d}",
+                "q_start": str((q_end - 2).astype("datetime64[D]")),
+                "y_start": str((q_end - 11).astype("datetime64[D]")),
+            }
+        )
     facts: dict = {}
     unique: set = set()
     for taxonomy, concept, unit, label, instant, scale in chosen:
@@ -588,19 +819,35 @@ def write_companyfacts_json(
             restated = _restate(rng, unit, val) if rng.random() < 0.25 else val
             reports.append((later, restated))
             if f["annual"] and rng.random() < 0.5:
-                amended = dict(f, form="10-K/A", accn=f"{f['accn'][:-6]}{int(f['accn'][-6:]) + 500_000:06d}",
-                               filed=str(np.datetime64(f["filed"]) + 30))
+                amended = dict(
+                    f,
+                    form="10-K/A",
+                    accn=f"{f['accn'][:-6]}{int(f['accn'][-6:]) + 500_000:06d}",
+                    filed=str(np.datetime64(f["filed"]) + 30),
+                )
                 reports.append((amended, val))
             for r, (g, v) in enumerate(reports):
-                fact = {"end": f["end"], "val": v, "accn": g["accn"], "fy": g["fy"], "fp": g["fp"],
-                        "form": g["form"], "filed": g["filed"]}
+                fact = {
+                    "end": f["end"],
+                    "val": v,
+                    "accn": g["accn"],
+                    "fy": g["fy"],
+                    "fp": g["fp"],
+                    "form": g["form"],
+                    "filed": g["filed"],
+                }
                 if start is not None:
                     fact = {"start": start, **fact}
                 if r == len(reports) - 1:  # SEC frames the latest report of a period
                     yq = np.datetime64(f["end"], "M").astype(int)
                     year, quarter = 1970 + yq // 12, (yq % 12) // 3 + 1
-                    fact["frame"] = (f"CY{year}Q{quarter}I" if instant
-                                     else f"CY{year}" if f["annual"] else f"CY{year}Q{quarter}")
+                    fact["frame"] = (
+                        f"CY{year}Q{quarter}I"
+                        if instant
+                        else f"CY{year}"
+                        if f["annual"]
+                        else f"CY{year}Q{quarter}"
+                    )
                 rows.append(fact)
         body = {"label": label, "description": f"{label}, as reported (synthetic).", "units": {unit: rows}}
         facts.setdefault(taxonomy, {})[concept] = body

@@ -39,9 +39,17 @@ from pipeline.registry.registry import Registry, RegistryError
 from serve.breaker import OPEN, CircuitBreaker
 from serve.jobs import JobError, JobLauncher
 from serve.models import POWERFUL, InputError, ModelHost, NotLoaded
-from serve.schemas import (AppArgs, EncodeBatchResult, EncodeResult, JobRequest, ModelSettings,
-                           PromoteRequest,
-                           RouteBatchResult, RouteResult, request_models)
+from serve.schemas import (
+    AppArgs,
+    EncodeBatchResult,
+    EncodeResult,
+    JobRequest,
+    ModelSettings,
+    PromoteRequest,
+    RouteBatchResult,
+    RouteResult,
+    request_models,
+)
 
 logger = logging.getLogger("tunestack.serve")
 TOKEN_ENV = "TUNESTACK_ADMIN_TOKEN"
@@ -104,8 +112,11 @@ class HandleBackend:
         self.batches = {"batches": 0, "requests": 0, "largest": 0}  # what the gathering did
         self._gathered = None
         if max_batch_size > 1:  # decorated per instance: @serve.batch keeps one queue per function
-            self._gathered = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-                                         max_concurrent_batches=GATHER_CONCURRENCY)(self._predict_many)
+            self._gathered = serve.batch(
+                max_batch_size=max_batch_size,
+                batch_wait_timeout_s=batch_wait_timeout_s,
+                max_concurrent_batches=GATHER_CONCURRENCY,
+            )(self._predict_many)
 
     async def _call(self, method: str, payload):
         from ray.exceptions import RayActorError
@@ -136,12 +147,24 @@ class HandleBackend:
 # ---------------------------------------------------------------------------------------------
 # Metrics (Prometheus text at GET /metrics; one registry per gateway replica)
 
-ENDPOINTS = [(re.compile(p), name) for p, name in (
-    (r"/v1/route$", "/v1/route"), (r"/v1/encode$", "/v1/encode"), (r"/v1/models$", "/v1/models"),
-    (r"/v1/models/[^/]+$", "/v1/models/{family}"), (r"/v1/models/[^/]+/promote$", "/v1/models/{family}/promote"),
-    (r"/v1/models/[^/]+/rollback$", "/v1/models/{family}/rollback"), (r"/healthz$", "/healthz"),
-    (r"/v1/jobs$", "/v1/jobs"), (r"/v1/jobs/[^/]+$", "/v1/jobs/{job_id}"),
-    (r"/readyz$", "/readyz"), (r"/metrics$", "/metrics"), (r"/docs$", "/docs"), (r"/openapi.json$", "/openapi.json"))]
+ENDPOINTS = [
+    (re.compile(p), name)
+    for p, name in (
+        (r"/v1/route$", "/v1/route"),
+        (r"/v1/encode$", "/v1/encode"),
+        (r"/v1/models$", "/v1/models"),
+        (r"/v1/models/[^/]+$", "/v1/models/{family}"),
+        (r"/v1/models/[^/]+/promote$", "/v1/models/{family}/promote"),
+        (r"/v1/models/[^/]+/rollback$", "/v1/models/{family}/rollback"),
+        (r"/healthz$", "/healthz"),
+        (r"/v1/jobs$", "/v1/jobs"),
+        (r"/v1/jobs/[^/]+$", "/v1/jobs/{job_id}"),
+        (r"/readyz$", "/readyz"),
+        (r"/metrics$", "/metrics"),
+        (r"/docs$", "/docs"),
+        (r"/openapi.json$", "/openapi.json"),
+    )
+]
 
 
 def endpoint_label(path: str) -> str:
@@ -153,20 +176,31 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("tunestack_requests", "HTTP requests by endpoint and status",
-                                ["endpoint", "status"], registry=r)
-        self.latency = Histogram("tunestack_request_latency_seconds", "HTTP request latency", ["endpoint"],
-                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                          2.5, 5, 10), registry=r)
+        self.requests = Counter(
+            "tunestack_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "tunestack_request_latency_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.instances = Counter("tunestack_instances", "instances answered", ["endpoint"], registry=r)
         self.routes = Counter("tunestack_route_decisions", "routing decisions", ["route"], registry=r)
-        self.fallbacks = Counter("tunestack_route_fallbacks", "instances routed by the fallback",
-                                 ["reason"], registry=r)
+        self.fallbacks = Counter(
+            "tunestack_route_fallbacks", "instances routed by the fallback", ["reason"], registry=r
+        )
         self.breaker_open = Gauge("tunestack_breaker_open", "1 while the router circuit is open", registry=r)
-        self.retries = Counter("tunestack_model_call_retries", "model calls asked again after their replica died",
-                               ["family"], registry=r)
-        self.promotions = Counter("tunestack_promotions", "promote/rollback requests", ["family", "outcome"],
-                                  registry=r)
+        self.retries = Counter(
+            "tunestack_model_call_retries",
+            "model calls asked again after their replica died",
+            ["family"],
+            registry=r,
+        )
+        self.promotions = Counter(
+            "tunestack_promotions", "promote/rollback requests", ["family", "outcome"], registry=r
+        )
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -196,9 +230,11 @@ class GuardMiddleware:
             limit = self.service.args.max_body_bytes
             length = dict(scope.get("headers") or []).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):
-                return await self._refuse(send_status, 413 if length.isdigit() else 400,
-                                          f"request body larger than {limit} bytes" if length.isdigit()
-                                          else "bad Content-Length")
+                return await self._refuse(
+                    send_status,
+                    413 if length.isdigit() else 400,
+                    f"request body larger than {limit} bytes" if length.isdigit() else "bad Content-Length",
+                )
             chunks, size, more = [], 0, True
             while more:
                 message = await receive()
@@ -248,9 +284,12 @@ class GatewayService:
         for family, backend in backends.items():
             if hasattr(backend, "on_retry"):
                 backend.on_retry = self.metrics.retries.labels(family).inc
-        self.admin_sha = admin_token_sha256 or args.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV))
-        self.jobs = JobLauncher(args.registry_root, args.jobs_configs_dir, args.jobs_home,
-                                args.jobs_dashboard_address)
+        self.admin_sha = (
+            admin_token_sha256 or args.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV))
+        )
+        self.jobs = JobLauncher(
+            args.registry_root, args.jobs_configs_dir, args.jobs_home, args.jobs_dashboard_address
+        )
 
     def backend_for(self, task: str):
         family = next((f for f, t in self.tasks.items() if t == task), None)
@@ -268,8 +307,11 @@ class GatewayService:
             return
         given = token_sha256(credentials.credentials) if credentials and credentials.credentials else ""
         if not hmac.compare_digest(given or "", self.admin_sha):
-            raise HTTPException(401, "a valid bearer token is required (TUNESTACK_ADMIN_TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "a valid bearer token is required (TUNESTACK_ADMIN_TOKEN)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     # -- inference ------------------------------------------------------------------------------
     async def route(self, instances: list[dict], t0: float) -> list[dict]:
@@ -302,8 +344,18 @@ class GatewayService:
         if outputs is None:
             self.metrics.fallbacks.labels(reason).inc(len(instances))
             self.metrics.routes.labels(POWERFUL).inc(len(instances))
-            return [{"route": POWERFUL, "probability": None, "uncertainty": None, "model_version": None,
-                     "latency_us": latency, "fallback": True, "reason": reason} for _ in instances]
+            return [
+                {
+                    "route": POWERFUL,
+                    "probability": None,
+                    "uncertainty": None,
+                    "model_version": None,
+                    "latency_us": latency,
+                    "fallback": True,
+                    "reason": reason,
+                }
+                for _ in instances
+            ]
         for o in outputs:
             self.metrics.routes.labels(o["route"]).inc()
         return [{**o, "latency_us": latency, "fallback": False} for o in outputs]
@@ -317,8 +369,10 @@ class GatewayService:
         if res["status"] != 200:
             raise HTTPException(res["status"], res["detail"])
         latency = int((time.perf_counter() - t0) * 1e6)
-        return [{"concept": i["concept"], "unit": i["unit"], **o, "latency_us": latency}
-                for i, o in zip(instances, res["outputs"])]
+        return [
+            {"concept": i["concept"], "unit": i["unit"], **o, "latency_us": latency}
+            for i, o in zip(instances, res["outputs"])
+        ]
 
     # -- training jobs (serve.jobs) -----------------------------------------------------------------
     async def job_call(self, fn, *args) -> dict:
@@ -340,8 +394,11 @@ class GatewayService:
         out = {"family": family, "task": self.tasks[family], "version": None}
         try:
             pointer = self.registry.pointer(family)
-            out.update(version=pointer["version"], history=pointer["history"],
-                       versions=self.registry.versions(family))
+            out.update(
+                version=pointer["version"],
+                history=pointer["history"],
+                versions=self.registry.versions(family),
+            )
             if pointer["version"]:
                 rec = self.registry.get(family)
                 out.update(metrics=rec["metrics"], config=rec["config"], created=rec["created"])
@@ -359,7 +416,9 @@ class GatewayService:
         try:
             previous = self.registry.pointer(family)
         except (RegistryError, OSError, ValueError) as e:
-            raise HTTPException(503, f"{family}: the registry's production pointer is unreadable: {e}") from None
+            raise HTTPException(
+                503, f"{family}: the registry's production pointer is unreadable: {e}"
+            ) from None
         rollback = version is None
         if rollback:
             if len(previous["history"]) < 2:
@@ -380,8 +439,13 @@ class GatewayService:
             raise HTTPException(409, f"refused: {e}") from None
         serving = await self._wait_serving(family, rec["version"])
         self.metrics.promotions.labels(family, "ok").inc()
-        return {"family": family, "version": rec["version"], "previous": previous["version"],
-                "serving": serving, "metrics": rec["metrics"]}
+        return {
+            "family": family,
+            "version": rec["version"],
+            "previous": previous["version"],
+            "serving": serving,
+            "metrics": rec["metrics"],
+        }
 
     async def _wait_serving(self, family: str, version: str) -> bool:
         """True once replicas answer with `version` several times in a row (handles pick replicas at
@@ -404,8 +468,12 @@ class GatewayService:
                 production = self.registry.pointer(family)["version"]
             except (OSError, ValueError, RegistryError):
                 production = None
-            families[family] = {"loaded": bool(info.get("loaded")), "version": info.get("version"),
-                                "production": production, "error": info.get("error")}
+            families[family] = {
+                "loaded": bool(info.get("loaded")),
+                "version": info.get("version"),
+                "production": production,
+                "error": info.get("error"),
+            }
         loaded = [f for f, s in families.items() if s["loaded"]]
         waiting = [f for f, s in families.items() if s["production"] and not s["loaded"]]
         return bool(loaded) and not waiting, {"families": families, "breaker": self.breaker.snapshot()}
@@ -428,7 +496,10 @@ DESCRIPTION = """Routing and encoding with the registry's production models.
 
 def _validation_errors(exc: RequestValidationError) -> list[dict]:
     # Only loc/msg/type: the offending input may be NaN or bytes, which JSON cannot carry.
-    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
 
 
 def make_api(service: GatewayService) -> FastAPI:
@@ -447,12 +518,18 @@ def make_api(service: GatewayService) -> FastAPI:
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
         return JSONResponse({"detail": errors, "reason": reason}, status_code=422)
 
-    one_or_many = {422: {"description": "invalid input (reason in detail)"},
-                   413: {"description": "body over the size limit"},
-                   503: {"description": "the family has no loaded model"}}
+    one_or_many = {
+        422: {"description": "invalid input (reason in detail)"},
+        413: {"description": "body over the size limit"},
+        503: {"description": "the family has no loaded model"},
+    }
 
-    @app.post("/v1/route", response_model=RouteResult | RouteBatchResult, responses=one_or_many,
-              summary="lightweight or powerful?")
+    @app.post(
+        "/v1/route",
+        response_model=RouteResult | RouteBatchResult,
+        responses=one_or_many,
+        summary="lightweight or powerful?",
+    )
     async def route(body: RouteRequest):
         t0 = time.perf_counter()
         instances, batch = body.as_instances()
@@ -460,8 +537,12 @@ def make_api(service: GatewayService) -> FastAPI:
         service.metrics.instances.labels("/v1/route").inc(len(results))
         return {"predictions": results} if batch else results[0]
 
-    @app.post("/v1/encode", response_model=EncodeResult | EncodeBatchResult, responses=one_or_many,
-              summary="latent vector and anomaly score of financial facts")
+    @app.post(
+        "/v1/encode",
+        response_model=EncodeResult | EncodeBatchResult,
+        responses=one_or_many,
+        summary="latent vector and anomaly score of financial facts",
+    )
     async def encode(body: EncodeRequest):
         t0 = time.perf_counter()
         instances, batch = body.as_instances()
@@ -473,32 +554,50 @@ def make_api(service: GatewayService) -> FastAPI:
     async def models():
         return await service.models()
 
-    @app.get("/v1/models/{family}", dependencies=[Depends(admin)],
-             summary="production version, metrics, config and what the replicas serve")
+    @app.get(
+        "/v1/models/{family}",
+        dependencies=[Depends(admin)],
+        summary="production version, metrics, config and what the replicas serve",
+    )
     async def model(family: str):
         return await service.model(family)
 
-    @app.post("/v1/models/{family}/promote", dependencies=[Depends(admin)],
-              responses={409: {"description": "the version is corrupted or does not load; nothing changed"}})
+    @app.post(
+        "/v1/models/{family}/promote",
+        dependencies=[Depends(admin)],
+        responses={409: {"description": "the version is corrupted or does not load; nothing changed"}},
+    )
     async def promote(family: str, body: PromoteRequest):
         return await service.change(family, body.version)
 
-    @app.post("/v1/models/{family}/rollback", dependencies=[Depends(admin)],
-              responses={409: {"description": "nothing to roll back to, or it does not load"}})
+    @app.post(
+        "/v1/models/{family}/rollback",
+        dependencies=[Depends(admin)],
+        responses={409: {"description": "nothing to roll back to, or it does not load"}},
+    )
     async def rollback(family: str):
         return await service.change(family, None)
 
-    @app.post("/v1/jobs", dependencies=[Depends(admin)], status_code=202,
-              summary="submit a tuning run (tunestack tune) to the cluster as a Ray job",
-              responses={404: {"description": "no such file in tune_configs/"},
-                         422: {"description": "not tune_configs/FILE.yaml, or not a valid tune file"},
-                         503: {"description": "the cluster's Jobs API is unreachable"}})
+    @app.post(
+        "/v1/jobs",
+        dependencies=[Depends(admin)],
+        status_code=202,
+        summary="submit a tuning run (tunestack tune) to the cluster as a Ray job",
+        responses={
+            404: {"description": "no such file in tune_configs/"},
+            422: {"description": "not tune_configs/FILE.yaml, or not a valid tune file"},
+            503: {"description": "the cluster's Jobs API is unreachable"},
+        },
+    )
     async def submit_job(body: JobRequest):
         return await service.job_call(service.jobs.submit, body.config, body.promote, body.overrides)
 
-    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(admin)],
-             summary="a tuning job's status and, once it succeeded, the version it registered",
-             responses={404: {"description": "no job of this app has that id"}})
+    @app.get(
+        "/v1/jobs/{job_id}",
+        dependencies=[Depends(admin)],
+        summary="a tuning job's status and, once it succeeded, the version it registered",
+        responses={404: {"description": "no job of this app has that id"}},
+    )
     async def job(job_id: str):
         return await service.job_call(service.jobs.status, job_id)
 
@@ -523,8 +622,10 @@ def make_api(service: GatewayService) -> FastAPI:
 def make_local_api(args: dict | None = None) -> FastAPI:
     """The same API over in-process models (no Ray): for tests and notebooks."""
     a = resolve_args(args)
-    backends = {f: LocalBackend(ModelHost(f, t, a.registry_root, a.store_uri, a.model_settings()))
-                for f, t in a.families.items()}
+    backends = {
+        f: LocalBackend(ModelHost(f, t, a.registry_root, a.store_uri, a.model_settings()))
+        for f, t in a.families.items()
+    }
     for b in backends.values():
         b.host.sync()
     return make_api(GatewayService(a, backends))
@@ -605,8 +706,11 @@ class ModelServer:
         self.host.canary()
 
     async def info(self) -> dict:
-        return {**self.host.info(), "replica": serve.get_replica_context().replica_id.unique_id,
-                "batching": dict(self.batches)}
+        return {
+            **self.host.info(),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "batching": dict(self.batches),
+        }
 
     async def stage(self, version: str) -> dict:
         return await asyncio.to_thread(self.host.stage, version)
@@ -619,8 +723,13 @@ class Gateway:
 
     def __init__(self, args: dict, handles: dict):
         a = AppArgs(**args)
-        self.service = GatewayService(a, {family: HandleBackend(family, h, a.max_batch_size, a.batch_wait_timeout_s)
-                                          for family, h in handles.items()})
+        self.service = GatewayService(
+            a,
+            {
+                family: HandleBackend(family, h, a.max_batch_size, a.batch_wait_timeout_s)
+                for family, h in handles.items()
+            },
+        )
 
     def __serve_build_asgi_app__(self):
         return make_api(self.service)
@@ -634,19 +743,26 @@ def resolve_args(args: dict | None) -> AppArgs:
     store = a.store_uri
     if store and "://" not in store:
         store = os.path.abspath(store)
-    return a.model_copy(update={
-        "registry_root": os.path.abspath(a.registry_root or registry_dir()), "store_uri": store,
-        "admin_token_sha256": a.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV)),
-        "jobs_configs_dir": a.jobs_configs_dir and os.path.abspath(a.jobs_configs_dir),
-        "jobs_home": a.jobs_home and os.path.abspath(a.jobs_home)})
+    return a.model_copy(
+        update={
+            "registry_root": os.path.abspath(a.registry_root or registry_dir()),
+            "store_uri": store,
+            "admin_token_sha256": a.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV)),
+            "jobs_configs_dir": a.jobs_configs_dir and os.path.abspath(a.jobs_configs_dir),
+            "jobs_home": a.jobs_home and os.path.abspath(a.jobs_home),
+        }
+    )
 
 
 def build_app(args: dict | None = None):
     """The Serve application (`serve run serve.app:build_app`, or `import_path` in a config)."""
     a = resolve_args(args)
     handles = {
-        family: ModelServer.options(name=f"model-{family}", user_config=a.model_settings(),
-                                    ray_actor_options={"num_cpus": a.model_num_cpus}
-                                    ).bind(family, task, a.registry_root, a.store_uri)
-        for family, task in a.families.items()}
+        family: ModelServer.options(
+            name=f"model-{family}",
+            user_config=a.model_settings(),
+            ray_actor_options={"num_cpus": a.model_num_cpus},
+        ).bind(family, task, a.registry_root, a.store_uri)
+        for family, task in a.families.items()
+    }
     return Gateway.options(ray_actor_options={"num_cpus": a.gateway_num_cpus}).bind(a.model_dump(), handles)

@@ -21,7 +21,11 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 class CircuitBreaker:
     def __init__(self, failure_threshold: int = 5, reset_timeout_s: float = 5.0, clock=time.monotonic):
-        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
+        if (
+            isinstance(failure_threshold, bool)
+            or not isinstance(failure_threshold, int)
+            or failure_threshold < 1
+        ):
             raise ValueError(f"failure_threshold must be an integer >= 1, got {failure_threshold!r}")
         if not reset_timeout_s > 0:
             raise ValueError(f"reset_timeout_s must be > 0, got {reset_timeout_s!r}")
@@ -80,9 +84,13 @@ class CircuitBreaker:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"state": self._state, "consecutive_failures": self._failures,
-                    "failure_threshold": self.failure_threshold, "reset_timeout_s": self.reset_timeout_s,
-                    "times_opened": self.times_opened}
+            return {
+                "state": self._state,
+                "consecutive_failures": self._failures,
+                "failure_threshold": self.failure_threshold,
+                "reset_timeout_s": self.reset_timeout_s,
+                "times_opened": self.times_opened,
+            }
 
     def _open(self) -> None:
         self._state = OPEN

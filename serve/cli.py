@@ -21,15 +21,20 @@ DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 def add_serve_parser(subparsers) -> None:
     """Add the `serve` subcommand to the main CLI's subparsers."""
     s = subparsers.add_parser(
-        "serve", help="serve the registry's production models over HTTP (Ray Serve + FastAPI)",
+        "serve",
+        help="serve the registry's production models over HTTP (Ray Serve + FastAPI)",
         description="Deploy the Ray Serve application of a Serve config (default serve/config.yaml): "
-                    "POST /v1/route, POST /v1/encode, /v1/models, /healthz, /readyz, /metrics, /docs. "
-                    "Blocks until Ctrl-C, then shuts Serve down.")
+        "POST /v1/route, POST /v1/encode, /v1/models, /healthz, /readyz, /metrics, /docs. "
+        "Blocks until Ctrl-C, then shuts Serve down.",
+    )
     s.add_argument("--host", default=None, help="interface to bind (default: the config's, 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
     s.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML (default: %(default)s)")
-    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="Ray cluster to deploy on (default: $RAY_ADDRESS, else a new local Ray)")
+    s.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to deploy on (default: $RAY_ADDRESS, else a new local Ray)",
+    )
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the app to be running")
     s.set_defaults(func=run_serve)
 
@@ -71,8 +76,9 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
     for app in schema.applications:  # fail here, naming the key, not later inside the cluster
         if app.import_path.startswith("serve.app:"):
             AppArgs(**(app.args or {}))
-    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
-                                   proxy_location=schema.proxy_location)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
+    )
     client.deploy_apps(schema, _blocking=False)
     names = [a.name for a in schema.applications]
     deadline = time.monotonic() + timeout
@@ -112,8 +118,11 @@ def run_serve(args) -> int:
         return 1
     h = config["http_options"]
     names = ", ".join(a["name"] for a in config.get("applications", []))
-    print(f"tunestack serve: {names} running at http://{h['host']}:{h.get('port', 8000)}/ "
-          "(docs at /docs); Ctrl-C to stop", flush=True)
+    print(
+        f"tunestack serve: {names} running at http://{h['host']}:{h.get('port', 8000)}/ "
+        "(docs at /docs); Ctrl-C to stop",
+        flush=True,
+    )
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:

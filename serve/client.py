@@ -33,9 +33,16 @@ class TunestackError(Exception):
 
 
 class TunestackClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 10.0,
-                 retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0,
-                 session: requests.Session | None = None):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        session: requests.Session | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.token = token if token is not None else os.environ.get("TUNESTACK_ADMIN_TOKEN")
         self.timeout, self.retries = timeout, retries
@@ -53,8 +60,9 @@ class TunestackClient:
             if attempt:
                 self.stats["retries"] += 1
             try:
-                r = self.session.request(method, self.base_url + path, json=json, headers=headers,
-                                         timeout=self.timeout)
+                r = self.session.request(
+                    method, self.base_url + path, json=json, headers=headers, timeout=self.timeout
+                )
                 if r.status_code < 400:
                     return r.json()
             except RETRY_ERRORS as e:
@@ -73,19 +81,29 @@ class TunestackClient:
         raise AssertionError("unreachable")
 
     def _sleep(self, attempt: int) -> None:
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
+        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
         time.sleep(delay * (0.5 + random.random() / 2))
 
     # -- inference ------------------------------------------------------------------------------
     def route(self, features=None, *, sequence=None, instances=None) -> dict:
         """One routing decision (features as a dict or list, or a sequence), or a batch."""
-        return self._request("POST", "/v1/route", json=_one_of(features=features, sequence=sequence,
-                                                                 instances=instances))
+        return self._request(
+            "POST", "/v1/route", json=_one_of(features=features, sequence=sequence, instances=instances)
+        )
 
-    def encode(self, concept: str | None = None, unit: str | None = None, value: float | None = None, *,
-               instances: list[dict] | None = None) -> dict:
-        body = {"instances": instances} if instances is not None else {"concept": concept, "unit": unit,
-                                                                        "value": value}
+    def encode(
+        self,
+        concept: str | None = None,
+        unit: str | None = None,
+        value: float | None = None,
+        *,
+        instances: list[dict] | None = None,
+    ) -> dict:
+        body = (
+            {"instances": instances}
+            if instances is not None
+            else {"concept": concept, "unit": unit, "value": value}
+        )
         return self._request("POST", "/v1/encode", json=body)
 
     # -- models ---------------------------------------------------------------------------------
@@ -96,7 +114,9 @@ class TunestackClient:
         return self._request("GET", f"/v1/models/{family}")
 
     def promote(self, family: str, version: str) -> dict:
-        return self._request("POST", f"/v1/models/{family}/promote", json={"version": version}, idempotent=False)
+        return self._request(
+            "POST", f"/v1/models/{family}/promote", json={"version": version}, idempotent=False
+        )
 
     def rollback(self, family: str) -> dict:
         return self._request("POST", f"/v1/models/{family}/rollback", idempotent=False)
@@ -104,8 +124,12 @@ class TunestackClient:
     # -- training jobs ----------------------------------------------------------------------------
     def submit_job(self, config: str, *, promote: bool = False, overrides: list[str] | None = None) -> dict:
         """Submit `tunestack tune --config CONFIG` ("tune_configs/FILE.yaml") as a Ray job (sent once)."""
-        return self._request("POST", "/v1/jobs", json={"config": config, "promote": promote,
-                                                       "overrides": list(overrides or [])}, idempotent=False)
+        return self._request(
+            "POST",
+            "/v1/jobs",
+            json={"config": config, "promote": promote, "overrides": list(overrides or [])},
+            idempotent=False,
+        )
 
     def job(self, job_id: str) -> dict:
         """A job's status and, once it SUCCEEDED, the version it registered."""

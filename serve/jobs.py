@@ -62,14 +62,23 @@ def job_home(registry_root: str, home: str | None) -> Path:
     root = Path(registry_root).resolve()
     h = Path(home).resolve() if home else root.parent
     if (h / "registry").resolve() != root:
-        raise JobError(409, f"jobs register into <home>/registry, but this app serves {root} "
-                            f"(home {h}); set jobs_home or serve <home>/registry")
+        raise JobError(
+            409,
+            f"jobs register into <home>/registry, but this app serves {root} "
+            f"(home {h}); set jobs_home or serve <home>/registry",
+        )
     return h
 
 
 class JobLauncher:
-    def __init__(self, registry_root: str, configs_dir: str | None = None, home: str | None = None,
-                 dashboard_address: str | None = None, entrypoint_num_cpus: float = 0.0):
+    def __init__(
+        self,
+        registry_root: str,
+        configs_dir: str | None = None,
+        home: str | None = None,
+        dashboard_address: str | None = None,
+        entrypoint_num_cpus: float = 0.0,
+    ):
         self.registry_root, self.home_setting = registry_root, home
         self.configs_dir = Path(configs_dir or DEFAULT_CONFIGS_DIR).resolve()
         self.dashboard_address = dashboard_address
@@ -80,8 +89,11 @@ class JobLauncher:
     def resolve_config(self, config: str, overrides: list[str]) -> Path:
         """The tune file `config` names, checked; JobError(4xx) with the reason otherwise."""
         if not CONFIG_FORM.match(config) or ".." in config:
-            raise JobError(422, f"config {config!r}: expected tune_configs/FILE.yaml (a file directly in "
-                                "tune_configs/; no absolute path, sub-folder or '..')")
+            raise JobError(
+                422,
+                f"config {config!r}: expected tune_configs/FILE.yaml (a file directly in "
+                "tune_configs/; no absolute path, sub-folder or '..')",
+            )
         path = (self.configs_dir / config.split("/", 1)[1]).resolve()
         if path.parent != self.configs_dir:
             raise JobError(422, f"config {config!r} resolves outside tune_configs/")
@@ -96,8 +108,9 @@ class JobLauncher:
         try:
             load_tune_spec(str(path), overrides)
         except ConfigError as e:
-            raise JobError(422, f"config {config!r} is not a valid tune file: "
-                                f"{e.key}: {str(e).split(': ', 2)[-1]}") from None
+            raise JobError(
+                422, f"config {config!r} is not a valid tune file: {e.key}: {str(e).split(': ', 2)[-1]}"
+            ) from None
         return path
 
     # -- the Jobs SDK ---------------------------------------------------------------------------
@@ -111,16 +124,23 @@ class JobLauncher:
                 from ray._private.services import get_webui_url_from_internal_kv
 
                 if not ray.is_initialized():
-                    raise JobError(503, "jobs need a Ray cluster with a dashboard (this app runs without Ray)")
+                    raise JobError(
+                        503, "jobs need a Ray cluster with a dashboard (this app runs without Ray)"
+                    )
                 url = get_webui_url_from_internal_kv()
                 if not url:
-                    raise JobError(503, "the cluster runs no dashboard, so it has no Jobs API "
-                                        "(start Ray with include_dashboard=True)")
+                    raise JobError(
+                        503,
+                        "the cluster runs no dashboard, so it has no Jobs API "
+                        "(start Ray with include_dashboard=True)",
+                    )
                 address = url if "://" in url else f"http://{url}"
             try:
                 self._client = JobSubmissionClient(address)
             except Exception as e:  # unreachable dashboard, refused token, version mismatch
-                raise JobError(503, f"the Jobs API at {address} is unavailable: {type(e).__name__}: {e}") from None
+                raise JobError(
+                    503, f"the Jobs API at {address} is unavailable: {type(e).__name__}: {e}"
+                ) from None
         return self._client
 
     def submit(self, config: str, promote: bool = False, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -129,7 +149,16 @@ class JobLauncher:
         home = job_home(self.registry_root, self.home_setting)
         job_id = f"{JOB_PREFIX}{uuid.uuid4().hex[:16]}"
         result = home / RESULTS_DIR / f"{job_id}.json"
-        argv = [sys.executable, "-m", "pipeline.cli", "tune", "--config", str(path), "--result-file", str(result)]
+        argv = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "tune",
+            "--config",
+            str(path),
+            "--result-file",
+            str(result),
+        ]
         for o in overrides:
             argv += ["--set", o]
         if promote:
@@ -137,15 +166,28 @@ class JobLauncher:
         entrypoint = shlex.join(argv)
         client = self.client()
         try:
-            client.submit_job(entrypoint=entrypoint, submission_id=job_id,
-                              runtime_env={"env_vars": {"TUNESTACK_HOME": str(home)}},
-                              metadata={"tunestack": "tune", "config": config, "promote": str(promote).lower(),
-                                        "set": json.dumps(overrides)},
-                              entrypoint_num_cpus=self.entrypoint_num_cpus)
+            client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env={"env_vars": {"TUNESTACK_HOME": str(home)}},
+                metadata={
+                    "tunestack": "tune",
+                    "config": config,
+                    "promote": str(promote).lower(),
+                    "set": json.dumps(overrides),
+                },
+                entrypoint_num_cpus=self.entrypoint_num_cpus,
+            )
         except Exception as e:
             raise JobError(503, f"submitting the job failed: {type(e).__name__}: {e}") from None
-        return {"job_id": job_id, "status": "PENDING", "config": config, "promote": promote, "set": overrides,
-                "entrypoint": entrypoint}
+        return {
+            "job_id": job_id,
+            "status": "PENDING",
+            "config": config,
+            "promote": promote,
+            "set": overrides,
+            "entrypoint": entrypoint,
+        }
 
     def status(self, job_id: str) -> dict:
         if not JOB_ID.match(job_id):
@@ -163,9 +205,17 @@ class JobLauncher:
         if meta.get("tunestack") != "tune":
             raise JobError(404, f"unknown job {job_id!r}")
         status = str(getattr(info.status, "value", info.status))
-        out = {"job_id": job_id, "status": status, "message": info.message, "config": meta.get("config"),
-               "promote": meta.get("promote") == "true", "set": json.loads(meta.get("set") or "[]"),
-               "start_time_ms": info.start_time, "end_time_ms": info.end_time, "registered": None}
+        out = {
+            "job_id": job_id,
+            "status": status,
+            "message": info.message,
+            "config": meta.get("config"),
+            "promote": meta.get("promote") == "true",
+            "set": json.loads(meta.get("set") or "[]"),
+            "start_time_ms": info.start_time,
+            "end_time_ms": info.end_time,
+            "registered": None,
+        }
         if status in ("SUCCEEDED", "FAILED"):
             result = self.read_result(job_id)
             out["result"] = result

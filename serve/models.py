@@ -76,9 +76,10 @@ def binary_entropy(p) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
-def decide_route(probability: float, uncertainty: float, confidence_threshold: float,
-                 max_uncertainty: float) -> str:
-    """"lightweight" only when the router is confident enough and certain enough."""
+def decide_route(
+    probability: float, uncertainty: float, confidence_threshold: float, max_uncertainty: float
+) -> str:
+    """ "lightweight" only when the router is confident enough and certain enough."""
     ok = probability >= confidence_threshold and uncertainty <= max_uncertainty
     return LIGHTWEIGHT if ok else POWERFUL
 
@@ -120,14 +121,18 @@ class RoutePredictor:
         self.model = ckpt.build_model()
         c = self.model.config
         if c.num_classes != 2:
-            raise LoadError(f"{family} {self.version}: a router needs 2 classes, the model has {c.num_classes}")
+            raise LoadError(
+                f"{family} {self.version}: a router needs 2 classes, the model has {c.num_classes}"
+            )
         self.input_size = c.input_size
         self.normalization = Normalization.from_dict(ckpt.meta.get("normalization"))
         names = self.normalization.features if self.normalization and self.normalization.features else None
         if names is None and self.input_size == len(ROUTING_FEATURES):
             names = list(ROUTING_FEATURES)
         if names is not None and len(names) != self.input_size:
-            raise LoadError(f"{family} {self.version}: {len(names)} feature names for {self.input_size} inputs")
+            raise LoadError(
+                f"{family} {self.version}: {len(names)} feature names for {self.input_size} inputs"
+            )
         self.features = names
         self.masks = None
         if c.dropout > 0:
@@ -151,8 +156,10 @@ class RoutePredictor:
             steps = instance["sequence"]
             bad = [i for i, s in enumerate(steps) if len(s) != d]
             if bad:
-                raise InputError(f"sequence step {bad[0]} has {len(steps[bad[0]])} features; the model "
-                                 f"takes {d}" + (f" ({', '.join(self.features)})" if self.features else ""))
+                raise InputError(
+                    f"sequence step {bad[0]} has {len(steps[bad[0]])} features; the model "
+                    f"takes {d}" + (f" ({', '.join(self.features)})" if self.features else "")
+                )
             x = np.asarray(steps, dtype=np.float64)
         elif isinstance(instance.get("features"), dict):
             f = instance["features"]
@@ -161,15 +168,19 @@ class RoutePredictor:
             missing = [n for n in self.features if n not in f]
             unknown = sorted(set(f) - set(self.features))
             if missing or unknown:
-                parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
+                parts = ([f"missing {missing}"] if missing else []) + (
+                    [f"unknown {unknown}"] if unknown else []
+                )
                 raise InputError(f"features: {'; '.join(parts)}; the model takes {self.features}")
             x = np.asarray([[f[n] for n in self.features]], dtype=np.float64)
         else:
             f = instance.get("features")
             if not isinstance(f, list) or len(f) != d:
                 n = len(f) if isinstance(f, list) else 0
-                raise InputError(f"features has {n} values; the model takes {d}"
-                                 + (f" ({', '.join(self.features)})" if self.features else ""))
+                raise InputError(
+                    f"features has {n} values; the model takes {d}"
+                    + (f" ({', '.join(self.features)})" if self.features else "")
+                )
             x = np.asarray([f], dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
             x = self.normalization.apply(x) if self.normalization else x
@@ -201,9 +212,12 @@ class RoutePredictor:
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
     def info(self) -> dict:
-        return {"features": self.features, "input_size": self.input_size,
-                "normalization": self.normalization.to_dict() if self.normalization else None,
-                "uncertainty": self.uncertainty_kind}
+        return {
+            "features": self.features,
+            "input_size": self.input_size,
+            "normalization": self.normalization.to_dict() if self.normalization else None,
+            "uncertainty": self.uncertainty_kind,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,8 +227,14 @@ class RoutePredictor:
 class EncodePredictor:
     task = "encode"
 
-    def __init__(self, family: str, record: dict, ckpt, store_uri: str | None = None,
-                 max_stat_rows: int = MAX_STAT_ROWS):
+    def __init__(
+        self,
+        family: str,
+        record: dict,
+        ckpt,
+        store_uri: str | None = None,
+        max_stat_rows: int = MAX_STAT_ROWS,
+    ):
         from pipeline.home import default_store_uri
         from pipeline.store.layout import StoreError, TripletStore
 
@@ -232,10 +252,16 @@ class EncodePredictor:
         self.embeddings = self.store.embeddings(pairs)
         self.scalers = self.store.scalers(pairs)
         if self.embeddings.shape[1] + 1 != self.model.config.input_dim:
-            raise LoadError(f"{family} {self.version}: the model takes {self.model.config.input_dim} inputs, the "
-                            f"store's embeddings are {self.embeddings.shape[1]}-d (+1 value)")
-        self.store_info = {"uri": uri, "version": manifest["version"], "trained_on_version": trained_on.get("version"),
-                           "pairs": len(self.lookup)}
+            raise LoadError(
+                f"{family} {self.version}: the model takes {self.model.config.input_dim} inputs, the "
+                f"store's embeddings are {self.embeddings.shape[1]}-d (+1 value)"
+            )
+        self.store_info = {
+            "uri": uri,
+            "version": manifest["version"],
+            "trained_on_version": trained_on.get("version"),
+            "pairs": len(self.lookup),
+        }
         val_fraction = (ckpt.config.get("data") or {}).get("val_fraction") or 0.1
         self._fit_baseline(val_fraction, max_stat_rows)
 
@@ -251,8 +277,9 @@ class EncodePredictor:
         seen = 0
         for path in self.store.triplet_files():
             with self.store.loc.fs.open_input_file(path) as f:
-                for rb in pq.ParquetFile(f).iter_batches(batch_size=65_536,
-                                                         columns=["pair_id", "scaled_value", "fold"]):
+                for rb in pq.ParquetFile(f).iter_batches(
+                    batch_size=65_536, columns=["pair_id", "scaled_value", "fold"]
+                ):
                     fold = rb.column("fold").to_numpy()
                     keep = (fold >= lo) & (fold < hi)
                     pid = rb.column("pair_id").to_numpy()[keep].astype(np.int64)
@@ -273,9 +300,9 @@ class EncodePredictor:
         self.pair_count = count.astype(np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             self.pair_mean = total / count
-            self.pair_std = np.sqrt(np.maximum(total_sq / count - self.pair_mean ** 2, 0.0))
+            self.pair_std = np.sqrt(np.maximum(total_sq / count - self.pair_mean**2, 0.0))
         self.global_mean = total.sum() / seen
-        self.global_std = math.sqrt(max(total_sq.sum() / seen - self.global_mean ** 2, 0.0))
+        self.global_std = math.sqrt(max(total_sq.sum() / seen - self.global_mean**2, 0.0))
         self.global_count = seen
 
     def _rows(self, pid: np.ndarray, scaled: np.ndarray) -> np.ndarray:
@@ -288,25 +315,35 @@ class EncodePredictor:
     def _errors(self, x: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(x), 8192):
-            xb = torch.from_numpy(x[i:i + 8192])
+            xb = torch.from_numpy(x[i : i + 8192])
             recon, _ = self.model(xb)
             out.append(self.model.per_sample_error(xb, recon).numpy())
         return np.concatenate(out)
 
     def baseline(self, pid: int) -> dict:
         if self.pair_count[pid] >= MIN_PAIR_ROWS:
-            return {"scope": "pair", "count": int(self.pair_count[pid]), "mean": float(self.pair_mean[pid]),
-                    "std": float(self.pair_std[pid])}
-        return {"scope": "global", "count": int(self.global_count), "mean": float(self.global_mean),
-                "std": float(self.global_std)}
+            return {
+                "scope": "pair",
+                "count": int(self.pair_count[pid]),
+                "mean": float(self.pair_mean[pid]),
+                "std": float(self.pair_std[pid]),
+            }
+        return {
+            "scope": "global",
+            "count": int(self.global_count),
+            "mean": float(self.global_mean),
+            "std": float(self.global_std),
+        }
 
     # -- serving ------------------------------------------------------------------------------
     def prepare(self, instance: dict) -> tuple[int, np.ndarray]:
         key = (instance["concept"], instance["unit"])
         pid = self.lookup.get(key)
         if pid is None:
-            raise InputError(f"unknown (concept, unit) pair ({key[0]!r}, {key[1]!r}): the store "
-                             f"{self.store_info['uri']} does not know it")
+            raise InputError(
+                f"unknown (concept, unit) pair ({key[0]!r}, {key[1]!r}): the store "
+                f"{self.store_info['uri']} does not know it"
+            )
         scaled = self.scalers[pid].transform(np.asarray([instance["value"]], dtype=np.float64))
         row = self._rows(np.asarray([pid]), _finite32(scaled, f"value {instance['value']!r} once scaled"))[0]
         return pid, row
@@ -320,8 +357,14 @@ class EncodePredictor:
         for (pid, _), e, z in zip(items, err, latent.numpy()):
             base = self.baseline(pid)
             score = (float(e) - base["mean"]) / max(base["std"], STD_FLOOR)
-            out.append({"latent": z.astype(np.float64).tolist(), "reconstruction_error": float(e),
-                        "anomaly_score": score, "baseline": base})
+            out.append(
+                {
+                    "latent": z.astype(np.float64).tolist(),
+                    "reconstruction_error": float(e),
+                    "anomaly_score": score,
+                    "baseline": base,
+                }
+            )
         return out
 
     def smoke_test(self) -> None:
@@ -331,16 +374,29 @@ class EncodePredictor:
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
     def info(self) -> dict:
-        return {"store": self.store_info, "latent_dim": self.model.config.latent_dim,
-                "baseline": {"rows": int(self.global_count), "min_pair_rows": MIN_PAIR_ROWS,
-                             "global_mean": float(self.global_mean), "global_std": float(self.global_std)}}
+        return {
+            "store": self.store_info,
+            "latent_dim": self.model.config.latent_dim,
+            "baseline": {
+                "rows": int(self.global_count),
+                "min_pair_rows": MIN_PAIR_ROWS,
+                "global_mean": float(self.global_mean),
+                "global_std": float(self.global_std),
+            },
+        }
 
 
 PREDICTORS = {"sequence_classifier": RoutePredictor, "autoencoder": EncodePredictor}
 
 
-def load_predictor(registry: Registry, family: str, version: str | None = None, *, task: str | None = None,
-                   store_uri: str | None = None):
+def load_predictor(
+    registry: Registry,
+    family: str,
+    version: str | None = None,
+    *,
+    task: str | None = None,
+    store_uri: str | None = None,
+):
     """The family's version (production when None), verified, loaded and smoke-tested."""
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -357,7 +413,9 @@ def load_predictor(registry: Registry, family: str, version: str | None = None, 
             raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}")
         if task is not None and cls.task != task:
             raise LoadError(f"{family} {record['version']}: arch {arch!r} cannot serve {task!r}")
-        predictor = cls(family, record, ckpt, store_uri) if cls is EncodePredictor else cls(family, record, ckpt)
+        predictor = (
+            cls(family, record, ckpt, store_uri) if cls is EncodePredictor else cls(family, record, ckpt)
+        )
         predictor.smoke_test()
     except LoadError:
         raise
@@ -378,8 +436,14 @@ class ModelHost:
     serving. Swapping is one attribute assignment, so a request that already holds the old
     predictor finishes on it: every answer comes wholly from one version."""
 
-    def __init__(self, family: str, task: str, registry_root: str | None = None, store_uri: str | None = None,
-                 settings: dict | None = None):
+    def __init__(
+        self,
+        family: str,
+        task: str,
+        registry_root: str | None = None,
+        store_uri: str | None = None,
+        settings: dict | None = None,
+    ):
         from serve.schemas import ModelSettings
 
         self.family, self.task, self.store_uri = family, task, store_uri
@@ -452,7 +516,7 @@ class ModelHost:
     def run(items: list[tuple[object, list]]) -> list[list[dict]]:
         """Predict for several requests at once: one model call per predictor (old/new version)."""
         groups = defaultdict(list)
-        for n, (predictor, prepared) in enumerate(items):
+        for n, (predictor, _prepared) in enumerate(items):
             groups[id(predictor)].append(n)
         results: list[list[dict] | None] = [None] * len(items)
         for ns in groups.values():
@@ -462,7 +526,7 @@ class ModelHost:
             k = 0
             for n in ns:
                 m = len(items[n][1])
-                results[n] = outs[k:k + m]
+                results[n] = outs[k : k + m]
                 k += m
         return results
 
@@ -471,13 +535,20 @@ class ModelHost:
         s = self.settings
         done = []
         for o in outputs:
-            values = [o["probability"], o["uncertainty"]] if predictor.task == "route" else \
-                [o["reconstruction_error"], o["anomaly_score"], *o["latent"]]
+            values = (
+                [o["probability"], o["uncertainty"]]
+                if predictor.task == "route"
+                else [o["reconstruction_error"], o["anomaly_score"], *o["latent"]]
+            )
             if not all(math.isfinite(v) for v in values):
                 raise InputError("the input is out of the model's numeric range (its answer is not finite)")
             if predictor.task == "route":
-                o = {"route": decide_route(o["probability"], o["uncertainty"], s.confidence_threshold,
-                                           s.max_uncertainty), **o}
+                o = {
+                    "route": decide_route(
+                        o["probability"], o["uncertainty"], s.confidence_threshold, s.max_uncertainty
+                    ),
+                    **o,
+                }
             done.append({**o, "model_version": predictor.version})
         return done
 
@@ -488,10 +559,15 @@ class ModelHost:
 
     def info(self) -> dict:
         p = self.predictor
-        out = {"family": self.family, "task": self.task, "loaded": p is not None,
-               "version": p.version if p else None, "error": self.error,
-               "staged": self.staged.version if self.staged else None,
-               "settings": self.settings.model_dump()}
+        out = {
+            "family": self.family,
+            "task": self.task,
+            "loaded": p is not None,
+            "version": p.version if p else None,
+            "error": self.error,
+            "staged": self.staged.version if self.staged else None,
+            "settings": self.settings.model_dump(),
+        }
         if p is not None:
             out.update(p.info())
         return out

@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 # Requests. The instance limits are settings, so the request models are built for them.
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def request_models(max_instances: int, max_steps: int) -> tuple[type[BaseModel], type[BaseModel]]:
     """(RouteRequest, EncodeRequest) accepting at most `max_instances` instances per batch and
     `max_steps` steps per sequence."""
@@ -35,8 +35,10 @@ def request_models(max_instances: int, max_steps: int) -> tuple[type[BaseModel],
         """One routing decision: named features, a feature vector, or a sequence of vectors."""
 
         features: Named | Vector | None = Field(
-            None, description='{"similarity": 0.9, …} (the model\'s feature names) or [0.9, …] in the '
-                              "model's feature order")
+            None,
+            description='{"similarity": 0.9, …} (the model\'s feature names) or [0.9, …] in the '
+            "model's feature order",
+        )
         sequence: Sequence | None = Field(None, description="[[…], …]: one feature vector per step")
 
         @model_validator(mode="after")
@@ -50,8 +52,9 @@ def request_models(max_instances: int, max_steps: int) -> tuple[type[BaseModel],
 
         features: Named | Vector | None = None
         sequence: Sequence | None = None
-        instances: Annotated[list[RouteInstance], Field(min_length=1, max_length=max_instances)] | None = Field(
-            None, description=f"a batch of 1..{max_instances} instances")
+        instances: Annotated[list[RouteInstance], Field(min_length=1, max_length=max_instances)] | None = (
+            Field(None, description=f"a batch of 1..{max_instances} instances")
+        )
 
         @model_validator(mode="after")
         def _one_form(self):
@@ -75,8 +78,9 @@ def request_models(max_instances: int, max_steps: int) -> tuple[type[BaseModel],
         concept: str | None = Field(None, min_length=1, max_length=512)
         unit: str | None = Field(None, min_length=1, max_length=128)
         value: Finite | None = None
-        instances: Annotated[list[EncodeInstance], Field(min_length=1, max_length=max_instances)] | None = Field(
-            None, description=f"a batch of 1..{max_instances} triplets")
+        instances: Annotated[list[EncodeInstance], Field(min_length=1, max_length=max_instances)] | None = (
+            Field(None, description=f"a batch of 1..{max_instances} triplets")
+        )
 
         @model_validator(mode="after")
         def _one_form(self):
@@ -103,12 +107,21 @@ class PromoteRequest(_Strict):
 class JobRequest(_Strict):
     """POST /v1/jobs: a tuning run of one tune file (see serve.jobs)."""
 
-    config: str = Field(min_length=1, max_length=256, description="tune_configs/FILE.yaml (a file directly in "
-                                                                   "the app's tune_configs folder)")
-    promote: bool = Field(False, description="put the best model straight into production (default: register "
-                                             "it only; promote it with POST /v1/models/{family}/promote)")
-    overrides: list[str] = Field(default_factory=list, max_length=32,
-                                 description='KEY=VALUE overrides, as `tunestack tune --set` (e.g. "train.epochs=4")')
+    config: str = Field(
+        min_length=1,
+        max_length=256,
+        description="tune_configs/FILE.yaml (a file directly in the app's tune_configs folder)",
+    )
+    promote: bool = Field(
+        False,
+        description="put the best model straight into production (default: register "
+        "it only; promote it with POST /v1/models/{family}/promote)",
+    )
+    overrides: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description='KEY=VALUE overrides, as `tunestack tune --set` (e.g. "train.epochs=4")',
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +134,10 @@ class RouteResult(BaseModel):
     uncertainty: float | None = Field(description="in [0, 1]; see GET /v1/models/{family} for its kind")
     model_version: str | None
     latency_us: int = Field(description="microseconds from request receipt to answer")
-    fallback: bool = Field(False, description="true: the router failed or its circuit is open; "
-                                              "the safe route was chosen without it")
+    fallback: bool = Field(
+        False,
+        description="true: the router failed or its circuit is open; the safe route was chosen without it",
+    )
     reason: str | None = Field(None, description="why the fallback was used")
 
 
@@ -176,11 +191,13 @@ class AppArgs(_Strict):
     """`args` of serve.app:build_app (the `args:` block of serve/config.yaml)."""
 
     registry_root: str | None = Field(None, description="default: $TUNESTACK_HOME/registry")
-    store_uri: str | None = Field(None, description="triplet store for encode; default: the one the "
-                                                    "autoencoder was trained on")
+    store_uri: str | None = Field(
+        None, description="triplet store for encode; default: the one the autoencoder was trained on"
+    )
     families: dict[str, Literal["route", "encode"]] = Field(
         default_factory=lambda: {"router": "route", "autoencoder": "encode"},
-        description="family -> the endpoint it serves (one family per endpoint)")
+        description="family -> the endpoint it serves (one family per endpoint)",
+    )
     confidence_threshold: float = Field(0.85, ge=0, le=1)
     max_uncertainty: float = Field(0.15, ge=0, le=1)
     max_instances: int = Field(256, ge=1, le=100_000, description="instances per request")
@@ -192,14 +209,23 @@ class AppArgs(_Strict):
     reload_wait_s: float = Field(10.0, ge=0, description="promote/rollback wait this long for replicas")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     admin_token_sha256: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$",
-        description="sha256 of the bearer token for /v1/models*; default: from $TUNESTACK_ADMIN_TOKEN")
-    jobs_configs_dir: str | None = Field(None, description="POST /v1/jobs: the tune_configs folder its "
-                                                           "\"tune_configs/FILE.yaml\" names (default: the repo's)")
-    jobs_home: str | None = Field(None, description="TUNESTACK_HOME of the tuning jobs (default: the folder "
-                                                    "holding registry_root, so jobs register where this app looks)")
-    jobs_dashboard_address: str | None = Field(None, description="Jobs API address (default: this cluster's "
-                                                                 "dashboard, found through the GCS)")
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the bearer token for /v1/models*; default: from $TUNESTACK_ADMIN_TOKEN",
+    )
+    jobs_configs_dir: str | None = Field(
+        None,
+        description="POST /v1/jobs: the tune_configs folder its "
+        '"tune_configs/FILE.yaml" names (default: the repo\'s)',
+    )
+    jobs_home: str | None = Field(
+        None,
+        description="TUNESTACK_HOME of the tuning jobs (default: the folder "
+        "holding registry_root, so jobs register where this app looks)",
+    )
+    jobs_dashboard_address: str | None = Field(
+        None, description="Jobs API address (default: this cluster's dashboard, found through the GCS)"
+    )
     model_num_cpus: float = Field(0.25, gt=0, description="CPUs per model replica (config.yaml may override)")
     gateway_num_cpus: float = Field(0.25, gt=0)
 
@@ -212,7 +238,10 @@ class AppArgs(_Strict):
         return self
 
     def model_settings(self) -> dict:
-        return ModelSettings(confidence_threshold=self.confidence_threshold,
-                             max_uncertainty=self.max_uncertainty, max_batch_size=self.max_batch_size,
-                             batch_wait_timeout_s=self.batch_wait_timeout_s,
-                             poll_interval_s=self.poll_interval_s).model_dump()
+        return ModelSettings(
+            confidence_threshold=self.confidence_threshold,
+            max_uncertainty=self.max_uncertainty,
+            max_batch_size=self.max_batch_size,
+            batch_wait_timeout_s=self.batch_wait_timeout_s,
+            poll_interval_s=self.poll_interval_s,
+        ).model_dump()

@@ -32,7 +32,9 @@ def us_gaap_store(tmp_path_factory) -> str:
     from pipeline.ingest import ingest
 
     uri = str(tmp_path_factory.mktemp("store") / "us-gaap")
-    ingest(sorted(str(p) for p in data.glob("*_companyfacts.json.gz")), uri, embedder="hashed", progress=False)
+    ingest(
+        sorted(str(p) for p in data.glob("*_companyfacts.json.gz")), uri, embedder="hashed", progress=False
+    )
     return uri
 
 

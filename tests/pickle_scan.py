@@ -26,7 +26,9 @@ def pickle_reason(path: str | Path) -> str | None:
         return f"pickle protocol {head[1]} at offset 0"
     if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
-            inner = [n for n in z.namelist() if n.lower().endswith(PICKLE_SUFFIXES) or n.endswith("/data.pkl")]
+            inner = [
+                n for n in z.namelist() if n.lower().endswith(PICKLE_SUFFIXES) or n.endswith("/data.pkl")
+            ]
         if inner:
             return f"zip archive holding {inner[0]}"
     if head.startswith(b"\x93NUMPY") and b"'|O'" in Path(p).read_bytes()[:256]:

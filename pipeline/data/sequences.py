@@ -45,15 +45,24 @@ class Normalization:
         return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"kind": "zscore", "mean": self.mean, "std": self.std, "features": self.features,
-                "log1p": self.log1p}
+        return {
+            "kind": "zscore",
+            "mean": self.mean,
+            "std": self.std,
+            "features": self.features,
+            "log1p": self.log1p,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "Normalization | None":
+    def from_dict(cls, d: dict | None) -> Normalization | None:
         if not d:
             return None
-        return cls(mean=list(d["mean"]), std=list(d["std"]), features=d.get("features"),
-                   log1p=list(d.get("log1p") or []))
+        return cls(
+            mean=list(d["mean"]),
+            std=list(d["std"]),
+            features=d.get("features"),
+            log1p=list(d.get("log1p") or []),
+        )
 
 
 def fit_zscore(x: np.ndarray, features: list[str] | None = None, log1p: list[int] = ()) -> Normalization:
@@ -64,8 +73,9 @@ def fit_zscore(x: np.ndarray, features: list[str] | None = None, log1p: list[int
         flat[:, list(log1p)] = np.log1p(np.maximum(flat[:, list(log1p)], 0.0))
     std = flat.std(axis=0)
     std[std < 1e-8] = 1.0  # a constant feature stays as it is, shifted to 0
-    return Normalization(mean=flat.mean(axis=0).tolist(), std=std.tolist(), features=features,
-                         log1p=[int(i) for i in log1p])
+    return Normalization(
+        mean=flat.mean(axis=0).tolist(), std=std.tolist(), features=features, log1p=[int(i) for i in log1p]
+    )
 
 
 @dataclass
@@ -147,9 +157,16 @@ def file_fingerprint(path: str) -> dict:
 # Splitting and normalizing
 
 
-def load_sequence_data(path: str, *, test_fraction: float = 0.25, val_fraction: float = 0.1,
-                       seed: int = 0, normalize: bool = True, log1p: list[str] = (),
-                       normalization: Normalization | None = None) -> SequenceData:
+def load_sequence_data(
+    path: str,
+    *,
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    normalize: bool = True,
+    log1p: list[str] = (),
+    normalization: Normalization | None = None,
+) -> SequenceData:
     """Read `path`, split train/val/test (stratified, seeded) and z-score with train statistics
     (after log1p of the named `log1p` features).
 
@@ -166,8 +183,9 @@ def load_sequence_data(path: str, *, test_fraction: float = 0.25, val_fraction: 
         train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y)
     val_idx = None
     if val_fraction > 0:
-        train_idx, val_idx = train_test_split(train_idx, test_size=val_fraction, random_state=seed,
-                                              stratify=y[train_idx])
+        train_idx, val_idx = train_test_split(
+            train_idx, test_size=val_fraction, random_state=seed, stratify=y[train_idx]
+        )
     if normalization is None and normalize:
         unknown = [f for f in log1p if f not in (features or [])]
         if unknown:
@@ -180,12 +198,21 @@ def load_sequence_data(path: str, *, test_fraction: float = 0.25, val_fraction: 
         return Split(np.ascontiguousarray(x[rows], dtype=np.float32), y[rows])
 
     return SequenceData(
-        train=take(train_idx), val=take(val_idx) if val_idx is not None else None, test=take(test_idx),
+        train=take(train_idx),
+        val=take(val_idx) if val_idx is not None else None,
+        test=take(test_idx),
         normalization=normalization,
-        fingerprint={**file_fingerprint(path), "rows": int(len(y)), "split": "column" if split is not None
-                     else f"stratified test_fraction={test_fraction} seed={seed}",
-                     "val_fraction": val_fraction},
-        input_size=int(x.shape[-1]), num_classes=int(y.max()) + 1, features=features,
+        fingerprint={
+            **file_fingerprint(path),
+            "rows": int(len(y)),
+            "split": "column"
+            if split is not None
+            else f"stratified test_fraction={test_fraction} seed={seed}",
+            "val_fraction": val_fraction,
+        },
+        input_size=int(x.shape[-1]),
+        num_classes=int(y.max()) + 1,
+        features=features,
     )
 
 

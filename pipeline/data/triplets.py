@@ -48,8 +48,12 @@ def compact_rows(table: pa.Table, folds: tuple[int, int]) -> pa.Table:
     """The rows of `table` whose fold lies in [lo, hi), as {pair_id int32, value float32}."""
     fold = table.column("fold").to_numpy()
     keep = (fold >= folds[0]) & (fold < folds[1])
-    return pa.table({"pair_id": table.column("pair_id").to_numpy()[keep].astype(np.int32),
-                     "value": table.column("scaled_value").to_numpy()[keep].astype(np.float32)})
+    return pa.table(
+        {
+            "pair_id": table.column("pair_id").to_numpy()[keep].astype(np.int32),
+            "value": table.column("scaled_value").to_numpy()[keep].astype(np.float32),
+        }
+    )
 
 
 class TripletDatasource(Datasource):
@@ -87,8 +91,14 @@ class TripletDatasource(Datasource):
 
             rows = sum(r for _, _, r in units)
             files = tuple(dict.fromkeys(p for p, _, _ in units))
-            tasks.append(ReadTask(read, BlockMetadata(num_rows=None, size_bytes=rows * ROW_BYTES,
-                                                      input_files=files, exec_stats=None)))
+            tasks.append(
+                ReadTask(
+                    read,
+                    BlockMetadata(
+                        num_rows=None, size_bytes=rows * ROW_BYTES, input_files=files, exec_stats=None
+                    ),
+                )
+            )
         return tasks
 
 
@@ -108,8 +118,13 @@ def default_read_tasks(rows: int) -> int:
     return max(1, min(-(-rows // ROWS_PER_READ_TASK), int(cpus) // 2))
 
 
-def triplet_dataset(store_uri: str | None = None, split: str | None = "train", val_fraction: float = 0.1,
-                    num_cpus: float = 0.25, read_tasks: int | None = None):
+def triplet_dataset(
+    store_uri: str | None = None,
+    split: str | None = "train",
+    val_fraction: float = 0.1,
+    num_cpus: float = 0.25,
+    read_tasks: int | None = None,
+):
     """A lazy Ray Dataset of {"pair_id", "value"} rows of the live store version for `split`
     ("train", "val" or None = all); build feature batches with `iter_triplet_batches`.
 
@@ -120,8 +135,9 @@ def triplet_dataset(store_uri: str | None = None, split: str | None = "train", v
     store = TripletStore(store_uri or default_store_uri())
     store.require()
     source = TripletDatasource(store, split_folds(split, val_fraction))
-    return ray.data.read_datasource(source, num_cpus=num_cpus,
-                                    override_num_blocks=read_tasks or default_read_tasks(source.rows))
+    return ray.data.read_datasource(
+        source, num_cpus=num_cpus, override_num_blocks=read_tasks or default_read_tasks(source.rows)
+    )
 
 
 def triplet_features(embeddings: np.ndarray, pair_id: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -166,7 +182,7 @@ def rebatch(blocks, batch_size: int, shuffle_rows: int = 0, seed: int | None = N
             cols = tuple(c[order] for c in cols)
         full = rows if final else rows - rows % batch_size
         for start in range(0, full, batch_size):
-            yield tuple(c[start:start + batch_size] for c in cols)
+            yield tuple(c[start : start + batch_size] for c in cols)
         return [tuple(c[full:] for c in cols)] if full < rows else [], rows - full
 
     for block in blocks:
@@ -180,15 +196,24 @@ def rebatch(blocks, batch_size: int, shuffle_rows: int = 0, seed: int | None = N
         yield from cut(final=True)
 
 
-def iter_triplet_batches(source, embeddings: np.ndarray, batch_size: int, shuffle_rows: int = 0,
-                         seed: int | None = None, device=None, prefetch_blocks: int = 1):
+def iter_triplet_batches(
+    source,
+    embeddings: np.ndarray,
+    batch_size: int,
+    shuffle_rows: int = 0,
+    seed: int | None = None,
+    device=None,
+    prefetch_blocks: int = 1,
+):
     """Training batches {"x", "pair_id"} (see `triplet_batch`) of a `triplet_dataset` or a Ray
     Train shard of one: Ray Data hands over whole blocks (zero-copy numpy), the batches of
     `batch_size` rows are cut here (`rebatch`: every row once; with a `seed`, shuffled within
     windows of at least `shuffle_rows` rows)."""
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    blocks = ((b["pair_id"], b["value"]) for b in
-              source.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks))
+    blocks = (
+        (b["pair_id"], b["value"])
+        for b in source.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch_blocks)
+    )
     for pair_id, value in rebatch(blocks, batch_size, shuffle_rows, seed):
         yield triplet_batch(emb, pair_id, value, device)
 

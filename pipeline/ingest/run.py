@@ -18,7 +18,6 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -146,7 +145,9 @@ def _stage_raw(files, staged: StagedVersion, buckets: int, skip_bad, report, pro
             try:
                 for doc in iter_documents(path, skip_bad):
                     report.skipped_records += 0 if doc.failed else len(doc.skipped)
-                    report.skipped_examples += [str(e) for e in doc.skipped[: max(0, 5 - len(report.skipped_examples))]]
+                    report.skipped_examples += [
+                        str(e) for e in doc.skipped[: max(0, 5 - len(report.skipped_examples))]
+                    ]
                     if doc.failed:
                         report.skipped_documents.append(str(doc.skipped[0]))
                         continue
@@ -184,7 +185,9 @@ def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, report):
             parts.append(pq.read_table(raw, filesystem=fs))
         old_name = f"triplets/bucket-{b:02d}.parquet"
         if old_name in old_files:
-            old_rows = pq.read_table(store.loc.join(store.version_dir, old_name), filesystem=fs, columns=RAW_SCHEMA.names)
+            old_rows = pq.read_table(
+                store.loc.join(store.version_dir, old_name), filesystem=fs, columns=RAW_SCHEMA.names
+            )
             report.rows_before += old_rows.num_rows
             parts.append(old_rows)
         if not parts:
@@ -221,11 +224,15 @@ def _update_sample(samples: pd.DataFrame, t: pa.Table) -> pd.DataFrame:
     return df.groupby(["concept", "unit"], sort=False).head(SCALER_SAMPLE)
 
 
-def _build_pairs(store: TripletStore, meta, counts, samples: pd.DataFrame, embedder_name: str, embed_dim: int):
+def _build_pairs(
+    store: TripletStore, meta, counts, samples: pd.DataFrame, embedder_name: str, embed_dim: int
+):
     """Phase C: stable pair ids, refitted scalers, embeddings reduced by PCA."""
     old = {}
     if store.manifest:
-        for row in store.read_pairs().select(["pair_id", "concept", "unit", "label", "description"]).to_pylist():
+        for row in (
+            store.read_pairs().select(["pair_id", "concept", "unit", "label", "description"]).to_pylist()
+        ):
             old[(row["concept"], row["unit"])] = row
     next_id = max((r["pair_id"] for r in old.values()), default=-1) + 1
     by_pair = {k: g["value"].to_numpy() for k, g in samples.groupby(["concept", "unit"], sort=False)}
@@ -239,8 +246,17 @@ def _build_pairs(store: TripletStore, meta, counts, samples: pd.DataFrame, embed
             pid, next_id = next_id, next_id + 1
         scaler = fit_scaler(by_pair[key])
         scalers[pid] = scaler
-        rows.append({"pair_id": pid, "concept": key[0], "unit": key[1], "label": label,
-                     "description": desc, "count": counts[key], **scaler.to_row()})
+        rows.append(
+            {
+                "pair_id": pid,
+                "concept": key[0],
+                "unit": key[1],
+                "label": label,
+                "description": desc,
+                "count": counts[key],
+                **scaler.to_row(),
+            }
+        )
     embedder = get_embedder(embedder_name)
     raw = embedder.embed([pair_text(r["concept"], r["unit"], r["label"], r["description"]) for r in rows])
     for r, e in zip(rows, pca_reduce(raw, embed_dim)):
@@ -249,20 +265,26 @@ def _build_pairs(store: TripletStore, meta, counts, samples: pd.DataFrame, embed
     return rows, scalers, info
 
 
-def _write_final(staged: StagedVersion, buckets: int, pairs: list[dict], scalers, row_group_size: int) -> list[str]:
+def _write_final(
+    staged: StagedVersion, buckets: int, pairs: list[dict], scalers, row_group_size: int
+) -> list[str]:
     """Phase D: attach pair id, scaled value and fold; write row groups sorted by entity/pair/period."""
     fs = staged.loc.fs
-    ids = pa.table({
-        "concept": [p["concept"] for p in pairs],
-        "unit": [p["unit"] for p in pairs],
-        "pair_id": pa.array([p["pair_id"] for p in pairs], pa.int32()),
-    })
+    ids = pa.table(
+        {
+            "concept": [p["concept"] for p in pairs],
+            "unit": [p["unit"] for p in pairs],
+            "pair_id": pa.array([p["pair_id"] for p in pairs], pa.int32()),
+        }
+    )
     written = []
     for b in range(buckets):
         rel = f"dedup/bucket-{b:02d}.parquet"
         if not staged.loc.exists(f"{staged.name}/{rel}"):
             continue
-        t = pq.read_table(staged.join(rel), filesystem=fs).join(ids, keys=["concept", "unit"], join_type="inner")
+        t = pq.read_table(staged.join(rel), filesystem=fs).join(
+            ids, keys=["concept", "unit"], join_type="inner"
+        )
         pair_id = t.column("pair_id").to_numpy()
         scaled = scale_by_pair(pair_id, t.column("value").to_numpy(), scalers)
         t = t.append_column("scaled_value", pa.array(scaled)).append_column("fold", _fold(t.column("accn")))

@@ -27,9 +27,9 @@ import math
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 
@@ -64,9 +64,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(
-                str(f) for f in Path(p).rglob("*") if f.is_file() and _kind(str(f)) is not None
-            )
+            found = sorted(str(f) for f in Path(p).rglob("*") if f.is_file() and _kind(str(f)) is not None)
             if not found:
                 raise IngestError(p, "folder holds no .json, .json.gz, .csv or .zip files")
             out.extend(found)
@@ -149,8 +147,11 @@ def _iter_zip(path: str, skip_bad: bool) -> Iterator[Document]:
             if not name.lower().endswith(".json"):
                 continue
             if info.file_size > MAX_DOCUMENT_BYTES:
-                raise IngestError(source, f"member is {info.file_size} bytes uncompressed, over the "
-                                          f"{MAX_DOCUMENT_BYTES}-byte document limit")
+                raise IngestError(
+                    source,
+                    f"member is {info.file_size} bytes uncompressed, over the "
+                    f"{MAX_DOCUMENT_BYTES}-byte document limit",
+                )
             try:
                 with zf.open(info) as f:  # zipfile stops at the declared size and checks the CRC
                     text = _json_text(_read_bounded(f, source), source)
@@ -220,8 +221,10 @@ def parse_companyfacts(data: bytes | str, source: str, skip_bad: bool = False) -
                 raise IngestError(source, "concept has no 'units' object", f"concept {taxonomy}:{concept}")
             if (concept, None) not in meta:  # check each concept's texts once
                 where = f"concept {taxonomy}:{concept}"
-                meta[(concept, None)] = (_text(body.get("label"), source, f"{where} label"),
-                                         _text(body.get("description"), source, f"{where} description"))
+                meta[(concept, None)] = (
+                    _text(body.get("label"), source, f"{where} label"),
+                    _text(body.get("description"), source, f"{where} description"),
+                )
                 _text(concept, source, where)
             for unit, facts in units.items():
                 _text(unit, source, f"concept {taxonomy}:{concept} unit")
@@ -238,10 +241,19 @@ def parse_companyfacts(data: bytes | str, source: str, skip_bad: bool = False) -
                         skipped.append(e)
                         continue
                     cols.add(
-                        entity_id=entity_id, entity_name=name, taxonomy=taxonomy, concept=concept,
-                        unit=unit, value=value, period_start=fact.get("start"), period_end=fact["end"],
-                        fy=fact.get("fy"), fp=fact.get("fp"), form=fact.get("form"),
-                        filed=fact.get("filed"), accn=fact.get("accn"),
+                        entity_id=entity_id,
+                        entity_name=name,
+                        taxonomy=taxonomy,
+                        concept=concept,
+                        unit=unit,
+                        value=value,
+                        period_start=fact.get("start"),
+                        period_end=fact["end"],
+                        fy=fact.get("fy"),
+                        fp=fact.get("fp"),
+                        form=fact.get("form"),
+                        filed=fact.get("filed"),
+                        accn=fact.get("accn"),
                     )
     meta = {k: v for k, v in meta.items() if k[1] is not None}
     return Document(source, cols.table(source), meta, skipped)
@@ -259,7 +271,9 @@ def _text(value, source: str, where: str):
     if not isinstance(value, str):
         raise IngestError(source, f"expected text, found {type(value).__name__}", where)
     if len(value) > MAX_TEXT_CHARS:
-        raise IngestError(source, f"{len(value)} characters long, over the {MAX_TEXT_CHARS}-character limit", where)
+        raise IngestError(
+            source, f"{len(value)} characters long, over the {MAX_TEXT_CHARS}-character limit", where
+        )
     return value
 
 
@@ -333,9 +347,18 @@ def _parse_csv_rows(reader, source: str, skip_bad: bool) -> Document:
                 continue
             meta.setdefault((concept, unit), (None, None))
             cols.add(
-                entity_id=f"ticker:{ticker}", entity_name=ticker, taxonomy=None, concept=concept,
-                unit=unit, value=value, period_start=None, period_end=None,
-                fy=int(fy) if fy.lstrip("-").isdigit() else None, fp=row[idx["fp"]] or None,
-                form=row[idx["form"]] or None, filed=row[idx["filed"]] or None, accn=row[idx["accn"]] or None,
+                entity_id=f"ticker:{ticker}",
+                entity_name=ticker,
+                taxonomy=None,
+                concept=concept,
+                unit=unit,
+                value=value,
+                period_start=None,
+                period_end=None,
+                fy=int(fy) if fy.lstrip("-").isdigit() else None,
+                fp=row[idx["fp"]] or None,
+                form=row[idx["form"]] or None,
+                filed=row[idx["filed"]] or None,
+                accn=row[idx["accn"]] or None,
             )
     return Document(source, cols.table(source), meta, skipped)

@@ -44,7 +44,8 @@ class AutoencoderConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.hidden, (list, tuple)) or not all(
-                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden):
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden
+        ):
             raise ValueError(f"hidden must be a list of positive integers, got {self.hidden!r}")
         self.hidden = list(self.hidden)
         if not 0.0 <= self.dropout < 1.0:
@@ -58,7 +59,9 @@ class AutoencoderConfig:
         if self.init == "pca" and not self.linear_path:
             raise ValueError("init='pca' needs linear_path=true (PCA initialises the linear maps)")
         if self.init == "pca" and self.latent_dim > self.input_dim:
-            raise ValueError(f"init='pca' needs latent_dim <= input_dim ({self.input_dim}), got {self.latent_dim}")
+            raise ValueError(
+                f"init='pca' needs latent_dim <= input_dim ({self.input_dim}), got {self.latent_dim}"
+            )
         for name in ("alpha_embed", "alpha_value"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -114,9 +117,14 @@ class Autoencoder(nn.Module):
             raise ValueError("init_linear_from_pca needs a model with linear_path=true")
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         comps = torch.as_tensor(np.asarray(components), dtype=torch.float32)
-        if mean.shape != (self.config.input_dim,) or comps.shape != (self.config.latent_dim, self.config.input_dim):
-            raise ValueError(f"PCA shapes {tuple(mean.shape)}, {tuple(comps.shape)} do not fit input_dim="
-                             f"{self.config.input_dim}, latent_dim={self.config.latent_dim}")
+        if mean.shape != (self.config.input_dim,) or comps.shape != (
+            self.config.latent_dim,
+            self.config.input_dim,
+        ):
+            raise ValueError(
+                f"PCA shapes {tuple(mean.shape)}, {tuple(comps.shape)} do not fit input_dim="
+                f"{self.config.input_dim}, latent_dim={self.config.latent_dim}"
+            )
         self.encoder_linear.weight.copy_(comps)
         self.encoder_linear.bias.copy_(-comps @ mean)
         self.decoder_linear.weight.copy_(comps.T)
@@ -147,8 +155,7 @@ class Autoencoder(nn.Module):
     def per_sample_error(self, x, recon):
         """Anomaly score per row [B]: the same weighted loss as `reconstruction_loss`, per sample."""
         err = self._elementwise(x, recon)
-        return (self.config.alpha_embed * err[:, :-1].mean(dim=1)
-                + self.config.alpha_value * err[:, -1])
+        return self.config.alpha_embed * err[:, :-1].mean(dim=1) + self.config.alpha_value * err[:, -1]
 
 
 def pca_from_moments(count, sum_x, sum_xx, width):
@@ -208,6 +215,8 @@ def relative_mae_by_pair(pair_ids, true_values, pred_values, eps=1e-8, worst_qua
     rel = np.abs(pred_values - true_values) / np.maximum(np.abs(true_values), eps)
     _, inverse = np.unique(pair_ids, return_inverse=True)
     per_pair = np.bincount(inverse, weights=rel) / np.bincount(inverse)
-    return {"median": float(np.median(per_pair)),
-            "p95": float(np.quantile(per_pair, worst_quantile)),
-            "num_pairs": int(per_pair.size)}
+    return {
+        "median": float(np.median(per_pair)),
+        "p95": float(np.quantile(per_pair, worst_quantile)),
+        "num_pairs": int(per_pair.size),
+    }

@@ -36,8 +36,7 @@ class SequenceClassifierConfig:
         for name in ("input_size", "hidden_size"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("num_classes", self.num_classes, low=2)
-        for name, limit in (("w_rank", min(self.input_size, self.hidden_size)),
-                            ("u_rank", self.hidden_size)):
+        for name, limit in (("w_rank", min(self.input_size, self.hidden_size)), ("u_rank", self.hidden_size)):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low=1, high=limit)
         for name in ("w_sparsity", "u_sparsity"):
@@ -47,11 +46,9 @@ class SequenceClassifierConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.cell != "fastgrnn":
-            for name, dense in (("w_rank", None), ("u_rank", None), ("w_sparsity", 1.0),
-                                ("u_sparsity", 1.0)):
+            for name, dense in (("w_rank", None), ("u_rank", None), ("w_sparsity", 1.0), ("u_sparsity", 1.0)):
                 if getattr(self, name) != dense:
-                    raise ValueError(f"{name} is a FastGRNN option; cell={self.cell!r} needs "
-                                     f"{name}={dense}")
+                    raise ValueError(f"{name} is a FastGRNN option; cell={self.cell!r} needs {name}={dense}")
 
 
 def _check_int(name, value, low, high=None):
@@ -70,9 +67,16 @@ class SequenceClassifier(nn.Module):
         self.config = config
         c = config
         if c.cell == "fastgrnn":
-            self.rnn = FastGRNN(c.input_size, c.hidden_size, w_rank=c.w_rank, u_rank=c.u_rank,
-                                w_sparsity=c.w_sparsity, u_sparsity=c.u_sparsity,
-                                zeta_init=c.zeta_init, nu_init=c.nu_init)
+            self.rnn = FastGRNN(
+                c.input_size,
+                c.hidden_size,
+                w_rank=c.w_rank,
+                u_rank=c.u_rank,
+                w_sparsity=c.w_sparsity,
+                u_sparsity=c.u_sparsity,
+                zeta_init=c.zeta_init,
+                nu_init=c.nu_init,
+            )
         else:
             rnn_class = nn.GRU if c.cell == "gru" else nn.LSTM
             self.rnn = rnn_class(c.input_size, c.hidden_size, batch_first=True)
@@ -84,8 +88,10 @@ class SequenceClassifier(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(1)
         if x.dim() != 3 or x.size(-1) != self.config.input_size:
-            raise ValueError(f"expected input [B, T, {self.config.input_size}] or "
-                             f"[B, {self.config.input_size}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected input [B, T, {self.config.input_size}] or "
+                f"[B, {self.config.input_size}], got {tuple(x.shape)}"
+            )
         if self.config.cell == "fastgrnn":
             _, h = self.rnn(x)
         else:

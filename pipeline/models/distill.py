@@ -14,8 +14,11 @@ def distillation_loss(student_logits, teacher_logits, targets, alpha=0.5, temper
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     T = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / T, dim=-1),
-                    F.log_softmax(teacher_logits.detach() / T, dim=-1),
-                    reduction="batchmean", log_target=True)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / T, dim=-1),
+        F.log_softmax(teacher_logits.detach() / T, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
     hard = F.cross_entropy(student_logits, targets)
     return alpha * T * T * soft + (1.0 - alpha) * hard

@@ -33,8 +33,17 @@ SCALE_SUFFIX = ":scale"
 class FastGRNNCell(nn.Module):
     """One FastGRNN step. Weights follow nn.Linear's layout: W is [hidden, input], U is [hidden, hidden]."""
 
-    def __init__(self, input_size, hidden_size, w_rank=None, u_rank=None, w_sparsity=1.0,
-                 u_sparsity=1.0, zeta_init=1.0, nu_init=-4.0):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        w_rank=None,
+        u_rank=None,
+        w_sparsity=1.0,
+        u_sparsity=1.0,
+        zeta_init=1.0,
+        nu_init=-4.0,
+    ):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.w_rank, self.u_rank = w_rank, u_rank
@@ -130,7 +139,7 @@ class FastGRNN(nn.Module):
         wx = cell.input_projection(x)
         wx_gate, wx_update = wx + cell.bias_gate, wx + cell.bias_update
         # a small batch multiplies by the full U (one matmul a step); a large one keeps U factored
-        factored = cell.u_rank is not None and B > cell.hidden_size
+        factored = cell.u_rank is not None and cell.hidden_size < B
         u_t = None if factored else cell.u_matrix().t()
         u1_t, u2_t = (cell.U1.t(), cell.U2.t()) if factored else (None, None)
         zeta, nu = torch.sigmoid(cell.zeta).item(), torch.sigmoid(cell.nu).item()
@@ -166,7 +175,7 @@ class SparsitySchedule:
             raise ValueError("dense_frac + iht_frac must be <= 1")
 
     def phase(self, epoch):
-        """"dense", "iht" or "fixed" for this epoch."""
+        """ "dense", "iht" or "fixed" for this epoch."""
         dense_end = round(self.total_epochs * self.dense_frac)
         iht_end = round(self.total_epochs * (self.dense_frac + self.iht_frac))
         if epoch < dense_end:

@@ -151,7 +151,9 @@ class Registry:
             if prod and prod not in self.versions(f):
                 problems.append(f"{f}: production points at missing version {prod}")
             elif prod in damaged:
-                problems.append(f"{f}: production version {prod} is damaged (see above); roll back or re-register")
+                problems.append(
+                    f"{f}: production version {prod} is damaged (see above); roll back or re-register"
+                )
             gone = [v for v in ptr["history"] if v not in self.versions(f)]
             if gone:
                 problems.append(f"{f}: production history names missing version(s) {', '.join(gone)}")
@@ -180,15 +182,25 @@ class Registry:
         return out
 
     # ---- writing ---------------------------------------------------------------------------
-    def register(self, family: str, checkpoint_dir: str | os.PathLike, *, config: dict, metrics: dict,
-                 source: str | None = None, promote: bool = False) -> dict:
+    def register(
+        self,
+        family: str,
+        checkpoint_dir: str | os.PathLike,
+        *,
+        config: dict,
+        metrics: dict,
+        source: str | None = None,
+        promote: bool = False,
+    ) -> dict:
         """Copy a checkpoint's safetensors/JSON files in as the family's next version."""
         src = Path(checkpoint_dir)
         files = sorted(p for p in src.iterdir() if p.is_file())
         bad = [p.name for p in files if not p.name.endswith(ALLOWED_SUFFIXES)]
         if bad or not any(p.name.endswith(".safetensors") for p in files):
-            raise RegistryError(f"{src}: a checkpoint holds only .safetensors + .json files and at least one "
-                                f"safetensors file (found {', '.join(bad) or 'no weights'})")
+            raise RegistryError(
+                f"{src}: a checkpoint holds only .safetensors + .json files and at least one "
+                f"safetensors file (found {', '.join(bad) or 'no weights'})"
+            )
         with self._locked(family) as fam:
             nums = [int(v[1:]) for v in self.versions(family)]
             version = f"v{max(nums, default=0) + 1:04d}"
@@ -198,10 +210,15 @@ class Registry:
                 for p in files:
                     _copy_file(p, staging / "checkpoint" / p.name)
                 record = {
-                    "family": family, "version": version,
+                    "family": family,
+                    "version": version,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "config": config, "metrics": metrics, "source": source or str(src),
-                    "files": {f"checkpoint/{p.name}": sha256_file(staging / "checkpoint" / p.name) for p in files},
+                    "config": config,
+                    "metrics": metrics,
+                    "source": source or str(src),
+                    "files": {
+                        f"checkpoint/{p.name}": sha256_file(staging / "checkpoint" / p.name) for p in files
+                    },
                 }
                 _write_json_atomic(staging / "version.json", record)
                 os.replace(staging, fam / version)
@@ -231,8 +248,9 @@ class Registry:
             raise RegistryError("refusing to promote: " + "; ".join(problems))
         ptr = self.pointer(family)
         if ptr["version"] != version:
-            _write_json_atomic(self.family_dir(family) / POINTER,
-                               {"version": version, "history": ptr["history"] + [version]})
+            _write_json_atomic(
+                self.family_dir(family) / POINTER, {"version": version, "history": ptr["history"] + [version]}
+            )
 
     def rollback(self, family: str) -> dict:
         """Return production to the version before the current one."""
@@ -244,5 +262,7 @@ class Registry:
             problems = self._check_files(family, target)
             if problems:
                 raise RegistryError("refusing to roll back: " + "; ".join(problems))
-            _write_json_atomic(self.family_dir(family) / POINTER, {"version": target, "history": history[:-1]})
+            _write_json_atomic(
+                self.family_dir(family) / POINTER, {"version": target, "history": history[:-1]}
+            )
         return self.get(family, target)

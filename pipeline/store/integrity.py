@@ -35,7 +35,9 @@ def file_record(fs: pafs.FileSystem, path: str) -> dict:
 
 def inventory(loc: Location, rel_dir: str) -> dict[str, dict]:
     """file_record of every file under `rel_dir`, keyed by its path inside `rel_dir`."""
-    return {posixpath.relpath(rel, rel_dir): file_record(loc.fs, loc.join(rel)) for rel in loc.list_files(rel_dir)}
+    return {
+        posixpath.relpath(rel, rel_dir): file_record(loc.fs, loc.join(rel)) for rel in loc.list_files(rel_dir)
+    }
 
 
 @dataclass
@@ -53,7 +55,9 @@ class StoreCheck:
     def lines(self) -> list[str]:
         out = [f"DAMAGE {f}: {what}" for f, what in self.damage] + [f"note: {n}" for n in self.notes]
         if self.ok:
-            out.append(f"store {self.store}: version {self.version}, {self.files_checked} file(s) match the manifest")
+            out.append(
+                f"store {self.store}: version {self.version}, {self.files_checked} file(s) match the manifest"
+            )
         else:
             out.append(f"store {self.store}: {len(self.damage)} problem(s) found")
         return out
@@ -83,7 +87,9 @@ def verify_store(uri: str) -> StoreCheck:
         check.damage.append((MANIFEST, f"lacks {', '.join(missing)}"))
         return check
     if m["schema_version"] != SCHEMA_VERSION:
-        check.damage.append((MANIFEST, f"schema_version {m['schema_version']!r}, this tunestack reads {SCHEMA_VERSION}"))
+        check.damage.append(
+            (MANIFEST, f"schema_version {m['schema_version']!r}, this tunestack reads {SCHEMA_VERSION}")
+        )
         return check
     check.version = m["version"]
     data_dir = m["data_dir"]
@@ -107,10 +113,16 @@ def verify_store(uri: str) -> StoreCheck:
     counts = m["counts"]
     triplet_rows = [rows[n] for n in m["triplet_files"]]
     if None not in triplet_rows and sum(triplet_rows) != counts.get("triplets"):
-        check.damage.append((MANIFEST, f"counts.triplets is {counts.get('triplets')}, the files hold {sum(triplet_rows)}"))
+        check.damage.append(
+            (MANIFEST, f"counts.triplets is {counts.get('triplets')}, the files hold {sum(triplet_rows)}")
+        )
     if rows.get("pairs.parquet") is not None and rows["pairs.parquet"] != counts.get("pairs"):
-        check.damage.append((f"{data_dir}/pairs.parquet", f"{rows['pairs.parquet']} rows, manifest counts "
-                             f"{counts.get('pairs')} pairs"))
+        check.damage.append(
+            (
+                f"{data_dir}/pairs.parquet",
+                f"{rows['pairs.parquet']} rows, manifest counts {counts.get('pairs')} pairs",
+            )
+        )
     for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False)):
         name = posixpath.basename(info.path.rstrip("/"))
         if name not in (MANIFEST, data_dir):

@@ -103,7 +103,9 @@ class TripletStore:
 
     def require(self) -> dict:
         if self.manifest is None:
-            raise StoreError(f"no triplet store at {self.uri} (run `tunestack ingest` or `tunestack synth gaap`)")
+            raise StoreError(
+                f"no triplet store at {self.uri} (run `tunestack ingest` or `tunestack synth gaap`)"
+            )
         return self.manifest
 
     @property
@@ -137,12 +139,14 @@ class TripletStore:
         return {
             (c, u): int(i)
             for c, u, i in zip(
-                pairs.column("concept").to_pylist(), pairs.column("unit").to_pylist(), pairs.column("pair_id").to_pylist()
+                pairs.column("concept").to_pylist(),
+                pairs.column("unit").to_pylist(),
+                pairs.column("pair_id").to_pylist(),
             )
         }
 
     # ---- writing -------------------------------------------------------------------------
-    def stage(self) -> "StagedVersion":
+    def stage(self) -> StagedVersion:
         self.loc.fs.create_dir(self.loc.path, recursive=True)
         self.clean_orphans()
         return StagedVersion(self)
@@ -152,7 +156,11 @@ class TripletStore:
         live = self.manifest["data_dir"] if self.manifest else None
         for info in self.loc.fs.get_file_info(_selector(self.loc.path)):
             name = info.path.rstrip("/").rsplit("/", 1)[-1]
-            if info.type.name == "Directory" and (name.startswith(".staging-") or name.startswith("v")) and name != live:
+            if (
+                info.type.name == "Directory"
+                and (name.startswith(".staging-") or name.startswith("v"))
+                and name != live
+            ):
                 self.loc.fs.delete_dir(info.path)
 
 

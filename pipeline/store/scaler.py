@@ -52,7 +52,7 @@ class PairScaler:
         }
 
     @classmethod
-    def from_row(cls, row: dict) -> "PairScaler":
+    def from_row(cls, row: dict) -> PairScaler:
         return cls(
             kind=row["scaler_kind"],
             x=np.asarray(row["scaler_x"] or [], dtype=np.float64),

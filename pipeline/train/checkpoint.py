@@ -99,8 +99,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def save_checkpoint(directory: str, model, meta: dict, optimizer=None, scheduler=None,
-                    grad_scaler=None) -> str:
+def save_checkpoint(
+    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None
+) -> str:
     """Write the checkpoint files as `directory`. Returns `directory`.
 
     The files are written into a hidden sibling folder that is renamed to `directory` only once
@@ -118,7 +119,9 @@ def save_checkpoint(directory: str, model, meta: dict, optimizer=None, scheduler
     files = {MODEL_FILE: save(weights, metadata={"format": FORMAT})}
     if tensors or train_state:
         files[STATE_FILE] = save(tensors, metadata={"format": FORMAT})
-    files[META_FILE] = json.dumps({"format": FORMAT, **_encode(meta), "train_state": train_state}, indent=2).encode()
+    files[META_FILE] = json.dumps(
+        {"format": FORMAT, **_encode(meta), "train_state": train_state}, indent=2
+    ).encode()
 
     directory = os.path.abspath(directory)
     parent, name = os.path.split(directory)
@@ -198,8 +201,10 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
     names = sorted(os.listdir(directory))
     extra = [n for n in names if n not in ALLOWED]
     if extra:
-        raise CheckpointError(f"{directory}: refusing to load a checkpoint with unexpected file(s) {extra}; "
-                              f"a tunestack checkpoint holds only {sorted(ALLOWED)}")
+        raise CheckpointError(
+            f"{directory}: refusing to load a checkpoint with unexpected file(s) {extra}; "
+            f"a tunestack checkpoint holds only {sorted(ALLOWED)}"
+        )
     if MODEL_FILE not in names or META_FILE not in names:
         raise CheckpointError(f"{directory}: missing {MODEL_FILE} or {META_FILE}")
     try:

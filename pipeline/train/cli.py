@@ -10,31 +10,50 @@ import sys
 def add_train_parsers(subparsers) -> None:
     """Add the `train` and `evaluate` subcommands to an argparse subparsers object."""
     s = subparsers.add_parser(
-        "train", help="train once with a config's defaults (no search), or resume a run",
+        "train",
+        help="train once with a config's defaults (no search), or resume a run",
         description="Train on Ray Train (GPU when the cluster has one, CPU otherwise). Checkpoints, "
         "TensorBoard events and run.json go to $TUNESTACK_HOME/runs/<run>.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  tunestack train --config tune_configs/digits.yaml\n"
         "  tunestack train --config tune_configs/router.yaml --set optim.lr=3e-3 --set train.epochs=5\n"
         "  tunestack train --resume digits-20250101-120000\n"
-        "  tunestack train --config tune_configs/router.yaml --from RUN_OR_CHECKPOINT --set data.path=new/")
+        "  tunestack train --config tune_configs/router.yaml --from RUN_OR_CHECKPOINT --set data.path=new/",
+    )
     s.add_argument("--config", help="tune_configs/FILE.yaml")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=1e-3 (repeatable; value parsed as YAML)")
-    s.add_argument("--from", dest="init_from", metavar="CHECKPOINT",
-                   help="fine-tune from a checkpoint folder, run folder, run name or registry version FAMILY:vNNNN")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=1e-3 (repeatable; value parsed as YAML)",
+    )
+    s.add_argument(
+        "--from",
+        dest="init_from",
+        metavar="CHECKPOINT",
+        help="fine-tune from a checkpoint folder, run folder, run name or registry version FAMILY:vNNNN",
+    )
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its latest checkpoint")
     s.add_argument("--name", help="run name (default <config name>-<timestamp>)")
     s.set_defaults(func=_cmd_train)
 
-    s = subparsers.add_parser("evaluate", help="print a checkpoint's metrics on a data source as JSON",
-                              description="Evaluate a checkpoint (folder, run folder or run name). SOURCE: "
-                              ".npz/.parquet sequences, a routing-log folder, or a triplet store; default: "
-                              "the data it was trained on.")
+    s = subparsers.add_parser(
+        "evaluate",
+        help="print a checkpoint's metrics on a data source as JSON",
+        description="Evaluate a checkpoint (folder, run folder or run name). SOURCE: "
+        ".npz/.parquet sequences, a routing-log folder, or a triplet store; default: "
+        "the data it was trained on.",
+    )
     s.add_argument("--model", required=True, metavar="CHECKPOINT")
     s.add_argument("--data", metavar="SOURCE")
-    s.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
-                   help="which split of SOURCE (as split in training; triplets: test = val folds)")
+    s.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val", "train", "all"],
+        help="which split of SOURCE (as split in training; triplets: test = val folds)",
+    )
     s.set_defaults(func=_cmd_evaluate)
 
 
@@ -47,7 +66,9 @@ def _cmd_train(args) -> int:
         print("tunestack train: give --config FILE or --resume RUN", file=sys.stderr)
         return 2
     if args.resume and (args.overrides or args.init_from):
-        print("tunestack train: --resume continues a run as it was; --set/--from do not apply", file=sys.stderr)
+        print(
+            "tunestack train: --resume continues a run as it was; --set/--from do not apply", file=sys.stderr
+        )
         return 2
     try:
         if args.resume:
@@ -58,9 +79,19 @@ def _cmd_train(args) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"tunestack train: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"run": result.run, "path": result.path, "best_checkpoint": result.best_checkpoint,
-                      "best_metrics": result.best_metrics, "test_metrics": result.test_metrics},
-                     indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "run": result.run,
+                "path": result.path,
+                "best_checkpoint": result.best_checkpoint,
+                "best_metrics": result.best_metrics,
+                "test_metrics": result.test_metrics,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 

@@ -36,8 +36,12 @@ class CosineAnnealing:
         self._seen = 0
 
     def state_dict(self) -> dict:
-        return {"base_lrs": list(self.base_lrs), "batches_per_epoch": self.batches_per_epoch,
-                "epochs": self.epochs, "eta_min": self.eta_min}
+        return {
+            "base_lrs": list(self.base_lrs),
+            "batches_per_epoch": self.batches_per_epoch,
+            "epochs": self.epochs,
+            "eta_min": self.eta_min,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.base_lrs = list(state["base_lrs"])

@@ -12,7 +12,6 @@ code either way. A worker group restarted after a failure finds the latest check
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
@@ -42,7 +41,11 @@ def tensor_batches(tensors: dict, batch_size: int, seed: int | None = None):
     if not tensors:
         return
     n = len(next(iter(tensors.values())))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.arange(n)
+    order = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        if seed is not None
+        else torch.arange(n)
+    )
     for idx in order.split(batch_size):
         yield {k: v[idx.to(v.device)] for k, v in tensors.items()}
 
@@ -61,13 +64,15 @@ def make_scheduler(cfg: Config, optimizer):
 
         return CosineAnnealing(optimizer, cfg.train.epochs, s.eta_min)
     if s.name == "cosine_restarts":
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=s.t0, T_mult=s.t_mult,
-                                                                    eta_min=s.eta_min)
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=s.t0, T_mult=s.t_mult, eta_min=s.eta_min
+        )
     if s.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
     if s.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=cfg.train.mode, factor=s.factor,
-                                                          patience=s.patience, min_lr=s.min_lr)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=cfg.train.mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr
+        )
     return None
 
 
@@ -96,7 +101,7 @@ def _all_reduce_sums(sums: dict, device, world_size: int) -> dict:
     flat = flat.cpu().numpy()
     out, offset = {}, 0
     for k, a in zip(keys, arrays):
-        out[k] = flat[offset:offset + a.size].reshape(np.shape(sums[k]))
+        out[k] = flat[offset : offset + a.size].reshape(np.shape(sums[k]))
         offset += a.size
     return out
 
@@ -111,8 +116,9 @@ class EarlyStopping:
 
     def update(self, value: float) -> bool:
         """Record this epoch's value; True when training should stop."""
-        if self.best is None or (value < self.best - self.min_delta if self.mode == "min"
-                                 else value > self.best + self.min_delta):
+        if self.best is None or (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        ):
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
@@ -156,11 +162,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
     elif hasattr(model, "init_linear_from_pca") and model.config.init == "pca":  # autoencoder: start at PCA
         from pipeline.train.pca_init import init_from_pca
 
-        init_from_pca(model, task.batches(ray.train.get_dataset_shard("train"), t.eval_batch_size, "cpu"),
-                      device, world_size)
+        init_from_pca(
+            model,
+            task.batches(ray.train.get_dataset_shard("train"), t.eval_batch_size, "cpu"),
+            device,
+            world_size,
+        )
     # node: where this attempt ran (a restarted group, or a trial on a multi-node cluster, may move)
-    attempts.append({"start_epoch": start_epoch, "world_size": world_size, "device": device.type,
-                     "node": ray.get_runtime_context().get_node_id()})
+    attempts.append(
+        {
+            "start_epoch": start_epoch,
+            "world_size": world_size,
+            "device": device.type,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
+    )
 
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world_size > 1
     optimizer = make_optimizer(cfg, model.parameters())
@@ -197,8 +213,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_sums = {"n": 0.0, "loss": 0.0}
         if in_memory:
             if not cached:  # the first epoch of this worker pays the one pass over its shards
-                cached = {"train": shard_tensors(train_shard, device, **task.iter_args),
-                          "val": shard_tensors(val_shard, device, **task.iter_args)}
+                cached = {
+                    "train": shard_tensors(train_shard, device, **task.iter_args),
+                    "val": shard_tensors(val_shard, device, **task.iter_args),
+                }
             train_batches = tensor_batches(cached["train"], t.batch_size, seed=t.seed * 100_003 + epoch)
         else:
             train_batches = task.batches(train_shard, t.batch_size, device, seed=t.seed * 100_003 + epoch)
@@ -227,8 +245,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.eval()
         val_sums: dict = {}
         with torch.autocast(device.type, enabled=use_amp):
-            val_batches = (tensor_batches(cached["val"], t.eval_batch_size) if in_memory else
-                           task.batches(val_shard, t.eval_batch_size, device))
+            val_batches = (
+                tensor_batches(cached["val"], t.eval_batch_size)
+                if in_memory
+                else task.batches(val_shard, t.eval_batch_size, device)
+            )
             for batch in val_batches:
                 for k, v in task.eval_sums(model, batch).items():
                     val_sums[k] = val_sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
@@ -236,15 +257,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         train_sums = _all_reduce_sums(train_sums, device, world_size)
         val_metrics = task.finalize(val_sums)
 
-        metrics = {"epoch": epoch, "train_loss": float(train_sums["loss"]) / max(float(train_sums["n"]), 1.0),
-                   "lr": optimizer.param_groups[0]["lr"],
-                   **{f"val_{k}": v for k, v in val_metrics.items()},
-                   # throughput: all workers' rows over rank 0's train-pass time (data iteration
-                   # included); epoch_seconds adds validation, not the checkpoint and report below
-                   # (the next epoch's epoch_started_at, a Unix time, includes those)
-                   "train_seconds": train_seconds,
-                   "train_samples_per_s": float(train_sums["n"]) / max(train_seconds, 1e-9),
-                   "epoch_seconds": time.perf_counter() - epoch_start, "epoch_started_at": epoch_started_at}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(train_sums["loss"]) / max(float(train_sums["n"]), 1.0),
+            "lr": optimizer.param_groups[0]["lr"],
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+            # throughput: all workers' rows over rank 0's train-pass time (data iteration
+            # included); epoch_seconds adds validation, not the checkpoint and report below
+            # (the next epoch's epoch_started_at, a Unix time, includes those)
+            "train_seconds": train_seconds,
+            "train_samples_per_s": float(train_sums["n"]) / max(train_seconds, 1e-9),
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "epoch_started_at": epoch_started_at,
+        }
         if t.monitor not in metrics:
             raise KeyError(f"train.monitor={t.monitor!r} is not a metric; have {sorted(metrics)}")
         value = float(metrics[t.monitor])
@@ -263,12 +288,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if writer is not None:
             for k, v in metrics.items():
                 if k not in ("epoch", "score", "epoch_started_at"):  # a Unix time is no float32 scalar
-                    writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("val_", "train_")) else k, v, epoch)
+                    writer.add_scalar(
+                        k.replace("_", "/", 1) if k.startswith(("val_", "train_")) else k, v, epoch
+                    )
             writer.flush()
 
-        meta = {**loop_config["meta"], "config": loop_config["config"], "epoch": epoch, "metrics": metrics,
-                "early_stopping": early.state(), "stopped": stop, "attempts": attempts,
-                "sparsity_phase": phase}
+        meta = {
+            **loop_config["meta"],
+            "config": loop_config["config"],
+            "epoch": epoch,
+            "metrics": metrics,
+            "early_stopping": early.state(),
+            "stopped": stop,
+            "attempts": attempts,
+            "sparsity_phase": phase,
+        }
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:

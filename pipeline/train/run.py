@@ -35,8 +35,9 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the 
 # A local Ray for one machine. The dashboard stays on 127.0.0.1, and it must run: Ray Train's
 # PlacementGroupCleaner asks the state API (served by the dashboard) whether a run's controller
 # is alive, and without it the worker group of every finished Tune trial keeps its CPUs.
-LOCAL_RAY = dict(num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False)
+LOCAL_RAY = dict(
+    num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
+)
 # Ray Train's controller takes a worker's epoch report only when it polls (every 2 s by default)
 # and a worker can be at most one report ahead, so epochs shorter than the poll (a router on 100k
 # rows trains one in well under a second) waited for it (bench/training.py). A local cluster's
@@ -87,28 +88,52 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         uri = uri if "://" in uri else os.path.abspath(uri)  # workers run in another directory
         store = TripletStore(uri)
         manifest = store.require()
-        datasets = {"train": triplet_dataset(uri, "train", d.val_fraction),
-                    "val": triplet_dataset(uri, "val", d.val_fraction)}
+        datasets = {
+            "train": triplet_dataset(uri, "train", d.val_fraction),
+            "val": triplet_dataset(uri, "val", d.val_fraction),
+        }
         manifest_digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         meta = {
             "normalization": None,  # values are scaled per pair by the store's scalers
-            "store": {"uri": uri, "version": manifest["version"], "data_dir": manifest["data_dir"],
-                      "scalers": f"{manifest['data_dir']}/pairs.parquet"},
-            "fingerprint": {"kind": "triplet_store", "uri": uri, "version": manifest["version"],
-                            "manifest_sha256": manifest_digest, "val_fraction": d.val_fraction},
+            "store": {
+                "uri": uri,
+                "version": manifest["version"],
+                "data_dir": manifest["data_dir"],
+                "scalers": f"{manifest['data_dir']}/pairs.parquet",
+            },
+            "fingerprint": {
+                "kind": "triplet_store",
+                "uri": uri,
+                "version": manifest["version"],
+                "manifest_sha256": manifest_digest,
+                "val_fraction": d.val_fraction,
+            },
         }
         return PreparedData(datasets, None, meta, {"input_dim": store.embeddings().shape[1] + 1})
 
     from pipeline.data.sequences import Normalization, load_sequence_data, to_dataset
 
-    data = load_sequence_data(expand(d.path), test_fraction=d.test_fraction, val_fraction=d.val_fraction,
-                              seed=cfg.train.seed, normalize=d.normalize, log1p=d.log1p,
-                              normalization=Normalization.from_dict(normalization))
+    data = load_sequence_data(
+        expand(d.path),
+        test_fraction=d.test_fraction,
+        val_fraction=d.val_fraction,
+        seed=cfg.train.seed,
+        normalize=d.normalize,
+        log1p=d.log1p,
+        normalization=Normalization.from_dict(normalization),
+    )
     val = data.val if data.val is not None else data.test  # val_fraction 0: the test split stops early
-    meta = {"normalization": data.normalization.to_dict() if data.normalization else None, "store": None,
-            "fingerprint": {"kind": d.source, **data.fingerprint}}
-    return PreparedData({"train": to_dataset(data.train), "val": to_dataset(val)}, data.test, meta,
-                        {"input_size": data.input_size, "num_classes": data.num_classes})
+    meta = {
+        "normalization": data.normalization.to_dict() if data.normalization else None,
+        "store": None,
+        "fingerprint": {"kind": d.source, **data.fingerprint},
+    }
+    return PreparedData(
+        {"train": to_dataset(data.train), "val": to_dataset(val)},
+        data.test,
+        meta,
+        {"input_size": data.input_size, "num_classes": data.num_classes},
+    )
 
 
 def fill_model_dims(cfg: Config, dims: dict) -> Config:
@@ -152,8 +177,9 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
         parent = load_checkpoint(init_from)
         init_from = parent.path
         parent_model = dict(parent.config["model"])
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, arch=parent_model.pop("arch"), params=parent_model))
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, arch=parent_model.pop("arch"), params=parent_model)
+        )
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
     teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
     data = prepare_data(cfg, normalization)
@@ -163,9 +189,13 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_path = os.path.abspath(os.path.join(runs_dir(), name))
     os.makedirs(run_path, exist_ok=True)
-    loop_config = {"config": cfg.to_dict(), "meta": {**data.meta, "run": name},
-                   "tensorboard_dir": os.path.join(run_path, "tensorboard"),
-                   "init_from": init_from, "teacher": teacher}
+    loop_config = {
+        "config": cfg.to_dict(),
+        "meta": {**data.meta, "run": name},
+        "tensorboard_dir": os.path.join(run_path, "tensorboard"),
+        "init_from": init_from,
+        "teacher": teacher,
+    }
     _write_json(os.path.join(run_path, RUN_CONFIG_FILE), loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
 
@@ -180,15 +210,20 @@ def resume(run: str) -> TrainResult:
         loop_config = json.load(f)
     dropped = drop_partial_checkpoints(run_path)
     if dropped:
-        print(f"tunestack: removed checkpoint folder(s) Ray Train never committed: {', '.join(dropped)}",
-              file=sys.stderr)
+        print(
+            f"tunestack: removed checkpoint folder(s) Ray Train never committed: {', '.join(dropped)}",
+            file=sys.stderr,
+        )
     ensure_ray()
     cfg = config_from_dict(loop_config["config"], config_file)
     data = prepare_data(cfg, loop_config["meta"].get("normalization"))
-    if data.meta["fingerprint"].get("sha256", "") != loop_config["meta"]["fingerprint"].get("sha256", "") or \
-            data.meta["fingerprint"].get("version") != loop_config["meta"]["fingerprint"].get("version"):
-        raise ValueError(f"{run}: the training data changed since the run started "
-                         f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})")
+    if data.meta["fingerprint"].get("sha256", "") != loop_config["meta"]["fingerprint"].get(
+        "sha256", ""
+    ) or data.meta["fingerprint"].get("version") != loop_config["meta"]["fingerprint"].get("version"):
+        raise ValueError(
+            f"{run}: the training data changed since the run started "
+            f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})"
+        )
     return _fit(cfg, os.path.basename(os.path.normpath(run_path)), run_path, loop_config, data)
 
 
@@ -201,7 +236,9 @@ def drop_partial_checkpoints(run_path: str) -> list[str]:
             snapshot = json.load(f)
     except (OSError, ValueError):
         return []
-    results = list(snapshot.get("checkpoint_results") or []) + [snapshot.get("latest_checkpoint_result") or {}]
+    results = list(snapshot.get("checkpoint_results") or []) + [
+        snapshot.get("latest_checkpoint_result") or {}
+    ]
     committed = {r.get("checkpoint_dir_name") for r in results if isinstance(r, dict)}
     dropped = []
     for name in sorted(os.listdir(run_path)):
@@ -216,8 +253,9 @@ def drop_partial_checkpoints(run_path: str) -> list[str]:
     return dropped
 
 
-def build_trainer(cfg: Config, name: str, storage_path: str, loop_config: dict, data: PreparedData,
-                  callbacks=()):
+def build_trainer(
+    cfg: Config, name: str, storage_path: str, loop_config: dict, data: PreparedData, callbacks=()
+):
     """The TorchTrainer of one run: `storage_path/name` holds its checkpoints. Re-creating it with
     the same name restores the run's checkpoint manager, so the workers start from its latest
     checkpoint. Tune trials build theirs here too, with TuneReportCallback among `callbacks`."""
@@ -232,13 +270,15 @@ def build_trainer(cfg: Config, name: str, storage_path: str, loop_config: dict, 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_top_k,
-                                                         checkpoint_score_attribute="score",
-                                                         checkpoint_score_order=t.mode),
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.keep_top_k, checkpoint_score_attribute="score", checkpoint_score_order=t.mode
+            ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             callbacks=list(callbacks),
         ),
@@ -251,7 +291,11 @@ def job_placement_groups() -> set[str]:
     import ray
 
     job = ray.get_runtime_context().get_job_id()
-    return {pg for pg, t in ray.util.placement_group_table().items() if t["state"] == "CREATED" and pg.endswith(job)}
+    return {
+        pg
+        for pg, t in ray.util.placement_group_table().items()
+        if t["state"] == "CREATED" and pg.endswith(job)
+    }
 
 
 def release_placement_groups(ids: set[str]) -> None:
@@ -279,11 +323,17 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
     best_path = best[0].path if best else None
     best_metrics = best[1] if best else {}
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
-    _write_json(os.path.join(run_path, RUN_FILE), {
-        "run": name, "best_checkpoint": best_path, "best_metrics": best_metrics,
-        "test_metrics": test_metrics, "config": loop_config["config"],
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+    _write_json(
+        os.path.join(run_path, RUN_FILE),
+        {
+            "run": name,
+            "best_checkpoint": best_path,
+            "best_metrics": best_metrics,
+            "test_metrics": test_metrics,
+            "config": loop_config["config"],
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     return TrainResult(name, run_path, best_path, best_metrics, test_metrics)
 
 
@@ -300,8 +350,13 @@ def _best_checkpoint(result, mode: str):
 # Evaluation (driver; no Train workers)
 
 
-def evaluate_checkpoint(checkpoint: str, source: str | None = None, split: str = "test",
-                        data: PreparedData | None = None, batch_size: int = 4096) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str,
+    source: str | None = None,
+    split: str = "test",
+    data: PreparedData | None = None,
+    batch_size: int = 4096,
+) -> dict:
     """Metrics of a checkpoint on a data source (default: the one it was trained on).
 
     Sequences/routing: the `split` ("test", "val", "train" or "all") of `source`, split and
@@ -319,7 +374,11 @@ def evaluate_checkpoint(checkpoint: str, source: str | None = None, split: str =
         from pipeline.store.layout import TripletStore
 
         ensure_ray()
-        uri = source or (ckpt.meta.get("store") or {}).get("uri") or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
+        uri = (
+            source
+            or (ckpt.meta.get("store") or {}).get("uri")
+            or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
+        )
         task = TASKS["autoencoder"].for_store(TripletStore(uri))
         ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
         batches = task.batches(ds, batch_size, "cpu")
@@ -332,19 +391,29 @@ def evaluate_checkpoint(checkpoint: str, source: str | None = None, split: str =
     else:
         from pipeline.data.sequences import Normalization, load_sequence_data
 
-        seq = load_sequence_data(source or expand(cfg.data.path), test_fraction=cfg.data.test_fraction,
-                                 val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-                                 normalization=Normalization.from_dict(ckpt.meta.get("normalization")),
-                                 normalize=False)
-        parts = {"test": [seq.test], "val": [seq.val], "train": [seq.train],
-                 "all": [seq.train, seq.val, seq.test]}[split]
+        seq = load_sequence_data(
+            source or expand(cfg.data.path),
+            test_fraction=cfg.data.test_fraction,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.train.seed,
+            normalization=Normalization.from_dict(ckpt.meta.get("normalization")),
+            normalize=False,
+        )
+        parts = {
+            "test": [seq.test],
+            "val": [seq.val],
+            "train": [seq.train],
+            "all": [seq.train, seq.val, seq.test],
+        }[split]
         parts = [p for p in parts if p is not None]
         if not parts:
             raise ValueError(f"{source}: no {split!r} split (val_fraction is 0)")
         x = np.concatenate([p.x for p in parts])
         y = np.concatenate([p.y for p in parts])
-    batches = ({"x": torch.from_numpy(x[i:i + batch_size]), "y": torch.from_numpy(y[i:i + batch_size])}
-               for i in range(0, len(y), batch_size))
+    batches = (
+        {"x": torch.from_numpy(x[i : i + batch_size]), "y": torch.from_numpy(y[i : i + batch_size])}
+        for i in range(0, len(y), batch_size)
+    )
     return {"rows": int(len(y)), **task.finalize(accumulate(task, model, batches))}
 
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from pipeline.train.checkpoint import unwrap
 
-
 SHUFFLE_ROWS = 20_000  # with a seed, batches are drawn from a local shuffle window of this many rows
 
 
@@ -32,8 +31,10 @@ def _add(sums: dict, new: dict) -> dict:
 def require_rows(sums: dict) -> None:
     """An evaluation over no rows has no metrics: say so instead of failing on a missing sum."""
     if not sums or float(sums.get("n", 0)) == 0:
-        raise ValueError("no rows to evaluate: the validation split is empty (too little data for "
-                         "data.val_fraction — add data or raise the fraction)")
+        raise ValueError(
+            "no rows to evaluate: the validation split is empty (too little data for "
+            "data.val_fraction — add data or raise the fraction)"
+        )
 
 
 class ClassificationTask:
@@ -59,8 +60,13 @@ class ClassificationTask:
 
         with torch.no_grad():
             teacher_logits = self.teacher(batch["x"])
-        loss = distillation_loss(logits.float(), teacher_logits.float(), batch["y"],
-                                 alpha=self.distill.alpha, temperature=self.distill.temperature)
+        loss = distillation_loss(
+            logits.float(),
+            teacher_logits.float(),
+            batch["y"],
+            alpha=self.distill.alpha,
+            temperature=self.distill.temperature,
+        )
         return loss, {}
 
     @torch.no_grad()
@@ -107,11 +113,12 @@ class AutoencoderTask:
             return torch_batches(source, batch_size, device, seed, **self.iter_args)
         from pipeline.data.triplets import iter_triplet_batches
 
-        return iter_triplet_batches(source, self.embeddings, batch_size, shuffle_rows=SHUFFLE_ROWS,
-                                    seed=seed, device=device)
+        return iter_triplet_batches(
+            source, self.embeddings, batch_size, shuffle_rows=SHUFFLE_ROWS, seed=seed, device=device
+        )
 
     @classmethod
-    def for_store(cls, store) -> "AutoencoderTask":
+    def for_store(cls, store) -> AutoencoderTask:
         """The task over a TripletStore's streamed rows: its scalers and pair embeddings."""
         pairs = store.read_pairs()
         return cls(store.scalers(pairs), embeddings=store.embeddings(pairs))
@@ -128,8 +135,12 @@ class AutoencoderTask:
         recon, _ = model(x)
         recon = recon.float()
         total, embed_part, value_part = unwrap(model).reconstruction_loss(x, recon)
-        return self.array_sums(x.cpu().numpy(), recon.cpu().numpy(), batch["pair_id"].cpu().numpy(),
-                               losses=(total.item(), embed_part.item(), value_part.item()))
+        return self.array_sums(
+            x.cpu().numpy(),
+            recon.cpu().numpy(),
+            batch["pair_id"].cpu().numpy(),
+            losses=(total.item(), embed_part.item(), value_part.item()),
+        )
 
     def array_sums(self, x: np.ndarray, recon: np.ndarray, pair_id: np.ndarray, losses=None) -> dict:
         """Metric sums of one batch of inputs and reconstructions (also used for baselines)."""
@@ -145,8 +156,11 @@ class AutoencoderTask:
         sums = {
             "n": float(n),
             "elements": float(x.size),
-            "sum_y": x.sum(), "sum_y2": (x ** 2).sum(), "ss_res": ((x - recon) ** 2).sum(),
-            "sum_v": x[:, -1].sum(), "sum_v2": (x[:, -1] ** 2).sum(),
+            "sum_y": x.sum(),
+            "sum_y2": (x**2).sum(),
+            "ss_res": ((x - recon) ** 2).sum(),
+            "sum_v": x[:, -1].sum(),
+            "sum_v2": (x[:, -1] ** 2).sum(),
             "ss_res_v": ((x[:, -1] - recon[:, -1]) ** 2).sum(),
             "cosine": embedding_cosine_similarity(x, recon).sum(),
             "pair_rel": np.bincount(pair_id, weights=rel, minlength=self.num_pairs).astype(np.float64),
@@ -161,7 +175,7 @@ class AutoencoderTask:
         n = max(float(sums["n"]), 1.0)
 
         def r2(ss_res, sum_y, sum_y2, count):
-            ss_tot = sum_y2 - sum_y ** 2 / max(count, 1.0)
+            ss_tot = sum_y2 - sum_y**2 / max(count, 1.0)
             return float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 0.0
 
         seen = sums["pair_n"] > 0

@@ -19,10 +19,23 @@ def write_report(exp_path: str, trials: list[dict], metric: str, mode: str) -> d
     """Write trials.csv, report.md and curves.png under `exp_path`; return their paths."""
     os.makedirs(exp_path, exist_ok=True)
     keys = sorted({k for t in trials for k in t["overrides"]})
-    ranked = sorted(trials, key=lambda t: (t["metric"] is None, -(t["metric"] or 0) if mode == "max" else (t["metric"] or 0)))
+    ranked = sorted(
+        trials,
+        key=lambda t: (t["metric"] is None, -(t["metric"] or 0) if mode == "max" else (t["metric"] or 0)),
+    )
     header = ["trial", *keys, f"best {metric}", f"final {metric}", "epochs", "stopped early", "error"]
-    rows = [[t["trial"], *(t["overrides"].get(k) for k in keys), t["metric"], t["final_metric"], t["epochs"],
-             "yes" if t["stopped_early"] else "no", (t["error"] or "")[:80]] for t in ranked]
+    rows = [
+        [
+            t["trial"],
+            *(t["overrides"].get(k) for k in keys),
+            t["metric"],
+            t["final_metric"],
+            t["epochs"],
+            "yes" if t["stopped_early"] else "no",
+            (t["error"] or "")[:80],
+        ]
+        for t in ranked
+    ]
 
     csv_path = os.path.join(exp_path, "trials.csv")
     with open(csv_path, "w", newline="") as f:

@@ -43,7 +43,10 @@ def trial_resources(spec: TuneSpec) -> dict:
 
     t = spec.config.train
     gpu = t.use_gpu if t.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    return {"CPU": spec.tune.trial_cpus + t.num_workers * t.cpus_per_worker, "GPU": t.num_workers if gpu else 0}
+    return {
+        "CPU": spec.tune.trial_cpus + t.num_workers * t.cpus_per_worker,
+        "GPU": t.num_workers if gpu else 0,
+    }
 
 
 DATA_CPU_HEADROOM = 1.0
@@ -90,9 +93,13 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
     if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
         tune.report(done)
         return
-    loop_config = {"config": cfg.to_dict(), "meta": {**data.meta, "run": name, "tune_overrides": overrides},
-                   "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
-                   "init_from": None, "teacher": None}
+    loop_config = {
+        "config": cfg.to_dict(),
+        "meta": {**data.meta, "run": name, "tune_overrides": overrides},
+        "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
+        "init_from": None,
+        "teacher": None,
+    }
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
 
 
@@ -116,8 +123,14 @@ def _finished_run_metrics(run_dir: str, epochs: int) -> dict | None:
     return meta.get("metrics")
 
 
-def run_tune(config_path: str, *, name: str | None = None, resume: bool = False, promote: bool = False,
-             overrides: list[str] | tuple[str, ...] = ()) -> TuneOutcome:
+def run_tune(
+    config_path: str,
+    *,
+    name: str | None = None,
+    resume: bool = False,
+    promote: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> TuneOutcome:
     """Run (or resume, by `name`) the experiment a tune file describes; register its best checkpoint."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -133,9 +146,15 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp_path = os.path.join(root, exp_name)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=spec.base, source=spec.source, trials_dir=os.path.join(exp_path, "trials"),
-                             shared_data=prepare_data(spec.config)),
-        {"cpu": spec.tune.trial_cpus})
+        tune.with_parameters(
+            _trial,
+            base=spec.base,
+            source=spec.source,
+            trials_dir=os.path.join(exp_path, "trials"),
+            shared_data=prepare_data(spec.config),
+        ),
+        {"cpu": spec.tune.trial_cpus},
+    )
 
     if resume:
         if not tune.Tuner.can_restore(exp_path):
@@ -145,19 +164,28 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
         scheduler = None
         if spec.tune.asha is not None:
             a = spec.tune.asha
-            scheduler = ASHAScheduler(time_attr=a.time_attr, max_t=a.max_t or spec.config.train.epochs,
-                                      grace_period=a.grace_period, reduction_factor=a.reduction_factor,
-                                      brackets=a.brackets)
+            scheduler = ASHAScheduler(
+                time_attr=a.time_attr,
+                max_t=a.max_t or spec.config.train.epochs,
+                grace_period=a.grace_period,
+                reduction_factor=a.reduction_factor,
+                brackets=a.brackets,
+            )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec.search, spec.plan),
             # Each point of tune.points_to_evaluate takes one of Tune's samples: add them, so the
             # file's num_samples draws all run.
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
-                                        num_samples=spec.tune.num_samples + len(spec.tune.points_to_evaluate),
-                                        scheduler=scheduler, search_alg=_search_alg(spec),
-                                        max_concurrent_trials=max_concurrent(spec),
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=spec.mode,
+                num_samples=spec.tune.num_samples + len(spec.tune.points_to_evaluate),
+                scheduler=scheduler,
+                search_alg=_search_alg(spec),
+                max_concurrent_trials=max_concurrent(spec),
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
             run_config=tune.RunConfig(name=exp_name, storage_path=root, verbose=0),
         )
     before = job_placement_groups()
@@ -165,8 +193,18 @@ def run_tune(config_path: str, *, name: str | None = None, resume: bool = False,
     release_placement_groups(job_placement_groups() - before)  # every trial has ended: leftovers only
     os.makedirs(exp_path, exist_ok=True)
     with open(os.path.join(exp_path, SPEC_FILE), "w") as f:
-        json.dump({"file": config_path, "overrides": list(overrides), "config": spec.config.to_dict(),
-                   "search": spec.search, "plan": spec.plan}, f, indent=2, default=str)
+        json.dump(
+            {
+                "file": config_path,
+                "overrides": list(overrides),
+                "config": spec.config.to_dict(),
+                "search": spec.search,
+                "plan": spec.plan,
+            },
+            f,
+            indent=2,
+            default=str,
+        )
     trials = _trial_rows(results, spec, os.path.join(exp_path, "trials"))
     scored = [t for t in trials if t["metric"] is not None]
     best = (max if spec.mode == "max" else min)(scored, key=lambda t: t["metric"]) if scored else None
@@ -196,7 +234,9 @@ def _search_alg(spec: TuneSpec):
 
         return HyperOptSearch(points_to_evaluate=points)
     except (ImportError, AssertionError) as e:
-        raise ConfigError(spec.source, "tune.search_alg", f"{spec.tune.search_alg} is not installed ({e})") from e
+        raise ConfigError(
+            spec.source, "tune.search_alg", f"{spec.tune.search_alg} is not installed ({e})"
+        ) from e
 
 
 def _trial_rows(results, spec: TuneSpec, trials_dir: str) -> list[dict]:
@@ -214,21 +254,34 @@ def _trial_rows(results, spec: TuneSpec, trials_dir: str) -> list[dict]:
         epochs = overrides.get("train.epochs", spec.config.train.epochs)
         max_t = min(spec.tune.asha.max_t or epochs, epochs) if spec.tune.asha else epochs
         patience_stop = bool((r.metrics or {}).get("stopped"))  # the trial's own early stopping
-        rows.append({
-            "trial": name, "overrides": overrides, "history": history,
-            "epochs": trained, "final_metric": history[-1] if history else None,
-            "metric": value, "checkpoint": ckpt, "error": str(r.error) if r.error else None,
-            "stopped_early": spec.tune.asha is not None and 0 < trained < max_t and not r.error
-            and not patience_stop,
-        })
+        rows.append(
+            {
+                "trial": name,
+                "overrides": overrides,
+                "history": history,
+                "epochs": trained,
+                "final_metric": history[-1] if history else None,
+                "metric": value,
+                "checkpoint": ckpt,
+                "error": str(r.error) if r.error else None,
+                "stopped_early": spec.tune.asha is not None
+                and 0 < trained < max_t
+                and not r.error
+                and not patience_stop,
+            }
+        )
     return rows
 
 
 def _epochs_trained(run_dir: str) -> int:
     """1 + the epoch of a Train run's latest checkpoint (Train always keeps the latest), or 0."""
-    names = [d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch")] if os.path.isdir(run_dir) else []
-    return max((int(d[len("checkpoint_epoch"):]) + 1 for d in names if d[len("checkpoint_epoch"):].isdigit()),
-               default=0)
+    names = (
+        [d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch")] if os.path.isdir(run_dir) else []
+    )
+    return max(
+        (int(d[len("checkpoint_epoch") :]) + 1 for d in names if d[len("checkpoint_epoch") :].isdigit()),
+        default=0,
+    )
 
 
 def _best_checkpoint(run_dir: str, spec: TuneSpec):
@@ -268,5 +321,11 @@ def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:
 
     ckpt = load_checkpoint(best["checkpoint"])
     metrics = {k: v for k, v in (ckpt.meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    return Registry().register(spec.config.name, best["checkpoint"], config=ckpt.config, metrics=metrics,
-                               source=best["checkpoint"], promote=promote)
+    return Registry().register(
+        spec.config.name,
+        best["checkpoint"],
+        config=ckpt.config,
+        metrics=metrics,
+        source=best["checkpoint"],
+        promote=promote,
+    )

@@ -45,12 +45,14 @@ def flatten_search(search: Any, source: str, prefix: str = "search") -> dict[str
         elif isinstance(value, dict):
             out.update(flatten_search(value, source, path))
         else:
-            raise SpaceError(source, path, f"expected one of {{{', '.join(DISTRIBUTIONS)}: …}} or a section, got {value!r}")
+            raise SpaceError(
+                source, path, f"expected one of {{{', '.join(DISTRIBUTIONS)}: …}} or a section, got {value!r}"
+            )
     return out
 
 
 def _check_dist(spec: dict, source: str, key: str) -> dict:
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind in ("choice", "grid"):
         if not isinstance(args, list) or not args:
             raise SpaceError(source, key, f"{kind} needs a non-empty list")
@@ -104,7 +106,7 @@ def param_space(search: dict[str, dict], plan_combos: list[dict]) -> dict:
 
     space: dict[str, Any] = {}
     for key, spec in search.items():
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         if kind == "grid":
             continue  # part of the plan
         space[key] = {
@@ -129,6 +131,6 @@ def sample_values(search: dict[str, dict]) -> dict[str, Any]:
     """One representative value per searched key (for validating the keys against the schema)."""
     out = {}
     for key, spec in search.items():
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         out[key] = args[0]
     return out

@@ -1,21 +1,21 @@
 """A tune file: a training config plus `search:`, `plan:`, `exclude:` and `tune:` sections.
 
-    tune:
-      num_samples: 2            # repeats of the plan/grid; draws of the sampled keys
-      metric: val_accuracy      # what "best" means (a reported validation metric)
-      mode: max
-      search_alg: random        # random | optuna | hyperopt (the latter two when installed)
-      max_concurrent: 0         # 0 = as many as the cluster's CPUs/GPUs fit
-      trial_cpus: 0.25          # CPU held by each trial's driver (the Train workers hold their own)
-      storage: null             # experiment storage URI (default $TUNESTACK_HOME/runs/tune)
-      points_to_evaluate:       # configurations tried first, besides the num_samples draws: values of
-        - {optim.lr: 0.02}      # sampled search keys (a key left out is drawn); each runs every plan entry
-      asha:                     # early stopping across trials; `asha: null` runs every trial out
-        time_attr: training_iteration
-        grace_period: 2
-        reduction_factor: 3
-        max_t: 20               # default: train.epochs
-        brackets: 1
+tune:
+  num_samples: 2            # repeats of the plan/grid; draws of the sampled keys
+  metric: val_accuracy      # what "best" means (a reported validation metric)
+  mode: max
+  search_alg: random        # random | optuna | hyperopt (the latter two when installed)
+  max_concurrent: 0         # 0 = as many as the cluster's CPUs/GPUs fit
+  trial_cpus: 0.25          # CPU held by each trial's driver (the Train workers hold their own)
+  storage: null             # experiment storage URI (default $TUNESTACK_HOME/runs/tune)
+  points_to_evaluate:       # configurations tried first, besides the num_samples draws: values of
+    - {optim.lr: 0.02}      # sampled search keys (a key left out is drawn); each runs every plan entry
+  asha:                     # early stopping across trials; `asha: null` runs every trial out
+    time_attr: training_iteration
+    grace_period: 2
+    reduction_factor: 3
+    max_t: 20               # default: train.epochs
+    brackets: 1
 """
 
 from __future__ import annotations
@@ -80,8 +80,11 @@ class TuneSpec:
 def trial_config(base: dict, source: str, overrides: dict[str, Any]) -> Config:
     """The validated training config of one trial: `base` with its dotted-key overrides."""
     raw = copy.deepcopy(base)
-    apply_overrides(raw, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in overrides.items()],
-                    source)
+    apply_overrides(
+        raw,
+        [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in overrides.items()],
+        source,
+    )
     return config_from_dict(raw, source)
 
 
@@ -121,7 +124,9 @@ def load_tune_spec(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Tu
         try:
             spec.trial_config({key: value})
         except ConfigError as e:
-            raise ConfigError(path, f"search.{key}" if key in search else f"plan.{key}", str(e).split(": ", 2)[-1]) from e
+            raise ConfigError(
+                path, f"search.{key}" if key in search else f"plan.{key}", str(e).split(": ", 2)[-1]
+            ) from e
     return spec
 
 
@@ -132,11 +137,16 @@ def _validate_points(spec: TuneSpec, source: str) -> None:
     for i, point in enumerate(spec.tune.points_to_evaluate):
         where = f"tune.points_to_evaluate[{i}]"
         if not isinstance(point, dict) or not point:
-            raise ConfigError(source, where, f"expected a mapping of sampled search keys to values, got {point!r}")
+            raise ConfigError(
+                source, where, f"expected a mapping of sampled search keys to values, got {point!r}"
+            )
         for key, value in point.items():
             if key not in sampled:
-                why = ("a plan or grid key (a point runs every plan entry)" if any(key in c for c in spec.plan)
-                       else "not a sampled search key")
+                why = (
+                    "a plan or grid key (a point runs every plan entry)"
+                    if any(key in c for c in spec.plan)
+                    else "not a sampled search key"
+                )
                 raise ConfigError(source, f"{where}.{key}", f"{why}; sampled keys: {sampled}")
             try:
                 spec.trial_config({key: value})
@@ -150,15 +160,22 @@ def _validate(t: TuneSection, cfg: Config, source: str) -> None:
             raise ConfigError(source, key, message)
 
     need(t.num_samples >= 1, "tune.num_samples", "must be >= 1")
-    need(t.search_alg in SEARCH_ALGS, "tune.search_alg", f"must be one of {SEARCH_ALGS}, got {t.search_alg!r}")
+    need(
+        t.search_alg in SEARCH_ALGS, "tune.search_alg", f"must be one of {SEARCH_ALGS}, got {t.search_alg!r}"
+    )
     need(t.mode in (None, "min", "max"), "tune.mode", "must be min or max")
-    need(t.metric is None or t.metric.startswith("val_"), "tune.metric", "must be a validation metric (val_…)")
+    need(
+        t.metric is None or t.metric.startswith("val_"), "tune.metric", "must be a validation metric (val_…)"
+    )
     need(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = fit the cluster)")
     need(0 < t.trial_cpus <= 8, "tune.trial_cpus", "must be in (0, 8]")
     if t.asha is not None:
         a = t.asha
-        need(a.time_attr in ("training_iteration", "epoch"), "tune.asha.time_attr",
-             "must be training_iteration or epoch")
+        need(
+            a.time_attr in ("training_iteration", "epoch"),
+            "tune.asha.time_attr",
+            "must be training_iteration or epoch",
+        )
         need(a.grace_period >= 1, "tune.asha.grace_period", "must be >= 1")
         need(a.reduction_factor > 1, "tune.asha.reduction_factor", "must be > 1")
         need(a.max_t is None or a.max_t >= a.grace_period, "tune.asha.max_t", "must be >= grace_period")

@@ -27,8 +27,15 @@ from serve.client import TunestackClient, TunestackError
 FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
 
 
-def run(url: str, rate: float, duration: float, workers: int = 16, pairs: list | None = None,
-        started: str | None = None, retries: int = 4) -> dict:
+def run(
+    url: str,
+    rate: float,
+    duration: float,
+    workers: int = 16,
+    pairs: list | None = None,
+    started: str | None = None,
+    retries: int = 4,
+) -> dict:
     local = threading.local()
     clients: list[TunestackClient] = []
     lock = threading.Lock()
@@ -45,8 +52,16 @@ def run(url: str, rate: float, duration: float, workers: int = 16, pairs: list |
         c = client()
         rng = random.Random(i)
         encode = bool(pairs) and i % 5 == 4
-        rec = {"i": i, "t": round(due - t0, 4), "endpoint": "/v1/encode" if encode else "/v1/route",
-               "ok": False, "status": None, "fallback": False, "version": None, "error": None}
+        rec = {
+            "i": i,
+            "t": round(due - t0, 4),
+            "endpoint": "/v1/encode" if encode else "/v1/route",
+            "ok": False,
+            "status": None,
+            "fallback": False,
+            "version": None,
+            "error": None,
+        }
         t = time.perf_counter()
         try:
             if encode:
@@ -58,7 +73,7 @@ def run(url: str, rate: float, duration: float, workers: int = 16, pairs: list |
             rec.update(ok=True, version=out.get("model_version"))
         except TunestackError as e:
             rec.update(status=e.status, error=str(e)[:300])
-        except Exception as e:  # noqa: BLE001 - anything else is a lost request too; say what
+        except Exception as e:
             rec.update(error=f"{type(e).__name__}: {e}"[:300])
         rec["latency_s"] = round(time.perf_counter() - t, 5)
         with lock:
@@ -80,11 +95,21 @@ def run(url: str, rate: float, duration: float, workers: int = 16, pairs: list |
     records.sort(key=lambda r: r["i"])
     lost = [r for r in records if not r["ok"]]
     stats = {k: sum(c.stats[k] for c in clients) for k in ("requests", "retries", "failed")}
-    return {"url": url, "rate": rate, "duration_s": duration, "requests": len(records), "offered_s": offered_s,
-            "wall_s": wall, "achieved_rate": len(records) / offered_s if offered_s else 0.0,
-            "ok": len(records) - len(lost), "lost": len(lost),
-            "success_rate": (len(records) - len(lost)) / len(records) if records else 0.0,
-            "fallbacks": sum(r["fallback"] for r in records), "client": stats, "records": records}
+    return {
+        "url": url,
+        "rate": rate,
+        "duration_s": duration,
+        "requests": len(records),
+        "offered_s": offered_s,
+        "wall_s": wall,
+        "achieved_rate": len(records) / offered_s if offered_s else 0.0,
+        "ok": len(records) - len(lost),
+        "lost": len(lost),
+        "success_rate": (len(records) - len(lost)) / len(records) if records else 0.0,
+        "fallbacks": sum(r["fallback"] for r in records),
+        "client": stats,
+        "records": records,
+    }
 
 
 def main(argv=None) -> int:
@@ -100,8 +125,10 @@ def main(argv=None) -> int:
     pairs = json.loads(Path(a.pairs).read_text()) if a.pairs else None
     out = run(a.url, a.rate, a.duration, a.workers, pairs, a.started)
     Path(a.out).write_text(json.dumps(out))
-    print(f"{out['requests']} requests at {out['achieved_rate']:.1f}/s: {out['ok']} ok, {out['lost']} lost, "
-          f"{out['fallbacks']} fallbacks, {out['client']['retries']} retries")
+    print(
+        f"{out['requests']} requests at {out['achieved_rate']:.1f}/s: {out['ok']} ok, {out['lost']} lost, "
+        f"{out['fallbacks']} fallbacks, {out['client']['retries']} retries"
+    )
     return 0
 
 

@@ -112,9 +112,16 @@ def app(ray_cluster, tmp_path_factory):
     port = free_port()
     config = serve_config_dict(str(DEFAULT_CONFIG), None, port)  # the default host: loopback
     args = config["applications"][0]["args"]
-    args.update(registry_root=world["root"], admin_token_sha256=token_sha256(TOKEN), model_num_cpus=0.1,
-                gateway_num_cpus=0.1, poll_interval_s=0.5, max_instances=MAX_INSTANCES, max_body_bytes=BODY_LIMIT,
-                breaker={"failure_threshold": 3, "reset_timeout_s": 1.0, "call_timeout_s": 5.0})
+    args.update(
+        registry_root=world["root"],
+        admin_token_sha256=token_sha256(TOKEN),
+        model_num_cpus=0.1,
+        gateway_num_cpus=0.1,
+        poll_interval_s=0.5,
+        max_instances=MAX_INSTANCES,
+        max_body_bytes=BODY_LIMIT,
+        breaker={"failure_threshold": 3, "reset_timeout_s": 1.0, "call_timeout_s": 5.0},
+    )
     health = {"health_check_period_s": 1, "health_check_timeout_s": 5}
     config["applications"][0]["deployments"] = [
         {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
@@ -129,8 +136,11 @@ def app(ray_cluster, tmp_path_factory):
     finally:
         serve.shutdown()
         if ROWS:
-            print("\n| fault or input | tried | lost | success rate | notes |\n|---|---|---|---|---|\n"
-                  + "\n".join(ROWS), flush=True)
+            print(
+                "\n| fault or input | tried | lost | success rate | notes |\n|---|---|---|---|---|\n"
+                + "\n".join(ROWS),
+                flush=True,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,46 +154,124 @@ def _hostile_cases(templates: list[tuple[str, str]]):
     from hypothesis import strategies as st
 
     weird_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
-        ["", "\u0000", "\u202e\u0644\u0639", "🙂" * 3, "a" * 600, "..", "../../etc/passwd", "%00", "\\", "router/.."])
-    number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**40, 10**40), st.booleans(),
-                       st.none(), weird_text, st.sampled_from([1e308, -1e308, 5e-324, 2**63, -2**63 - 1]))
-    json_any = st.recursive(st.one_of(st.none(), st.booleans(), number, weird_text),
-                            lambda c: st.lists(c, max_size=4) | st.dictionaries(weird_text, c, max_size=4),
-                            max_leaves=16)
-    instance = st.one_of(st.fixed_dictionaries({"features": st.lists(number, max_size=7)}),
-                         st.fixed_dictionaries({"features": st.dictionaries(st.sampled_from(FEATURES + ["x"]), number,
-                                                                            max_size=6)}),
-                         st.fixed_dictionaries({"sequence": st.lists(st.lists(number, max_size=6), max_size=3)}),
-                         st.fixed_dictionaries({"concept": weird_text | st.just("Revenues"),
-                                                "unit": st.sampled_from(["USD", "shares", ""]) | weird_text,
-                                                "value": number}))
+        [
+            "",
+            "\u0000",
+            "\u202e\u0644\u0639",
+            "🙂" * 3,
+            "a" * 600,
+            "..",
+            "../../etc/passwd",
+            "%00",
+            "\\",
+            "router/..",
+        ]
+    )
+    number = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(10**40), 10**40),
+        st.booleans(),
+        st.none(),
+        weird_text,
+        st.sampled_from([1e308, -1e308, 5e-324, 2**63, -(2**63) - 1]),
+    )
+    json_any = st.recursive(
+        st.one_of(st.none(), st.booleans(), number, weird_text),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(weird_text, c, max_size=4),
+        max_leaves=16,
+    )
+    instance = st.one_of(
+        st.fixed_dictionaries({"features": st.lists(number, max_size=7)}),
+        st.fixed_dictionaries(
+            {"features": st.dictionaries(st.sampled_from(FEATURES + ["x"]), number, max_size=6)}
+        ),
+        st.fixed_dictionaries({"sequence": st.lists(st.lists(number, max_size=6), max_size=3)}),
+        st.fixed_dictionaries(
+            {
+                "concept": weird_text | st.just("Revenues"),
+                "unit": st.sampled_from(["USD", "shares", ""]) | weird_text,
+                "value": number,
+            }
+        ),
+    )
 
     def batch(n):  # a batch of n copies: sizes around and far over the limit
         return st.builds(lambda one: {"instances": [one] * n}, instance)
 
     batches = st.sampled_from([0, 1, MAX_INSTANCES, MAX_INSTANCES + 1, 1000, 4000]).flatmap(batch)
-    shaped = st.one_of(instance, batches, st.fixed_dictionaries({"version": weird_text | st.sampled_from(
-        ["v0003", "v0004", "v9999", "v0", "V0001", "v0001 ", "v00001"])}),
-        st.fixed_dictionaries({"config": weird_text | st.sampled_from(
-            ["tune_configs/nope.yaml", "/etc/passwd", "tune_configs/../../../etc/passwd", "../tune_configs/router.yaml",
-             "tune_configs/sub/x.yaml", "tune_configs/router.yml\n", "~/x.yaml"]),
-            "promote": number, "overrides": st.lists(weird_text, max_size=3)}), json_any)
+    shaped = st.one_of(
+        instance,
+        batches,
+        st.fixed_dictionaries(
+            {
+                "version": weird_text
+                | st.sampled_from(["v0003", "v0004", "v9999", "v0", "V0001", "v0001 ", "v00001"])
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "config": weird_text
+                | st.sampled_from(
+                    [
+                        "tune_configs/nope.yaml",
+                        "/etc/passwd",
+                        "tune_configs/../../../etc/passwd",
+                        "../tune_configs/router.yaml",
+                        "tune_configs/sub/x.yaml",
+                        "tune_configs/router.yml\n",
+                        "~/x.yaml",
+                    ]
+                ),
+                "promote": number,
+                "overrides": st.lists(weird_text, max_size=3),
+            }
+        ),
+        json_any,
+    )
     as_json = shaped.map(lambda b: json.dumps(b, allow_nan=True).encode())
     raw = st.one_of(
         as_json,
-        st.integers(1, 30_000).map(lambda d: b"[" * d + b"]" * d),                       # deep nesting
+        st.integers(1, 30_000).map(lambda d: b"[" * d + b"]" * d),  # deep nesting
         st.integers(1, 6_000).map(lambda d: b'{"features":' * d + b"[1]" + b"}" * d),
-        st.sampled_from([b'{"features": [1e400, 1, 1, 1, 1]}', b'{"value": -1e999, "concept": "Revenues", "unit": "USD"}',
-                         b'{"features": [' + b"9" * 5000 + b", 1, 1, 1, 1]}", b'{"features": [1, 1, 1, 1, 1e-400]}',
-                         b'{"concept": "\\ud800", "unit": "\\udfff", "value": 1}', b'{"features": {"\\ud800": 1}}',
-                         b'{"version": "\\udc00"}', b'{"config": "tune_configs/\\u0000.yaml"}',
-                         b'\xef\xbb\xbf{"features": [1, 1, 1, 1, 1]}', '{"features": [1,1,1,1,1]}'.encode("utf-16"),
-                         b'{"concept": "\xff\xfe", "unit": "USD", "value": 1}', b"", b"null", b"[]", b'"x"']),
-        st.integers(BODY_LIMIT - 64, 2 * BODY_LIMIT).map(lambda n: b'{"features": [' + b" " * n + b"1]}"),  # oversized
-        st.binary(max_size=300))
-    segment = (st.sampled_from(["router", "autoencoder", "nope", "..", "%2e%2e", "%2F", "%00", "%ED%A0%80", "%FF",
-                                "tunestack-tune-0123456789abcdef", "a" * 300])
-               | weird_text.map(lambda s: quote(s, safe="")))
+        st.sampled_from(
+            [
+                b'{"features": [1e400, 1, 1, 1, 1]}',
+                b'{"value": -1e999, "concept": "Revenues", "unit": "USD"}',
+                b'{"features": [' + b"9" * 5000 + b", 1, 1, 1, 1]}",
+                b'{"features": [1, 1, 1, 1, 1e-400]}',
+                b'{"concept": "\\ud800", "unit": "\\udfff", "value": 1}',
+                b'{"features": {"\\ud800": 1}}',
+                b'{"version": "\\udc00"}',
+                b'{"config": "tune_configs/\\u0000.yaml"}',
+                b'\xef\xbb\xbf{"features": [1, 1, 1, 1, 1]}',
+                '{"features": [1,1,1,1,1]}'.encode("utf-16"),
+                b'{"concept": "\xff\xfe", "unit": "USD", "value": 1}',
+                b"",
+                b"null",
+                b"[]",
+                b'"x"',
+            ]
+        ),
+        st.integers(BODY_LIMIT - 64, 2 * BODY_LIMIT).map(
+            lambda n: b'{"features": [' + b" " * n + b"1]}"
+        ),  # oversized
+        st.binary(max_size=300),
+    )
+    segment = st.sampled_from(
+        [
+            "router",
+            "autoencoder",
+            "nope",
+            "..",
+            "%2e%2e",
+            "%2F",
+            "%00",
+            "%ED%A0%80",
+            "%FF",
+            "tunestack-tune-0123456789abcdef",
+            "a" * 300,
+        ]
+    ) | weird_text.map(lambda s: quote(s, safe=""))
 
     @st.composite
     def case(draw):
@@ -193,19 +281,37 @@ def _hostile_cases(templates: list[tuple[str, str]]):
         path = template
         while "{" in path:
             start, end = path.index("{"), path.index("}")
-            path = path[:start] + draw(segment) + path[end + 1:]
+            path = path[:start] + draw(segment) + path[end + 1 :]
         if draw(st.integers(0, 9)) == 0:  # query strings nobody asked for
-            path += "?" + quote(draw(weird_text), safe="=&") + "=" + str(draw(st.integers(-10**20, 10**20)))
+            path += "?" + quote(draw(weird_text), safe="=&") + "=" + str(draw(st.integers(-(10**20), 10**20)))
         body = draw(raw) if method not in ("GET", "HEAD") or draw(st.booleans()) else b""
         headers = {}
-        ctype = draw(st.sampled_from(["application/json", "application/json", "text/plain", "", "multipart/form-data",
-                                      "application/x-www-form-urlencoded", "application/json; charset=latin-1",
-                                      "application/xml", None]))
+        ctype = draw(
+            st.sampled_from(
+                [
+                    "application/json",
+                    "application/json",
+                    "text/plain",
+                    "",
+                    "multipart/form-data",
+                    "application/x-www-form-urlencoded",
+                    "application/json; charset=latin-1",
+                    "application/xml",
+                    None,
+                ]
+            )
+        )
         if ctype is not None:
             headers["Content-Type"] = ctype
         auth = draw(st.sampled_from(["none", "wrong", "valid", "malformed"]))
-        headers.update({"none": {}, "wrong": {"Authorization": "Bearer nope"}, "valid": {"Authorization": f"Bearer {TOKEN}"},
-                        "malformed": {"Authorization": "Basic Zm9vOmJhcg=="}}[auth])
+        headers.update(
+            {
+                "none": {},
+                "wrong": {"Authorization": "Bearer nope"},
+                "valid": {"Authorization": f"Bearer {TOKEN}"},
+                "malformed": {"Authorization": "Basic Zm9vOmJhcg=="},
+            }[auth]
+        )
         return method, path, headers, body, auth
 
     return case()
@@ -223,8 +329,10 @@ def _unsafe_with_token(method: str, path: str, body: bytes) -> bool:
     except (ValueError, RecursionError):
         return False
     config = b.get("config") if isinstance(b, dict) else None
-    return isinstance(b, dict) and (b.get("version") in SERVABLE
-                                    or (isinstance(config, str) and config.strip().endswith((".yaml", ".yml"))))
+    return isinstance(b, dict) and (
+        b.get("version") in SERVABLE
+        or (isinstance(config, str) and config.strip().endswith((".yaml", ".yml")))
+    )
 
 
 def test_fuzz_every_endpoint_never_5xx(app):
@@ -232,10 +340,27 @@ def test_fuzz_every_endpoint_never_5xx(app):
 
     openapi = requests.get(app["url"] + "/openapi.json", timeout=30).json()
     templates = sorted({(m.upper(), p) for p, ops in openapi["paths"].items() for m in ops})
-    templates += [("GET", "/"), ("GET", "/v1"), ("POST", "/v1/route/"), ("GET", "/v1/models/{family}/x/y"),
-                  ("GET", "/docs/oauth2-redirect"), ("POST", "/v2/route"), ("GET", "/{family}"), ("GET", "/redoc")]
-    core = {"/v1/route", "/v1/encode", "/v1/models", "/v1/models/{family}", "/v1/models/{family}/promote",
-            "/v1/models/{family}/rollback", "/healthz", "/readyz", "/metrics"}
+    templates += [
+        ("GET", "/"),
+        ("GET", "/v1"),
+        ("POST", "/v1/route/"),
+        ("GET", "/v1/models/{family}/x/y"),
+        ("GET", "/docs/oauth2-redirect"),
+        ("POST", "/v2/route"),
+        ("GET", "/{family}"),
+        ("GET", "/redoc"),
+    ]
+    core = {
+        "/v1/route",
+        "/v1/encode",
+        "/v1/models",
+        "/v1/models/{family}",
+        "/v1/models/{family}/promote",
+        "/v1/models/{family}/rollback",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     assert core <= {p for _, p in templates}
     reg = app["registry"]
     before = {f: reg.pointer(f) for f in ("router", "autoencoder")}
@@ -243,8 +368,13 @@ def test_fuzz_every_endpoint_never_5xx(app):
     statuses: dict[int, int] = {}
     failures: list = []
 
-    @settings(max_examples=2200, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=2200,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_hostile_cases(templates))
     def one(case):
         method, path, headers, body, auth = case
@@ -264,17 +394,36 @@ def test_fuzz_every_endpoint_never_5xx(app):
         assert r.status_code < 500, (method, path, headers, body[:200], r.status_code, r.text[:300])
         management = path.startswith(("/v1/models", "/v1/jobs"))
         if management and auth != "valid":
-            assert r.status_code >= 400, ("answered without the token", method, path, r.status_code, r.text[:200])
+            assert r.status_code >= 400, (
+                "answered without the token",
+                method,
+                path,
+                r.status_code,
+                r.text[:200],
+            )
 
     t0 = time.monotonic()
     one()
     # With the token, a real tune file and hostile overrides (negative batch sizes and counts, YAML
     # tags, unknown keys): refused with 422 naming the key, before anything is submitted.
-    for overrides in (["train.batch_size=-5"], ["train.batch_size=0"], ["tune.num_samples=-1"], ["train.epochs=0"],
-                      ["train.epochs=!!python/object/apply:os.system [id]"], ["nope.key=1"], ["model.arch=__import__"],
-                      ["train.epochs=[[["], ["x" * 300], ["a=b\nc=d"]):
-        r = session.post(app["url"] + "/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": overrides},
-                         headers=app["auth"], timeout=60)
+    for overrides in (
+        ["train.batch_size=-5"],
+        ["train.batch_size=0"],
+        ["tune.num_samples=-1"],
+        ["train.epochs=0"],
+        ["train.epochs=!!python/object/apply:os.system [id]"],
+        ["nope.key=1"],
+        ["model.arch=__import__"],
+        ["train.epochs=[[["],
+        ["x" * 300],
+        ["a=b\nc=d"],
+    ):
+        r = session.post(
+            app["url"] + "/v1/jobs",
+            json={"config": "tune_configs/router.yaml", "overrides": overrides},
+            headers=app["auth"],
+            timeout=60,
+        )
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         assert r.status_code == 422, (overrides, r.status_code, r.text[:300])
     took = time.monotonic() - t0
@@ -286,8 +435,12 @@ def test_fuzz_every_endpoint_never_5xx(app):
     assert requests.get(app["url"] + "/readyz", timeout=30).status_code == 200
     assert {f: reg.pointer(f) for f in before} == before  # nothing the fuzz sent changed production
     assert all("v0003" in p for p in reg.verify())  # only v0003, corrupted by design
-    report("hostile HTTP requests over every endpoint (fuzz)", tried, 0,
-           f"{took:.0f}s; statuses {dict(sorted(statuses.items()))}; no 5xx; server ready after")
+    report(
+        "hostile HTTP requests over every endpoint (fuzz)",
+        tried,
+        0,
+        f"{took:.0f}s; statuses {dict(sorted(statuses.items()))}; no 5xx; server ready after",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +452,7 @@ def test_concurrent_promote_and_rollback_end_consistent(app, ray_cluster):
     r = requests.post(url + "/v1/models/router/promote", json={"version": "v0002"}, headers=auth, timeout=60)
     assert r.status_code == 200, r.text
     start = reg.pointer("router")
-    ops = ([("promote", "v0001")] * 7 + [("promote", "v0002")] * 7 + [("rollback", None)] * 6)
+    ops = [("promote", "v0001")] * 7 + [("promote", "v0002")] * 7 + [("rollback", None)] * 6
     barrier = threading.Barrier(len(ops))
 
     def call(op):
@@ -307,7 +460,9 @@ def test_concurrent_promote_and_rollback_end_consistent(app, ray_cluster):
         s = requests.Session()
         barrier.wait()
         if kind == "promote":
-            resp = s.post(url + "/v1/models/router/promote", json={"version": version}, headers=auth, timeout=120)
+            resp = s.post(
+                url + "/v1/models/router/promote", json={"version": version}, headers=auth, timeout=120
+            )
         else:
             resp = s.post(url + "/v1/models/router/rollback", headers=auth, timeout=120)
         return kind, version, resp.status_code, resp.json()
@@ -327,7 +482,9 @@ def test_concurrent_promote_and_rollback_end_consistent(app, ray_cluster):
     assert end["version"] == end["history"][-1] and set(end["history"]) <= SERVABLE
     assert all(a != b for a, b in zip(end["history"], end["history"][1:]))  # a no-op promote adds nothing
     keep = max(len(start["history"]) - len(rolled), 0)
-    assert end["history"][:keep] == start["history"][:keep]  # a stack: below what rollbacks reached, untouched
+    assert (
+        end["history"][:keep] == start["history"][:keep]
+    )  # a stack: below what rollbacks reached, untouched
     assert len(start["history"]) - len(rolled) <= len(end["history"]) <= len(start["history"]) + len(promoted)
     assert not [p.name for p in fam.iterdir() if p.name.startswith((".production", ".staging"))]  # no debris
     assert all(b["version"] in SERVABLE for b in promoted + rolled)
@@ -340,13 +497,19 @@ def test_concurrent_promote_and_rollback_end_consistent(app, ray_cluster):
             break
         assert time.monotonic() < deadline, (end, served)
         time.sleep(0.3)
-    answers = {requests.post(url + "/v1/route", json={"features": [0.5] * 5}, timeout=30).json()["model_version"]
-               for _ in range(20)}
+    answers = {
+        requests.post(url + "/v1/route", json={"features": [0.5] * 5}, timeout=30).json()["model_version"]
+        for _ in range(20)
+    }
     assert answers == {end["version"]}
     assert requests.get(url + "/readyz", timeout=30).status_code == 200
-    report("20 concurrent promote/rollback calls", len(ops), 0,
-           f"{len(promoted)} promotions + {len(rolled)} rollbacks applied, {codes.count(409)} refused (409: "
-           f"nothing to roll back); final {end['version']} (history {len(end['history'])}) on all replicas")
+    report(
+        "20 concurrent promote/rollback calls",
+        len(ops),
+        0,
+        f"{len(promoted)} promotions + {len(rolled)} rollbacks applied, {codes.count(409)} refused (409: "
+        f"nothing to roll back); final {end['version']} (history {len(end['history'])}) on all replicas",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,16 +548,22 @@ def test_replica_whose_model_raises_is_replaced(app, ray_cluster):
     replaced = time.monotonic() - t0
     for name in served:  # the new replica passes the canary
         ray_cluster.get(ray_cluster.get_actor(name, namespace="serve").check_health.remote(), timeout=30)
-    after = [requests.post(url + "/v1/route", json={"features": [0.5] * 5}, timeout=30).json() for _ in range(10)]
+    after = [
+        requests.post(url + "/v1/route", json={"features": [0.5] * 5}, timeout=30).json() for _ in range(10)
+    ]
     deadline = time.monotonic() + 10
     while any(a["fallback"] for a in after[-3:]):  # the breaker may still be open: a probe closes it
         assert time.monotonic() < deadline, after[-3:]
         time.sleep(0.3)
         after.append(requests.post(url + "/v1/route", json={"features": [0.5] * 5}, timeout=30).json())
     assert not errors, errors[:3]
-    report("router replica whose model raises on every call", answered, 0,
-           f"health check failed; replica stopped after {gone:.1f}s, replaced and ready after {replaced:.1f}s; "
-           f"{fallbacks} of {answered} answers meanwhile by the fallback (route=powerful), 0 errors")
+    report(
+        "router replica whose model raises on every call",
+        answered,
+        0,
+        f"health check failed; replica stopped after {gone:.1f}s, replaced and ready after {replaced:.1f}s; "
+        f"{fallbacks} of {answered} answers meanwhile by the fallback (route=powerful), 0 errors",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,14 +577,35 @@ def test_replica_killed_under_load_loses_under_one_percent(app, ray_cluster, tmp
     pairs.write_text(json.dumps(some_pairs(app["store"], 4)))
     out, started = tmp_path / "load.json", tmp_path / "started"
     rate, duration = 60, 30
-    proc = subprocess.Popen([sys.executable, "-m", "tests.integration.load_process", "--url", url, "--rate", str(rate),
-                             "--duration", str(duration), "--pairs", str(pairs), "--out", str(out),
-                             "--started", str(started)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.load_process",
+            "--url",
+            url,
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(out),
+            "--started",
+            str(started),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         t0 = time.monotonic()
         while not started.exists():
-            assert proc.poll() is None and time.monotonic() - t0 < 60, proc.stdout.read() if proc.poll() else "slow"
+            assert proc.poll() is None and time.monotonic() - t0 < 60, (
+                proc.stdout.read() if proc.poll() else "slow"
+            )
             time.sleep(0.1)
         victims, replaced, ready = [], [], []
         for at in (8, 18):  # two kills, 10 s apart
@@ -449,14 +639,20 @@ def test_replica_killed_under_load_loses_under_one_percent(app, ray_cluster, tmp
     assert requests.get(url + "/readyz", timeout=30).status_code == 200
     by_endpoint = {e: sum(r["endpoint"] == e for r in res["records"]) for e in ("/v1/route", "/v1/encode")}
     metrics = requests.get(url + "/metrics", timeout=30).text
-    regate = [float(line.split()[-1]) for line in metrics.splitlines()
-              if line.startswith('tunestack_model_call_retries_total{family="router"}')]
-    report(f"router replica killed (ray.kill) twice under {res['achieved_rate']:.0f} req/s for {duration}s",
-           res["requests"],
-           res["lost"], f"{by_endpoint}; {res['fallbacks']} route answers by the fallback; in-flight calls re-asked "
-           f"by the gateway {int(sum(regate))}; client retries {res['client']['retries']}; replacement replicas "
-           f"after {', '.join(f'{r:.1f}' for r in replaced)}s, /readyz ready after "
-           f"{', '.join(f'{r:.1f}' for r in ready)}s")
+    regate = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('tunestack_model_call_retries_total{family="router"}')
+    ]
+    report(
+        f"router replica killed (ray.kill) twice under {res['achieved_rate']:.0f} req/s for {duration}s",
+        res["requests"],
+        res["lost"],
+        f"{by_endpoint}; {res['fallbacks']} route answers by the fallback; in-flight calls re-asked "
+        f"by the gateway {int(sum(regate))}; client retries {res['client']['retries']}; replacement replicas "
+        f"after {', '.join(f'{r:.1f}' for r in replaced)}s, /readyz ready after "
+        f"{', '.join(f'{r:.1f}' for r in ready)}s",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,15 +662,22 @@ def test_replica_killed_under_load_loses_under_one_percent(app, ray_cluster, tmp
 def _non_loopback_ipv4() -> list[str]:
     import psutil
 
-    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-            if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    return [
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
 
 
 def test_serve_listens_on_loopback_only(app):
     import psutil
 
-    listening = {c.laddr.ip for c in psutil.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == app["port"]}
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == app["port"]
+    }
     assert listening == {"127.0.0.1"}, listening
     others = _non_loopback_ipv4()
     for ip in others:

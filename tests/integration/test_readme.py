@@ -72,7 +72,7 @@ def readme_blocks(text: str) -> list[Block]:
         end = next((k for k in range(j + 1, len(lines)) if lines[k].strip() == "```"), None)
         if end is None:
             raise ValueError(f"README.md:{j + 1}: unclosed code block")
-        blocks.append(Block(j + 1, fence[3:], tags, "\n".join(lines[j + 1:end]) + "\n"))
+        blocks.append(Block(j + 1, fence[3:], tags, "\n".join(lines[j + 1 : end]) + "\n"))
     return blocks
 
 
@@ -89,8 +89,11 @@ def _free_port() -> int:
 def readme_env(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("readme-home")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(TUNESTACK_HOME=str(home), TUNESTACK_ADMIN_TOKEN=secrets.token_hex(16),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    env.update(
+        TUNESTACK_HOME=str(home),
+        TUNESTACK_ADMIN_TOKEN=secrets.token_hex(16),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
     return env
 
 
@@ -107,13 +110,20 @@ class ServeApp:
 
         self.port = _free_port()
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--port", str(self.port)],
-                                         cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(self.port)],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"tunestack serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"tunestack serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 r = requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5)
                 if r.status_code == 200:
@@ -121,8 +131,10 @@ class ServeApp:
             except requests.RequestException:
                 pass
             time.sleep(1)
-        pytest.fail(f"tunestack serve not ready after {timeout:.0f}s (did the blocks that register models "
-                    f"run first?):\n{self.log.read_text()[-3000:]}")
+        pytest.fail(
+            f"tunestack serve not ready after {timeout:.0f}s (did the blocks that register models "
+            f"run first?):\n{self.log.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -145,7 +157,9 @@ def serve_app(readme_env, tmp_path_factory):
 def test_readme_marks_are_well_formed():
     assert len(BLOCKS) >= 6
     for b in BLOCKS:
-        assert b.tags <= TAGS, f"README.md:{b.line}: unknown tag(s) {sorted(b.tags - TAGS)}; known: {sorted(TAGS)}"
+        assert b.tags <= TAGS, (
+            f"README.md:{b.line}: unknown tag(s) {sorted(b.tags - TAGS)}; known: {sorted(TAGS)}"
+        )
     # The three ways to use it each have runnable commands.
     assert any("tunestack train" in b.code for b in BLOCKS)
     assert any("serve" in b.tags for b in BLOCKS)
@@ -155,8 +169,10 @@ def test_readme_marks_are_well_formed():
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_readme_block_runs(block, readme_env, serve_app):
     if "cluster" in block.tags:
-        pytest.skip("needs a Ray cluster started by hand (ray start --head / ray job submit); "
-                    "the job-submit path has its own integration test")
+        pytest.skip(
+            "needs a Ray cluster started by hand (ray start --head / ray job submit); "
+            "the job-submit path has its own integration test"
+        )
     if "slow" in block.tags and not os.environ.get("TUNESTACK_README_SLOW"):
         pytest.skip("slow block: set TUNESTACK_README_SLOW=1 to run it")
     if "data" in block.tags:
@@ -164,11 +180,16 @@ def test_readme_block_runs(block, readme_env, serve_app):
     code = block.code
     if "serve" in block.tags:
         port = serve_app.ensure()
-        code = code.replace("localhost:8000", f"localhost:{port}").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        code = code.replace("localhost:8000", f"localhost:{port}").replace(
+            "127.0.0.1:8000", f"127.0.0.1:{port}"
+        )
     cmd = ["bash", "-euo", "pipefail", "-c", code] if block.lang == "bash" else [sys.executable, "-c", code]
     kind = "ray" if "ray" in block.tags else "serve" if "serve" in block.tags else "local"
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=readme_env, capture_output=True, text=True, timeout=TIMEOUT_S[kind])
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=readme_env, capture_output=True, text=True, timeout=TIMEOUT_S[kind]
+    )
     assert proc.returncode == 0, (
         f"README.md:{block.line} ({block.lang}, {time.monotonic() - t0:.0f}s) exited {proc.returncode}\n"
-        f"--- block ---\n{code}--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+        f"--- block ---\n{code}--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    )

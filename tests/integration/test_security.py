@@ -33,7 +33,9 @@ def ray_tune_bookkeeping(path: Path, tune_root: Path) -> bool:
         parts = path.relative_to(tune_root).parts[1:]  # below <tune root>/<experiment>/
     except ValueError:
         return False
-    return any(len(parts) == len(p) and all(fnmatch(a, b) for a, b in zip(parts, p)) for p in RAY_TUNE_BOOKKEEPING)
+    return any(
+        len(parts) == len(p) and all(fnmatch(a, b) for a, b in zip(parts, p)) for p in RAY_TUNE_BOOKKEEPING
+    )
 
 
 def test_demo_like_run_writes_no_pickle(ray_cluster, tmp_path, monkeypatch):
@@ -52,20 +54,33 @@ def test_demo_like_run_writes_no_pickle(ray_cluster, tmp_path, monkeypatch):
         write_companyfacts_json(docs[-1], cik=1000 + i, name=name, facts_per_concept=24, seed=i)
     ingest(docs, default_store_uri(), progress=False)
     synth_routing(str(home / "routing"), rows=4000, seed=0, noise=0.1)
-    tiny = ["train.epochs=2", "train.patience=0", "tune.num_samples=1", "tune.asha.grace_period=1",
-            "tune.asha.max_t=2"]
-    outs = [run_tune(str(REPO / "tune_configs" / f"{family}.yaml"), promote=True, overrides=tiny + extra)
-            for family, extra in (("router", []), ("autoencoder", ["model.hidden=[32]"]))]
+    tiny = [
+        "train.epochs=2",
+        "train.patience=0",
+        "tune.num_samples=1",
+        "tune.asha.grace_period=1",
+        "tune.asha.max_t=2",
+    ]
+    outs = [
+        run_tune(str(REPO / "tune_configs" / f"{family}.yaml"), promote=True, overrides=tiny + extra)
+        for family, extra in (("router", []), ("autoencoder", ["model.hidden=[32]"]))
+    ]
     assert all(o.registered for o in outs)
     reg = Registry()
-    assert {f: reg.get(f)["stage"] for f in ("router", "autoencoder")} == {"router": "production",
-                                                                          "autoencoder": "production"}
+    assert {f: reg.get(f)["stage"] for f in ("router", "autoencoder")} == {
+        "router": "production",
+        "autoencoder": "production",
+    }
 
     files = [p for p in home.rglob("*") if p.is_file()]
     found = pickles_under(home)
-    ray_own = {p: why for p, why in found.items() if ray_tune_bookkeeping(home / p, Path(runs_dir()) / "tune")}
-    print(f"\n{len(files)} files written under TUNESTACK_HOME; pickles: {found or 'none'}; "
-          f"of them Ray Tune's own bookkeeping: {sorted(ray_own) or 'none'}")
+    ray_own = {
+        p: why for p, why in found.items() if ray_tune_bookkeeping(home / p, Path(runs_dir()) / "tune")
+    }
+    print(
+        f"\n{len(files)} files written under TUNESTACK_HOME; pickles: {found or 'none'}; "
+        f"of them Ray Tune's own bookkeeping: {sorted(ray_own) or 'none'}"
+    )
     assert set(found) == set(ray_own), {p: w for p, w in found.items() if p not in ray_own}
     for area in (registry_dir(), default_store_uri()):  # what tunestack itself writes and loads
         assert not pickles_under(area) and any(Path(area).rglob("*"))
@@ -82,7 +97,6 @@ def _dashboard() -> tuple[str, int]:
 
 def test_local_ray_dashboard_on_loopback_with_token_auth(ray_cluster):
     import psutil
-
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
     from pipeline.train.run import LOCAL_RAY
@@ -91,15 +105,22 @@ def test_local_ray_dashboard_on_loopback_with_token_auth(ray_cluster):
     assert is_token_auth_enabled()  # Ray >= 2.59's default for a local ray.init(); ensure_ray sets it too
     host, port = _dashboard()
     assert host == "127.0.0.1"
-    listening = {c.laddr.ip for c in psutil.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
     assert listening == {"127.0.0.1"}, listening
     # The Jobs API (what runs code on the cluster) refuses a caller without the token
     r = requests.get(f"http://{host}:{port}/api/jobs/", timeout=30)
     assert r.status_code in (401, 403), (r.status_code, r.text[:200])
     r = requests.get(f"http://{host}:{port}/api/jobs/", headers={"Authorization": "Bearer wrong"}, timeout=30)
     assert r.status_code in (401, 403), (r.status_code, r.text[:200])
-    for ip in {a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-               if a.family == socket.AF_INET and not a.address.startswith("127.")}:
+    for ip in {
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    }:
         with pytest.raises(OSError):
             socket.create_connection((ip, port), timeout=5).close()

@@ -20,8 +20,13 @@ import numpy as np
 import pytest
 import requests
 
-from tests.unit.test_serve_models import (build_world, reference_encode, reference_route, routing_features,
-                                          some_pairs)
+from tests.unit.test_serve_models import (
+    build_world,
+    reference_encode,
+    reference_route,
+    routing_features,
+    some_pairs,
+)
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +42,11 @@ def free_port() -> int:
 
 
 def router_replicas(ray) -> list[str]:
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#model-router#" in a["name"]]
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if f"{APP}#model-router#" in a["name"]
+    ]
 
 
 def replica_versions(calls: int = 40) -> dict[str, str]:
@@ -63,9 +72,16 @@ def app(ray_cluster, tmp_path_factory):
     port = free_port()
     config = serve_config_dict(str(DEFAULT_CONFIG), "127.0.0.1", port)
     args = config["applications"][0]["args"]
-    args.update(registry_root=world["root"], admin_token_sha256=token_sha256(TOKEN), model_num_cpus=0.1,
-                gateway_num_cpus=0.1, poll_interval_s=0.5, max_instances=64, max_body_bytes=65_536,
-                breaker={"failure_threshold": 3, "reset_timeout_s": 2.0, "call_timeout_s": 5.0})
+    args.update(
+        registry_root=world["root"],
+        admin_token_sha256=token_sha256(TOKEN),
+        model_num_cpus=0.1,
+        gateway_num_cpus=0.1,
+        poll_interval_s=0.5,
+        max_instances=64,
+        max_body_bytes=65_536,
+        breaker={"failure_threshold": 3, "reset_timeout_s": 2.0, "call_timeout_s": 5.0},
+    )
     config["applications"][0]["deployments"] = [
         {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
         {"name": "model-router", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
@@ -85,8 +101,13 @@ def app(ray_cluster, tmp_path_factory):
 
 def post(app, path, body=None, raw: bytes | None = None, **kw):
     if raw is not None:
-        return requests.post(app["url"] + path, data=raw, headers={"Content-Type": "application/json",
-                                                                   **kw.pop("headers", {})}, timeout=60, **kw)
+        return requests.post(
+            app["url"] + path,
+            data=raw,
+            headers={"Content-Type": "application/json", **kw.pop("headers", {})},
+            timeout=60,
+            **kw,
+        )
     return requests.post(app["url"] + path, json=body, timeout=60, **kw)
 
 
@@ -98,9 +119,11 @@ def test_route_equals_in_process_model(app):
     from serve.models import ModelHost, decide_route
 
     x = routing_features(24, seed=11)
-    instances = ([{"features": dict(zip(FEATURES, map(float, r)))} for r in x[:8]]
-                 + [{"features": [float(v) for v in r]} for r in x[8:16]]
-                 + [{"sequence": [[float(v) for v in r]]} for r in x[16:]])
+    instances = (
+        [{"features": dict(zip(FEATURES, map(float, r)))} for r in x[:8]]
+        + [{"features": [float(v) for v in r]} for r in x[8:16]]
+        + [{"sequence": [[float(v) for v in r]]} for r in x[16:]]
+    )
     r = post(app, "/v1/route", {"instances": instances})
     assert r.status_code == 200, r.text
     got = r.json()["predictions"]
@@ -127,28 +150,36 @@ def test_gathered_requests_keep_their_own_answers(app):
     answer, and a bad one among them gets its own 422 without failing the others."""
     x = routing_features(48, seed=5)
     want = reference_route(app["registry"], "v0001", x)
-    bodies = [{"features": [0.5] * 3} if n % 6 == 5 else {"features": [float(v) for v in r]}
-              for n, r in enumerate(x)]
+    bodies = [
+        {"features": [0.5] * 3} if n % 6 == 5 else {"features": [float(v) for v in r]}
+        for n, r in enumerate(x)
+    ]
     before = requests.get(app["url"] + "/v1/models/router", headers=app["auth"], timeout=30).json()
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda b: post(app, "/v1/route", b), bodies))
     for n, r in enumerate(answers):
         if n % 6 == 5:
-            assert r.status_code == 422 and "features has 3 values" in r.text, (n, r.status_code, r.text[:200])
+            assert r.status_code == 422 and "features has 3 values" in r.text, (
+                n,
+                r.status_code,
+                r.text[:200],
+            )
         else:
             assert r.status_code == 200, (n, r.text[:200])
             assert r.json()["probability"] == pytest.approx(float(want[n]), abs=1e-6)
     after = requests.get(app["url"] + "/v1/models/router", headers=app["auth"], timeout=30).json()
     got, was = after["serving"]["gateway_batching"], before["serving"]["gateway_batching"]
     assert got["requests"] - was["requests"] == len(bodies)  # every request went through the gathering
-    assert got["batches"] - was["batches"] < len(bodies)     # ... and some shared a model call
+    assert got["batches"] - was["batches"] < len(bodies)  # ... and some shared a model call
 
 
 def test_encode_equals_in_process_model(app):
     from serve.models import ModelHost
 
     triplets = some_pairs(app["store"], 4)
-    r = post(app, "/v1/encode", {"instances": [{"concept": c, "unit": u, "value": v} for c, u, v in triplets]})
+    r = post(
+        app, "/v1/encode", {"instances": [{"concept": c, "unit": u, "value": v} for c, u, v in triplets]}
+    )
     assert r.status_code == 200, r.text
     got = r.json()["predictions"]
     latent, err = reference_encode(app["registry"], app["store"], triplets)
@@ -157,7 +188,9 @@ def test_encode_equals_in_process_model(app):
     host = ModelHost("autoencoder", "encode", app["root"])
     host.sync()
     want = host.predict([{"concept": c, "unit": u, "value": v} for c, u, v in triplets])
-    np.testing.assert_allclose([g["anomaly_score"] for g in got], [w["anomaly_score"] for w in want], atol=1e-6)
+    np.testing.assert_allclose(
+        [g["anomaly_score"] for g in got], [w["anomaly_score"] for w in want], atol=1e-6
+    )
     assert all(g["baseline"]["scope"] == "pair" and g["model_version"] == "v0001" for g in got)
     c, u, v = triplets[0]
     one = post(app, "/v1/encode", {"concept": c, "unit": u, "value": v}).json()
@@ -175,19 +208,52 @@ def _chunked(n: int):
 
 BAD = [
     ("route wrong feature count", "/v1/route", {"features": [0.5] * 4}, None, 422, "the model takes 5"),
-    ("route unknown feature", "/v1/route", {"features": {**dict.fromkeys(FEATURES, 0.5), "x": 1.0}}, None, 422,
-     "unknown ['x']"),
-    ("route string number", "/v1/route", {"features": [0.5, "0.5", 0.5, 0.5, 0.5]}, None, 422, "valid number"),
+    (
+        "route unknown feature",
+        "/v1/route",
+        {"features": {**dict.fromkeys(FEATURES, 0.5), "x": 1.0}},
+        None,
+        422,
+        "unknown ['x']",
+    ),
+    (
+        "route string number",
+        "/v1/route",
+        {"features": [0.5, "0.5", 0.5, 0.5, 0.5]},
+        None,
+        422,
+        "valid number",
+    ),
     ("route NaN", "/v1/route", None, b'{"features": [NaN, 0.5, 0.5, 0.5, 0.5]}', 422, "finite number"),
-    ("route Infinity", "/v1/route", None, b'{"features": [0.5, Infinity, 0.5, 0.5, 0.5]}', 422, "finite number"),
+    (
+        "route Infinity",
+        "/v1/route",
+        None,
+        b'{"features": [0.5, Infinity, 0.5, 0.5, 0.5]}',
+        422,
+        "finite number",
+    ),
     ("route overflow", "/v1/route", {"features": [3e38] * 5}, None, 422, "numeric range"),
     ("route empty batch", "/v1/route", {"instances": []}, None, 422, "at least 1"),
-    ("route batch over max", "/v1/route", {"instances": [{"features": [0.5] * 5}] * 65}, None, 422, "at most 64"),
+    (
+        "route batch over max",
+        "/v1/route",
+        {"instances": [{"features": [0.5] * 5}] * 65},
+        None,
+        422,
+        "at most 64",
+    ),
     ("route malformed JSON", "/v1/route", None, b'{"features": [0.5,', 422, "JSON decode error"),
     ("route not an object", "/v1/route", None, b"[1, 2, 3]", 422, ""),
     ("route ragged sequence", "/v1/route", {"sequence": [[0.5] * 5, [0.5] * 3]}, None, 422, "step 1 has 3"),
-    ("encode unknown pair", "/v1/encode", {"concept": "NoSuchThing", "unit": "USD", "value": 1.0}, None, 422,
-     "NoSuchThing"),
+    (
+        "encode unknown pair",
+        "/v1/encode",
+        {"concept": "NoSuchThing", "unit": "USD", "value": 1.0},
+        None,
+        422,
+        "NoSuchThing",
+    ),
     ("encode missing value", "/v1/encode", {"concept": "Revenues", "unit": "USD"}, None, 422, "value"),
     ("encode empty batch", "/v1/encode", {"instances": []}, None, 422, "at least 1"),
     ("encode bool value", "/v1/encode", {"concept": "Revenues", "unit": "USD", "value": True}, None, 422, ""),
@@ -203,19 +269,25 @@ def test_bad_input_gets_its_4xx(app, name, path, body, raw, status, fragment):
 def test_body_over_the_limit_is_413_unread(app):
     big = b'{"features": [' + b"0.5, " * 20_000 + b"0.5]}"
     assert post(app, "/v1/route", raw=big).status_code == 413
-    r = requests.post(app["url"] + "/v1/route", data=_chunked(100), timeout=60,
-                      headers={"Content-Type": "application/json"})  # no Content-Length: counted while read
+    r = requests.post(
+        app["url"] + "/v1/route", data=_chunked(100), timeout=60, headers={"Content-Type": "application/json"}
+    )  # no Content-Length: counted while read
     assert r.status_code == 413
 
 
 def test_management_needs_the_token(app):
     u = app["url"]
     assert requests.get(u + "/v1/models", timeout=30).status_code == 401
-    assert requests.get(u + "/v1/models", headers={"Authorization": "Bearer nope"}, timeout=30).status_code == 401
+    assert (
+        requests.get(u + "/v1/models", headers={"Authorization": "Bearer nope"}, timeout=30).status_code
+        == 401
+    )
     assert post(app, "/v1/models/router/promote", {"version": "v0002"}).status_code == 401
     assert post(app, "/v1/models/router/rollback").status_code == 401
     assert post(app, "/v1/models/nope/promote", {"version": "v0001"}, headers=app["auth"]).status_code == 404
-    assert post(app, "/v1/models/router/promote", {"version": "v0077"}, headers=app["auth"]).status_code == 404
+    assert (
+        post(app, "/v1/models/router/promote", {"version": "v0077"}, headers=app["auth"]).status_code == 404
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +306,12 @@ def test_models_endpoints_health_metrics_docs(app):
     ready = requests.get(u + "/readyz", timeout=30).json()
     assert ready["ready"] and ready["families"]["autoencoder"]["loaded"]
     text = requests.get(u + "/metrics", timeout=30).text
-    for name in ("tunestack_requests_total", "tunestack_request_latency_seconds_bucket",
-                 "tunestack_route_decisions_total", 'status="422"'):
+    for name in (
+        "tunestack_requests_total",
+        "tunestack_request_latency_seconds_bucket",
+        "tunestack_route_decisions_total",
+        'status="422"',
+    ):
         assert name in text, name
     assert requests.get(u + "/docs", timeout=30).status_code == 200
     paths = requests.get(u + "/openapi.json", timeout=30).json()["paths"]
@@ -279,7 +355,9 @@ def test_promotion_under_constant_load(app, ray_cluster):
     try:
         time.sleep(1.0)
         r = post(app, "/v1/models/router/promote", {"version": "v0002"}, headers=app["auth"])
-        assert r.status_code == 200 and r.json()["serving"] is True and r.json()["previous"] == "v0001", r.text
+        assert r.status_code == 200 and r.json()["serving"] is True and r.json()["previous"] == "v0001", (
+            r.text
+        )
         assert set(replica_versions().values()) == {"v0002"}  # every replica reloaded in place
         time.sleep(1.0)
         r = post(app, "/v1/models/router/rollback", headers=app["auth"])
@@ -288,8 +366,14 @@ def test_promotion_under_constant_load(app, ray_cluster):
         time.sleep(1.0)
         # the CLI moves the pointer; the replicas notice on their own
         env = {**os.environ, "TUNESTACK_HOME": app["home"]}
-        cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "models", "promote", "router", "v0002"],
-                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cli = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "models", "promote", "router", "v0002"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         promoted_at = time.monotonic()
         assert cli.returncode == 0, cli.stderr
         while set(replica_versions(calls=20).values()) != {"v0002"}:
@@ -312,10 +396,16 @@ def test_promotion_under_constant_load(app, ray_cluster):
     assert post(app, "/v1/route", body).json()["predictions"][0]["model_version"] == "v0002"
     from ray import serve
 
-    batching = serve.get_deployment_handle("model-router", app_name=APP).info.remote().result(timeout_s=30)["batching"]
+    batching = (
+        serve.get_deployment_handle("model-router", app_name=APP)
+        .info.remote()
+        .result(timeout_s=30)["batching"]
+    )
     assert batching["requests"] >= batching["batches"] > 0  # requests went through @serve.batch
-    print(f"{len(answers)} answers under load; CLI promotion reached every replica in {reached:.1f}s; "
-          f"one replica's batching: {batching}")
+    print(
+        f"{len(answers)} answers under load; CLI promotion reached every replica in {reached:.1f}s; "
+        f"one replica's batching: {batching}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,28 +415,44 @@ def test_promotion_under_constant_load(app, ray_cluster):
 def _fuzz_bodies():
     from hypothesis import strategies as st
 
-    number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30),
-                       st.booleans(), st.none(), st.text(max_size=5))
+    number = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(10**30), 10**30),
+        st.booleans(),
+        st.none(),
+        st.text(max_size=5),
+    )
     vector = st.lists(number, max_size=8)
-    json_any = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(), st.text(max_size=8)),
-                            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                            max_leaves=12)
+    json_any = st.recursive(
+        st.one_of(st.none(), st.booleans(), st.floats(), st.text(max_size=8)),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=12,
+    )
     route_instance = st.one_of(
         st.fixed_dictionaries({"features": vector}),
-        st.fixed_dictionaries({"features": st.dictionaries(st.sampled_from(FEATURES + ["x", ""]), number,
-                                                           max_size=6)}),
+        st.fixed_dictionaries(
+            {"features": st.dictionaries(st.sampled_from(FEATURES + ["x", ""]), number, max_size=6)}
+        ),
         st.fixed_dictionaries({"sequence": st.lists(vector, max_size=4)}),
-        st.dictionaries(st.sampled_from(["features", "sequence", "instances", "zzz"]), json_any, max_size=3))
-    route = st.one_of(route_instance, st.fixed_dictionaries({"instances": st.lists(route_instance, max_size=6)}))
-    triplet = st.fixed_dictionaries({"concept": st.one_of(st.text(max_size=12), st.sampled_from(["Revenues", ""]),
-                                                          number),
-                                     "unit": st.one_of(st.sampled_from(["USD", "shares", ""]), number),
-                                     "value": number})
+        st.dictionaries(st.sampled_from(["features", "sequence", "instances", "zzz"]), json_any, max_size=3),
+    )
+    route = st.one_of(
+        route_instance, st.fixed_dictionaries({"instances": st.lists(route_instance, max_size=6)})
+    )
+    triplet = st.fixed_dictionaries(
+        {
+            "concept": st.one_of(st.text(max_size=12), st.sampled_from(["Revenues", ""]), number),
+            "unit": st.one_of(st.sampled_from(["USD", "shares", ""]), number),
+            "value": number,
+        }
+    )
     encode = st.one_of(triplet, st.fixed_dictionaries({"instances": st.lists(triplet, max_size=4)}), json_any)
     as_text = lambda s: s.map(lambda b: json.dumps(b, allow_nan=True).encode())  # noqa: E731
     garbage = st.binary(max_size=64)
-    return st.one_of(st.tuples(st.just("/v1/route"), st.one_of(as_text(route), garbage)),
-                     st.tuples(st.just("/v1/encode"), st.one_of(as_text(encode), garbage)))
+    return st.one_of(
+        st.tuples(st.just("/v1/route"), st.one_of(as_text(route), garbage)),
+        st.tuples(st.just("/v1/encode"), st.one_of(as_text(encode), garbage)),
+    )
 
 
 def test_fuzz_never_5xx_and_stays_ready(app):
@@ -355,12 +461,19 @@ def test_fuzz_never_5xx_and_stays_ready(app):
     session = requests.Session()
     statuses: dict[int, int] = {}
 
-    @settings(max_examples=500, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=500,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_fuzz_bodies())
     def one(case):
         path, raw = case
-        r = session.post(app["url"] + path, data=raw, headers={"Content-Type": "application/json"}, timeout=60)
+        r = session.post(
+            app["url"] + path, data=raw, headers={"Content-Type": "application/json"}, timeout=60
+        )
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         assert r.status_code < 500, (path, raw[:200], r.status_code, r.text[:300])
 

@@ -35,9 +35,14 @@ def jobs_app(ray_cluster, tmp_path_factory):
     port = free_port()
     config = serve_config_dict(str(DEFAULT_CONFIG), "127.0.0.1", port)
     args = config["applications"][0]["args"]
-    args.update(registry_root=str(home / "registry"), families={"router": "route"},
-                admin_token_sha256=token_sha256(TOKEN), model_num_cpus=0.1, gateway_num_cpus=0.1,
-                poll_interval_s=0.5)
+    args.update(
+        registry_root=str(home / "registry"),
+        families={"router": "route"},
+        admin_token_sha256=token_sha256(TOKEN),
+        model_num_cpus=0.1,
+        gateway_num_cpus=0.1,
+        poll_interval_s=0.5,
+    )
     config["applications"][0]["deployments"] = [
         {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
         {"name": "model-router", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
@@ -52,8 +57,13 @@ def jobs_app(ray_cluster, tmp_path_factory):
 def test_submit_a_tuning_job_and_serve_what_it_registered(jobs_app):
     url, auth = jobs_app["url"], jobs_app["auth"]
     # refusals first: no token, a path out of tune_configs/, a missing file, an unknown id
-    assert requests.post(url + "/v1/jobs", json={"config": "tune_configs/router.yaml"}, timeout=30).status_code == 401
-    r = requests.post(url + "/v1/jobs", json={"config": "tune_configs/../README.md"}, headers=auth, timeout=30)
+    assert (
+        requests.post(url + "/v1/jobs", json={"config": "tune_configs/router.yaml"}, timeout=30).status_code
+        == 401
+    )
+    r = requests.post(
+        url + "/v1/jobs", json={"config": "tune_configs/../README.md"}, headers=auth, timeout=30
+    )
     assert r.status_code == 422 and "tune_configs/FILE.yaml" in r.text, r.text
     r = requests.post(url + "/v1/jobs", json={"config": "tune_configs/nope.yaml"}, headers=auth, timeout=30)
     assert r.status_code == 404, r.text
@@ -62,10 +72,20 @@ def test_submit_a_tuning_job_and_serve_what_it_registered(jobs_app):
     # no model yet: the router falls back or is not ready
     assert requests.get(url + "/readyz", timeout=30).status_code == 503
 
-    overrides = ["train.epochs=2", "train.patience=0", "tune.num_samples=1", "tune.max_concurrent=1",
-                 "tune.asha.grace_period=1", "tune.asha.max_t=2"]
-    r = requests.post(url + "/v1/jobs", json={"config": "tune_configs/router.yaml", "promote": True,
-                                              "overrides": overrides}, headers=auth, timeout=60)
+    overrides = [
+        "train.epochs=2",
+        "train.patience=0",
+        "tune.num_samples=1",
+        "tune.max_concurrent=1",
+        "tune.asha.grace_period=1",
+        "tune.asha.max_t=2",
+    ]
+    r = requests.post(
+        url + "/v1/jobs",
+        json={"config": "tune_configs/router.yaml", "promote": True, "overrides": overrides},
+        headers=auth,
+        timeout=60,
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     assert job_id.startswith("tunestack-tune-") and r.json()["status"] == "PENDING"
@@ -88,7 +108,9 @@ def test_submit_a_tuning_job_and_serve_what_it_registered(jobs_app):
     assert Path(jobs_app["home"], "registry", "router", "v0001", "version.json").is_file()
     from serve.client import TunestackClient
 
-    assert TunestackClient(url, token=TOKEN).job(job_id)["registered"] == job["registered"]  # the Python client
+    assert (
+        TunestackClient(url, token=TOKEN).job(job_id)["registered"] == job["registered"]
+    )  # the Python client
 
     # the promotion the job made reaches the running app through the registry watch
     deadline = time.monotonic() + 30
@@ -99,4 +121,6 @@ def test_submit_a_tuning_job_and_serve_what_it_registered(jobs_app):
         assert time.monotonic() < deadline, r.text
         time.sleep(0.5)
     assert requests.get(url + "/readyz", timeout=30).status_code == 200
-    print(f"job {job_id}: {' -> '.join(seen)} in {time.monotonic() - t0:.0f}s; registered {job['registered']}")
+    print(
+        f"job {job_id}: {' -> '.join(seen)} in {time.monotonic() - t0:.0f}s; registered {job['registered']}"
+    )

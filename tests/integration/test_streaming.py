@@ -30,12 +30,16 @@ def test_one_pass_returns_every_row_exactly_once(ray_cluster, us_gaap_store, how
     if how == "iter_torch_batches":
         x, ids = _rows(ds.iter_torch_batches(batch_size=4096, collate_fn=TripletCollate(emb)))
     else:  # how training reads it: whole blocks, batches cut (and shuffled) in this process
-        x, ids = _rows(iter_triplet_batches(ds, emb, 4096, shuffle_rows=20_000, seed=0 if how == "shuffled" else None))
+        x, ids = _rows(
+            iter_triplet_batches(ds, emb, 4096, shuffle_rows=20_000, seed=0 if how == "shuffled" else None)
+        )
     assert x.dtype == np.float32 and x.shape == (store.manifest["counts"]["triplets"], 65)
     # Each streamed row equals a stored row: embedding of its pair ‖ its scaled value.
     np.testing.assert_array_equal(x[:, :64], store.embeddings()[ids])
     t = pa.concat_tables(pq.read_table(f, columns=["pair_id", "scaled_value"]) for f in store.triplet_files())
-    expected = np.stack([t["pair_id"].to_numpy().astype(np.float64), t["scaled_value"].to_numpy().astype(np.float32)], 1)
+    expected = np.stack(
+        [t["pair_id"].to_numpy().astype(np.float64), t["scaled_value"].to_numpy().astype(np.float32)], 1
+    )
     got = np.stack([ids.astype(np.float64), x[:, 64].astype(np.float64)], 1)
     order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
     np.testing.assert_array_equal(order(got), order(expected.astype(np.float64)))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.train.checkpoint import (MODEL_FILE, CheckpointError, load_checkpoint, save_checkpoint)
+from pipeline.train.checkpoint import MODEL_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from tests.integration.ray_procs import train_worker_pids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def assert_no_pickles(folder):
     for p in files:
         assert p.suffix not in (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"), p
         with open(p, "rb") as f:
-            assert not f.read(2) in PICKLE_MAGIC, f"{p} is a pickle"
+            assert f.read(2) not in PICKLE_MAGIC, f"{p} is a pickle"
         if p.parent.name.startswith("checkpoint_"):
             assert p.suffix in (".safetensors", ".json"), p
 
@@ -66,8 +66,12 @@ def _trained_bits():
 
 def test_checkpoint_round_trip_is_safetensors_and_json(tmp_path):
     model, opt, sched = _trained_bits()
-    meta = {"config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 4}},
-            "epoch": 2, "metrics": {"val_loss": float("inf")}, "normalization": None}
+    meta = {
+        "config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 4}},
+        "epoch": 2,
+        "metrics": {"val_loss": float("inf")},
+        "normalization": None,
+    }
     save_checkpoint(str(tmp_path), model, meta, opt, sched)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.json", "model.safetensors", "train_state.safetensors"]
     assert_no_pickles(tmp_path)
@@ -116,8 +120,9 @@ def test_fastgrnn_digits_reaches_96_percent(ray_cluster, home, capsys):
     from pipeline.train import train
 
     # The shipped recipe (low-rank, sparse: dense -> IHT -> fixed), on a shorter schedule.
-    cfg = load_config(CONFIGS / "digits.yaml", [f"data.path={_digits_npz(home)}", "train.epochs=60",
-                                                "schedule.t0=60"])
+    cfg = load_config(
+        CONFIGS / "digits.yaml", [f"data.path={_digits_npz(home)}", "train.epochs=60", "schedule.t0=60"]
+    )
     result = train(cfg, run_name="digits")
     print("digits:", result.best_metrics, result.test_metrics)
     assert result.test_metrics["accuracy"] >= 0.96
@@ -156,8 +161,11 @@ def test_router_on_synthetic_logs_is_within_one_point_of_bayes(ray_cluster, home
     assert len([p for p in run.iterdir() if p.name.startswith("checkpoint_epoch")]) <= 3  # top 2 + latest
     # fine-tune the trained router on fresh logs (--from): keeps its architecture and z-score
     synth_routing(str(tmp_path / "routing2"), rows=10_000, seed=1, noise=0.1)
-    tuned = train(load_config(CONFIGS / "router.yaml", [f"data.path={tmp_path / 'routing2'}", "train.epochs=1"]),
-                  run_name="router-ft", init_from="router")
+    tuned = train(
+        load_config(CONFIGS / "router.yaml", [f"data.path={tmp_path / 'routing2'}", "train.epochs=1"]),
+        run_name="router-ft",
+        init_from="router",
+    )
     assert load_checkpoint(tuned.best_checkpoint).meta["normalization"] == norm
     assert tuned.test_metrics["accuracy"] >= info["bayes_accuracy"] - 0.02
 
@@ -185,7 +193,9 @@ def test_autoencoder_on_us_gaap_beats_pca_of_same_width(ray_cluster, home):
     store = TripletStore(store_uri)
     table = pq.ParquetDataset(store.triplet_files()).read(columns=["pair_id", "scaled_value", "fold"])
     pair_id = table.column("pair_id").to_numpy().astype(np.int64)
-    x = np.concatenate([store.embeddings()[pair_id], table.column("scaled_value").to_numpy()[:, None]], axis=1)
+    x = np.concatenate(
+        [store.embeddings()[pair_id], table.column("scaled_value").to_numpy()[:, None]], axis=1
+    )
     lo, hi = split_folds("val", cfg.data.val_fraction)
     val = (table.column("fold").to_numpy() >= lo) & (table.column("fold").to_numpy() < hi)
     mean = x[~val].mean(axis=0)
@@ -203,7 +213,9 @@ def test_autoencoder_on_us_gaap_beats_pca_of_same_width(ray_cluster, home):
     assert ae["r2"] > pca["r2"]
     assert ae["embedding_cosine"] > pca["embedding_cosine"]
     meta = load_checkpoint(result.best_checkpoint).meta
-    assert meta["store"]["version"] == store.manifest["version"] and meta["store"]["scalers"].endswith("pairs.parquet")
+    assert meta["store"]["version"] == store.manifest["version"] and meta["store"]["scalers"].endswith(
+        "pairs.parquet"
+    )
     assert_no_pickles(result.path)
 
 
@@ -234,9 +246,18 @@ def _kill_worker_after_checkpoint(run_dir: Path, epoch: int, timeout=180):
 
 def _slow_digits_config(home, *extra):
     # dense and small so each epoch is quick but the run is long enough to be interrupted
-    return load_config(CONFIGS / "digits.yaml", [
-        f"data.path={_digits_npz(home)}", "model.w_sparsity=1.0", "model.u_sparsity=1.0",
-        "model.hidden_size=16", "train.epochs=8", "schedule.t0=8", *extra])
+    return load_config(
+        CONFIGS / "digits.yaml",
+        [
+            f"data.path={_digits_npz(home)}",
+            "model.w_sparsity=1.0",
+            "model.u_sparsity=1.0",
+            "model.hidden_size=16",
+            "train.epochs=8",
+            "schedule.t0=8",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.ray

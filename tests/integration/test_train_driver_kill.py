@@ -60,18 +60,29 @@ def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path, target):
     ray_tmp = tempfile.mkdtemp(prefix="tsk-", dir="/tmp")  # short: Ray's socket paths live under it
     env = {**os.environ, "TUNESTACK_HOME": str(home), "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    overrides = [f"data.path={npz}", "model.w_sparsity=1.0", "model.u_sparsity=1.0", "model.hidden_size=16",
-                 f"train.epochs={EPOCHS}", f"schedule.t0={EPOCHS}", "train.max_failures=0"]
+    overrides = [
+        f"data.path={npz}",
+        "model.w_sparsity=1.0",
+        "model.u_sparsity=1.0",
+        "model.hidden_size=16",
+        f"train.epochs={EPOCHS}",
+        f"schedule.t0={EPOCHS}",
+        "train.max_failures=0",
+    ]
     cmd = TUNESTACK + ["train", "--config", str(ROOT / "tune_configs" / "digits.yaml"), "--name", "victim"]
     for o in overrides:
         cmd += ["--set", o]
     run_dir = home / "runs" / "victim"
     log = open(tmp_path / "first.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
         while not _committed(run_dir, 1):
-            assert proc.poll() is None, f"train exited early ({proc.returncode}): {(tmp_path / 'first.log').read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"train exited early ({proc.returncode}): {(tmp_path / 'first.log').read_text()[-3000:]}"
+            )
             assert time.time() < deadline, "no committed checkpoint within 240 s"
             time.sleep(0.2)
         if target == "process group":
@@ -86,19 +97,29 @@ def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path, target):
         assert killed_at < EPOCHS - 1, "the run finished before the kill: nothing was left to resume"
         survivors = [(p.pid, " ".join(p.cmdline())[:80]) for p in _ray_processes(ray_tmp)]
 
-        resumed = subprocess.run(TUNESTACK + ["train", "--resume", "victim"], env=env, cwd=ROOT,
-                                 capture_output=True, text=True, timeout=400)
+        resumed = subprocess.run(
+            TUNESTACK + ["train", "--resume", "victim"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert resumed.returncode == 0, resumed.stderr[-4000:]
         printed = json.loads(resumed.stdout)
         last = load_checkpoint(str(run_dir / f"checkpoint_epoch{EPOCHS - 1:04d}"))
         attempts = last.meta["attempts"]
-        print(f"killed after checkpoint_epoch{killed_at:04d}; {len(survivors)} Ray process(es) survived the kill {survivors}; "
-              f"attempts {attempts}")
+        print(
+            f"killed after checkpoint_epoch{killed_at:04d}; {len(survivors)} Ray process(es) survived the kill {survivors}; "
+            f"attempts {attempts}"
+        )
         assert [a["start_epoch"] for a in attempts][0] == 0 and len(attempts) == 2, attempts
         assert attempts[1]["start_epoch"] >= 2  # continued after a committed checkpoint, not from epoch 0
         assert last.meta["epoch"] == EPOCHS - 1
         assert json.loads((run_dir / "run.json").read_text())["best_checkpoint"]
-        for folder in run_dir.glob("checkpoint_epoch*"):  # the run folder is readable: no half-uploaded checkpoint
+        for folder in run_dir.glob(
+            "checkpoint_epoch*"
+        ):  # the run folder is readable: no half-uploaded checkpoint
             load_checkpoint(str(folder))
         assert printed["test_metrics"]["accuracy"] > 0.5
     finally:

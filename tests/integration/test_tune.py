@@ -21,13 +21,20 @@ def test_asha_tune_with_more_trials_than_slots_registers_the_best(ray_cluster, t
     home = tmp_path / "home"
     monkeypatch.setenv("TUNESTACK_HOME", str(home))
     synth_routing(str(home / "routing"), rows=6000, seed=1, noise=0.1)
-    overrides = ["train.epochs=4", "train.patience=0", "tune.num_samples=3",
-                 "tune.asha.grace_period=1", "tune.asha.max_t=4"]
+    overrides = [
+        "train.epochs=4",
+        "train.patience=0",
+        "tune.num_samples=3",
+        "tune.asha.grace_period=1",
+        "tune.asha.max_t=4",
+    ]
     spec = load_tune_spec(str(REPO / "tune_configs" / "router.yaml"), overrides)
     slots = max_concurrent(spec)
     assert slots >= 2  # two single-worker trials at once on 2 CPUs
     held_before = job_placement_groups()
-    out = run_tune(str(REPO / "tune_configs" / "router.yaml"), name="router-asha", promote=True, overrides=overrides)
+    out = run_tune(
+        str(REPO / "tune_configs" / "router.yaml"), name="router-asha", promote=True, overrides=overrides
+    )
     assert job_placement_groups() <= held_before  # no finished trial still holds CPUs
 
     assert len(out.trials) == 6 > slots  # 2 planned hidden sizes x 3 samples: more trials than slots
@@ -62,18 +69,28 @@ def test_asha_tune_with_more_trials_than_slots_registers_the_best(ray_cluster, t
                     list(f.keys())
 
 
-
-def test_points_to_evaluate_run_first_on_every_plan_entry_besides_the_draws(ray_cluster, tmp_path, monkeypatch):
+def test_points_to_evaluate_run_first_on_every_plan_entry_besides_the_draws(
+    ray_cluster, tmp_path, monkeypatch
+):
     home = tmp_path / "home"
     monkeypatch.setenv("TUNESTACK_HOME", str(home))
     synth_routing(str(home / "routing"), rows=3000, seed=2, noise=0.1)
-    overrides = ["train.epochs=1", "train.patience=0", "tune.num_samples=1", "tune.asha=null",
-                 "tune.points_to_evaluate=[{optim.lr: 0.0123}]"]
+    overrides = [
+        "train.epochs=1",
+        "train.patience=0",
+        "tune.num_samples=1",
+        "tune.asha=null",
+        "tune.points_to_evaluate=[{optim.lr: 0.0123}]",
+    ]
     out = run_tune(str(REPO / "tune_configs" / "router.yaml"), name="router-points", overrides=overrides)
     assert all(t["error"] is None for t in out.trials), [t["error"] for t in out.trials]
     ordered = sorted(out.trials, key=lambda t: t["trial"])  # Tune numbers trials in creation order
     assert len(ordered) == 4  # the point and one draw, each on both planned hidden sizes
     assert [(t["overrides"]["optim.lr"], t["overrides"]["model.hidden_size"]) for t in ordered[:2]] == [
-        (0.0123, 8), (0.0123, 16)]
-    assert all(2.0e-3 <= t["overrides"]["optim.lr"] <= 3.0e-2 and t["overrides"]["optim.lr"] != 0.0123
-               for t in ordered[2:])
+        (0.0123, 8),
+        (0.0123, 16),
+    ]
+    assert all(
+        2.0e-3 <= t["overrides"]["optim.lr"] <= 3.0e-2 and t["overrides"]["optim.lr"] != 0.0123
+        for t in ordered[2:]
+    )

@@ -26,8 +26,16 @@ from tests.integration.ray_procs import REPO, VENV_BIN, end_session, free_ports,
 
 pytestmark = pytest.mark.ray
 
-SMALL_TUNE = ["--set", "train.epochs=2", "--set", "tune.num_samples=1", "--set", "tune.asha.grace_period=1",
-              "--set", "tune.asha.max_t=2"]  # router.yaml: 2 planned hidden sizes -> 2 trials
+SMALL_TUNE = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "tune.num_samples=1",
+    "--set",
+    "tune.asha.grace_period=1",
+    "--set",
+    "tune.asha.max_t=2",
+]  # router.yaml: 2 planned hidden sizes -> 2 trials
 
 
 def _http_status(url: str) -> int | None:
@@ -46,17 +54,38 @@ def ray_head(tmp_path):
     gcs, dash, client, agent, agent_grpc = free_ports(5)
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     log = open(tmp_path / "ray_head.log", "w")
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--dashboard-port", str(dash),
-           "--dashboard-host", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats",
-           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--temp-dir", temp_dir]
+    cmd = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(gcs),
+        "--dashboard-port",
+        str(dash),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "--disable-usage-stats",
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--temp-dir",
+        temp_dir,
+    ]
     proc = subprocess.Popen(cmd, env=venv_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
         while _http_status(f"{url}/api/version") is None:
             if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"ray start --head did not come up:\n{(tmp_path / 'ray_head.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"ray start --head did not come up:\n{(tmp_path / 'ray_head.log').read_text()[-3000:]}"
+                )
             time.sleep(1)
         yield {"url": url, "cmd": cmd}
     finally:
@@ -72,17 +101,39 @@ def test_ray_job_submit_runs_a_tune_config_to_completion(ray_head):
     # Token auth is on: the Jobs API refuses a request without the token ...
     assert _http_status(f"{ray_head['url']}/api/jobs/") in (401, 403)
     # ... and the client sends it (~/.ray/auth_token) when RAY_AUTH_MODE=token.
-    submit = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["url"], "--working-dir", ".",
-              "--runtime-env-json", json.dumps({"env_vars": {"TUNESTACK_HOME": str(home)}}), "--",
-              "tunestack", "tune", "--config", "tune_configs/router.yaml", "--name", "job-router", *SMALL_TUNE]
-    done = subprocess.run(submit, cwd=REPO, env=venv_env(RAY_AUTH_MODE="token"), capture_output=True, text=True,
-                          timeout=480)
+    submit = [
+        str(VENV_BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_head["url"],
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps({"env_vars": {"TUNESTACK_HOME": str(home)}}),
+        "--",
+        "tunestack",
+        "tune",
+        "--config",
+        "tune_configs/router.yaml",
+        "--name",
+        "job-router",
+        *SMALL_TUNE,
+    ]
+    done = subprocess.run(
+        submit, cwd=REPO, env=venv_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=480
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     job = re.search(r"Job '(raysubmit_\w+)' succeeded", out)
     assert job, out[-4000:]
-    status = subprocess.run([str(VENV_BIN / "ray"), "job", "status", "--address", ray_head["url"], job.group(1)],
-                            env=venv_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "status", "--address", ray_head["url"], job.group(1)],
+        env=venv_env(RAY_AUTH_MODE="token"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert f"Job '{job.group(1)}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
     assert Registry().versions("router") == ["v0001"]
@@ -131,16 +182,28 @@ def test_two_node_cluster_places_trials_on_both_nodes(tmp_path):
     script = tmp_path / "two_nodes.py"
     script.write_text(TWO_NODES)
     dash, *agents = free_ports(3)
-    proc = subprocess.Popen([sys.executable, str(script), str(REPO / "tune_configs" / "router.yaml"), str(dash),
-                             json.dumps(agents)], cwd=REPO, env=venv_env(TUNESTACK_HOME=home),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(REPO / "tune_configs" / "router.yaml"),
+            str(dash),
+            json.dumps(agents),
+        ],
+        cwd=REPO,
+        env=venv_env(TUNESTACK_HOME=home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=480)
     finally:
         end_session(proc)
     line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
     assert line, output[-4000:]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert len(result["nodes"]) == 2 and not result["errors"], result
     assert len(result["placed"]) == 4  # 2 planned hidden sizes x 2 samples
     used = {node for nodes in result["placed"].values() for node in nodes}

@@ -88,14 +88,21 @@ def _files(*roots: Path) -> dict[str, tuple]:
         for p in root.rglob("*"):
             if p.is_file():
                 st = p.stat()
-                out[str(p)] = (p.read_bytes(),) if p.name.startswith("params.") else (st.st_mtime_ns, st.st_size)
+                out[str(p)] = (
+                    (p.read_bytes(),) if p.name.startswith("params.") else (st.st_mtime_ns, st.st_size)
+                )
     return out
 
 
 def _tunestack(args: list[str], home: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
-                            env=venv_env(TUNESTACK_HOME=home, OMP_NUM_THREADS=1), stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        env=venv_env(TUNESTACK_HOME=home, OMP_NUM_THREADS=1),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
@@ -111,11 +118,16 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
         deadline = time.time() + 360
         while True:
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
-            assert time.time() < deadline, f"no finished + checkpointed unfinished trial: {_trial_states(exp)}"
+            assert time.time() < deadline, (
+                f"no finished + checkpointed unfinished trial: {_trial_states(exp)}"
+            )
             states = _trial_states(exp)
             finished = sorted(t for t, s in states.items() if s == "TERMINATED")
-            running = {t: (_committed_epochs(exp / "trials" / t), _planned_epochs(exp, t))
-                       for t, s in states.items() if s == "RUNNING"}
+            running = {
+                t: (_committed_epochs(exp / "trials" / t), _planned_epochs(exp, t))
+                for t, s in states.items()
+                if s == "RUNNING"
+            }
             # mid-run: a checkpoint past the first epoch, epochs still to go; "trained": its Train
             # run is complete but Tune has not recorded the trial as done yet
             midway = {t: e for t, (e, n) in running.items() if e and n and 1 <= max(e) < n - 1}
@@ -158,7 +170,9 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert rec["version"] == "v0001" and Registry().verify() == []
     rows = list(csv.DictReader(open(exp / "trials.csv")))
     assert len(rows) == 4 and all(not r["error"] for r in rows), rows
-    assert all(int(r["epochs"]) == int(r["train.epochs"]) for r in rows), rows  # whole learning curves reported
+    assert all(int(r["epochs"]) == int(r["train.epochs"]) for r in rows), (
+        rows
+    )  # whole learning curves reported
     best = max(float(r["best val_accuracy"]) for r in rows)
     assert rec["metrics"]["val_accuracy"] == pytest.approx(best)
 

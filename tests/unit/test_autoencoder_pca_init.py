@@ -18,7 +18,7 @@ def _rows(n=400, d=9, seed=0):
 
 def test_pca_from_moments_matches_svd_of_the_rows():
     x = _rows().astype(np.float64)
-    moments = shard_moments(({"x": x[i:i + 64]} for i in range(0, len(x), 64)), 9)  # batches add up
+    moments = shard_moments(({"x": x[i : i + 64]} for i in range(0, len(x), 64)), 9)  # batches add up
     assert moments["n"] == len(x)
     mean, comps = pca_from_moments(moments["n"], moments["sum_x"], moments["sum_xx"], 3)
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-10, atol=1e-12)
@@ -36,8 +36,9 @@ def test_pca_from_moments_matches_svd_of_the_rows():
 
 def test_pca_initialised_model_reconstructs_exactly_as_pca_then_trains():
     x = _rows()
-    model = build_model("autoencoder", input_dim=9, hidden=[16], latent_dim=3, dropout=0.0,
-                        linear_path=True, init="pca").eval()
+    model = build_model(
+        "autoencoder", input_dim=9, hidden=[16], latent_dim=3, dropout=0.0, linear_path=True, init="pca"
+    ).eval()
     m = shard_moments([{"x": x}], 9)
     mean, comps = pca_from_moments(m["n"], m["sum_x"], m["sum_xx"], 3)
     model.init_linear_from_pca(mean, comps)
@@ -60,12 +61,22 @@ def test_without_linear_path_the_model_has_no_linear_maps():
     # checkpoints from before the option load unchanged: same parameter names
     names = set(build_model("autoencoder").state_dict())
     assert not any("linear" in n for n in names)
-    assert {"encoder_linear.weight", "decoder_linear.bias"} <= set(build_model("autoencoder", linear_path=True).state_dict())
+    assert {"encoder_linear.weight", "decoder_linear.bias"} <= set(
+        build_model("autoencoder", linear_path=True).state_dict()
+    )
 
 
 def test_value_loss_can_differ_from_the_embedding_loss():
-    model = build_model("autoencoder", input_dim=5, hidden=[8], latent_dim=2, loss="mse", value_loss="l1",
-                        alpha_embed=1.0, alpha_value=2.0)
+    model = build_model(
+        "autoencoder",
+        input_dim=5,
+        hidden=[8],
+        latent_dim=2,
+        loss="mse",
+        value_loss="l1",
+        alpha_embed=1.0,
+        alpha_value=2.0,
+    )
     x = torch.zeros(2, 5)
     recon = x.clone()
     recon[:, -1] = torch.tensor([1.0, 3.0])
@@ -77,12 +88,15 @@ def test_value_loss_can_differ_from_the_embedding_loss():
     assert model.per_sample_error(x, recon).mean().item() == pytest.approx(total.item())
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"value_loss": "huber"}, "value_loss"),
-    ({"init": "xavier"}, "init"),
-    ({"init": "pca"}, "linear_path"),
-    ({"init": "pca", "linear_path": True, "latent_dim": 70}, "latent_dim"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"value_loss": "huber"}, "value_loss"),
+        ({"init": "xavier"}, "init"),
+        ({"init": "pca"}, "linear_path"),
+        ({"init": "pca", "linear_path": True, "latent_dim": 70}, "latent_dim"),
+    ],
+)
 def test_config_rejects_bad_new_options(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AutoencoderConfig(**kwargs)

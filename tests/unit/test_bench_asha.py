@@ -28,9 +28,23 @@ def test_grid_and_asha_files_run_the_same_configurations_to_max_t(tmp_path):
 def test_method_names_the_settings_not_the_results():
     from bench.asha import ASHA, _method, plan_of
 
-    trial = {"trial": "t", "overrides": {}, "metric": 0.9, "epochs": 3, "stopped_early": True, "history": [0.9]}
+    trial = {
+        "trial": "t",
+        "overrides": {},
+        "metric": 0.9,
+        "epochs": 3,
+        "stopped_early": True,
+        "history": [0.9],
+    }
     exp = {"seconds": 100.0, "best": 0.9, "trial_epochs": 30, "reported_epochs": 20, "trials": [trial] * 12}
-    a = {"rows": 8000, "epochs": 27, "plan": plan_of(True), "asha_settings": dict(ASHA), "grid": exp, "asha": exp}
+    a = {
+        "rows": 8000,
+        "epochs": 27,
+        "plan": plan_of(True),
+        "asha_settings": dict(ASHA),
+        "grid": exp,
+        "asha": exp,
+    }
     text = _method(a, {"epochs": 12, "num_samples": 1}, 12)
     assert "grace_period 1" in text and "reduction_factor 3" in text and "max_t 27" in text
     assert "'trials'" not in text and "history" not in text and len(text) < 2500

@@ -8,8 +8,14 @@ import math
 def test_models_benchmark_measures_accuracy_size_latency(tmp_path):
     from bench.models import measure, plot
 
-    m = measure(epochs=2, baselines={"gru": 8, "lstm": 8}, batch=16, repeats=1, min_repeat_seconds=0.001,
-                workdir=str(tmp_path))
+    m = measure(
+        epochs=2,
+        baselines={"gru": 8, "lstm": 8},
+        batch=16,
+        repeats=1,
+        min_repeat_seconds=0.001,
+        workdir=str(tmp_path),
+    )
     assert set(m["models"]) == {"fastgrnn", "gru", "lstm"}
     assert m["data"] == {"train": 1212, "val": 135, "test": 450, "steps": 8, "features": 8}
     for name, r in m["models"].items():

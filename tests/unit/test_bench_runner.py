@@ -13,8 +13,13 @@ from bench.report import check_result, write_benchmarks_md
 from pipeline.cli import build_parser
 
 FAKE = "tests.unit.benchfake"
-SUITE = [("summing", f"{FAKE}.summing"), ("broken", f"{FAKE}.broken"), ("norun", f"{FAKE}.norun"),
-         ("badresult", f"{FAKE}.badresult"), ("missing", f"{FAKE}.missing")]
+SUITE = [
+    ("summing", f"{FAKE}.summing"),
+    ("broken", f"{FAKE}.broken"),
+    ("norun", f"{FAKE}.norun"),
+    ("badresult", f"{FAKE}.badresult"),
+    ("missing", f"{FAKE}.missing"),
+]
 
 
 @pytest.fixture
@@ -28,7 +33,7 @@ def _rows(out: str) -> dict[str, list[str]]:
     lines = out.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("benchmark "))
     rows: dict[str, list[str]] = {}
-    for ln in lines[start + 2:]:
+    for ln in lines[start + 2 :]:
         if not ln.strip():
             break
         rows.setdefault(ln.split()[0], []).append(ln)
@@ -51,11 +56,26 @@ def test_suite_reports_every_benchmark_and_errors_set_exit_status(suite, tmp_pat
 
     summary = json.loads((out_dir / "summary.json").read_text())
     status = {b["name"]: b["status"] for b in summary["benchmarks"]}
-    assert status == {"summing": "ok", "broken": "error", "norun": "skipped", "badresult": "error",
-                      "missing": "skipped"}
+    assert status == {
+        "summing": "ok",
+        "broken": "error",
+        "norun": "skipped",
+        "badresult": "error",
+        "missing": "skipped",
+    }
     assert summary["quick"] is True and summary["seconds"] > 0
     m = summary["machine"]
-    for key in ("cpus_logical", "memory_gib", "gpu", "python", "ray", "torch", "pyarrow", "numpy", "git_commit"):
+    for key in (
+        "cpus_logical",
+        "memory_gib",
+        "gpu",
+        "python",
+        "ray",
+        "torch",
+        "pyarrow",
+        "numpy",
+        "git_commit",
+    ):
         assert m[key] not in (None, ""), key
     # the row in summary.json is what the benchmark returned and wrote itself
     summing = next(b for b in summary["benchmarks"] if b["name"] == "summing")["result"]
@@ -89,8 +109,9 @@ def test_unknown_only_name_is_refused(suite, tmp_path, capsys):
 
 
 def test_a_benchmark_past_its_timeout_is_stopped(tmp_path):
-    summary = runner.run_suite([("sleeper", f"{FAKE}.sleeper")], out_dir=str(tmp_path), timeout_s=2,
-                               echo=lambda *a, **k: None)
+    summary = runner.run_suite(
+        [("sleeper", f"{FAKE}.sleeper")], out_dir=str(tmp_path), timeout_s=2, echo=lambda *a, **k: None
+    )
     (row,) = summary["benchmarks"]
     assert row["status"] == "error" and "timed out after 2s" in row["error"]
     assert row["seconds"] < 30
@@ -98,7 +119,9 @@ def test_a_benchmark_past_its_timeout_is_stopped(tmp_path):
 
 def test_benchmarks_md_shows_goals_methods_and_copied_plots(suite, tmp_path):
     out_dir = tmp_path / "results"
-    summary = runner.run_suite(runner.BENCHMARKS[:2], quick=True, out_dir=str(out_dir), echo=lambda *a, **k: None)
+    summary = runner.run_suite(
+        runner.BENCHMARKS[:2], quick=True, out_dir=str(out_dir), echo=lambda *a, **k: None
+    )
     repo = tmp_path / "repo"
     path = write_benchmarks_md(summary, str(repo))
     text = open(path).read()
@@ -112,9 +135,26 @@ def test_benchmarks_md_shows_goals_methods_and_copied_plots(suite, tmp_path):
 
 
 def test_check_result_names_what_is_wrong():
-    good = {"name": "x", "title": "X", "seconds": 1.0, "quick": True, "plots": [], "method": "m",
-            "figures": [{"figure": "f", "value": 1.0, "unit": "ms", "baseline": None, "baseline_value": None,
-                         "ratio": None, "goal": None, "pass": None}]}
+    good = {
+        "name": "x",
+        "title": "X",
+        "seconds": 1.0,
+        "quick": True,
+        "plots": [],
+        "method": "m",
+        "figures": [
+            {
+                "figure": "f",
+                "value": 1.0,
+                "unit": "ms",
+                "baseline": None,
+                "baseline_value": None,
+                "ratio": None,
+                "goal": None,
+                "pass": None,
+            }
+        ],
+    }
     assert check_result(good) == []
     assert check_result([1]) == ["run() returned list, not a dict"]
     bad = {**good, "figures": [{**good["figures"][0], "pass": "yes"}]}

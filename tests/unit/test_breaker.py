@@ -73,8 +73,9 @@ def test_a_forgotten_probe_expires_and_a_released_one_frees_the_slot():
     assert b.allow()  # released: the next caller probes at once
 
 
-@pytest.mark.parametrize("kwargs", [{"failure_threshold": 0}, {"failure_threshold": 1.5},
-                                    {"reset_timeout_s": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"failure_threshold": 0}, {"failure_threshold": 1.5}, {"reset_timeout_s": 0}]
+)
 def test_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         CircuitBreaker(**kwargs)
@@ -97,8 +98,13 @@ class FlakyRouter:
             raise RuntimeError("replica died")
         if self.mode == "slow":
             await asyncio.sleep(1.0)
-        return {"status": 200, "outputs": [{"route": "lightweight", "probability": 0.99, "uncertainty": 0.01,
-                                            "model_version": "v0001"} for _ in instances]}
+        return {
+            "status": 200,
+            "outputs": [
+                {"route": "lightweight", "probability": 0.99, "uncertainty": 0.01, "model_version": "v0001"}
+                for _ in instances
+            ],
+        }
 
     async def info(self):
         return {"family": "router", "loaded": True, "version": "v0001"}
@@ -115,8 +121,11 @@ def flaky(tmp_path):
     from serve.schemas import AppArgs
 
     router = FlakyRouter()
-    args = AppArgs(registry_root=str(tmp_path), families={"router": "route"},
-                   breaker={"failure_threshold": 2, "reset_timeout_s": 0.3, "call_timeout_s": 0.1})
+    args = AppArgs(
+        registry_root=str(tmp_path),
+        families={"router": "route"},
+        breaker={"failure_threshold": 2, "reset_timeout_s": 0.3, "call_timeout_s": 0.1},
+    )
     service = GatewayService(args, {"router": router})
     with TestClient(make_api(service)) as client:
         yield client, router, service

@@ -29,7 +29,9 @@ class Flaky(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        body = json.dumps({"route": "powerful", "model_version": "v0001"} if step == 200 else {"detail": f"s{step}"})
+        body = json.dumps(
+            {"route": "powerful", "model_version": "v0001"} if step == 200 else {"detail": f"s{step}"}
+        )
         self.send_response(step)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -75,8 +77,11 @@ def test_retries_give_up_and_say_why(server):
 
 
 def test_client_errors_and_management_calls_are_not_retried(server):
-    Flaky.scripts = {"/v1/route": [422], "/v1/models/router/rollback": [503],
-                     "/v1/models/router/promote": ["drop"]}
+    Flaky.scripts = {
+        "/v1/route": [422],
+        "/v1/models/router/rollback": [503],
+        "/v1/models/router/promote": ["drop"],
+    }
     c = client(server)
     with pytest.raises(TunestackError) as e:
         c.route([0.5] * 5)

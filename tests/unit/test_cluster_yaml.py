@@ -27,12 +27,20 @@ def test_cluster_keeps_ray_private_and_token_auth_on():
     assert "0.0.0.0" not in (REPO / "cluster.yaml").read_text()
 
 
-RAY_PORTS = {6379: "GCS", 8265: "dashboard", 10001: "Ray client", 8000: "Serve HTTP", 8076: "object manager",
-             52365: "dashboard agent"}
+RAY_PORTS = {
+    6379: "GCS",
+    8265: "dashboard",
+    10001: "Ray client",
+    8000: "Serve HTTP",
+    8076: "object manager",
+    52365: "dashboard agent",
+}
 
 
 def _open_to(rule: dict) -> list[str]:
-    return [r["CidrIp"] for r in rule.get("IpRanges", [])] + [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
+    return [r["CidrIp"] for r in rule.get("IpRanges", [])] + [
+        r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])
+    ]
 
 
 def _covers(rule: dict, port: int) -> bool:
@@ -49,10 +57,14 @@ def _launcher_inbound_rules():
 
     path = Path(ray.__file__).parent / "autoscaler" / "_private" / "aws" / "config.py"
     tree = ast.parse(path.read_text())
-    wanted = {"_create_default_inbound_rules", "_create_default_intracluster_inbound_rules",
-              "_create_default_ssh_inbound_rules"}
-    module = ast.Module(body=[n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted],
-                        type_ignores=[])
+    wanted = {
+        "_create_default_inbound_rules",
+        "_create_default_intracluster_inbound_rules",
+        "_create_default_ssh_inbound_rules",
+    }
+    module = ast.Module(
+        body=[n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted], type_ignores=[]
+    )
     assert len(module.body) == len(wanted), "Ray's launcher no longer defines its ingress rules this way"
     namespace = {"itertools": itertools}
     exec(compile(module, str(path), "exec"), namespace)
@@ -87,4 +99,6 @@ def test_serve_binds_loopback_by_default():
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert raw["http_options"]["host"] == "127.0.0.1"
     assert serve_config_dict(str(DEFAULT_CONFIG))["http_options"]["host"] == "127.0.0.1"
-    assert serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0")["http_options"]["host"] == "0.0.0.0"  # only if asked
+    assert (
+        serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0")["http_options"]["host"] == "0.0.0.0"
+    )  # only if asked

@@ -36,12 +36,15 @@ model: {arch: sequence_classifier, input_size: 8, num_classes: 10}
 """
 
 
-@pytest.mark.parametrize("extra,key", [
-    ("colour: blue\n", "colour"),
-    ("optim: {lr: 0.1, momentum: 0.9}\n", "optim.momentum"),
-    ("train: {epoch: 3}\n", "train.epoch"),
-    ("tunes: {num_samples: 4}\n", "tunes"),
-])
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        ("colour: blue\n", "colour"),
+        ("optim: {lr: 0.1, momentum: 0.9}\n", "optim.momentum"),
+        ("train: {epoch: 3}\n", "train.epoch"),
+        ("tunes: {num_samples: 4}\n", "tunes"),
+    ],
+)
 def test_unknown_key_names_key_and_file(tmp_path, extra, key):
     path = _write(tmp_path, BASE + extra)
     with pytest.raises(ConfigError) as err:
@@ -50,20 +53,25 @@ def test_unknown_key_names_key_and_file(tmp_path, extra, key):
 
 
 def test_unknown_model_key_names_key_and_file(tmp_path):
-    path = _write(tmp_path, "data: {source: sequences, path: x.npz}\n"
-                            "model: {arch: sequence_classifier, hidden_sise: 8}\n")
+    path = _write(
+        tmp_path,
+        "data: {source: sequences, path: x.npz}\nmodel: {arch: sequence_classifier, hidden_sise: 8}\n",
+    )
     with pytest.raises(ConfigError, match=r"bad\.yaml: model\.hidden_sise: unknown key"):
         load_config(path)
 
 
-@pytest.mark.parametrize("extra,key", [
-    ("train: {epochs: ten}\n", "train.epochs"),
-    ("train: {epochs: 2.5}\n", "train.epochs"),
-    ("optim: {lr: fast}\n", "optim.lr"),
-    ("optim: {betas: [0.9, high]}\n", "optim.betas[1]"),
-    ("data: {source: sequences, path: 3}\n", "data.path"),
-    ("train: {amp: 1}\n", "train.amp"),
-])
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        ("train: {epochs: ten}\n", "train.epochs"),
+        ("train: {epochs: 2.5}\n", "train.epochs"),
+        ("optim: {lr: fast}\n", "optim.lr"),
+        ("optim: {betas: [0.9, high]}\n", "optim.betas[1]"),
+        ("data: {source: sequences, path: 3}\n", "data.path"),
+        ("train: {amp: 1}\n", "train.amp"),
+    ],
+)
 def test_wrong_type_names_key_and_file(tmp_path, extra, key):
     path = _write(tmp_path, BASE + extra)
     with pytest.raises(ConfigError) as err:
@@ -72,12 +80,16 @@ def test_wrong_type_names_key_and_file(tmp_path, extra, key):
 
 
 def test_wrong_model_type_and_range(tmp_path):
-    path = _write(tmp_path, "data: {source: sequences, path: x.npz}\n"
-                            "model: {arch: sequence_classifier, hidden_size: 1.5}\n")
+    path = _write(
+        tmp_path,
+        "data: {source: sequences, path: x.npz}\nmodel: {arch: sequence_classifier, hidden_size: 1.5}\n",
+    )
     with pytest.raises(ConfigError, match=r"model\.hidden_size: expected int"):
         load_config(path)
-    path = _write(tmp_path, "data: {source: sequences, path: x.npz}\n"
-                            "model: {arch: sequence_classifier, w_sparsity: 1.5}\n")
+    path = _write(
+        tmp_path,
+        "data: {source: sequences, path: x.npz}\nmodel: {arch: sequence_classifier, w_sparsity: 1.5}\n",
+    )
     with pytest.raises(ConfigError, match=r"bad\.yaml: model\.w_sparsity"):
         load_config(path)
 
@@ -92,9 +104,17 @@ def test_bad_values_and_mismatched_arch(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(ROOT / "tune_configs" / "router.yaml",
-                      ["optim.lr=3e-3", "train.epochs=5", "model.hidden_size=8", "train.use_gpu=false",
-                       "optim.betas=[0.8, 0.99]", "data.path=/tmp/logs"])
+    cfg = load_config(
+        ROOT / "tune_configs" / "router.yaml",
+        [
+            "optim.lr=3e-3",
+            "train.epochs=5",
+            "model.hidden_size=8",
+            "train.use_gpu=false",
+            "optim.betas=[0.8, 0.99]",
+            "data.path=/tmp/logs",
+        ],
+    )
     assert cfg.optim.lr == 0.003 and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 5 and cfg.model.params["hidden_size"] == 8
     assert cfg.train.use_gpu is False and cfg.optim.betas == [0.8, 0.99] and cfg.data.path == "/tmp/logs"

@@ -12,8 +12,17 @@ from pipeline.models.fastgrnn import apply_sparsity
 @pytest.mark.parametrize("batch", [1, 7, 300])
 def test_inference_path_matches_training_path(ranks, batch):
     torch.manual_seed(0)
-    model = build_model("sequence_classifier", input_size=8, hidden_size=48, num_classes=10,
-                        w_sparsity=0.5, u_sparsity=0.5, zeta_init=0.3, nu_init=-1.0, **ranks).eval()
+    model = build_model(
+        "sequence_classifier",
+        input_size=8,
+        hidden_size=48,
+        num_classes=10,
+        w_sparsity=0.5,
+        u_sparsity=0.5,
+        zeta_init=0.3,
+        nu_init=-1.0,
+        **ranks,
+    ).eval()
     apply_sparsity(model, "iht")
     x, h0 = torch.randn(batch, 8, 8), torch.randn(batch, 48)
     states, last = model.rnn(x, h0)  # grad enabled: the training path

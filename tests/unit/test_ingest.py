@@ -17,7 +17,9 @@ from tests.conftest import COMPANIES, require_us_gaap, tree_digest
 @pytest.mark.parametrize("ticker", sorted(COMPANIES))
 def test_unique_fact_counts_match_the_data_readme(ticker, tmp_path):
     data = require_us_gaap()
-    r = ingest([str(data / f"{ticker}_companyfacts.json.gz")], str(tmp_path / "s"), embedder="hashed", progress=False)
+    r = ingest(
+        [str(data / f"{ticker}_companyfacts.json.gz")], str(tmp_path / "s"), embedder="hashed", progress=False
+    )
     assert r.rows_after == COMPANIES[ticker]
     assert r.duplicates_dropped == r.rows_read - COMPANIES[ticker] > 0
 
@@ -33,7 +35,9 @@ def test_store_contents(us_gaap_store):
     assert len(set(zip(pairs["concept"].to_pylist(), pairs["unit"].to_pylist()))) == pairs.num_rows
     assert store.embeddings().shape == (pairs.num_rows, 64)
     t = pq.read_table(store.triplet_files()[0], filesystem=store.loc.fs)
-    assert {"entity_id", "concept", "unit", "value", "scaled_value", "pair_id", "accn", "period_end"} <= set(t.column_names)
+    assert {"entity_id", "concept", "unit", "value", "scaled_value", "pair_id", "accn", "period_end"} <= set(
+        t.column_names
+    )
     meta = pq.ParquetFile(store.triplet_files()[0], filesystem=store.loc.fs).metadata
     assert meta.num_row_groups >= 1
 
@@ -50,12 +54,52 @@ def test_scaled_values_invert_to_raw_values(us_gaap_store):
 
 
 def test_latest_filing_wins(tmp_path):
-    doc = {"cik": 1, "entityName": "X", "facts": {"us-gaap": {"Revenue": {"label": "Revenue", "description": "d",
-           "units": {"USD": [
-               {"start": "2020-01-01", "end": "2020-12-31", "val": 100, "accn": "a1", "fy": 2020, "fp": "FY", "form": "10-K", "filed": "2021-02-01"},
-               {"start": "2020-01-01", "end": "2020-12-31", "val": 105, "accn": "a2", "fy": 2021, "fp": "FY", "form": "10-K", "filed": "2022-02-01"},
-               {"start": "2021-01-01", "end": "2021-12-31", "val": 200, "accn": "a2", "fy": 2021, "fp": "FY", "form": "10-K", "filed": "2022-02-01"},
-           ]}}}}}
+    doc = {
+        "cik": 1,
+        "entityName": "X",
+        "facts": {
+            "us-gaap": {
+                "Revenue": {
+                    "label": "Revenue",
+                    "description": "d",
+                    "units": {
+                        "USD": [
+                            {
+                                "start": "2020-01-01",
+                                "end": "2020-12-31",
+                                "val": 100,
+                                "accn": "a1",
+                                "fy": 2020,
+                                "fp": "FY",
+                                "form": "10-K",
+                                "filed": "2021-02-01",
+                            },
+                            {
+                                "start": "2020-01-01",
+                                "end": "2020-12-31",
+                                "val": 105,
+                                "accn": "a2",
+                                "fy": 2021,
+                                "fp": "FY",
+                                "form": "10-K",
+                                "filed": "2022-02-01",
+                            },
+                            {
+                                "start": "2021-01-01",
+                                "end": "2021-12-31",
+                                "val": 200,
+                                "accn": "a2",
+                                "fy": 2021,
+                                "fp": "FY",
+                                "form": "10-K",
+                                "filed": "2022-02-01",
+                            },
+                        ]
+                    },
+                }
+            }
+        },
+    }
     p = tmp_path / "x.json"
     p.write_text(json.dumps(doc))
     r = ingest([str(p)], str(tmp_path / "s"), embedder="hashed", progress=False)
@@ -92,6 +136,7 @@ def test_narrative_csv_dedupes_on_accession(tmp_path):
 
 # ---- bad input: clear error naming the file, and a byte-identical store --------------------------
 
+
 def _bad_inputs(tmp_path, data):
     raw = gzip.decompress((data / "AAPL_companyfacts.json.gz").read_bytes())
     truncated = tmp_path / "truncated.json.gz"
@@ -102,7 +147,7 @@ def _bad_inputs(tmp_path, data):
     header, row = csv_text[0], csv_text[1].split(",")
     first = next(i for i, c in enumerate(row) if "::" in c)
     bad_cell = tmp_path / "BADCELL.csv"
-    bad_cell.write_text(header + "\n" + ",".join(row[:first] + ["12345"] + row[first + 1:]) + "\n")
+    bad_cell.write_text(header + "\n" + ",".join(row[:first] + ["12345"] + row[first + 1 :]) + "\n")
     doc = json.loads(raw)
     concept = next(iter(doc["facts"]["us-gaap"]))
     unit = next(iter(doc["facts"]["us-gaap"][concept]["units"]))
@@ -127,7 +172,12 @@ def test_each_bad_input_fails_cleanly_and_leaves_store_byte_identical(tmp_path):
     before = tree_digest(uri)
     for name, (path, expect) in _bad_inputs(tmp_path, data).items():
         with pytest.raises(IngestError) as e:
-            ingest([str(data / "MSFT_companyfacts.json.gz"), str(path)], str(uri), embedder="hashed", progress=False)
+            ingest(
+                [str(data / "MSFT_companyfacts.json.gz"), str(path)],
+                str(uri),
+                embedder="hashed",
+                progress=False,
+            )
         assert path.name in str(e.value) and expect in str(e.value), (name, str(e.value))
         assert tree_digest(uri) == before, f"{name}: store changed"
 
@@ -135,8 +185,18 @@ def test_each_bad_input_fails_cleanly_and_leaves_store_byte_identical(tmp_path):
 def test_skip_bad_counts_and_reports(tmp_path):
     data = require_us_gaap()
     bad = _bad_inputs(tmp_path, data)
-    r = ingest([str(data / "GOOG_companyfacts.json.gz"), str(bad["truncated gzip"][0]), str(bad["non-numeric"][0]),
-                str(bad["csv cell"][0])], str(tmp_path / "s"), skip_bad=True, embedder="hashed", progress=False)
+    r = ingest(
+        [
+            str(data / "GOOG_companyfacts.json.gz"),
+            str(bad["truncated gzip"][0]),
+            str(bad["non-numeric"][0]),
+            str(bad["csv cell"][0]),
+        ],
+        str(tmp_path / "s"),
+        skip_bad=True,
+        embedder="hashed",
+        progress=False,
+    )
     assert len(r.skipped_documents) == 1 and "truncated.json.gz" in r.skipped_documents[0]
     assert r.skipped_records == 2  # the non-numeric fact and the bad CSV cell
     assert r.rows_after > COMPANIES["GOOG"]
@@ -153,7 +213,10 @@ def test_bulk_zip_and_folder(tmp_path):
     folder = tmp_path / "dir"
     folder.mkdir()
     shutil.copy(data / "MSFT_companyfacts.json.gz", folder)
-    assert ingest([str(folder)], str(tmp_path / "d"), embedder="hashed", progress=False).rows_after == COMPANIES["MSFT"]
+    assert (
+        ingest([str(folder)], str(tmp_path / "d"), embedder="hashed", progress=False).rows_after
+        == COMPANIES["MSFT"]
+    )
 
 
 def test_zip_with_traversal_name_is_refused(tmp_path):

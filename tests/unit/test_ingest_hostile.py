@@ -54,9 +54,14 @@ def store(tmp_path):
 
 def _probe(paths, store) -> dict:
     """Ingest in a fresh interpreter: its IngestError (or None) and how far its peak RSS rose (MiB)."""
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps([str(p) for p in paths]), str(store)],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps([str(p) for p in paths]), str(store)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -87,7 +92,9 @@ def test_csv_with_a_100mb_line_fails_in_bounded_memory(tmp_path, store):
     before = tree_digest(store)
     base = _baseline(tmp_path, store)
     header = b"fy,fp,form,filed,accn,Revenues\n2020,FY,10-K,2021-02-01,a1,5::USD\n"
-    bad = _write_repeated(tmp_path / "HUGE.csv", header + b"2021,FY,10-K,2022-02-01,a2,", b"9", HUGE, b"::USD\n")
+    bad = _write_repeated(
+        tmp_path / "HUGE.csv", header + b"2021,FY,10-K,2022-02-01,a2,", b"9", HUGE, b"::USD\n"
+    )
     r = _probe([bad], store)
     print(f"100 MB CSV line: peak RSS +{r['growth_mb']:.0f} MiB (+{base:.0f} MiB for a tiny bad file)")
     assert "HUGE.csv (line 3)" in r["error"] and f"{MAX_LINE_BYTES}-byte limit" in r["error"], r
@@ -99,11 +106,14 @@ def test_csv_with_a_100mb_line_fails_in_bounded_memory(tmp_path, store):
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("kind, expect", [
-    ("garbage", "invalid JSON"),
-    ("nested", "nested too deeply"),
-    ("huge label", f"over the {MAX_TEXT_CHARS}-character limit"),
-])
+@pytest.mark.parametrize(
+    "kind, expect",
+    [
+        ("garbage", "invalid JSON"),
+        ("nested", "nested too deeply"),
+        ("huge label", f"over the {MAX_TEXT_CHARS}-character limit"),
+    ],
+)
 def test_json_with_a_100mb_line_fails_in_bounded_memory(tmp_path, store, kind, expect):
     before = tree_digest(store)
     base = _baseline(tmp_path, store)
@@ -113,8 +123,13 @@ def test_json_with_a_100mb_line_fails_in_bounded_memory(tmp_path, store, kind, e
     elif kind == "nested":
         _write_repeated(path, b"", b"[", HUGE)
     else:
-        _write_repeated(path, b'{"cik": 1, "entityName": "X", "facts": {"us-gaap": {"Revenues": {"label": "',
-                        b"a", HUGE, b'", "units": {"USD": [{"end": "2020-12-31", "val": 1}]}}}}}')
+        _write_repeated(
+            path,
+            b'{"cik": 1, "entityName": "X", "facts": {"us-gaap": {"Revenues": {"label": "',
+            b"a",
+            HUGE,
+            b'", "units": {"USD": [{"end": "2020-12-31", "val": 1}]}}}}}',
+        )
     r = _probe([path], store)
     print(f"100 MB JSON ({kind}): peak RSS +{r['growth_mb']:.0f} MiB (+{base:.0f} MiB for a tiny bad file)")
     assert r["error"].startswith(str(path)) and expect in r["error"], r
@@ -125,7 +140,9 @@ def test_json_with_a_100mb_line_fails_in_bounded_memory(tmp_path, store, kind, e
 # ---- zip bombs and gzip bombs -------------------------------------------------------------------
 
 
-def _zeros_member(zf: zipfile.ZipFile, name: str, size: int, head: bytes = b'{"cik": 1, "facts": {}, "pad": "'):
+def _zeros_member(
+    zf: zipfile.ZipFile, name: str, size: int, head: bytes = b'{"cik": 1, "facts": {}, "pad": "'
+):
     info = zipfile.ZipInfo(name)
     info.compress_type = zipfile.ZIP_DEFLATED
     with zf.open(info, "w", force_zip64=True) as f:
@@ -194,8 +211,18 @@ def test_gzip_bomb_stops_at_the_cap(tmp_path, store):
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("name", ["../../etc/x.json", "/etc/x.json", "..\\..\\x.json", "C:/x.json",
-                                  "C:\\x.json", "a/../../x.json", "ok/..\\..\\x.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/x.json",
+        "/etc/x.json",
+        "..\\..\\x.json",
+        "C:/x.json",
+        "C:\\x.json",
+        "a/../../x.json",
+        "ok/..\\..\\x.json",
+    ],
+)
 def test_zip_member_with_a_traversal_name_is_refused(tmp_path, store, name):
     before = tree_digest(store)
     evil = tmp_path / "evil.zip"

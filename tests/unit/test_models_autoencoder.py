@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from pipeline.models import build_model
-from pipeline.models.autoencoder import (AutoencoderConfig, embedding_cosine_similarity, r2_score,
-                                         relative_mae_by_pair)
+from pipeline.models.autoencoder import (
+    AutoencoderConfig,
+    embedding_cosine_similarity,
+    r2_score,
+    relative_mae_by_pair,
+)
 
 
 def test_shapes_and_default_config():
@@ -21,8 +25,9 @@ def test_shapes_and_default_config():
 
 @pytest.mark.parametrize("loss", ["mse", "l1"])
 def test_loss_splits_embedding_and_value(loss):
-    model = build_model("autoencoder", input_dim=5, hidden=[8], latent_dim=2, loss=loss,
-                        alpha_embed=0.5, alpha_value=3.0)
+    model = build_model(
+        "autoencoder", input_dim=5, hidden=[8], latent_dim=2, loss=loss, alpha_embed=0.5, alpha_value=3.0
+    )
     x = torch.zeros(2, 5)
     recon = x.clone()
     recon[:, -1] = torch.tensor([1.0, 3.0])  # error only in the value column
@@ -68,14 +73,17 @@ def test_training_reduces_reconstruction_loss():
     assert loss.item() < 0.1 * initial
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"input_dim": 1}, "input_dim"),
-    ({"hidden": [0]}, "hidden"),
-    ({"latent_dim": 0}, "latent_dim"),
-    ({"dropout": -0.1}, "dropout"),
-    ({"loss": "huber"}, "loss"),
-    ({"alpha_value": -1.0}, "alpha_value"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"input_dim": 1}, "input_dim"),
+        ({"hidden": [0]}, "hidden"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"loss": "huber"}, "loss"),
+        ({"alpha_value": -1.0}, "alpha_value"),
+    ],
+)
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AutoencoderConfig(**kwargs)

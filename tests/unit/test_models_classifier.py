@@ -7,19 +7,22 @@ from pipeline.models import build_model
 from pipeline.models.classifier import SequenceClassifierConfig, route_probability
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"cell": "rnn"}, "cell"),
-    ({"hidden_size": 0}, "hidden_size"),
-    ({"input_size": 2.5}, "input_size"),
-    ({"num_classes": 1}, "num_classes"),
-    ({"w_rank": 6}, "w_rank"),  # > min(input_size=5, hidden_size=16)
-    ({"u_rank": 0}, "u_rank"),
-    ({"w_sparsity": 0.0}, "w_sparsity"),
-    ({"u_sparsity": 1.5}, "u_sparsity"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"cell": "gru", "u_rank": 4}, "u_rank"),
-    ({"cell": "lstm", "w_sparsity": 0.5}, "w_sparsity"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"cell": "rnn"}, "cell"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"input_size": 2.5}, "input_size"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"w_rank": 6}, "w_rank"),  # > min(input_size=5, hidden_size=16)
+        ({"u_rank": 0}, "u_rank"),
+        ({"w_sparsity": 0.0}, "w_sparsity"),
+        ({"u_sparsity": 1.5}, "u_sparsity"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"cell": "gru", "u_rank": 4}, "u_rank"),
+        ({"cell": "lstm", "w_sparsity": 0.5}, "w_sparsity"),
+    ],
+)
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SequenceClassifierConfig(**kwargs)
@@ -28,8 +31,7 @@ def test_config_rejects_bad_values_naming_the_field(kwargs, field):
 @pytest.mark.parametrize("cell", ["fastgrnn", "gru", "lstm"])
 def test_sequence_and_single_vector_inputs(cell):
     torch.manual_seed(0)
-    model = build_model("sequence_classifier", cell=cell, input_size=5, hidden_size=8,
-                        num_classes=3).eval()
+    model = build_model("sequence_classifier", cell=cell, input_size=5, hidden_size=8, num_classes=3).eval()
     assert model(torch.randn(4, 7, 5)).shape == (4, 3)
     x = torch.randn(4, 5)
     # a single feature vector is a length-1 sequence

@@ -12,13 +12,26 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pipeline.models import build_model
-from pipeline.models.fastgrnn import (SparsitySchedule, apply_sparsity, load_int8,
-                                      model_size_bytes, quantize_int8)
+from pipeline.models.fastgrnn import (
+    SparsitySchedule,
+    apply_sparsity,
+    load_int8,
+    model_size_bytes,
+    quantize_int8,
+)
 
 # The recipe (also in tune_configs/digits.yaml): low-rank U, half of each W/U matrix kept.
 # Over seeds 0-7 it gave 97.3-98.4% test accuracy, float and int8 alike, at ~1.7 KB.
-FASTGRNN = dict(cell="fastgrnn", input_size=8, hidden_size=48, num_classes=10, u_rank=12,
-                w_sparsity=0.5, u_sparsity=0.5, dropout=0.1)
+FASTGRNN = dict(
+    cell="fastgrnn",
+    input_size=8,
+    hidden_size=48,
+    num_classes=10,
+    u_rank=12,
+    w_sparsity=0.5,
+    u_sparsity=0.5,
+    dropout=0.1,
+)
 TRAIN = dict(epochs=120, lr=0.02, weight_decay=1e-4, grad_clip=1.0, batch_size=64, seed=0)
 
 
@@ -26,7 +39,8 @@ def _digits():
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # [N, 8 rows, 8 pixels]
     x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target, test_size=0.25, stratify=digits.target, random_state=0)
+        x, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
     return [torch.as_tensor(a) for a in (x_train, x_test, y_train, y_test)]
 
 
@@ -64,8 +78,10 @@ def test_fastgrnn_digits_float_and_int8_accuracy_within_2kb():
 
     float_acc, int8_acc = _accuracy(model, x_test, y_test), _accuracy(int8_model, x_test, y_test)
     size = model_size_bytes(qdict)
-    print(f"FastGRNN digits: float acc {float_acc:.4f} ({model_size_bytes(model)} B), "
-          f"int8 acc {int8_acc:.4f} ({size} B)")
+    print(
+        f"FastGRNN digits: float acc {float_acc:.4f} ({model_size_bytes(model)} B), "
+        f"int8 acc {int8_acc:.4f} ({size} B)"
+    )
     assert float_acc >= 0.96
     assert int8_acc >= 0.96
     assert size <= 2048
@@ -82,6 +98,8 @@ def test_gru_digits_baseline():
     model, x_test, y_test = _train(gru, **TRAIN)
     qdict = quantize_int8(model)
     accuracy = _accuracy(model, x_test, y_test)
-    print(f"GRU digits: float acc {accuracy:.4f} ({model_size_bytes(model)} B), "
-          f"int8 {model_size_bytes(qdict)} B")
+    print(
+        f"GRU digits: float acc {accuracy:.4f} ({model_size_bytes(model)} B), "
+        f"int8 {model_size_bytes(qdict)} B"
+    )
     assert accuracy >= 0.95

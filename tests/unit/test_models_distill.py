@@ -9,8 +9,11 @@ from pipeline.models.distill import distillation_loss
 
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g),
-            torch.randint(0, 4, (8,), generator=g))
+    return (
+        torch.randn(8, 4, generator=g),
+        torch.randn(8, 4, generator=g),
+        torch.randint(0, 4, (8,), generator=g),
+    )
 
 
 def test_alpha_zero_is_plain_cross_entropy():
@@ -42,8 +45,7 @@ def test_alpha_one_is_minimised_by_matching_the_teacher():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    torch.testing.assert_close(torch.softmax(s, -1), torch.softmax(teacher, -1), atol=1e-3,
-                               rtol=0)
+    torch.testing.assert_close(torch.softmax(s, -1), torch.softmax(teacher, -1), atol=1e-3, rtol=0)
 
 
 def test_teacher_gets_no_gradient_and_bad_arguments_raise():

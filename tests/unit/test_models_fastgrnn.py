@@ -6,9 +6,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.models import build_model
-from pipeline.models.fastgrnn import (FastGRNN, FastGRNNCell, SparsitySchedule, apply_sparsity,
-                                      load_int8, magnitude_prune, max_probability_diff,
-                                      model_size_bytes, quantize_int8)
+from pipeline.models.fastgrnn import (
+    FastGRNN,
+    FastGRNNCell,
+    SparsitySchedule,
+    apply_sparsity,
+    load_int8,
+    magnitude_prune,
+    max_probability_diff,
+    model_size_bytes,
+    quantize_int8,
+)
 
 
 def _sigmoid(a):
@@ -112,16 +120,20 @@ def _matrices(model):
     return {n: getattr(cell, n) for n, _ in cell.sparse_targets()}
 
 
-@pytest.mark.parametrize("ranks,expected_nnz", [
-    # 16x5 W kept 0.25 -> 20; 16x16 U kept 0.5 -> 128
-    ({}, {"W": 20, "U": 128}),
-    # factors: W1 16x4 -> 16, W2 4x5 -> 5, U1 16x8 -> 64, U2 8x16 -> 64
-    ({"w_rank": 4, "u_rank": 8}, {"W1": 16, "W2": 5, "U1": 64, "U2": 64}),
-])
+@pytest.mark.parametrize(
+    "ranks,expected_nnz",
+    [
+        # 16x5 W kept 0.25 -> 20; 16x16 U kept 0.5 -> 128
+        ({}, {"W": 20, "U": 128}),
+        # factors: W1 16x4 -> 16, W2 4x5 -> 5, U1 16x8 -> 64, U2 8x16 -> 64
+        ({"w_rank": 4, "u_rank": 8}, {"W1": 16, "W2": 5, "U1": 64, "U2": 64}),
+    ],
+)
 def test_iht_keeps_exact_fraction_of_largest_entries(ranks, expected_nnz):
     torch.manual_seed(0)
-    model = build_model("sequence_classifier", input_size=5, hidden_size=16, w_sparsity=0.25,
-                        u_sparsity=0.5, **ranks)
+    model = build_model(
+        "sequence_classifier", input_size=5, hidden_size=16, w_sparsity=0.25, u_sparsity=0.5, **ranks
+    )
     dense = {n: p.detach().clone() for n, p in _matrices(model).items()}
     masks = apply_sparsity(model, "iht")
     assert len(masks) == len(expected_nnz)
@@ -136,8 +148,9 @@ def test_iht_keeps_exact_fraction_of_largest_entries(ranks, expected_nnz):
 @pytest.mark.parametrize("ranks", [{}, {"w_rank": 3, "u_rank": 6}])
 def test_fixed_phase_keeps_pruned_entries_at_zero(ranks):
     torch.manual_seed(0)
-    model = build_model("sequence_classifier", input_size=3, hidden_size=12, w_sparsity=0.5,
-                        u_sparsity=0.3, **ranks)
+    model = build_model(
+        "sequence_classifier", input_size=3, hidden_size=12, w_sparsity=0.5, u_sparsity=0.3, **ranks
+    )
     x, y = _toy_sequences()
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
 
@@ -194,14 +207,14 @@ def test_magnitude_prune_zeroes_smallest_and_fixed_phase_keeps_them(cell):
 
 def test_int8_export_roundtrips_through_safetensors(tmp_path):
     torch.manual_seed(0)
-    model = build_model("sequence_classifier", input_size=5, hidden_size=16, w_rank=4,
-                        w_sparsity=0.5, u_sparsity=0.5).eval()
+    model = build_model(
+        "sequence_classifier", input_size=5, hidden_size=16, w_rank=4, w_sparsity=0.5, u_sparsity=0.5
+    ).eval()
     apply_sparsity(model, "iht")
     q = quantize_int8(model)
     assert q["rnn.cell.W1"].dtype == torch.int8 and q["rnn.cell.U"].dtype == torch.int8
     assert q["head.weight"].dtype == torch.int8
-    for name in ("rnn.cell.zeta", "rnn.cell.nu", "rnn.cell.bias_gate", "head.bias",
-                 "rnn.cell.U:scale"):
+    for name in ("rnn.cell.zeta", "rnn.cell.nu", "rnn.cell.bias_gate", "head.bias", "rnn.cell.U:scale"):
         assert q[name].dtype == torch.float32, name
     # pruned entries are still exactly zero after quantization
     assert torch.equal(q["rnn.cell.U"] == 0, model.rnn.cell.U == 0)
@@ -209,8 +222,12 @@ def test_int8_export_roundtrips_through_safetensors(tmp_path):
     save_file(q, str(tmp_path / "model.safetensors"))
     loaded = load_file(str(tmp_path / "model.safetensors"))
     x = torch.randn(64, 7, 5)
-    int8_model = load_int8(build_model("sequence_classifier", input_size=5, hidden_size=16,
-                                       w_rank=4, w_sparsity=0.5, u_sparsity=0.5), loaded)
+    int8_model = load_int8(
+        build_model(
+            "sequence_classifier", input_size=5, hidden_size=16, w_rank=4, w_sparsity=0.5, u_sparsity=0.5
+        ),
+        loaded,
+    )
     p_float = torch.softmax(model(x), -1)
     p_int8 = torch.softmax(int8_model(x), -1)
     diff = max_probability_diff(model, x, loaded)

@@ -13,8 +13,10 @@ from pipeline.models.classifier import SequenceClassifier, SequenceClassifierCon
 
 
 def test_registry_maps_arch_to_config_and_model():
-    assert MODEL_CONFIGS == {"sequence_classifier": SequenceClassifierConfig,
-                             "autoencoder": AutoencoderConfig}
+    assert {
+        "sequence_classifier": SequenceClassifierConfig,
+        "autoencoder": AutoencoderConfig,
+    } == MODEL_CONFIGS
     model = build_model("sequence_classifier", hidden_size=4)
     assert isinstance(model, SequenceClassifier) and model.config.hidden_size == 4
     assert isinstance(build_model("autoencoder", hidden=[8], latent_dim=2), Autoencoder)
@@ -40,8 +42,15 @@ def test_same_seed_builds_the_same_weights():
 
 
 def test_models_do_not_import_ray():
-    code = ("import sys, pipeline.models, pipeline.models.fastgrnn, pipeline.models.distill; "
-            "print('ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, pipeline.models, pipeline.models.fastgrnn, pipeline.models.distill; "
+        "print('ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip() == "False"

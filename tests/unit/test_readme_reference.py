@@ -54,20 +54,28 @@ SECTION_HEADINGS = {name: f"**`{name}`**" for name in SECTIONS}
 MODEL_HEADINGS = {arch: f"`arch: {arch}`" for arch in MODEL_CONFIGS}
 
 
-@pytest.mark.parametrize("heading,cls", [
-    *((SECTION_HEADINGS[n], c) for n, c in SECTIONS.items()),
-    *((MODEL_HEADINGS[a], c) for a, c in MODEL_CONFIGS.items()),
-    ("**`tune`**", TuneSection), ("**`tune.asha`**", AshaSection),
-], ids=[*SECTIONS, *MODEL_CONFIGS, "tune", "tune.asha"])
+@pytest.mark.parametrize(
+    "heading,cls",
+    [
+        *((SECTION_HEADINGS[n], c) for n, c in SECTIONS.items()),
+        *((MODEL_HEADINGS[a], c) for a, c in MODEL_CONFIGS.items()),
+        ("**`tune`**", TuneSection),
+        ("**`tune.asha`**", AshaSection),
+    ],
+    ids=[*SECTIONS, *MODEL_CONFIGS, "tune", "tune.asha"],
+)
 def test_every_config_key_is_documented_with_its_default(heading, cls):
     documented = table_after(heading)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    assert set(documented) == set(fields), f"{heading}: README lists {sorted(documented)}, code has {sorted(fields)}"
+    assert set(documented) == set(fields), (
+        f"{heading}: README lists {sorted(documented)}, code has {sorted(fields)}"
+    )
     for name, field in fields.items():
         if name == "asha":  # a nested section, documented in its own table
             continue
-        assert same_default(documented[name], default_of(field)), \
+        assert same_default(documented[name], default_of(field)), (
             f"{heading} {name}: README says {documented[name]!r}, code default {default_of(field)!r}"
+        )
 
 
 def test_every_serve_arg_is_documented_with_its_default():
@@ -79,7 +87,9 @@ def test_every_serve_arg_is_documented_with_its_default():
         assert same_default(documented[name], field.default), (name, documented[name], field.default)
     breaker = AppArgs().breaker
     for name, value in breaker.model_dump().items():
-        assert re.search(rf"`{name}` \([a-z]+,\s+`{value}`", README), f"breaker.{name} default {value} not documented"
+        assert re.search(rf"`{name}` \([a-z]+,\s+`{value}`", README), (
+            f"breaker.{name} default {value} not documented"
+        )
 
 
 def test_every_http_endpoint_is_documented():
@@ -87,8 +97,9 @@ def test_every_http_endpoint_is_documented():
     routes = re.findall(r'@app\.(get|post|put|delete)\(\s*"([^"]+)"', source)
     assert len(routes) >= 10
     for method, path in routes:
-        assert f"`{method.upper()} {path}`" in README or f"`{method.upper()} {path}`," in README, \
+        assert f"`{method.upper()} {path}`" in README or f"`{method.upper()} {path}`," in README, (
             f"{method.upper()} {path} is not in the README's HTTP API reference"
+        )
 
 
 def test_every_subcommand_is_in_the_command_table():
@@ -97,7 +108,9 @@ def test_every_subcommand_is_in_the_command_table():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:
-        assert f"| `tunestack {name}" in README, f"`tunestack {name}` is missing from the README's command table"
+        assert f"| `tunestack {name}" in README, (
+            f"`tunestack {name}` is missing from the README's command table"
+        )
 
 
 def test_every_prometheus_metric_is_documented():

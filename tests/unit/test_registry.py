@@ -19,10 +19,14 @@ def _checkpoint(d, seed):
 def test_register_promote_rollback(tmp_path):
     reg = Registry(tmp_path / "reg")
     a = reg.register("router", _checkpoint(tmp_path / "a", 1), config={"hidden": 8}, metrics={"acc": 0.9})
-    b = reg.register("router", _checkpoint(tmp_path / "b", 2), config={"hidden": 16}, metrics={"acc": 0.95}, promote=True)
+    b = reg.register(
+        "router", _checkpoint(tmp_path / "b", 2), config={"hidden": 16}, metrics={"acc": 0.95}, promote=True
+    )
     assert (a["version"], a["stage"], b["version"]) == ("v0001", "candidate", "v0002")
     assert reg.get("router")["version"] == "v0002" and reg.get("router")["stage"] == "production"
-    assert set(b["files"]) == {"checkpoint/model.safetensors", "checkpoint/meta.json"} and all(len(h) == 64 for h in b["files"].values())
+    assert set(b["files"]) == {"checkpoint/model.safetensors", "checkpoint/meta.json"} and all(
+        len(h) == 64 for h in b["files"].values()
+    )
     reg.promote("router", "v0001")
     assert reg.get("router")["version"] == "v0001"
     assert reg.rollback("router")["version"] == "v0002"
@@ -72,7 +76,9 @@ def test_concurrent_promote_and_rollback_end_consistent(tmp_path):
 
     def work(i):
         try:
-            Registry(tmp_path / "reg").promote("router", f"v000{i % 3 + 1}") if i % 2 else Registry(tmp_path / "reg").rollback("router")
+            Registry(tmp_path / "reg").promote("router", f"v000{i % 3 + 1}") if i % 2 else Registry(
+                tmp_path / "reg"
+            ).rollback("router")
         except RegistryError as e:
             errors.append(e)
 

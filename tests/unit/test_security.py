@@ -43,7 +43,15 @@ def test_scanner_finds_every_kind_of_pickle(tmp_path):
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "real.safetensors"))
     found = pickles_under(tmp_path)
-    assert set(found) == {"p2.bin", "p3.bin", "p4.bin", "p5.bin", "weights.safetensors", "named.pkl", "objects.npy"}
+    assert set(found) == {
+        "p2.bin",
+        "p3.bin",
+        "p4.bin",
+        "p5.bin",
+        "weights.safetensors",
+        "named.pkl",
+        "objects.npy",
+    }
     assert "zip archive" in found["weights.safetensors"] and "protocol 5" in found["p5.bin"]
     assert pickle_reason(tmp_path / "real.safetensors") is None
 

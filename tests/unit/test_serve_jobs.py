@@ -39,11 +39,16 @@ def api(tmp_path, monkeypatch, request):
     (configs / "sub").mkdir()
     monkeypatch.setenv("TUNESTACK_ADMIN_TOKEN", TOKEN)
     home = tmp_path / "home"
-    app = make_local_api({"registry_root": str(home / "registry"), "families": {"router": "route"},
-                          "jobs_configs_dir": str(configs),
-                          # A dashboard nobody listens on: whatever Ray this process may be connected
-                          # to (the integration tests' session cluster), nothing is ever submitted.
-                          "jobs_dashboard_address": getattr(request, "param", f"http://127.0.0.1:{_closed_port()}")})
+    app = make_local_api(
+        {
+            "registry_root": str(home / "registry"),
+            "families": {"router": "route"},
+            "jobs_configs_dir": str(configs),
+            # A dashboard nobody listens on: whatever Ray this process may be connected
+            # to (the integration tests' session cluster), nothing is ever submitted.
+            "jobs_dashboard_address": getattr(request, "param", f"http://127.0.0.1:{_closed_port()}"),
+        }
+    )
     with TestClient(app) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
         yield c
@@ -83,7 +88,10 @@ def test_overrides_and_body_are_validated(api):
 
 def test_jobs_need_the_admin_token(api):
     for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
-        assert api.post("/v1/jobs", json={"config": "tune_configs/router.yaml"}, headers=headers).status_code == 401
+        assert (
+            api.post("/v1/jobs", json={"config": "tune_configs/router.yaml"}, headers=headers).status_code
+            == 401
+        )
         assert api.get("/v1/jobs/tunestack-tune-0123456789abcdef", headers=headers).status_code == 401
 
 
@@ -95,7 +103,9 @@ def test_unknown_job_ids_are_404_without_asking_ray(api):
 
 def test_a_valid_request_to_an_unreachable_jobs_api_is_503_naming_it(api):
     r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.epochs=1"]})
-    assert r.status_code == 503 and "Jobs API at http://127.0.0.1:" in r.text and "unavailable" in r.text, r.text
+    assert r.status_code == 503 and "Jobs API at http://127.0.0.1:" in r.text and "unavailable" in r.text, (
+        r.text
+    )
 
 
 @pytest.mark.parametrize("api", [None], indirect=True)  # no address: the cluster this process runs in
@@ -103,8 +113,10 @@ def test_a_valid_request_without_a_cluster_is_503_naming_ray(api):
     import ray
 
     if ray.is_initialized():
-        pytest.skip("this process is connected to a Ray cluster (an integration test's): the no-cluster case "
-                    "cannot happen here")
+        pytest.skip(
+            "this process is connected to a Ray cluster (an integration test's): the no-cluster case "
+            "cannot happen here"
+        )
     r = api.post("/v1/jobs", json={"config": "tune_configs/router.yaml", "overrides": ["train.epochs=1"]})
     assert r.status_code == 503 and "Ray cluster" in r.text, r.text
 

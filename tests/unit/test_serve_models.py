@@ -18,7 +18,7 @@ import torch
 
 from pipeline.data.sequences import ROUTING_FEATURES, fit_zscore
 from pipeline.registry.registry import Registry
-from pipeline.train.checkpoint import MODEL_FILE, META_FILE, load_checkpoint, save_checkpoint
+from pipeline.train.checkpoint import META_FILE, MODEL_FILE, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,28 +38,43 @@ def _one_thread(fn):
             return fn(*args, **kwargs)
         finally:
             torch.set_num_threads(before)
+
     return wrapper
 
 
 def routing_features(n: int, seed: int) -> np.ndarray:
     """[n, 5] float32 routing features shaped like synth_routing's (raw scale, not normalized)."""
     rng = np.random.default_rng(seed)
-    return np.stack([rng.beta(2, 2, n), np.exp(-rng.exponential(72.0, n) / 168.0),
-                     np.floor(rng.lognormal(math.log(3.0), 1.2, n)), rng.beta(6, 2, n),
-                     rng.binomial(4, 0.5, n) / 4.0], axis=1).astype(np.float32)
+    return np.stack(
+        [
+            rng.beta(2, 2, n),
+            np.exp(-rng.exponential(72.0, n) / 168.0),
+            np.floor(rng.lognormal(math.log(3.0), 1.2, n)),
+            rng.beta(6, 2, n),
+            rng.binomial(4, 0.5, n) / 4.0,
+        ],
+        axis=1,
+    ).astype(np.float32)
 
 
 @_one_thread
-def train_router(out_dir, *, seed: int = 0, steps: int = 150, hidden: int = 8, dropout: float = 0.0,
-                 cell: str = "fastgrnn") -> str:
+def train_router(
+    out_dir, *, seed: int = 0, steps: int = 150, hidden: int = 8, dropout: float = 0.0, cell: str = "fastgrnn"
+) -> str:
     """Train a small router on the synthetic routing rule; save a checkpoint; return its folder."""
     from pipeline.config import load_config
     from pipeline.models import build_model
     from pipeline.synth import routing_rule
 
-    cfg = load_config(ROOT / "tune_configs" / "router.yaml",
-                      [f"model.hidden_size={hidden}", f"model.dropout={dropout}", f"model.cell={cell}",
-                       f"train.seed={seed}"]).to_dict()
+    cfg = load_config(
+        ROOT / "tune_configs" / "router.yaml",
+        [
+            f"model.hidden_size={hidden}",
+            f"model.dropout={dropout}",
+            f"model.cell={cell}",
+            f"train.seed={seed}",
+        ],
+    ).to_dict()
     x = routing_features(2048, seed)
     y = routing_rule({k: x[:, i] for i, k in enumerate(ROUTING_FEATURES)}).astype(np.int64)
     norm = fit_zscore(x, list(ROUTING_FEATURES))
@@ -79,8 +94,11 @@ def train_router(out_dir, *, seed: int = 0, steps: int = 150, hidden: int = 8, d
     with torch.no_grad():
         acc = float((model(xt).argmax(-1) == yt).float().mean())
     metrics = {"val_accuracy": acc, "steps": steps}
-    save_checkpoint(str(out_dir), model, meta={"config": cfg, "normalization": norm.to_dict(), "metrics": metrics,
-                                               "epoch": 0})
+    save_checkpoint(
+        str(out_dir),
+        model,
+        meta={"config": cfg, "normalization": norm.to_dict(), "metrics": metrics, "epoch": 0},
+    )
     return str(out_dir)
 
 
@@ -121,9 +139,15 @@ def train_autoencoder(out_dir, store_uri: str, *, seed: int = 0, steps: int = 20
     from pipeline.store.layout import TripletStore
 
     x, _ = store_rows(store_uri)
-    cfg = load_config(ROOT / "tune_configs" / "autoencoder.yaml",
-                      [f"data.path={store_uri}", "model.hidden=[32]", "model.latent_dim=8",
-                       f"model.input_dim={x.shape[1]}"]).to_dict()
+    cfg = load_config(
+        ROOT / "tune_configs" / "autoencoder.yaml",
+        [
+            f"data.path={store_uri}",
+            "model.hidden=[32]",
+            "model.latent_dim=8",
+            f"model.input_dim={x.shape[1]}",
+        ],
+    ).to_dict()
     params = {k: v for k, v in cfg["model"].items() if k != "arch"}
     torch.manual_seed(seed)
     model = build_model("autoencoder", **params)
@@ -139,15 +163,22 @@ def train_autoencoder(out_dir, store_uri: str, *, seed: int = 0, steps: int = 20
         opt.step()
     model.eval()
     manifest = TripletStore(store_uri).require()
-    meta = {"config": cfg, "normalization": None, "metrics": {"val_loss": loss.item()}, "epoch": 0,
-            "store": {"uri": store_uri, "version": manifest["version"], "data_dir": manifest["data_dir"]}}
+    meta = {
+        "config": cfg,
+        "normalization": None,
+        "metrics": {"val_loss": loss.item()},
+        "epoch": 0,
+        "store": {"uri": store_uri, "version": manifest["version"], "data_dir": manifest["data_dir"]},
+    }
     save_checkpoint(str(out_dir), model, meta=meta)
     return str(out_dir)
 
 
 def register(registry: Registry, family: str, ckpt_dir: str, promote: bool = False) -> str:
     ckpt = load_checkpoint(ckpt_dir)
-    rec = registry.register(family, ckpt_dir, config=ckpt.config, metrics=ckpt.meta["metrics"], promote=promote)
+    rec = registry.register(
+        family, ckpt_dir, config=ckpt.config, metrics=ckpt.meta["metrics"], promote=promote
+    )
     return rec["version"]
 
 
@@ -252,7 +283,9 @@ def test_binary_entropy_is_normalized_and_symmetric():
     from serve.models import binary_entropy
 
     assert binary_entropy(0.5) == pytest.approx(1.0)
-    assert binary_entropy(0.0) == pytest.approx(0.0, abs=1e-9) and binary_entropy(1.0) == pytest.approx(0.0, abs=1e-9)
+    assert binary_entropy(0.0) == pytest.approx(0.0, abs=1e-9) and binary_entropy(1.0) == pytest.approx(
+        0.0, abs=1e-9
+    )
     p = np.linspace(0.01, 0.99, 99)
     h = binary_entropy(p)
     assert np.all((h >= 0) & (h <= 1)) and np.allclose(h, binary_entropy(1 - p))
@@ -297,7 +330,9 @@ def test_router_entropy_uncertainty_without_dropout(world):
 
     pred = load_predictor(world["registry"], "router")
     assert pred.uncertainty_kind == "binary_entropy"
-    out = pred.predict([pred.prepare({"features": [float(v) for v in row]}) for row in routing_features(32, 3)])
+    out = pred.predict(
+        [pred.prepare({"features": [float(v) for v in row]}) for row in routing_features(32, 3)]
+    )
     p = np.array([o["probability"] for o in out])
     np.testing.assert_allclose([o["uncertainty"] for o in out], binary_entropy(p), atol=1e-9)
 
@@ -328,18 +363,23 @@ def test_router_monotone_in_similarity(world):
 
     pred = load_predictor(world["registry"], "router")
     base = {"similarity": 0.0, "recency": 0.8, "frequency": 5.0, "success_rate": 0.9, "metadata_match": 0.75}
-    ps = [pred.predict([pred.prepare({"features": {**base, "similarity": s}})])[0]["probability"]
-          for s in (0.0, 0.5, 1.0)]
+    ps = [
+        pred.predict([pred.prepare({"features": {**base, "similarity": s}})])[0]["probability"]
+        for s in (0.0, 0.5, 1.0)
+    ]
     assert ps[0] < ps[1] < ps[2]
 
 
-@pytest.mark.parametrize("instance, fragment", [
-    ({"features": [0.1, 0.2]}, "has 2 values; the model takes 5"),
-    ({"features": {"similarity": 0.1}}, "missing"),
-    ({"features": {**dict.fromkeys(ROUTING_FEATURES, 0.1), "colour": 1.0}}, "unknown ['colour']"),
-    ({"sequence": [[0.1] * 5, [0.1] * 4]}, "sequence step 1 has 4 features"),
-    ({"features": [3e38] * 5}, "numeric range"),
-])
+@pytest.mark.parametrize(
+    "instance, fragment",
+    [
+        ({"features": [0.1, 0.2]}, "has 2 values; the model takes 5"),
+        ({"features": {"similarity": 0.1}}, "missing"),
+        ({"features": {**dict.fromkeys(ROUTING_FEATURES, 0.1), "colour": 1.0}}, "unknown ['colour']"),
+        ({"sequence": [[0.1] * 5, [0.1] * 4]}, "sequence step 1 has 4 features"),
+        ({"features": [3e38] * 5}, "numeric range"),
+    ],
+)
 def test_router_rejects_inputs_it_cannot_answer(world, instance, fragment):
     from serve.models import InputError, load_predictor
 
@@ -380,7 +420,11 @@ def test_host_follows_the_pointer_and_keeps_serving_through_a_bad_version(world,
     old = host.predictor
     inst = [{"features": [0.5, 0.5, 3.0, 0.8, 0.5]}]
     reg.promote("router", "v0002")
-    assert host.sync() and host.predictor.version == "v0002" and host.predict(inst)[0]["model_version"] == "v0002"
+    assert (
+        host.sync()
+        and host.predictor.version == "v0002"
+        and host.predict(inst)[0]["model_version"] == "v0002"
+    )
     # a version that passes its sha256 but does not load: the pointer moves (the CLI does not load
     # models), the host refuses it, remembers why, and keeps serving v0002
     reg.promote("router", "v0004")
@@ -423,11 +467,14 @@ def test_encode_equals_the_checkpoint_and_scores_against_the_pair(world):
     for o in out:
         b = o["baseline"]
         assert b["scope"] == "pair" and b["count"] >= MIN_PAIR_ROWS
-        assert o["anomaly_score"] == pytest.approx((o["reconstruction_error"] - b["mean"]) / b["std"], rel=1e-9)
+        assert o["anomaly_score"] == pytest.approx(
+            (o["reconstruction_error"] - b["mean"]) / b["std"], rel=1e-9
+        )
     # a value far outside the pair's range is more anomalous than a typical one
     c, u, v = triplets[0]
-    typical, wild = host.predict([{"concept": c, "unit": u, "value": v},
-                                  {"concept": c, "unit": u, "value": v * 1e6 + 1e9}])
+    typical, wild = host.predict(
+        [{"concept": c, "unit": u, "value": v}, {"concept": c, "unit": u, "value": v * 1e6 + 1e9}]
+    )
     assert wild["anomaly_score"] > typical["anomaly_score"] + 3
 
 
@@ -501,25 +548,37 @@ def test_api_route_and_encode(client, world):
     assert len(r.json()["latent"]) == 8 and r.json()["concept"] == c
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"features": [0.5] * 4}, 422, "the model takes 5"),
-    ({"features": [0.5, 0.5, "0.5", 0.5, 0.5]}, 422, "valid number"),
-    ({"features": [0.5, 0.5, True, 0.5, 0.5]}, 422, "valid number"),
-    ({"instances": []}, 422, "at least 1"),
-    ({"instances": [{"features": [0.5] * 5}] * 9}, 422, "at most 8"),
-    ({"features": [0.5] * 5, "sequence": [[0.5] * 5]}, 422, "exactly one"),
-    ({}, 422, "exactly one"),
-    ({"features": [0.5] * 5, "extra": 1}, 422, "Extra inputs"),
-    ({"sequence": []}, 422, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"features": [0.5] * 4}, 422, "the model takes 5"),
+        ({"features": [0.5, 0.5, "0.5", 0.5, 0.5]}, 422, "valid number"),
+        ({"features": [0.5, 0.5, True, 0.5, 0.5]}, 422, "valid number"),
+        ({"instances": []}, 422, "at least 1"),
+        ({"instances": [{"features": [0.5] * 5}] * 9}, 422, "at most 8"),
+        ({"features": [0.5] * 5, "sequence": [[0.5] * 5]}, 422, "exactly one"),
+        ({}, 422, "exactly one"),
+        ({"features": [0.5] * 5, "extra": 1}, 422, "Extra inputs"),
+        ({"sequence": []}, 422, "at least 1"),
+    ],
+)
 def test_api_route_rejects_bad_input(client, body, status, fragment):
     r = client.post("/v1/route", json=body)
     assert r.status_code == status and fragment in r.text, r.text
 
 
-@pytest.mark.parametrize("raw", [b'{"features": [NaN, 0.5, 0.5, 0.5, 0.5]}', b'{"features": [Infinity, 1, 1, 1, 1]}',
-                                 b'{"features": [1e400, 1, 1, 1, 1]}', b'{"features": [0.5, ', b"\xff\xfe",
-                                 b"[" * 2000 + b"]" * 2000, b'"just a string"'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"features": [NaN, 0.5, 0.5, 0.5, 0.5]}',
+        b'{"features": [Infinity, 1, 1, 1, 1]}',
+        b'{"features": [1e400, 1, 1, 1, 1]}',
+        b'{"features": [0.5, ',
+        b"\xff\xfe",
+        b"[" * 2000 + b"]" * 2000,
+        b'"just a string"',
+    ],
+)
 def test_api_route_rejects_bad_json(client, raw):
     r = client.post("/v1/route", content=raw, headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, (raw[:40], r.status_code, r.text)
@@ -528,12 +587,18 @@ def test_api_route_rejects_bad_json(client, raw):
 
 def test_api_body_limit_is_413_before_parsing(client):
     big = b'{"features": [' + b"0.5, " * 2000 + b"0.5]}"
-    assert client.post("/v1/route", content=big, headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        client.post("/v1/route", content=big, headers={"content-type": "application/json"}).status_code == 413
+    )
 
     def chunks():  # no Content-Length: counted while read
         for _ in range(100):
             yield b" " * 100
-    assert client.post("/v1/route", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+
+    assert (
+        client.post("/v1/route", content=chunks(), headers={"content-type": "application/json"}).status_code
+        == 413
+    )
 
 
 def test_api_encode_rejects_bad_input(client):
@@ -607,7 +672,11 @@ def test_shipped_serve_config_is_valid_and_cli_overrides_apply(monkeypatch, tmp_
     monkeypatch.setenv("TUNESTACK_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TUNESTACK_ADMIN_TOKEN", raising=False)
     raw = serve_config_dict(str(DEFAULT_CONFIG))
-    assert raw["http_options"] == {**raw["http_options"], "host": "127.0.0.1", "port": 8000}  # loopback default
+    assert raw["http_options"] == {
+        **raw["http_options"],
+        "host": "127.0.0.1",
+        "port": 8000,
+    }  # loopback default
     schema = ServeDeploySchema.model_validate(raw)
     app = schema.applications[0]
     assert app.import_path == "serve.app:build_app"
@@ -665,7 +734,9 @@ def test_client_retries_idempotent_calls_only(monkeypatch):
             return self.answers.pop(0)
 
     monkeypatch.setattr("serve.client.time.sleep", lambda s: None)
-    s = Session([Resp(503, {"detail": "loading"}), Resp(503, {"detail": "loading"}), Resp(200, {"route": "powerful"})])
+    s = Session(
+        [Resp(503, {"detail": "loading"}), Resp(503, {"detail": "loading"}), Resp(200, {"route": "powerful"})]
+    )
     assert TunestackClient(session=s, token="").route([0.5] * 5) == {"route": "powerful"} and s.calls == 3
     s = Session([Resp(422, {"detail": "features has 4 values"})])
     with pytest.raises(TunestackError) as e:

@@ -40,10 +40,24 @@ def _docs(folder, first_cik: int, n: int) -> list[str]:
     for cik in range(first_cik, first_cik + n):
         facts = {}
         for c, concept in enumerate(["Revenues", "Assets", "NetIncomeLoss"]):
-            rows = [{"start": f"{y}-01-01", "end": f"{y}-12-31", "val": (cik * 1000 + c * 100 + y) * 1e3,
-                     "accn": f"000{cik}-{y}", "fy": y, "fp": "FY", "form": "10-K", "filed": f"{y + 1}-02-01"}
-                    for y in range(2015, 2024)]
-            facts[concept] = {"label": concept, "description": f"{concept} of the entity", "units": {"USD": rows}}
+            rows = [
+                {
+                    "start": f"{y}-01-01",
+                    "end": f"{y}-12-31",
+                    "val": (cik * 1000 + c * 100 + y) * 1e3,
+                    "accn": f"000{cik}-{y}",
+                    "fy": y,
+                    "fp": "FY",
+                    "form": "10-K",
+                    "filed": f"{y + 1}-02-01",
+                }
+                for y in range(2015, 2024)
+            ]
+            facts[concept] = {
+                "label": concept,
+                "description": f"{concept} of the entity",
+                "units": {"USD": rows},
+            }
         p = folder / f"CIK{cik:010d}.json"
         p.write_text(json.dumps({"cik": cik, "entityName": f"Company {cik}", "facts": {"us-gaap": facts}}))
         out.append(str(p))
@@ -123,7 +137,10 @@ def _model_and_optimizer():
 @pytest.mark.parametrize("frac", FRACTIONS)
 def test_checkpoint_write_failing_midway_leaves_run_folder_byte_identical(tmp_path, monkeypatch, frac):
     model, opt = _model_and_optimizer()
-    meta = {"config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 8}}, "epoch": 0}
+    meta = {
+        "config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 8}},
+        "epoch": 0,
+    }
     run = tmp_path / "run"
     save_checkpoint(str(run / "checkpoint_epoch0000"), model, meta, opt)
     (run / "run_config.json").write_text("{}")
@@ -144,7 +161,9 @@ def test_checkpoint_write_failing_midway_leaves_run_folder_byte_identical(tmp_pa
             with pytest.raises(OSError, match="injected fault"):
                 save_checkpoint(str(run / target), model, {**meta, "epoch": 1}, opt)
         assert budget.tripped
-        assert tree_digest(run) == before, f"{target}: run folder changed after a fault at byte {budget.written}"
+        assert tree_digest(run) == before, (
+            f"{target}: run folder changed after a fault at byte {budget.written}"
+        )
     loaded = load_checkpoint(str(run / "checkpoint_epoch0000"))
     assert loaded.meta["epoch"] == 0 and loaded.optimizer_state() is not None
     # without the fault the overwrite goes through, and nothing is left beside it
@@ -218,12 +237,25 @@ def test_checkpoint_upload_cut_short_is_dropped_on_resume(tmp_path, frac):
     from pipeline.train.run import SNAPSHOT_FILE, drop_partial_checkpoints
 
     model, opt = _model_and_optimizer()
-    meta = {"config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 8}}, "epoch": 0}
+    meta = {
+        "config": {"model": {"arch": "sequence_classifier", "input_size": 3, "hidden_size": 8}},
+        "epoch": 0,
+    }
     run = tmp_path / "run"
     save_checkpoint(str(run / "checkpoint_epoch0000"), model, meta, opt)
-    (run / SNAPSHOT_FILE).write_text(json.dumps({
-        "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_epoch0000", "metrics": {"epoch": 0}}],
-        "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch0000", "metrics": {"epoch": 0}}}))
+    (run / SNAPSHOT_FILE).write_text(
+        json.dumps(
+            {
+                "checkpoint_results": [
+                    {"checkpoint_dir_name": "checkpoint_epoch0000", "metrics": {"epoch": 0}}
+                ],
+                "latest_checkpoint_result": {
+                    "checkpoint_dir_name": "checkpoint_epoch0000",
+                    "metrics": {"epoch": 0},
+                },
+            }
+        )
+    )
     local = save_checkpoint(str(tmp_path / "local" / "ckpt"), model, {**meta, "epoch": 1}, opt)
     total = sum(p.stat().st_size for p in (tmp_path / "local" / "ckpt").iterdir())
     before = tree_digest(run)
@@ -232,8 +264,12 @@ def test_checkpoint_upload_cut_short_is_dropped_on_resume(tmp_path, frac):
     dest = failing_filesystem(budget)
     dest.create_dir(str(run / "checkpoint_epoch0001"))  # as Ray Train's persist_current_checkpoint does
     with pytest.raises(OSError, match="injected fault"):
-        pafs.copy_files(local, str(run / "checkpoint_epoch0001"), source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=dest)
+        pafs.copy_files(
+            local,
+            str(run / "checkpoint_epoch0001"),
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=dest,
+        )
     assert (run / "checkpoint_epoch0001").is_dir()  # what a cut-short upload leaves
     assert drop_partial_checkpoints(str(run)) == ["checkpoint_epoch0001"]
     assert tree_digest(run) == before

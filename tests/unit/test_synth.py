@@ -39,7 +39,15 @@ def test_gaap_store_is_complete_and_exact(gaap):
     m = store.manifest
     assert table.num_rows == summary["triplets"] == m["counts"]["triplets"] == 50_000
     assert table.schema == TRIPLET_SCHEMA
-    assert {"counts", "embedder", "buckets", "row_group_size", "val_folds", "triplet_files", "inputs"} <= m.keys()
+    assert {
+        "counts",
+        "embedder",
+        "buckets",
+        "row_group_size",
+        "val_folds",
+        "triplet_files",
+        "inputs",
+    } <= m.keys()
     assert m["inputs"][0]["synth"]["triplets"] == 50_000 and m["row_group_size"] == 4096
     pairs = store.read_pairs()
     assert pairs.schema == pairs_schema(64) and m["counts"]["pairs"] == pairs.num_rows >= 400
@@ -104,7 +112,9 @@ def test_gaap_deterministic_whatever_the_chunking(gaap, tmp_path):
 def companyfacts(tmp_path_factory):
     d = tmp_path_factory.mktemp("cf")
     n1 = write_companyfacts_json(str(d / "one.json.gz"), 320193, "Synthetic One Inc.", seed=1)
-    n2 = write_companyfacts_json(str(d / "two.json"), 789019, "Synthetic Two Corp.", facts_per_concept=12, seed=2)
+    n2 = write_companyfacts_json(
+        str(d / "two.json"), 789019, "Synthetic Two Corp.", facts_per_concept=12, seed=2
+    )
     return d, n1, n2
 
 
@@ -137,22 +147,31 @@ def test_companyfacts_is_format_faithful_with_rereported_facts(companyfacts):
 
 def test_companyfacts_ingest_keeps_exactly_the_unique_facts(companyfacts, tmp_path):
     d, n1, n2 = companyfacts
-    report = ingest([str(d / "one.json.gz"), str(d / "two.json")], str(tmp_path / "s"), embedder="hashed", progress=False)
+    report = ingest(
+        [str(d / "one.json.gz"), str(d / "two.json")], str(tmp_path / "s"), embedder="hashed", progress=False
+    )
     assert report.rows_after == n1 + n2
     assert report.duplicates_dropped == report.rows_read - (n1 + n2) > 0
     # The latest filing's (possibly restated) value is the one kept.
     with gzip.open(d / "one.json.gz") as f:
         doc = json.load(f)
     latest = {}
-    for tax, c, u, f in _fact_rows(doc):
+    for _tax, c, u, f in _fact_rows(doc):
         key = (c, u, f.get("start"), f["end"])
         if key not in latest or (f["filed"], f["accn"]) > (latest[key]["filed"], latest[key]["accn"]):
             latest[key] = f
     store = TripletStore(str(tmp_path / "s"))
     df = pq.read_table(store.triplet_files()).to_pandas()
     df = df[df.entity_id == "0000320193"]
-    got = {(r.concept, r.unit, None if r.period_start is None else str(r.period_start), str(r.period_end)): r.value
-           for r in df.itertuples()}
+    got = {
+        (
+            r.concept,
+            r.unit,
+            None if r.period_start is None else str(r.period_start),
+            str(r.period_end),
+        ): r.value
+        for r in df.itertuples()
+    }
     assert got == {k: float(f["val"]) for k, f in latest.items()}
 
 
@@ -173,7 +192,9 @@ def test_gaap_reuses_pairs_of_a_given_store(companyfacts, tmp_path):
     assert not t.duplicated(FACT_KEY).any()
     assert set(t.taxonomy) == {"us-gaap", "dei"}
     # Values follow the source pair's distribution: Revenues stays in the source's order of magnitude.
-    src_rev = pq.read_table(TripletStore(src).triplet_files()).to_pandas().query("concept == 'Revenues'")["value"]
+    src_rev = (
+        pq.read_table(TripletStore(src).triplet_files()).to_pandas().query("concept == 'Revenues'")["value"]
+    )
     syn_rev = t.query("concept == 'Revenues'")["value"]
     assert 0.1 < syn_rev.median() / src_rev.median() < 10
 
@@ -188,13 +209,15 @@ def test_routing_label_follows_rule_up_to_noise(tmp_path):
     agree = (routing_rule(cols) == cols["label"]).mean()
     assert abs(agree - 0.9) < 0.005  # 4.7 standard errors at n = 200k
     for k in ("similarity", "success_rate", "metadata_match", "recency"):
-        assert 0.0 <= cols[k].min() and cols[k].max() <= 1.0
+        assert cols[k].min() >= 0.0 and cols[k].max() <= 1.0
     assert cols["frequency"].min() >= 0 and (cols["frequency"] == np.round(cols["frequency"])).all()
     assert 0.3 < cols["label"].mean() < 0.7
     on_disk = json.loads((tmp_path / "routing.json").read_text())
     assert on_disk == meta
     assert on_disk["bayes_accuracy"] == pytest.approx(0.9) and on_disk["noise"] == 0.1
-    assert on_disk["rows"] == 200_000 and on_disk["seed"] == 2 and on_disk["features"] == synth.ROUTING_FEATURES
+    assert (
+        on_disk["rows"] == 200_000 and on_disk["seed"] == 2 and on_disk["features"] == synth.ROUTING_FEATURES
+    )
     assert "similarity" in on_disk["rule"]
 
 
@@ -204,4 +227,7 @@ def test_routing_streams_in_chunks_and_noise_zero_is_the_rule(tmp_path, monkeypa
     f = pq.ParquetFile(tmp_path / "routing.parquet")
     assert f.metadata.num_rows == 30_000 and f.metadata.num_row_groups == 5
     t = f.read()
-    assert (routing_rule({k: t.column(k).to_numpy() for k in synth.ROUTING_FEATURES}) == t.column("label").to_numpy()).all()
+    assert (
+        routing_rule({k: t.column(k).to_numpy() for k in synth.ROUTING_FEATURES})
+        == t.column("label").to_numpy()
+    ).all()

@@ -79,10 +79,14 @@ def digits(tmp_path) -> str:
 
 def config_dict(path: str, **model) -> dict:
     """What tune_configs/pooled.yaml would hold."""
-    return {"name": "pooled", "data": {"source": "sequences", "path": path, "val_fraction": 0.1},
-            "model": {"arch": ARCH, "hidden_size": 32, **model},
-            "optim": {"name": "adamw", "lr": 0.01}, "schedule": {"name": "none"},
-            "train": {"epochs": 1, "batch_size": 32, "monitor": "val_accuracy", "mode": "max"}}
+    return {
+        "name": "pooled",
+        "data": {"source": "sequences", "path": path, "val_fraction": 0.1},
+        "model": {"arch": ARCH, "hidden_size": 32, **model},
+        "optim": {"name": "adamw", "lr": 0.01},
+        "schedule": {"name": "none"},
+        "train": {"epochs": 1, "batch_size": 32, "monitor": "val_accuracy", "mode": "max"},
+    }
 
 
 # ---- step 3: the config schema knows it -------------------------------------------------------
@@ -107,11 +111,20 @@ def test_unregistered_arch_is_refused_by_name(digits):
 def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path):
     torch.manual_seed(0)
     cfg = config_from_dict(config_dict(digits), "pooled.yaml")
-    data = load_sequence_data(digits, test_fraction=cfg.data.test_fraction, val_fraction=cfg.data.val_fraction,
-                              seed=cfg.train.seed, normalize=cfg.data.normalize)
+    data = load_sequence_data(
+        digits,
+        test_fraction=cfg.data.test_fraction,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.train.seed,
+        normalize=cfg.data.normalize,
+    )
     cfg = fill_model_dims(cfg, {"input_size": data.input_size, "num_classes": data.num_classes})
-    assert dataclasses.asdict(cfg.model_config()) == {"input_size": 8, "hidden_size": 32, "num_classes": 10,
-                                                      "dropout": 0.0}
+    assert dataclasses.asdict(cfg.model_config()) == {
+        "input_size": 8,
+        "hidden_size": 32,
+        "num_classes": 10,
+        "dropout": 0.0,
+    }
     device = torch.device("cpu")
     model = cfg_model(cfg)
     task = make_task(cfg, {}, device)
@@ -127,7 +140,7 @@ def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path
     model.train()
     order = np.random.default_rng(0).permutation(len(data.train))
     for i in range(0, len(order), cfg.train.batch_size):  # one epoch, as the worker loop steps it
-        rows = order[i:i + cfg.train.batch_size]
+        rows = order[i : i + cfg.train.batch_size]
         batch = {"x": torch.from_numpy(data.train.x[rows]), "y": torch.from_numpy(data.train.y[rows])}
         loss, _ = task.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -139,9 +152,14 @@ def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path
     assert after["accuracy"] > 0.35 > before["accuracy"]  # 10 classes: chance is 0.1; one epoch gives ~0.5
 
     ckpt = str(tmp_path / "checkpoint_epoch0000")
-    meta = {"config": cfg.to_dict(), "epoch": 0, "metrics": {f"val_{k}": v for k, v in after.items()},
-            "normalization": data.normalization.to_dict(), "store": None,
-            "fingerprint": {"kind": "sequences", **data.fingerprint}}
+    meta = {
+        "config": cfg.to_dict(),
+        "epoch": 0,
+        "metrics": {f"val_{k}": v for k, v in after.items()},
+        "normalization": data.normalization.to_dict(),
+        "store": None,
+        "fingerprint": {"kind": "sequences", **data.fingerprint},
+    }
     save_checkpoint(ckpt, model, meta, optimizer)
     loaded = load_checkpoint(ckpt)
     assert loaded.config["model"]["arch"] == ARCH
@@ -153,7 +171,8 @@ def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path
     assert loaded.optimizer_state()["state"]  # Adam moments came back too
 
     test = evaluate_checkpoint(ckpt, digits, split="test")  # re-reads, re-splits and re-normalizes
-    expected = task.finalize(accumulate(task, model, [{"x": torch.from_numpy(data.test.x),
-                                                       "y": torch.from_numpy(data.test.y)}]))
+    expected = task.finalize(
+        accumulate(task, model, [{"x": torch.from_numpy(data.test.x), "y": torch.from_numpy(data.test.y)}])
+    )
     assert test["rows"] == len(data.test)
     assert test["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)

@@ -24,7 +24,9 @@ def _read(source: TripletDatasource, parallelism: int) -> list[pa.Table]:
 
 
 def _stored(store: TripletStore) -> pa.Table:
-    return pa.concat_tables(pq.read_table(f, columns=["pair_id", "scaled_value", "fold"]) for f in store.triplet_files())
+    return pa.concat_tables(
+        pq.read_table(f, columns=["pair_id", "scaled_value", "fold"]) for f in store.triplet_files()
+    )
 
 
 @pytest.mark.parametrize("parallelism", [1, 3, 8, 10_000])
@@ -48,8 +50,10 @@ def test_read_tasks_emit_one_compact_block_per_row_group(store, parallelism):
 
 def test_train_and_val_split_every_row_by_fold(store):
     folds = _stored(store)["fold"].to_numpy()
-    n = {split: sum(b.num_rows for b in _read(TripletDatasource(store, split_folds(split, 0.2)), 4))
-         for split in ("train", "val")}
+    n = {
+        split: sum(b.num_rows for b in _read(TripletDatasource(store, split_folds(split, 0.2)), 4))
+        for split in ("train", "val")
+    }
     assert n["val"] == int((folds < 20).sum()) > 0
     assert n["train"] == int((folds >= 20).sum()) > 0
 
@@ -63,7 +67,10 @@ def test_collate_joins_each_rows_pair_embedding(store):
     np.testing.assert_array_equal(out["x"][:, :-1].numpy(), emb[batch["pair_id"]])
     np.testing.assert_array_equal(out["x"][:, -1].numpy(), batch["value"])
     np.testing.assert_array_equal(out["pair_id"].numpy(), batch["pair_id"])
-    assert triplet_features(emb, np.array([], np.int32), np.array([], np.float32)).shape == (0, emb.shape[1] + 1)
+    assert triplet_features(emb, np.array([], np.int32), np.array([], np.float32)).shape == (
+        0,
+        emb.shape[1] + 1,
+    )
 
 
 def _blocks(source: TripletDatasource, parallelism: int = 3):
@@ -97,7 +104,10 @@ def test_rebatch_shuffle_is_seeded_and_local():
     from pipeline.data.triplets import rebatch
 
     blocks = [(np.arange(a, b),) for a, b in [(0, 700), (700, 700), (700, 1_500), (1_500, 4_000)]]
-    order = lambda seed: np.concatenate([b[0] for b in rebatch(iter(blocks), 64, shuffle_rows=1_000, seed=seed)])  # noqa: E731
+
+    def order(seed):
+        return np.concatenate([b[0] for b in rebatch(iter(blocks), 64, shuffle_rows=1_000, seed=seed)])
+
     a = order(1)
     np.testing.assert_array_equal(a, order(1))
     assert not np.array_equal(a, order(2))
@@ -129,4 +139,11 @@ def test_one_read_task_per_2m_rows_and_per_two_cpus(monkeypatch):
     assert [default_read_tasks(n) for n in (0, 10_000_000)] == [1, 1]
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
-    assert [default_read_tasks(n) for n in (0, 40_000, 2_000_000, 2_000_001, 6_000_001, 100_000_000)] == [1, 1, 1, 2, 4, 4]
+    assert [default_read_tasks(n) for n in (0, 40_000, 2_000_000, 2_000_001, 6_000_001, 100_000_000)] == [
+        1,
+        1,
+        1,
+        2,
+        4,
+        4,
+    ]

@@ -158,17 +158,26 @@ def test_models_verify_reports_missing_corrupt_and_unexpected_files(registry, ca
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("pointer, expect", [
-    (b'{"version": "v0009", "history": ["v0001", "v0009"]}', "production points at missing version v0009"),
-    (b'{"version": "v0002", "hist', "production pointer unreadable"),
-    (b'{"version": "v0002"}', "lacks 'version' and a 'history' list"),
-])
+@pytest.mark.parametrize(
+    "pointer, expect",
+    [
+        (
+            b'{"version": "v0009", "history": ["v0001", "v0009"]}',
+            "production points at missing version v0009",
+        ),
+        (b'{"version": "v0002", "hist', "production pointer unreadable"),
+        (b'{"version": "v0002"}', "lacks 'version' and a 'history' list"),
+    ],
+)
 def test_models_verify_reports_a_broken_production_pointer(registry, capsys, pointer, expect):
     (registry.root / "router" / "production.json").write_bytes(pointer)
     rc, out = _models_verify(capsys)
     assert rc == 1 and expect in out, out
     capsys.readouterr()
-    assert main(["models", "show", "router"]) in (0, 2)  # a broken pointer is an error message, not a traceback
+    assert main(["models", "show", "router"]) in (
+        0,
+        2,
+    )  # a broken pointer is an error message, not a traceback
 
 
 @pytest.mark.chaos

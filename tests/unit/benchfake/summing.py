@@ -50,15 +50,35 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     plt.close(fig)
 
     result = {
-        "name": "summing", "title": "Summing: NumPy vs a Python loop", "quick": quick,
+        "name": "summing",
+        "title": "Summing: NumPy vs a Python loop",
+        "quick": quick,
         "figures": [
-            {"figure": "numpy sum", "value": numpy_rate, "unit": "values/s", "baseline": "python loop",
-             "baseline_value": loop_rate, "ratio": ratio, "goal": f">= {goal:g}x", "pass": ratio >= goal},
-            {"figure": "values summed", "value": float(n), "unit": "values", "baseline": None,
-             "baseline_value": None, "ratio": None, "goal": None, "pass": None},
+            {
+                "figure": "numpy sum",
+                "value": numpy_rate,
+                "unit": "values/s",
+                "baseline": "python loop",
+                "baseline_value": loop_rate,
+                "ratio": ratio,
+                "goal": f">= {goal:g}x",
+                "pass": ratio >= goal,
+            },
+            {
+                "figure": "values summed",
+                "value": float(n),
+                "unit": "values",
+                "baseline": None,
+                "baseline_value": None,
+                "ratio": None,
+                "goal": None,
+                "pass": None,
+            },
         ],
-        "plots": [plot], "method": f"best of 3 passes over {n} float64 values, both in this process.",
-        "details": {"n": n}, "seconds": time.perf_counter() - t0,
+        "plots": [plot],
+        "method": f"best of 3 passes over {n} float64 values, both in this process.",
+        "details": {"n": n},
+        "seconds": time.perf_counter() - t0,
     }
     with open(os.path.join(out_dir, "summing.json"), "w") as f:
         json.dump(result, f, indent=2)
