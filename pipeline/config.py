@@ -12,6 +12,7 @@ the file. The `model` section is `arch` plus the fields of that arch's config da
     train:    epochs, batch size, early stopping, checkpoints kept, workers, AMP, failures
     sparsity: FastGRNN's dense → IHT → fixed-support phase split (used when the model keeps < 1)
     distill:  optional teacher checkpoint for knowledge distillation (classifiers)
+    route:    routers: the error target the routing threshold is calibrated for
 
 The resolved config (`to_dict`) is written as JSON beside every checkpoint.
 """
@@ -117,6 +118,12 @@ class DistillSection:
 
 
 @dataclass
+class RouteSection:
+    max_lightweight_error: float = 0.02  # routers: calibrate the threshold so that at most this share of
+    # the requests routed lightweight needed the powerful model (on the validation split)
+
+
+@dataclass
 class Config:
     data: DataSection
     model: ModelSection
@@ -125,6 +132,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     sparsity: SparsitySection = field(default_factory=SparsitySection)
     distill: DistillSection | None = None
+    route: RouteSection = field(default_factory=RouteSection)
     name: str = "run"  # run names are "<name>-<timestamp>"
 
     def to_dict(self) -> dict:
@@ -161,6 +169,7 @@ SECTIONS = {
     "train": TrainSection,
     "sparsity": SparsitySection,
     "distill": DistillSection,
+    "route": RouteSection,
 }
 
 
@@ -355,6 +364,7 @@ def _validate(cfg: Config, source: str) -> None:
         "sparsity",
         "dense_frac and iht_frac in [0, 1] with a sum <= 1",
     )
+    need(0 <= cfg.route.max_lightweight_error < 1, "route.max_lightweight_error", "must be in [0, 1)")
     if cfg.distill is not None:
         need(bool(cfg.distill.teacher), "distill.teacher", "a teacher checkpoint is required")
         need(0 <= cfg.distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")

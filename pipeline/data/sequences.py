@@ -82,6 +82,7 @@ def fit_zscore(x: np.ndarray, features: list[str] | None = None, log1p: list[int
 class Split:
     x: np.ndarray  # float32 [N, T, D] or [N, D]
     y: np.ndarray  # int64 [N]
+    rows: np.ndarray | None = None  # the examples' row numbers in the source
 
     def __len__(self) -> int:
         return len(self.y)
@@ -195,7 +196,7 @@ def load_sequence_data(
         x = normalization.apply(x)
 
     def take(rows):
-        return Split(np.ascontiguousarray(x[rows], dtype=np.float32), y[rows])
+        return Split(np.ascontiguousarray(x[rows], dtype=np.float32), y[rows], rows)
 
     return SequenceData(
         train=take(train_idx),

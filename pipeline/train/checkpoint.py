@@ -223,6 +223,20 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
     return LoadedCheckpoint(path=directory, meta=meta, weights=weights, _state_tensors=state)
 
 
+def update_meta(path: str, **fields) -> None:
+    """Add (or replace) top-level fields of a checkpoint's checkpoint.json, atomically: what is
+    learned about a checkpoint after training (the router's calibration) travels with it."""
+    meta_path = os.path.join(path, META_FILE)
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta.update(_encode(fields))
+    folder = os.path.abspath(path)  # the temporary file lies beside the folder: never a stray file in it
+    tmp = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}-{uuid.uuid4().hex[:8]}.json")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp, meta_path)
+
+
 def resolve_checkpoint(ref: str) -> str:
     """A checkpoint folder from: a checkpoint folder, a run folder (its best checkpoint), a run
     name under $TUNESTACK_HOME/runs, or a registry version "FAMILY:vNNNN" ("FAMILY:production")."""

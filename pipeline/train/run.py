@@ -3,6 +3,8 @@
     $TUNESTACK_HOME/runs/<run>/
       run_config.json           # what `--resume` needs: resolved config + loop config
       run.json                  # written at the end: best checkpoint, its metrics, test metrics
+                                # (routers: the threshold calibrated on the validation split, also
+                                # stored in the best checkpoint; pipeline.train.router_eval)
       checkpoint_epoch0007/     # the top-k checkpoints (pipeline.train.checkpoint format)
       tensorboard/              # event files: `tensorboard --logdir $TUNESTACK_HOME/runs`
       checkpoint_manager_snapshot.json   # Ray Train's own bookkeeping (JSON)
@@ -27,6 +29,7 @@ import numpy as np
 from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.home import default_store_uri, expand, runs_dir
 from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
+from pipeline.train.router_eval import calibrate_checkpoint, is_router
 
 RUN_CONFIG_FILE = "run_config.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
@@ -159,6 +162,7 @@ class TrainResult:
     best_checkpoint: str | None
     best_metrics: dict
     test_metrics: dict
+    route_calibration: dict | None = None  # routers: the threshold stored in the best checkpoint
 
 
 def _use_gpu(cfg: Config) -> bool:
@@ -323,6 +327,9 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
     best_path = best[0].path if best else None
     best_metrics = best[1] if best else {}
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
+    calibration = None
+    if best_path and is_router(loop_config["config"]):
+        calibration = calibrate_checkpoint(best_path, cfg.route.max_lightweight_error)
     _write_json(
         os.path.join(run_path, RUN_FILE),
         {
@@ -330,11 +337,12 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
             "best_checkpoint": best_path,
             "best_metrics": best_metrics,
             "test_metrics": test_metrics,
+            "route_calibration": calibration,
             "config": loop_config["config"],
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    return TrainResult(name, run_path, best_path, best_metrics, test_metrics)
+    return TrainResult(name, run_path, best_path, best_metrics, test_metrics, calibration)
 
 
 def _best_checkpoint(result, mode: str):

@@ -69,7 +69,11 @@ def _cmd_tune(args) -> int:
     summary = {
         "experiment": out.experiment,
         "path": out.path,
-        "best": {k: out.best[k] for k in ("trial", "overrides", "metric", "epochs", "checkpoint")}
+        "best": {
+            k: out.best[k]
+            for k in ("trial", "overrides", "metric", "epochs", "checkpoint", "route_calibration")
+            if k in out.best
+        }
         if out.best
         else None,
         "registered": {k: out.registered[k] for k in ("family", "version", "stage")}

@@ -135,6 +135,7 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from pipeline.train.router_eval import calibrate_checkpoint, is_router
     from pipeline.train.run import ensure_ray, job_placement_groups, prepare_data, release_placement_groups
     from pipeline.tune.report import write_report
 
@@ -209,6 +210,10 @@ def run_tune(
     scored = [t for t in trials if t["metric"] is not None]
     best = (max if spec.mode == "max" else min)(scored, key=lambda t: t["metric"]) if scored else None
     report = write_report(exp_path, trials, spec.metric, spec.mode)
+    if best and is_router(spec.config.to_dict()):  # the threshold travels in the best checkpoint
+        best["route_calibration"] = calibrate_checkpoint(
+            best["checkpoint"], spec.config.route.max_lightweight_error
+        )
     registered = _register(spec, best, promote) if best else None
     return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
 
