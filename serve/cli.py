@@ -44,7 +44,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
     import yaml
 
     from pipeline.home import registry_dir
-    from serve.app import TOKEN_ENV, token_sha256
+    from serve.gateway import TOKEN_ENV, token_sha256
 
     with open(path) as f:
         raw = yaml.safe_load(f) or {}

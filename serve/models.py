@@ -9,16 +9,22 @@ Router (arch "sequence_classifier", 2 classes; class 1 = the lightweight model s
   - the normalization saved with the checkpoint (pipeline.data.sequences.Normalization: the z-score,
     after log1p of heavy-tailed features when it lists any) is applied to every feature vector;
   - probability = softmax(logits)[1] of the model in eval mode;
-  - uncertainty, always in [0, 1]:
-      * model trained with dropout > 0: MC dropout. The classifier applies dropout only to the last
-        hidden state h before its linear head, so h is computed once and the head is applied under
-        K = 32 dropout masks drawn once per loaded version from a fixed seed; uncertainty =
-        2 · std_k(p_k) (the std of numbers in [0, 1] is at most 0.5). Fixed masks make it
-        deterministic: the same input always gets the same answer, on any replica.
-      * otherwise: the binary entropy of p in bits, H(p) = −p·log2 p − (1−p)·log2(1−p), which is 0
-        at p ∈ {0, 1} and 1 at p = 0.5. It is a function of p alone, so with the defaults
-        (threshold 0.85, max uncertainty 0.15) "lightweight" needs p ≥ 0.979 (H(0.979) ≈ 0.147).
-  - route = "lightweight" iff probability >= confidence_threshold and uncertainty <= max_uncertainty.
+  - the threshold: the deployment's `confidence_threshold` when it sets one ("deployment"), else
+    the one calibrated when the version was trained ("calibrated": the lowest threshold whose error
+    among the validation requests routed lightweight stays within route.max_lightweight_error; see
+    pipeline.train.router_eval), else DEFAULT_THRESHOLD ("default": an uncalibrated version);
+  - uncertainty: a second opinion only when it carries information the probability does not.
+    A model trained with dropout > 0 gets MC dropout: the classifier applies dropout only to the
+    last hidden state h before its linear head, so h is computed once and the head is applied under
+    K = 32 dropout masks drawn once per loaded version from a fixed seed; uncertainty =
+    2 · std_k(p_k), in [0, 1] (the std of numbers in [0, 1] is at most 0.5). Fixed masks make it
+    deterministic: the same input always gets the same answer, on any replica. A model without
+    dropout has no such estimate: uncertainty is null (a function of p alone, such as its entropy,
+    would only restate the probability as a stricter threshold);
+  - route = "lightweight" iff probability >= threshold and, when the deployment sets
+    `max_uncertainty` and the model has an MC-dropout uncertainty, uncertainty <= max_uncertainty.
+    Each answer says which threshold decided (threshold, threshold_source) and whether the
+    probability or the uncertainty did (decided_by).
 
 Autoencoder (arch "autoencoder"): x = [embedding of (concept, unit) ‖ value scaled by the pair's
 scaler], both from the triplet store, exactly as in training. Output: the latent vector, the
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -48,6 +55,8 @@ MIN_PAIR_ROWS = 5
 STD_FLOOR = 1e-6
 MAX_STAT_ROWS = 2_000_000  # training rows read for the error baseline (enough for any pair's moments)
 LIGHTWEIGHT, POWERFUL = "lightweight", "powerful"
+DEFAULT_THRESHOLD = 0.85  # an uncalibrated version (trained before calibration existed)
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # a version that failed to load is tried again after these
 
 
 class InputError(ValueError):
@@ -70,18 +79,33 @@ class NotLoaded(Exception):
 # Pieces with a definition worth testing on their own
 
 
-def binary_entropy(p) -> np.ndarray:
-    """H(p) in bits, in [0, 1]: 0 at p ∈ {0, 1}, 1 at p = 0.5."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
 def decide_route(
-    probability: float, uncertainty: float, confidence_threshold: float, max_uncertainty: float
+    probability: float, uncertainty: float | None, threshold: float, max_uncertainty: float | None = None
 ) -> str:
-    """ "lightweight" only when the router is confident enough and certain enough."""
-    ok = probability >= confidence_threshold and uncertainty <= max_uncertainty
-    return LIGHTWEIGHT if ok else POWERFUL
+    """ "lightweight" only when the probability clears the threshold and, where an independent
+    uncertainty and a limit for it exist, the uncertainty is within it."""
+    return (
+        LIGHTWEIGHT if _decided_by(probability, uncertainty, threshold, max_uncertainty) is None else POWERFUL
+    )
+
+
+def _decided_by(probability, uncertainty, threshold, max_uncertainty) -> str | None:
+    """Which condition sends the request to the powerful model (None: neither)."""
+    if probability < threshold:
+        return "threshold"
+    if max_uncertainty is not None and uncertainty is not None and uncertainty > max_uncertainty:
+        return "uncertainty"
+    return None
+
+
+def route_threshold(predictor, settings) -> tuple[float, str]:
+    """(threshold, where it comes from): the deployment's, the version's calibrated one, or the default."""
+    if settings.confidence_threshold is not None:
+        return settings.confidence_threshold, "deployment"
+    calibration = getattr(predictor, "calibration", None)
+    if calibration and calibration.get("threshold") is not None:
+        return float(calibration["threshold"]), "calibrated"
+    return DEFAULT_THRESHOLD, "default"
 
 
 def verify_files(record: dict) -> None:
@@ -134,6 +158,7 @@ class RoutePredictor:
                 f"{family} {self.version}: {len(names)} feature names for {self.input_size} inputs"
             )
         self.features = names
+        self.calibration = ckpt.meta.get("route_calibration")  # stored by training/tuning
         self.masks = None
         if c.dropout > 0:
             g = torch.Generator().manual_seed(MC_SEED)
@@ -147,7 +172,7 @@ class RoutePredictor:
 
     @property
     def uncertainty_kind(self) -> str:
-        return f"mc_dropout(k={MC_SAMPLES})" if self.masks is not None else "binary_entropy"
+        return f"mc_dropout(k={MC_SAMPLES})" if self.masks is not None else "none"
 
     def prepare(self, instance: dict) -> np.ndarray:
         """One instance → its normalized input [T, D] float32 (InputError when it does not fit)."""
@@ -196,19 +221,18 @@ class RoutePredictor:
         for idx in by_len.values():
             logits = self.model(torch.from_numpy(np.stack([xs[i] for i in idx])))
             p = torch.softmax(logits, dim=-1)[:, 1]
+            unc = [None] * len(idx)
             if self.masks is not None:
                 h = self._head_input  # [B, H]: dropout is the identity in eval mode
                 pk = torch.softmax(self.model.head(h.unsqueeze(0) * self.masks.unsqueeze(1)), dim=-1)[..., 1]
-                unc = (2.0 * pk.double().std(dim=0, unbiased=False)).clamp(0, 1).numpy()
-            else:
-                unc = binary_entropy(p.numpy())
+                unc = (2.0 * pk.double().std(dim=0, unbiased=False)).clamp(0, 1).tolist()
             for j, i in enumerate(idx):
-                out[i] = {"probability": float(p[j]), "uncertainty": float(unc[j])}
+                out[i] = {"probability": float(p[j]), "uncertainty": unc[j]}
         return out
 
     def smoke_test(self) -> None:
         r = self.predict([np.zeros((1, self.input_size), np.float32)])[0]
-        if not (math.isfinite(r["probability"]) and math.isfinite(r["uncertainty"])):
+        if not (math.isfinite(r["probability"]) and math.isfinite(r["uncertainty"] or 0.0)):
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
     def info(self) -> dict:
@@ -217,6 +241,7 @@ class RoutePredictor:
             "input_size": self.input_size,
             "normalization": self.normalization.to_dict() if self.normalization else None,
             "uncertainty": self.uncertainty_kind,
+            "calibration": self.calibration,
         }
 
 
@@ -432,8 +457,9 @@ class ModelHost:
     """The live predictor of one family, a staged candidate, and the registry pointer it follows.
 
     `sync()` makes the live predictor the registry's production version; a version that fails to
-    load is remembered and not retried (until the pointer moves), and the old predictor keeps
-    serving. Swapping is one attribute assignment, so a request that already holds the old
+    load is remembered and retried with exponential backoff (RETRY_FIRST_S doubling up to
+    RETRY_MAX_S: a file that was still being written, a store that was briefly unreachable), while
+    the old predictor keeps serving. Swapping is one attribute assignment, so a request that already holds the old
     predictor finishes on it: every answer comes wholly from one version."""
 
     def __init__(
@@ -453,6 +479,9 @@ class ModelHost:
         self.staged = None
         self.error: str | None = None
         self.failed_version: str | None = None
+        self.failed_loads = 0  # consecutive failed loads of failed_version
+        self.retry_at = 0.0  # when failed_version may be tried again (clock())
+        self.clock = time.monotonic
         self._load_lock = threading.Lock()
 
     def load(self, version: str | None = None):
@@ -471,15 +500,21 @@ class ModelHost:
                 if current is None:
                     self.error = f"{self.family} has no production version"
                 return False
-            if target == current or target == self.failed_version:
+            if target == current:
                 return False
+            if target == self.failed_version and self.clock() < self.retry_at:
+                return False  # backing off
             staged = self.staged
             try:
                 predictor = staged if staged is not None and staged.version == target else self.load(target)
             except LoadError as e:
+                self.failed_loads = self.failed_loads + 1 if target == self.failed_version else 1
                 self.failed_version, self.error = target, str(e)
+                backoff = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failed_loads - 1))
+                self.retry_at = self.clock() + backoff
                 return False
             self.predictor, self.staged, self.error, self.failed_version = predictor, None, None, None
+            self.failed_loads = 0
             return True
 
     def stage(self, version: str) -> dict:
@@ -533,21 +568,25 @@ class ModelHost:
     def finish(self, predictor, outputs: list[dict]) -> list[dict]:
         """Add the route decision (router) and the version to raw predictions."""
         s = self.settings
+        if predictor.task == "route":
+            threshold, source = route_threshold(predictor, s)
         done = []
         for o in outputs:
             values = (
-                [o["probability"], o["uncertainty"]]
+                [o["probability"], o["uncertainty"] or 0.0]
                 if predictor.task == "route"
                 else [o["reconstruction_error"], o["anomaly_score"], *o["latent"]]
             )
             if not all(math.isfinite(v) for v in values):
                 raise InputError("the input is out of the model's numeric range (its answer is not finite)")
             if predictor.task == "route":
+                vetoed = _decided_by(o["probability"], o["uncertainty"], threshold, s.max_uncertainty)
                 o = {
-                    "route": decide_route(
-                        o["probability"], o["uncertainty"], s.confidence_threshold, s.max_uncertainty
-                    ),
+                    "route": POWERFUL if vetoed else LIGHTWEIGHT,
                     **o,
+                    "threshold": threshold,
+                    "threshold_source": source,
+                    "decided_by": vetoed or "threshold",
                 }
             done.append({**o, "model_version": predictor.version})
         return done

@@ -128,10 +128,34 @@ class JobRequest(_Strict):
 # Responses (documented in the OpenAPI schema)
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: the reason in `detail` (a validation error: the list of problems)."""
+
+    detail: str | list[dict] = Field(description="why the request was refused")
+    reason: str | None = Field(None, description="validation errors in one line")
+
+
 class RouteResult(BaseModel):
     route: Literal["lightweight", "powerful"]
     probability: float | None = Field(description="P(the lightweight model suffices); null on fallback")
-    uncertainty: float | None = Field(description="in [0, 1]; see GET /v1/models/{family} for its kind")
+    uncertainty: float | None = Field(
+        description="MC-dropout spread in [0, 1] when the model was trained with dropout; null otherwise "
+        "(and on fallback). GET /v1/models/{family} says which"
+    )
+    threshold: float | None = Field(
+        None, description="the probability threshold that decided (lightweight iff probability >= it)"
+    )
+    threshold_source: Literal["calibrated", "deployment", "default"] | None = Field(
+        None,
+        description="calibrated: the model version's own (training calibrated it for "
+        "route.max_lightweight_error); deployment: the app's confidence_threshold; default: an "
+        "uncalibrated version's 0.85",
+    )
+    decided_by: Literal["threshold", "uncertainty"] | None = Field(
+        None,
+        description="threshold: the probability against the threshold decided; uncertainty: the "
+        "probability cleared it, but the uncertainty exceeded the deployment's max_uncertainty",
+    )
     model_version: str | None
     latency_us: int = Field(description="microseconds from request receipt to answer")
     fallback: bool = Field(
@@ -180,10 +204,14 @@ class BreakerSettings(_Strict):
 class ModelSettings(_Strict):
     """A model deployment's user_config (live-updatable with `serve deploy`, no restart)."""
 
-    confidence_threshold: float = Field(0.85, ge=0, le=1)
-    max_uncertainty: float = Field(0.15, ge=0, le=1)
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1, description="override the version's calibrated threshold (null: use it)"
+    )
+    max_uncertainty: float | None = Field(
+        None, ge=0, le=1, description="MC-dropout models only: route lightweight only at or below it"
+    )
     max_batch_size: int = Field(32, ge=1, le=4096, description="requests per dynamic batch")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="how often the production pointer is read")
 
 
@@ -198,13 +226,30 @@ class AppArgs(_Strict):
         default_factory=lambda: {"router": "route", "autoencoder": "encode"},
         description="family -> the endpoint it serves (one family per endpoint)",
     )
-    confidence_threshold: float = Field(0.85, ge=0, le=1)
-    max_uncertainty: float = Field(0.15, ge=0, le=1)
+    model_deployments: list[str] = Field(
+        default_factory=list,
+        description="families served by their own ModelServer deployment (model-FAMILY; a GPU family, "
+        "a heavy model) instead of inside the ingress replica (the default: one hop)",
+    )
+    confidence_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="routing threshold for every router version; null (default): each version's own, "
+        "calibrated in training for route.max_lightweight_error",
+    )
+    max_uncertainty: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a second condition for routers with an MC-dropout uncertainty (trained with "
+        "dropout): lightweight only when the uncertainty is at most this; null: off",
+    )
     max_instances: int = Field(256, ge=1, le=100_000, description="instances per request")
     max_sequence_length: int = Field(512, ge=1, le=100_000)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger bodies get 413 unread")
     max_batch_size: int = Field(32, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
     poll_interval_s: float = Field(0.5, gt=0, le=60)
     reload_wait_s: float = Field(10.0, ge=0, description="promote/rollback wait this long for replicas")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
@@ -235,6 +280,9 @@ class AppArgs(_Strict):
             fams = [f for f, t in self.families.items() if t == task]
             if len(fams) > 1:
                 raise ValueError(f"families: {fams} all serve {task!r}; one family per endpoint")
+        unknown = sorted(set(self.model_deployments) - set(self.families))
+        if unknown:
+            raise ValueError(f"model_deployments: {unknown} are not in families {sorted(self.families)}")
         return self
 
     def model_settings(self) -> dict:

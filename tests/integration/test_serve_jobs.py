@@ -26,8 +26,8 @@ JOB_TIMEOUT_S = 420
 def jobs_app(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from serve.app import token_sha256
     from serve.cli import DEFAULT_CONFIG, deploy, serve_config_dict
+    from serve.gateway import token_sha256
 
     home = tmp_path_factory.mktemp("jobs-it") / "home"
     (home / "registry").mkdir(parents=True)

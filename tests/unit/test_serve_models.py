@@ -59,7 +59,14 @@ def routing_features(n: int, seed: int) -> np.ndarray:
 
 @_one_thread
 def train_router(
-    out_dir, *, seed: int = 0, steps: int = 150, hidden: int = 8, dropout: float = 0.0, cell: str = "fastgrnn"
+    out_dir,
+    *,
+    seed: int = 0,
+    steps: int = 150,
+    hidden: int = 8,
+    dropout: float = 0.0,
+    cell: str = "fastgrnn",
+    calibrate: bool = True,
 ) -> str:
     """Train a small router on the synthetic routing rule; save a checkpoint; return its folder."""
     from pipeline.config import load_config
@@ -94,11 +101,16 @@ def train_router(
     with torch.no_grad():
         acc = float((model(xt).argmax(-1) == yt).float().mean())
     metrics = {"val_accuracy": acc, "steps": steps}
-    save_checkpoint(
-        str(out_dir),
-        model,
-        meta={"config": cfg, "normalization": norm.to_dict(), "metrics": metrics, "epoch": 0},
-    )
+    meta = {"config": cfg, "normalization": norm.to_dict(), "metrics": metrics, "epoch": 0}
+    if calibrate:  # as training does, on held-out rows: the threshold for at most 2% wrong lightweight
+        from pipeline.router_metrics import calibrate as calibrate_threshold
+
+        xv = routing_features(2048, seed + 1000)
+        yv = routing_rule({k: xv[:, i] for i, k in enumerate(ROUTING_FEATURES)})
+        with torch.no_grad():
+            pv = torch.softmax(model(torch.from_numpy(norm.apply(xv))), -1)[:, 1].numpy()
+        meta["route_calibration"] = {**calibrate_threshold(pv, yv, 0.02), "split": "val", "rows": len(yv)}
+    save_checkpoint(str(out_dir), model, meta=meta)
     return str(out_dir)
 
 
@@ -279,27 +291,16 @@ def some_pairs(store_uri: str, k: int = 3) -> list[tuple[str, str, float]]:
 # Pure pieces
 
 
-def test_binary_entropy_is_normalized_and_symmetric():
-    from serve.models import binary_entropy
-
-    assert binary_entropy(0.5) == pytest.approx(1.0)
-    assert binary_entropy(0.0) == pytest.approx(0.0, abs=1e-9) and binary_entropy(1.0) == pytest.approx(
-        0.0, abs=1e-9
-    )
-    p = np.linspace(0.01, 0.99, 99)
-    h = binary_entropy(p)
-    assert np.all((h >= 0) & (h <= 1)) and np.allclose(h, binary_entropy(1 - p))
-    assert np.all(np.diff(h[p >= 0.5]) < 0)  # more confident → less uncertain
-    assert binary_entropy(0.979) < 0.15 < binary_entropy(0.977)  # the documented default interplay
-
-
-def test_decide_route_needs_both_confidence_and_certainty():
+def test_decide_route_threshold_then_uncertainty_where_there_is_one():
     from serve.models import decide_route
 
-    assert decide_route(0.9, 0.1, 0.85, 0.15) == "lightweight"
-    assert decide_route(0.85, 0.15, 0.85, 0.15) == "lightweight"  # bounds inclusive
-    assert decide_route(0.84, 0.0, 0.85, 0.15) == "powerful"
-    assert decide_route(0.99, 0.16, 0.85, 0.15) == "powerful"
+    assert decide_route(0.9, None, 0.85) == "lightweight"
+    assert decide_route(0.85, None, 0.85) == "lightweight"  # the threshold is inclusive
+    assert decide_route(0.84, None, 0.85) == "powerful"
+    assert decide_route(0.99, 0.16, 0.85, 0.15) == "powerful"  # an MC-dropout spread over the limit
+    assert decide_route(0.99, 0.15, 0.85, 0.15) == "lightweight"
+    assert decide_route(0.99, None, 0.85, 0.15) == "lightweight"  # no independent uncertainty: no veto
+    assert decide_route(0.99, 0.5, 0.85) == "lightweight"  # no limit set: no veto
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,16 +326,62 @@ def test_router_applies_saved_normalization_and_equals_the_checkpoint(world):
     assert np.abs(raw - want).max() > 1e-3
 
 
-def test_router_entropy_uncertainty_without_dropout(world):
-    from serve.models import binary_entropy, load_predictor
+def test_router_without_dropout_has_no_uncertainty(world):
+    """Entropy of the same probability would only restate it: no independent estimate, null."""
+    from serve.models import load_predictor
 
     pred = load_predictor(world["registry"], "router")
-    assert pred.uncertainty_kind == "binary_entropy"
+    assert pred.uncertainty_kind == "none"
     out = pred.predict(
         [pred.prepare({"features": [float(v) for v in row]}) for row in routing_features(32, 3)]
     )
-    p = np.array([o["probability"] for o in out])
-    np.testing.assert_allclose([o["uncertainty"] for o in out], binary_entropy(p), atol=1e-9)
+    assert all(o["uncertainty"] is None and 0 <= o["probability"] <= 1 for o in out)
+
+
+def test_the_threshold_is_the_versions_calibrated_one_unless_the_deployment_sets_one(world):
+    from serve.models import DEFAULT_THRESHOLD, ModelHost
+
+    reg = world["registry"]
+    calibrated = load_checkpoint(reg.get("router", "v0001")["checkpoint"]).meta["route_calibration"]
+    x = routing_features(200, seed=21)
+    inst = [{"features": [float(v) for v in row]} for row in x]
+    host = ModelHost("router", "route", world["root"])
+    host.sync()
+    out = host.predict(inst)
+    assert {(o["threshold"], o["threshold_source"]) for o in out} == {(calibrated["threshold"], "calibrated")}
+    for o in out:
+        assert o["route"] == ("lightweight" if o["probability"] >= o["threshold"] else "powerful")
+        assert o["decided_by"] == "threshold"
+    assert 0 < sum(o["route"] == "lightweight" for o in out) < len(out)
+    host.settings = host.settings.model_copy(update={"confidence_threshold": 0.5})
+    out = host.predict(inst)
+    assert {(o["threshold"], o["threshold_source"]) for o in out} == {(0.5, "deployment")}
+    assert all(o["route"] == ("lightweight" if o["probability"] >= 0.5 else "powerful") for o in out)
+    host.settings = host.settings.model_copy(update={"confidence_threshold": None})
+    host.predictor.calibration = None  # a version trained before calibration existed
+    assert {(o["threshold"], o["threshold_source"]) for o in host.predict(inst)} == {
+        (DEFAULT_THRESHOLD, "default")
+    }
+
+
+def test_max_uncertainty_vetoes_only_with_an_mc_dropout_model(world, tmp_path):
+    import shutil
+
+    from serve.models import ModelHost
+
+    root = tmp_path / "registry"
+    shutil.copytree(world["root"], root)
+    inst = [{"features": [float(v) for v in row]} for row in routing_features(200, seed=22)]
+    host = ModelHost(
+        "router", "route", str(root), settings={"confidence_threshold": 0.0, "max_uncertainty": 0.0}
+    )
+    host.sync()  # v0001: no dropout, so the limit cannot apply
+    assert all(o["route"] == "lightweight" and o["decided_by"] == "threshold" for o in host.predict(inst))
+    Registry(root).promote("router", "v0002")  # dropout: MC uncertainty
+    assert host.sync()
+    out = host.predict(inst)
+    vetoed = [o for o in out if o["uncertainty"] > 0]
+    assert vetoed and all(o["route"] == "powerful" and o["decided_by"] == "uncertainty" for o in vetoed)
 
 
 def test_router_mc_dropout_uncertainty_is_deterministic_and_bounded(world):
@@ -410,7 +457,7 @@ def test_corrupted_and_unloadable_versions_are_refused(world):
 def test_host_follows_the_pointer_and_keeps_serving_through_a_bad_version(world, tmp_path):
     import shutil
 
-    from serve.models import ModelHost
+    from serve.models import RETRY_FIRST_S, ModelHost
 
     root = tmp_path / "registry"
     shutil.copytree(world["root"], root)
@@ -427,9 +474,13 @@ def test_host_follows_the_pointer_and_keeps_serving_through_a_bad_version(world,
     )
     # a version that passes its sha256 but does not load: the pointer moves (the CLI does not load
     # models), the host refuses it, remembers why, and keeps serving v0002
+    now = [0.0]
+    host.clock = lambda: now[0]
     reg.promote("router", "v0004")
     assert not host.sync() and host.predictor.version == "v0002" and "v0004" in host.error
-    assert not host.sync()  # not retried on every poll
+    assert not host.sync() and host.failed_loads == 1  # not retried on every poll ...
+    now[0] = host.retry_at  # ... but once its backoff has passed, and then after twice as long
+    assert not host.sync() and host.failed_loads == 2 and host.retry_at - now[0] == 2 * RETRY_FIRST_S
     assert host.predict(inst)[0]["model_version"] == "v0002"
     # a request that took the old predictor before the swap finishes on it
     outs = ModelHost.run([(old, [old.prepare(inst[0])]), (host.predictor, [host.predictor.prepare(inst[0])])])
@@ -665,8 +716,8 @@ def test_api_admin_token(world, monkeypatch):
 def test_shipped_serve_config_is_valid_and_cli_overrides_apply(monkeypatch, tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import token_sha256
     from serve.cli import DEFAULT_CONFIG, serve_config_dict
+    from serve.gateway import token_sha256
     from serve.schemas import AppArgs
 
     monkeypatch.setenv("TUNESTACK_HOME", str(tmp_path / "home"))
@@ -682,8 +733,9 @@ def test_shipped_serve_config_is_valid_and_cli_overrides_apply(monkeypatch, tmp_
     assert app.import_path == "serve.app:build_app"
     args = AppArgs(**app.args)
     assert args.registry_root == str(tmp_path / "home" / "registry") and args.admin_token_sha256 is None
-    assert (args.confidence_threshold, args.max_uncertainty) == (0.85, 0.15)
-    assert {d.name for d in app.deployments} == {"Gateway", *(f"model-{f}" for f in args.families)}
+    assert (args.confidence_threshold, args.max_uncertainty) == (None, None)  # the versions' own thresholds
+    # one hop by default: the Gateway replica holds every model
+    assert args.model_deployments == [] and {d.name for d in app.deployments} == {"Gateway"}
     monkeypatch.setenv("TUNESTACK_ADMIN_TOKEN", "tok")
     raw = serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0", port=9001)
     assert raw["http_options"]["host"] == "0.0.0.0" and raw["http_options"]["port"] == 9001
