@@ -55,9 +55,17 @@ def _cmd_synth(args) -> int:
             args.out or home.default_store_uri(), args.triplets, from_store=args.from_store, seed=args.seed
         )
     else:
-        out = synth.synth_routing(
-            args.out or os.path.join(home.home(), "routing"), args.rows, seed=args.seed, noise=args.noise
-        )
+        try:
+            out = synth.synth_routing(
+                args.out or os.path.join(home.home(), "routing"),
+                args.rows,
+                seed=args.seed,
+                noise=args.noise,
+                difficulty=args.difficulty,
+            )
+        except ValueError as e:
+            print(f"tunestack synth routing: {e}", file=sys.stderr)
+            return 2
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -163,14 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "kind",
         choices=["gaap", "routing", "digits"],
-        help="gaap: synthetic store; routing: logs with a known rule; digits: the real 8x8 digits "
+        help="gaap: synthetic store; routing: logs with a known P(lightweight suffices) and the oracle "
+        "router's cost-quality curve; digits: the real 8x8 digits "
         "as 8 steps x 8 features (.npz, stratified 75/25 split)",
     )
     s.add_argument("--triplets", type=int, default=1_000_000, help="gaap: number of triplets")
     s.add_argument("--rows", type=int, default=100_000, help="routing: number of log rows")
     s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
     s.add_argument(
-        "--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)"
+        "--difficulty",
+        choices=["features", "uniform"],
+        default=None,
+        help="routing: features (default): each label drawn from a feature-dependent probability, easy "
+        "and hard requests; uniform (the default when --noise is given): a rule with labels flipped "
+        "uniformly at random",
+    )
+    s.add_argument(
+        "--noise", type=float, default=None, help="routing, uniform: label noise (best accuracy = 1 - noise)"
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(

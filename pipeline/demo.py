@@ -92,10 +92,11 @@ def run_demo() -> int:
         _say("stream", f"FAILED: streamed {n} rows, the store holds {r.rows_after}")
         return 1
 
-    info = synth_routing(str(root / "routing"), rows=20_000, seed=0, noise=0.1)
+    info = synth_routing(str(root / "routing"), rows=20_000, seed=0)
     _say(
         "synth",
-        f"20000 routing-log rows at {root / 'routing'} (best possible accuracy {info['bayes_accuracy']})",
+        f"20000 routing-log rows at {root / 'routing'} (labels drawn from a feature-dependent "
+        f"P(lightweight suffices); the oracle router's APGR {info['oracle_apgr']:.3f})",
     )
     for family, overrides in DEMO_TUNES.items():
         t = time.perf_counter()
@@ -110,6 +111,14 @@ def run_demo() -> int:
             f"{out.best['metric']:.4f} → registered {family} {out.registered['version']} (production) "
             f"in {time.perf_counter() - t:.0f}s; report {out.report['table']}",
         )
+        cal = out.best.get("route_calibration")
+        if cal:
+            _say(
+                "calibrate",
+                f"{family}: threshold {cal['threshold']:.3f} routes {cal['share_lightweight']:.1%} of the "
+                f"validation requests lightweight, {cal['error_among_lightweight']:.2%} of them wrong "
+                f"(target {cal['max_lightweight_error']:.0%}); APGR {cal['apgr']:.3f}",
+            )
 
     port = _free_port()
     deploy(serve_config_dict(str(REPO / "serve" / "config.yaml"), "127.0.0.1", port))

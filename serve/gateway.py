@@ -23,10 +23,9 @@ from serve.hosting import ModelCallError
 from serve.jobs import JobLauncher
 from serve.metrics import Metrics
 from serve.models import POWERFUL, InputError, NotLoaded
-from serve.schemas import AppArgs
+from serve.schemas import TOKEN_ENV, AppArgs
 
 logger = logging.getLogger("tunestack.serve")
-TOKEN_ENV = "TUNESTACK_ADMIN_TOKEN"
 
 
 class NotFound(LookupError):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_FEATURES = 1024  # per step: far above any model here; only bounds the work a request can ask for
 TASKS = ("route", "encode")
+TOKEN_ENV = "TUNESTACK_ADMIN_TOKEN"  # the management endpoints' bearer token (its sha256 reaches the app)
 
 
 class _Strict(BaseModel):

@@ -798,3 +798,100 @@ def test_client_retries_idempotent_calls_only(monkeypatch):
     with pytest.raises(TunestackError):
         TunestackClient(session=s, token="").rollback("router")  # not idempotent: sent once
     assert s.calls == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded router: /v1/route's answers, in-process
+
+
+def embedded_inputs(n: int, seed: int) -> list[dict]:
+    """n /v1/route instances in every form: named features, a vector, a one-step sequence."""
+    x = routing_features(n, seed)
+    forms = [
+        lambda r: {"features": dict(zip(ROUTING_FEATURES, map(float, r)))},
+        lambda r: {"features": [float(v) for v in r]},
+        lambda r: {"sequence": [[float(v) for v in r]]},
+    ]
+    return [forms[i % 3](r) for i, r in enumerate(x)]
+
+
+def without_latency(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "latency_us"}
+
+
+def test_embedded_router_answers_as_the_http_api(client):
+    from serve.embedded import EmbeddedRouter, InputError
+
+    inputs = embedded_inputs(1000, seed=31)
+    # the same request bodies (batches of 8, the client's limit, and single instances), so the
+    # same forward passes: answers equal to the bit
+    bodies = [{"instances": inputs[i : i + 8]} for i in range(0, 496, 8)] + inputs[496:]
+    with EmbeddedRouter(str(client.root), follow=False) as router:
+        mine, http = [], []
+        for body in bodies:
+            r = client.post("/v1/route", json=body)
+            assert r.status_code == 200, r.text
+            answer = router.route(body)
+            for side, got in ((mine, answer), (http, r.json())):
+                side += [without_latency(a) for a in got.get("predictions", [got])]
+        assert len(mine) == 1000 and mine == http
+        assert {a["route"] for a in mine} == {"lightweight", "powerful"}
+        assert {a["threshold_source"] for a in mine} == {"calibrated"}
+        # bad input: the reason /v1/route gives in its 422
+        for bad in ({"features": [0.5] * 4}, {"features": [0.5, "x", 0.5, 0.5, 0.5]}, {"instances": []}):
+            with pytest.raises(InputError) as e:
+                router.route(bad)
+            r = client.post("/v1/route", json=bad)
+            assert r.status_code == 422
+            assert str(e.value) == (r.json().get("reason") or r.json()["detail"])
+
+
+def test_embedded_router_follows_promotions(world, tmp_path):
+    import shutil
+    import time
+
+    from serve.embedded import EmbeddedRouter
+
+    root = tmp_path / "registry"
+    shutil.copytree(world["root"], root)
+    with EmbeddedRouter(str(root), poll_interval_s=0.05) as router:
+        assert router.version == "v0001" and router.decide([0.5] * 5)["model_version"] == "v0001"
+        Registry(root).promote("router", "v0002")
+        deadline = time.monotonic() + 10
+        while router.version != "v0002":
+            assert time.monotonic() < deadline, "the promotion did not reach the embedded router"
+            time.sleep(0.02)
+        assert router.decide([0.5] * 5)["model_version"] == "v0002"
+
+
+def test_serve_beyond_loopback_without_a_token_refuses_to_start(tmp_path):
+    """`tunestack serve --host 0.0.0.0` with no admin token exits non-zero before starting anything,
+    saying how to set one; loopback, a token, or --insecure-no-admin-token pass the check."""
+    import os
+    import subprocess
+    import sys
+
+    from serve.cli import DEFAULT_CONFIG, exposure_refusal, is_loopback, serve_config_dict
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNESTACK_ADMIN_TOKEN", "RAY_ADDRESS")}
+    env["TUNESTACK_HOME"] = str(tmp_path / "home")
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--host", "0.0.0.0", "--timeout", "1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "refusing to listen on 0.0.0.0 without an admin token" in run.stderr
+    assert "export TUNESTACK_ADMIN_TOKEN=" in run.stderr and "--insecure-no-admin-token" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "home").exists()  # nothing started
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TUNESTACK_ADMIN_TOKEN", raising=False)
+        assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG))) is None  # loopback: fine
+        assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="::1")) is None
+        assert "0.0.0.0" in exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0"))
+        mp.setenv("TUNESTACK_ADMIN_TOKEN", "s3cret")
+        assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0")) is None
+    assert is_loopback("127.0.0.2") and is_loopback("localhost") and not is_loopback("example.com")
