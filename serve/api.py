@@ -163,12 +163,14 @@ def make_api(service: GatewayService) -> FastAPI:
             out[int(s[1:])] = {"model": ErrorBody, "description": text}
         return out
 
-    inference = errors(
-        _413="body over the size limit",
-        _422="invalid input (reason in detail)",
-        _503="the family has no loaded model",
+    guarded = errors(
+        _400="the body is not readable (bad JSON bytes, bad Content-Length)", _413="body over the size limit"
     )
-    managed = errors(401, 404, _503="the registry or the model backend cannot answer now")
+    inference = {
+        **guarded,
+        **errors(_422="invalid input (reason in detail)", _503="the family has no loaded model"),
+    }
+    managed = {**guarded, **errors(401, 404, _503="the registry or the model backend cannot answer now")}
 
     @app.post(
         "/v1/route",
@@ -254,20 +256,22 @@ def make_api(service: GatewayService) -> FastAPI:
     async def job(job_id: str):
         return await service.job_call(service.jobs.status, job_id)
 
-    @app.get("/healthz", summary="the gateway is alive")
+    @app.get("/healthz", summary="the gateway is alive", responses=guarded)
     async def healthz():
         return {"status": "alive"}
 
     @app.get(
         "/readyz",
         summary="every family with a production version has it loaded",
-        responses={503: {"description": "not ready (the same body says what is missing)"}},
+        responses={**guarded, 503: {"description": "not ready (the same body says what is missing)"}},
     )
     async def readyz():
         ready, detail = await service.readiness()
         return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics of this gateway replica")
+    @app.get(
+        "/metrics", summary="Prometheus metrics of this gateway replica", response_class=PlainTextResponse
+    )
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST
 

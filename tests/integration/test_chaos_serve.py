@@ -132,7 +132,7 @@ def app(ray_cluster, tmp_path_factory):
         {"name": "model-router", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}, **health},
         {"name": "model-autoencoder", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, **health},
     ]
-    deploy(config, timeout=240)
+    deploy(config, timeout=480)  # a deadline: replicas start slowly on a loaded 2-core machine
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, 60)
     try:

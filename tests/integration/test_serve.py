@@ -120,7 +120,7 @@ def app(ray_cluster, tmp_path_factory):
     config["applications"][0]["deployments"] = [  # one hop (the default): the models live in here
         {"name": "Gateway", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
     ]
-    deploy(config, timeout=240)
+    deploy(config, timeout=480)  # a deadline: replicas start slowly on a loaded 2-core machine
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 60, "/readyz")
     try:
