@@ -15,10 +15,10 @@ import shutil
 import pytest
 import torch
 
-from pipeline.home import Location
 from pipeline.ingest import ingest
 from pipeline.registry import Registry
 from pipeline.registry import registry as registry_module
+from pipeline.storage import Location
 from pipeline.store import layout
 from pipeline.store.integrity import verify_store
 from pipeline.train import checkpoint as checkpoint_module
