@@ -66,7 +66,9 @@ def _docs(folder, first_cik: int, n: int) -> list[str]:
 
 def _use_fs(monkeypatch, budget: ByteBudget):
     fs = failing_filesystem(budget)
-    monkeypatch.setattr(layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri))
+    monkeypatch.setattr(
+        layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri, local=True)
+    )
 
 
 def _ingest(paths, uri):
