@@ -164,11 +164,11 @@ class RoutePredictor:
             g = torch.Generator().manual_seed(MC_SEED)
             keep = (torch.rand(MC_SAMPLES, c.hidden_size, generator=g) >= c.dropout).float()
             self.masks = keep / (1.0 - c.dropout)
-        self._head_input = None
+        self._seen = threading.local()  # the head's input, per thread: predict may run concurrently
         self.model.head.register_forward_pre_hook(self._capture_head_input)
 
     def _capture_head_input(self, _module, args):
-        self._head_input = args[0]
+        self._seen.head_input = args[0]
 
     @property
     def uncertainty_kind(self) -> str:
@@ -223,7 +223,7 @@ class RoutePredictor:
             p = torch.softmax(logits, dim=-1)[:, 1]
             unc = [None] * len(idx)
             if self.masks is not None:
-                h = self._head_input  # [B, H]: dropout is the identity in eval mode
+                h = self._seen.head_input  # [B, H]: dropout is the identity in eval mode
                 pk = torch.softmax(self.model.head(h.unsqueeze(0) * self.masks.unsqueeze(1)), dim=-1)[..., 1]
                 unc = (2.0 * pk.double().std(dim=0, unbiased=False)).clamp(0, 1).tolist()
             for j, i in enumerate(idx):
@@ -429,6 +429,10 @@ def load_predictor(
         record = registry.get(family, version)
     except RegistryError as e:
         raise LoadError(str(e), not_found="not registered" in str(e) or "no production" in str(e)) from e
+    except (OSError, ValueError, TypeError) as e:  # an unreadable or malformed version.json
+        raise LoadError(f"{family} {version or 'production'}: unreadable registry record: {e}") from e
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise LoadError(f"{family} {version or 'production'}: malformed registry record (no file list)")
     verify_files(record)
     try:
         ckpt = load_checkpoint(record["checkpoint"])

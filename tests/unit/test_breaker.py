@@ -139,7 +139,7 @@ class FlakyRouter:
         if self.mode == "error":
             raise RuntimeError("replica died")
         if self.mode == "slow":
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(30.0)  # cancelled by the gateway's timeout
         return [
             {"route": "lightweight", "probability": 0.99, "uncertainty": 0.01, "model_version": "v0001"}
             for _ in instances
@@ -164,7 +164,7 @@ def flaky(tmp_path):
     args = AppArgs(
         registry_root=str(tmp_path),
         families={"router": "route"},
-        breaker={"failure_threshold": 2, "reset_timeout_s": 0.3, "call_timeout_s": 0.1},
+        breaker={"failure_threshold": 2, "reset_timeout_s": 60.0, "call_timeout_s": 1.0},
     )
     service = GatewayService(args, {"router": router})
     with TestClient(make_api(service)) as client:
@@ -191,7 +191,7 @@ def test_router_failures_fall_back_to_powerful_then_recover(flaky):
         assert body["fallback"] is True and body["reason"] == "circuit open" and body["route"] == "powerful"
     assert router.calls == calls  # open: the router is not called at all
     router.mode = "ok"
-    service.breaker._opened_at -= 1.0  # as if reset_timeout_s had passed
+    service.breaker._opened_at -= 61.0  # as if reset_timeout_s had passed
     body = _route(client)  # the half-open probe succeeds
     assert body["fallback"] is False and service.breaker.state == CLOSED
     assert "tunestack_route_fallbacks_total" in client.get("/metrics").text
@@ -223,7 +223,7 @@ def test_bad_input_on_the_probe_neither_closes_nor_holds_the_circuit(flaky):
     _route(client)
     assert service.breaker.state == OPEN
     router.mode = "ok"
-    service.breaker._opened_at -= 1.0  # as if reset_timeout_s had passed
+    service.breaker._opened_at -= 61.0  # as if reset_timeout_s had passed
     r = client.post("/v1/route", json={"features": [0.5] * 4})
     assert r.status_code == 422 and "the model takes 5" in r.text
     assert service.breaker.state == HALF_OPEN

@@ -895,3 +895,43 @@ def test_serve_beyond_loopback_without_a_token_refuses_to_start(tmp_path):
         mp.setenv("TUNESTACK_ADMIN_TOKEN", "s3cret")
         assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0")) is None
     assert is_loopback("127.0.0.2") and is_loopback("localhost") and not is_loopback("example.com")
+
+
+def test_management_never_500s_on_a_damaged_registry(world, tmp_path):
+    """A malformed version.json, NaN metrics, a stage() that raises: 4xx/503 or a reported error,
+    never a 500, and the live version keeps serving."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from serve.app import make_local_api
+
+    root = tmp_path / "registry"
+    shutil.copytree(world["root"], root)
+    reg = Registry(root)
+    version_json = Path(reg.get("router", "v0002")["path"]) / "version.json"
+    version_json.write_text("{not json")
+    production = Path(reg.get("router")["path"]) / "version.json"
+    record = json.loads(production.read_text())
+    record["metrics"] = {"val_accuracy": math.nan, "val_loss": math.inf}
+    production.write_text(json.dumps(record))  # json.dumps writes NaN/Infinity: what a careless tool does
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TUNESTACK_ADMIN_TOKEN", raising=False)
+        api = make_local_api({"registry_root": str(root), "reload_wait_s": 0.5})
+    with TestClient(api) as c:
+        r = c.get("/v1/models/router")
+        assert r.status_code == 200 and r.json()["metrics"] == {"val_accuracy": None, "val_loss": None}
+        assert c.get("/v1/models").status_code == 200
+        r = c.post("/v1/models/router/promote", json={"version": "v0002"})
+        assert r.status_code == 409 and "unreadable registry record" in r.text, r.text
+        with pytest.MonkeyPatch.context() as mp:
+            from serve.models import ModelHost
+
+            def broken(self, version):
+                raise RuntimeError("the replica died mid-call")
+
+            mp.setattr(ModelHost, "stage", broken)
+            r = c.post("/v1/models/router/promote", json={"version": "v0001"})
+            assert r.status_code == 503 and "the replica died mid-call" in r.text
+        assert reg.pointer("router")["version"] == "v0001"
+        assert c.post("/v1/route", json={"features": [0.5] * 5}).json()["model_version"] == "v0001"
