@@ -33,6 +33,8 @@ def _cmd_ingest(args) -> int:
         return 2
     d = report.as_dict()
     print(json.dumps(d, indent=2))
+    for note in report.notes:
+        print(f"tunestack ingest: note: {note}", file=sys.stderr)
     if report.skipped_documents or report.skipped_records:
         print(
             f"skipped {len(report.skipped_documents)} document(s) and {report.skipped_records} record(s)",
@@ -75,6 +77,19 @@ def _cmd_store(args) -> int:
             return 2
         print("\n".join(check.lines()))
         return 0 if check.ok else 1
+    if args.action == "refit":
+        from pipeline.ingest.run import refit
+
+        try:
+            report = refit(args.store, embedder=args.embedder, embed_dim=args.embed_dim)
+        except (StoreError, OSError) as e:
+            print(f"tunestack store: {e}", file=sys.stderr)
+            print("tunestack store: nothing was written; the store is as it was", file=sys.stderr)
+            return 2
+        print(json.dumps(report.as_dict(), indent=2))
+        for note in report.notes:
+            print(f"tunestack store: note: {note}", file=sys.stderr)
+        return 0
     try:
         store = TripletStore(args.store or home.default_store_uri())
         m = store.require()
@@ -83,7 +98,12 @@ def _cmd_store(args) -> int:
         return 2
     print(
         json.dumps(
-            {k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2
+            {
+                **{k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")},
+                "feature_version": store.feature_version,
+                "feature_versions": store.feature_versions(),
+            },
+            indent=2,
         )
     )
     return 0
@@ -148,11 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--embedder",
-        default="auto",
         choices=["auto", "minilm", "hashed"],
-        help="pair embedder: MiniLM with the 'embed' extra, else hashed n-grams (auto)",
+        help="pair embedder of a new store (auto: MiniLM with the 'embed' extra, else hashed n-grams); "
+        "default: the store's recorded one, auto for a new store; another than the recorded one is "
+        "refused (see `store refit`)",
     )
-    s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
+    s.add_argument(
+        "--embed-dim", type=int, help="embedding width of a new store after PCA (default: the store's, 64)"
+    )
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser(
@@ -182,12 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "store",
-        help="show the triplet store's manifest summary, or verify its files",
+        help="show the triplet store's manifest summary, verify its files, or refit its features",
         description="show: the manifest summary. verify: check the manifest and every file of the "
-        "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage.",
+        "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage. "
+        "refit: fit a new embedding basis and new per-pair scalers on the whole store and start a "
+        "new feature version (ingest never refits them; models trained on an older feature version "
+        "keep theirs).",
     )
-    s.add_argument("action", nargs="?", default="show", choices=["show", "verify"])
+    s.add_argument("action", nargs="?", default="show", choices=["show", "verify", "refit"])
     s.add_argument("--store", help="store path or URI (default $TUNESTACK_HOME/store)")
+    s.add_argument(
+        "--embedder",
+        choices=["auto", "minilm", "hashed"],
+        help="refit: the pair embedder of the new feature version (default: the recorded one)",
+    )
+    s.add_argument("--embed-dim", type=int, help="refit: its width (default: the recorded one)")
     s.set_defaults(func=_cmd_store)
 
     s = sub.add_parser("models", help="the model registry: list, show, promote, rollback, verify")

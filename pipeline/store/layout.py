@@ -1,19 +1,26 @@
 """The one place that knows the store's layout on disk.
 
     STORE/
-      manifest.json                    # points at the live version (+ size/sha256/rows of its files); swapped atomically
+      manifest.json                    # points at the live version and feature version (+ size/sha256/rows of
+                                       # their files); swapped atomically
+      features/
+        f000001.safetensors            # feature version 1: mean [raw_dim], components [raw_dim, embed_dim]
+        f000001.json                   # its embedder (name, raw_dim, ...) and how it was fitted
       v000003/
         triplets/bucket-00.parquet ... # triplets, hash-partitioned by entity, in row groups
         pairs.parquet                  # pair id, concept, unit, label, scaler numbers, embedding
 
 A writer stages a whole new version beside the live one and only then swaps `manifest.json`, so a
-failed or interrupted ingest leaves the live store exactly as it was.
+failed or interrupted ingest leaves the live store exactly as it was. Feature versions are never
+rewritten: appends reuse the live one, `tunestack store refit` adds the next.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import posixpath
+import re
 import uuid
 
 import numpy as np
@@ -21,10 +28,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.home import Location, resolve
+from pipeline.store.errors import StoreError
+from pipeline.store.features import FeatureSpace
+from pipeline.store.files import file_record, fsync_dir, fsync_tree, inventory, write_atomic
 from pipeline.store.scaler import PairScaler
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+PAIRS_FILE = "pairs.parquet"
+FEATURES_DIR = "features"
+LOCK_FILE = ".lock"
 DEFAULT_BUCKETS = 16
 DEFAULT_ROW_GROUP = 65_536
 VAL_FOLDS = 100  # `fold` = crc32(accession) % 100: a filing's facts share one fold
@@ -74,8 +87,34 @@ def pairs_schema(embed_dim: int) -> pa.Schema:
     )
 
 
-class StoreError(Exception):
-    """A store that cannot be read or written as asked."""
+def version_dir_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def parse_version_dir(name: str) -> int | None:
+    """The store version a folder name stands for (None: not a version folder)."""
+    return int(name[1:]) if re.fullmatch(r"v\d{6}", name) else None
+
+
+def bucket_file(kind: str, bucket: int) -> str:
+    """A bucket's file inside a (staged) version: kind is "triplets", or "raw"/"dedup" while staging."""
+    return f"{kind}/bucket-{bucket:02d}.parquet"
+
+
+def manifest_embedder(space: FeatureSpace) -> dict:
+    """The manifest's summary of a version's embedder (what `tunestack store show` prints)."""
+    return {
+        "name": space.embedder["name"],
+        "source_dim": space.raw_dim,
+        "dim": space.embed_dim,
+        "reduction": "pca",
+    }
+
+
+def feature_files(version: int) -> tuple[str, str]:
+    """(tensors, meta) of a feature version, relative to the store."""
+    stem = f"{FEATURES_DIR}/f{version:06d}"
+    return f"{stem}.safetensors", f"{stem}.json"
 
 
 class TripletStore:
@@ -118,7 +157,34 @@ class TripletStore:
         return [self.loc.join(m["data_dir"], f) for f in m["triplet_files"]]
 
     def read_pairs(self) -> pa.Table:
-        return pq.read_table(self.loc.join(self.version_dir, "pairs.parquet"), filesystem=self.loc.fs)
+        return pq.read_table(self.loc.join(self.version_dir, PAIRS_FILE), filesystem=self.loc.fs)
+
+    @property
+    def feature_version(self) -> int | None:
+        """The live version's feature version (None: a store written before feature versions)."""
+        return (self.require().get("features") or {}).get("version")
+
+    def feature_versions(self) -> list[int]:
+        """Every feature version kept in the store, oldest first."""
+        names = (posixpath.basename(f) for f in self.loc.list_files(FEATURES_DIR))
+        return sorted(int(n[1:7]) for n in names if re.fullmatch(r"f\d{6}\.json", n))
+
+    def feature_space(self, version: int | None = None) -> FeatureSpace:
+        """Feature version `version` (default: the live one's) of this store."""
+        if version is None:
+            version = self.feature_version
+            if version is None:
+                raise StoreError(
+                    f"store {self.uri} predates feature versions: run `tunestack store refit` to fit one"
+                )
+        tensors, meta = feature_files(version)
+        if not self.loc.exists(meta):
+            kept = ", ".join(map(str, self.feature_versions())) or "none"
+            raise StoreError(f"store {self.uri} has no feature version {version} (kept: {kept})")
+        try:
+            return FeatureSpace.from_bytes(self.loc.read_bytes(tensors), self.loc.read_bytes(meta))
+        except (StoreError, OSError) as e:
+            raise StoreError(f"{self.loc.join(meta)}: {e}") from e
 
     def scalers(self, pairs: pa.Table | None = None) -> dict[int, PairScaler]:
         pairs = pairs if pairs is not None else self.read_pairs()
@@ -178,26 +244,49 @@ class StagedVersion:
     def join(self, *parts: str) -> str:
         return self.loc.join(self.name, *parts)
 
-    def commit(self, manifest: dict) -> dict:
-        """Rename the staged folder to the next version and atomically point the manifest at it."""
-        from pipeline.store.integrity import inventory
-
+    def commit(self, manifest: dict, features: FeatureSpace) -> dict:
+        """Rename the staged folder to the next version and atomically point the manifest at it.
+        `features` is the version's feature space: the live one (appends), or a new one, whose
+        files are written here, before the swap."""
         old = self.store.manifest
         version = (old["version"] + 1) if old else 1
-        data_dir = f"v{version:06d}"
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "version": version,
-            "data_dir": data_dir,
-            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            **manifest,
-            "files": inventory(self.loc, self.name),  # size, sha256, rows: what `store verify` checks
-        }
-        self.loc.fs.move(self.path, self.loc.join(data_dir))
+        data_dir = version_dir_name(version)
+        new_features = features.version != (self.store.feature_version if old else None)
+        written = []
         try:
-            self.loc.write_bytes_atomic(MANIFEST, json.dumps(manifest, indent=2).encode())
+            if new_features:
+                for rel, data in zip(feature_files(features.version), features.to_bytes()):
+                    self.loc.fs.create_dir(self.loc.join(FEATURES_DIR), recursive=True)
+                    write_atomic(self.loc, rel, data)
+                    written.append(rel)
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "version": version,
+                "data_dir": data_dir,
+                "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **manifest,
+                "features": {
+                    "version": features.version,
+                    "files": {
+                        rel: file_record(self.loc.fs, self.loc.join(rel))
+                        for rel in feature_files(features.version)
+                    },
+                },
+                "files": inventory(self.loc, self.name),  # size, sha256, rows: what `store verify` checks
+            }
+            fsync_tree(self.loc, self.name)  # every file of the version on disk before the swap names it
+            self.loc.fs.move(self.path, self.loc.join(data_dir))
+            fsync_dir(self.loc)
+        except BaseException:
+            for rel in written:  # a feature version no manifest names is removed with the failed version
+                self.loc.fs.delete_file(self.loc.join(rel))
+            raise
+        try:
+            write_atomic(self.loc, MANIFEST, json.dumps(manifest, indent=2).encode())
         except BaseException:
             self.loc.delete_dir(data_dir)  # the manifest still names the old version: drop the new one
+            for rel in written:
+                self.loc.fs.delete_file(self.loc.join(rel))
             raise
         self.store.manifest = manifest
         if old:
