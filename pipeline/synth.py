@@ -575,63 +575,64 @@ def synth_gaap(
         i += 1
 
     store = TripletStore(out_uri)
-    # The written store's own feature version: after any it already keeps (it is replaced whole).
-    space = replace(space, version=max(store.feature_versions(), default=0) + 1)
-    staged = store.stage()
-    try:
-        files, counts = [], np.zeros(len(pairs), dtype=np.int64)
-        for b in sorted(plan):
-            name = bucket_file("triplets", b)
-            w = _BucketWriter(staged.join(name), staged.loc.fs, pairs, scalers, row_group_size)
-            try:
-                for _, ent, keep in sorted(plan[b]):  # by entity id: the store's sort order
-                    w.add(_entity_table(ent, keep, seed, pairs))
-            finally:
-                w.close()
-            counts += w.counts
-            files.append(name)
-        rows = []
-        for k in np.flatnonzero(counts):
-            rows.append(
-                {
-                    "pair_id": int(pairs.pair_id[k]),
-                    "concept": pairs.concept[k],
-                    "unit": pairs.unit[k],
-                    "label": pairs.label[k],
-                    "description": pairs.description[k],
-                    "count": int(counts[k]),
-                    **fitted[k].to_row(),
-                    "embedding": pairs.embedding[k].tolist(),
-                }
-            )
-        write_pairs(staged.join(PAIRS_FILE), rows, space.embed_dim, store.loc.fs)
-        store.loc.delete_dir(f"{staged.name}/raw")
-        store.loc.delete_dir(f"{staged.name}/dedup")
-        entities = sum(len(v) for v in plan.values())
-        params = {
-            "kind": "gaap",
-            "triplets": triplets,
-            "from_store": from_store,
-            "seed": seed,
-            "row_group_size": row_group_size,
-            "embedder": space.embedder["name"],
-            "buckets": buckets,
-        }
-        manifest = staged.commit(
-            {
-                "counts": {"triplets": int(counts.sum()), "pairs": len(rows), "entities": entities},
-                "embedder": manifest_embedder(space),
-                "buckets": buckets,
+    with store.writing():  # one writer at a time; the previous versions stay for readers
+        # The written store's own feature version: after any it already keeps (it is replaced whole).
+        space = replace(space, version=max(store.feature_versions(), default=0) + 1)
+        staged = store.stage()
+        try:
+            files, counts = [], np.zeros(len(pairs), dtype=np.int64)
+            for b in sorted(plan):
+                name = bucket_file("triplets", b)
+                w = _BucketWriter(staged.join(name), staged.loc.fs, pairs, scalers, row_group_size)
+                try:
+                    for _, ent, keep in sorted(plan[b]):  # by entity id: the store's sort order
+                        w.add(_entity_table(ent, keep, seed, pairs))
+                finally:
+                    w.close()
+                counts += w.counts
+                files.append(name)
+            rows = []
+            for k in np.flatnonzero(counts):
+                rows.append(
+                    {
+                        "pair_id": int(pairs.pair_id[k]),
+                        "concept": pairs.concept[k],
+                        "unit": pairs.unit[k],
+                        "label": pairs.label[k],
+                        "description": pairs.description[k],
+                        "count": int(counts[k]),
+                        **fitted[k].to_row(),
+                        "embedding": pairs.embedding[k].tolist(),
+                    }
+                )
+            write_pairs(staged.join(PAIRS_FILE), rows, space.embed_dim, store.loc.fs)
+            store.loc.delete_dir(f"{staged.name}/raw")
+            store.loc.delete_dir(f"{staged.name}/dedup")
+            entities = sum(len(v) for v in plan.values())
+            params = {
+                "kind": "gaap",
+                "triplets": triplets,
+                "from_store": from_store,
+                "seed": seed,
                 "row_group_size": row_group_size,
-                "val_folds": VAL_FOLDS,
-                "triplet_files": files,
-                "inputs": [{"synth": params, "generated": time.strftime("%Y-%m-%dT%H:%M:%S")}],
-            },
-            space,
-        )
-    except BaseException:
-        staged.abort()
-        raise
+                "embedder": space.embedder["name"],
+                "buckets": buckets,
+            }
+            manifest = staged.commit(
+                {
+                    "counts": {"triplets": int(counts.sum()), "pairs": len(rows), "entities": entities},
+                    "embedder": manifest_embedder(space),
+                    "buckets": buckets,
+                    "row_group_size": row_group_size,
+                    "val_folds": VAL_FOLDS,
+                    "triplet_files": files,
+                    "inputs": [{"synth": params, "generated": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+                },
+                space,
+            )
+        except BaseException:
+            staged.abort()
+            raise
     seconds = time.perf_counter() - t0
     return {
         "store": out_uri,

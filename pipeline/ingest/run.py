@@ -34,6 +34,7 @@ from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace, fit_feature_space, load_embedder
 from pipeline.store.layout import (
     DEFAULT_BUCKETS,
+    DEFAULT_KEEP,
     DEFAULT_ROW_GROUP,
     PAIRS_FILE,
     RAW_SCHEMA,
@@ -45,6 +46,7 @@ from pipeline.store.layout import (
     manifest_embedder,
     write_pairs,
 )
+from pipeline.store.lock import DEFAULT_WAIT
 from pipeline.store.scaler import PairScaler, fit_scaler, scale_by_pair
 
 DEFAULT_EMBED_DIM = 64
@@ -90,17 +92,24 @@ def ingest(
     embed_dim: int | None = None,
     row_group_size: int = DEFAULT_ROW_GROUP,
     progress: bool | None = None,
+    lock_wait: float = DEFAULT_WAIT,
+    keep: int = DEFAULT_KEEP,
 ) -> IngestReport:
     """Ingest `paths` into the store at `store_uri` (default under TUNESTACK_HOME).
 
     `embedder` ('auto', 'minilm', 'hashed') and `embed_dim` default to the store's recorded ones
     ('auto' and 64 for a new store); naming others for an existing store is refused (StoreError):
-    its feature space is frozen, and only `refit` changes it.
+    its feature space is frozen, and only `refit` changes it. One writer at a time: another's
+    lock is waited for up to `lock_wait` seconds (then StoreLocked). The `keep` newest previous
+    versions stay for readers; older ones are deleted after the commit.
     Raises IngestError on bad input unless `skip_bad`; on any failure the live store is untouched.
     """
     store = TripletStore(store_uri or default_store_uri())
     files = expand_inputs(paths)  # unreadable paths fail here, before anything is written
-    return _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, progress, refit=False)
+    with store.writing(lock_wait):
+        return _write_version(
+            store, files, skip_bad, embedder, embed_dim, row_group_size, progress, False, keep
+        )
 
 
 def refit(
@@ -108,6 +117,8 @@ def refit(
     embedder: str | None = None,
     embed_dim: int | None = None,
     row_group_size: int | None = None,
+    lock_wait: float = DEFAULT_WAIT,
+    keep: int = DEFAULT_KEEP,
 ) -> IngestReport:
     """`tunestack store refit`: a new feature version (basis fitted on every pair of the store,
     with `embedder`/`embed_dim`, default the recorded ones) and every pair's scaler refitted on
@@ -115,11 +126,13 @@ def refit(
     readable by number."""
     store = TripletStore(store_uri or default_store_uri())
     store.require()
-    rgs = row_group_size or store.manifest.get("row_group_size", DEFAULT_ROW_GROUP)
-    return _write_version(store, [], False, embedder, embed_dim, rgs, False, refit=True)
+    with store.writing(lock_wait):
+        rgs = row_group_size or store.require().get("row_group_size", DEFAULT_ROW_GROUP)
+        return _write_version(store, [], False, embedder, embed_dim, rgs, False, True, keep)
 
 
-def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, progress, refit):
+def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, progress, refit, keep):
+    """Stage, fill and commit one new store version (the caller holds the store's lock)."""
     t0 = time.perf_counter()
     report = IngestReport(store=store.uri, files=len(files))
     old = store.manifest
@@ -151,11 +164,10 @@ def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, 
                 "inputs": inputs,
             },
             space,
+            keep,
         )
     except BaseException:
         staged.abort()
-        if old is None and not store.loc.list_files():
-            store.loc.delete_dir("")  # a store that did not exist before does not exist after
         raise
     report.store_version, report.feature_version = manifest["version"], space.version
     report.seconds = round(time.perf_counter() - t0, 3)

@@ -3,25 +3,32 @@
     STORE/
       manifest.json                    # points at the live version and feature version (+ size/sha256/rows of
                                        # their files); swapped atomically
+      .lock                            # the writers' lock (pipeline/store/lock.py); names its holder while held
       features/
         f000001.safetensors            # feature version 1: mean [raw_dim], components [raw_dim, embed_dim]
         f000001.json                   # its embedder (name, raw_dim, ...) and how it was fitted
       v000003/
         triplets/bucket-00.parquet ... # triplets, hash-partitioned by entity, in row groups
         pairs.parquet                  # pair id, concept, unit, label, scaler numbers, embedding
+      v000002/, v000001/               # the previous versions, kept for readers still streaming them
 
-A writer stages a whole new version beside the live one and only then swaps `manifest.json`, so a
-failed or interrupted ingest leaves the live store exactly as it was. Feature versions are never
-rewritten: appends reuse the live one, `tunestack store refit` adds the next.
+A writer takes the lock, stages a whole new version beside the live one, fsyncs it, and only then
+swaps `manifest.json`, so a failed or interrupted ingest leaves the live store exactly as it was.
+The previous versions stay (readers such as a Ray Data pipeline open their files lazily, long
+after they read the manifest) until more than `keep` (default 2) are older than the live one:
+each commit then deletes the oldest, as does `tunestack store gc`. Feature versions are never
+rewritten or deleted: appends reuse the live one, `tunestack store refit` adds the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import posixpath
 import re
 import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -31,13 +38,15 @@ from pipeline.home import Location, resolve
 from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace
 from pipeline.store.files import file_record, fsync_dir, fsync_tree, inventory, write_atomic
+from pipeline.store.lock import DEFAULT_WAIT, LOCK_FILE, StoreLock
 from pipeline.store.scaler import PairScaler
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PAIRS_FILE = "pairs.parquet"
 FEATURES_DIR = "features"
-LOCK_FILE = ".lock"
+STAGING_PREFIX = ".staging-"
+DEFAULT_KEEP = 2  # previous versions kept for readers (`tunestack store gc --keep N`)
 DEFAULT_BUCKETS = 16
 DEFAULT_ROW_GROUP = 65_536
 VAL_FOLDS = 100  # `fold` = crc32(accession) % 100: a filing's facts share one fold
@@ -123,7 +132,12 @@ class TripletStore:
     def __init__(self, uri: str):
         self.loc: Location = resolve(uri)
         self.uri = uri
-        self.manifest: dict | None = None
+        self._lock: StoreLock | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Re)read the manifest: the live version as of now."""
+        self.manifest = None
         if self.loc.exists(MANIFEST):
             try:
                 self.manifest = json.loads(self.loc.read_bytes(MANIFEST))
@@ -212,22 +226,69 @@ class TripletStore:
         }
 
     # ---- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self, wait: float = DEFAULT_WAIT) -> Iterator[TripletStore]:
+        """Hold the store's writer lock (waiting up to `wait` seconds for another writer), with
+        the manifest re-read under it and a killed writer's leftovers removed. A store this writer
+        created and did not commit is removed again when the block fails."""
+        existed = self.loc.exists()
+        with StoreLock(self.loc, wait) as lock:
+            self._lock = lock
+            try:
+                self.refresh()  # another writer may have committed while this one waited
+                self.clean_orphans()
+                yield self
+            except BaseException:
+                if not existed and self.manifest is None and self.loc.list_files() in ([], [LOCK_FILE]):
+                    self.loc.delete_dir("")  # a store that did not exist before does not exist after
+                raise
+            finally:
+                self._lock = None
+
     def stage(self) -> StagedVersion:
-        self.loc.fs.create_dir(self.loc.path, recursive=True)
-        self.clean_orphans()
+        """A new version staged beside the live one (under `writing()`)."""
+        if self._lock is None:
+            raise StoreError(f"store {self.uri}: stage() outside `with store.writing():`")
         return StagedVersion(self)
 
     def clean_orphans(self) -> None:
-        """Remove version/staging folders the manifest does not point at (left by a killed writer)."""
-        live = self.manifest["data_dir"] if self.manifest else None
+        """Remove what a killed writer left (under the lock, so no writer is running): staging
+        folders, version folders and feature versions newer than the live ones, temporary files."""
+        live = self.manifest["version"] if self.manifest else 0
+        live_features = (self.manifest or {}).get("features", {}).get("version") or 0
         for info in self.loc.fs.get_file_info(_selector(self.loc.path)):
-            name = info.path.rstrip("/").rsplit("/", 1)[-1]
-            if (
-                info.type.name == "Directory"
-                and (name.startswith(".staging-") or name.startswith("v"))
-                and name != live
-            ):
+            name = posixpath.basename(info.path.rstrip("/"))
+            version = parse_version_dir(name)
+            if name.startswith(STAGING_PREFIX) or (version is not None and version > live):
                 self.loc.fs.delete_dir(info.path)
+            elif name.startswith(f".{MANIFEST}.tmp-"):
+                self.loc.fs.delete_file(info.path)
+        for rel in self.loc.list_files(FEATURES_DIR):
+            name = posixpath.basename(rel)
+            m = re.fullmatch(r"f(\d{6})\.(json|safetensors)", name)
+            if name.startswith(".") or (m and int(m.group(1)) > live_features):
+                self.loc.fs.delete_file(self.loc.join(rel))
+
+    def previous_versions(self) -> list[int]:
+        """Version folders older than the live one still in the store, oldest first."""
+        live = self.require()["version"]
+        found = (parse_version_dir(posixpath.basename(i.path.rstrip("/"))) for i in self._top())
+        return sorted(v for v in found if v is not None and v < live)
+
+    def gc(self, keep: int = DEFAULT_KEEP) -> list[str]:
+        """Delete previous versions but the newest `keep` (under `writing()`); their folder names."""
+        if self._lock is None:
+            raise StoreError(f"store {self.uri}: gc() outside `with store.writing():`")
+        if keep < 0:
+            raise StoreError(f"keep must be 0 or more, got {keep}")
+        old = self.previous_versions()
+        doomed = [version_dir_name(v) for v in old[: max(0, len(old) - keep)]]
+        for name in doomed:
+            self.loc.delete_dir(name)
+        return doomed
+
+    def _top(self):
+        return self.loc.fs.get_file_info(_selector(self.loc.path))
 
 
 class StagedVersion:
@@ -244,10 +305,10 @@ class StagedVersion:
     def join(self, *parts: str) -> str:
         return self.loc.join(self.name, *parts)
 
-    def commit(self, manifest: dict, features: FeatureSpace) -> dict:
-        """Rename the staged folder to the next version and atomically point the manifest at it.
-        `features` is the version's feature space: the live one (appends), or a new one, whose
-        files are written here, before the swap."""
+    def commit(self, manifest: dict, features: FeatureSpace, keep: int = DEFAULT_KEEP) -> dict:
+        """Rename the staged folder to the next version and atomically point the manifest at it,
+        then delete previous versions but the newest `keep`. `features` is the version's feature
+        space: the live one (appends), or a new one, whose files are written here, before the swap."""
         old = self.store.manifest
         version = (old["version"] + 1) if old else 1
         data_dir = version_dir_name(version)
@@ -289,8 +350,7 @@ class StagedVersion:
                 self.loc.fs.delete_file(self.loc.join(rel))
             raise
         self.store.manifest = manifest
-        if old:
-            self.loc.delete_dir(old["data_dir"])
+        self.store.gc(keep)
         return manifest
 
     def abort(self) -> None:
