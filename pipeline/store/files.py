@@ -16,7 +16,7 @@ import posixpath
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.home import Location
+from pipeline.storage import Location
 
 CHUNK = 4 << 20
 
@@ -47,14 +47,9 @@ def inventory(loc: Location, rel_dir: str) -> dict[str, dict]:
     }
 
 
-def is_local(loc: Location) -> bool:
-    """Whether `loc` is a folder of this machine's filesystem (where fsync and flock apply)."""
-    return "://" not in loc.uri or loc.uri.startswith("file://")
-
-
 def fsync_tree(loc: Location, rel: str = "") -> None:
     """fsync every file and folder under `rel` (and `rel` itself), on a local filesystem."""
-    if not is_local(loc):
+    if not loc.local:
         return
     top = loc.join(rel) if rel else loc.path
     for folder, _, names in os.walk(top):
@@ -65,20 +60,22 @@ def fsync_tree(loc: Location, rel: str = "") -> None:
 
 def fsync_dir(loc: Location, rel: str = "") -> None:
     """fsync one folder (its entries: renames, new files), on a local filesystem."""
-    if is_local(loc):
+    if loc.local:
         _fsync(loc.join(rel) if rel else loc.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def write_atomic(loc: Location, rel: str, data: bytes) -> None:
-    """Write `rel` (any depth) whole or not at all: a temporary name in the same folder, fsynced,
-    renamed over `rel`, and the folder fsynced."""
+    """Write `rel` (any depth) whole or not at all, durably: locally a temporary name in the same
+    folder, fsynced, renamed over `rel`, and the folder fsynced; on an object store one PUT."""
+    if not loc.local:
+        loc.write_bytes_atomic(rel, data)
+        return
     folder, name = posixpath.split(rel)
     tmp = posixpath.join(folder, f".{name}.tmp-{os.getpid()}")
     try:
         with loc.fs.open_output_stream(loc.join(tmp)) as f:
             f.write(data)
-        if is_local(loc):
-            _fsync(loc.join(tmp), os.O_RDONLY)
+        _fsync(loc.join(tmp), os.O_RDONLY)
         loc.fs.move(loc.join(tmp), loc.join(rel))
     except BaseException:
         if loc.exists(tmp):

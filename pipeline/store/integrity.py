@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.home import Location, resolve
+from pipeline.storage import Location, resolve
 from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace
 from pipeline.store.files import sha256_of

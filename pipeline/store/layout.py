@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.home import Location, resolve
+from pipeline.storage import Location, resolve
 from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace
 from pipeline.store.files import file_record, fsync_dir, fsync_tree, inventory, write_atomic

@@ -8,11 +8,13 @@ naming the holder; nothing is written either way.
 
 On a local filesystem the lock is `flock` on `STORE/.lock`: the kernel drops it when the holder
 dies, so a killed ingest never leaves a stale lock. The file names its holder while held and is
-emptied on release (so a failed ingest leaves the store byte-identical). Object stores (s3://,
-gs://) offer no lock and no atomic create through pyarrow: there the lock is a lease object,
-`STORE/.lock` holding the owner and an expiry, checked after writing; two writers starting in the
-same instant can still both win, so on an object store run one writer at a time (one ingest
-host), and the lease only guards against accidents.
+emptied on release (so a failed ingest leaves the store byte-identical). On an object store the
+lock is a lease: the object `STORE/.lock` names its owner and an expiry, created only if absent
+(or replacing only an expired lease) by a conditional write (S3 If-None-Match / If-Match, see
+pipeline.storage); a crashed writer's lease expires after LEASE_SECONDS. Where the store offers
+no conditional writes (gs:// through pyarrow, an S3 server that ignores them) the lease is
+written and read back, and two writers starting in the same instant can both win: run one
+writer at a time there.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import sys
 import time
 import uuid
 
-from pipeline.home import Location
+from pipeline.storage import Location, WriteConflict
 from pipeline.store.errors import StoreError
-from pipeline.store.files import is_local
 
 LOCK_FILE = ".lock"  # = layout.LOCK_FILE (layout imports this module)
 DEFAULT_WAIT = 600.0  # seconds a writer waits for another to finish
@@ -92,13 +93,13 @@ class StoreLock:
         if self._lease is not None:
             try:
                 if self._read_lease().get("owner") == self._lease:
-                    self.loc.fs.delete_file(self.loc.join(LOCK_FILE))
+                    self.loc.delete_file(LOCK_FILE)
             finally:
                 self._lease = None
 
     # ---- local: flock ----------------------------------------------------------------------
     def _try(self) -> bool:
-        return self._try_flock() if is_local(self.loc) else self._try_lease()
+        return self._try_flock() if self.loc.local else self._try_lease()
 
     def _try_flock(self) -> bool:
         import fcntl
@@ -125,32 +126,40 @@ class StoreLock:
 
     # ---- object stores: a lease ------------------------------------------------------------
     def _try_lease(self) -> bool:
-        lease = self._read_lease()
+        current, tag = self.loc.read_tagged(LOCK_FILE)
+        lease = _parse(current)
         if lease and lease.get("expires", 0) > time.time():
             return False
         owner = uuid.uuid4().hex
-        self.loc.fs.create_dir(self.loc.path, recursive=True)
-        with self.loc.fs.open_output_stream(self.loc.join(LOCK_FILE)) as f:
-            f.write(json.dumps({**_owner(), "owner": owner, "expires": time.time() + LEASE_SECONDS}).encode())
-        if self._read_lease().get("owner") != owner:  # another writer's lease landed last: theirs
+        body = json.dumps({**_owner(), "owner": owner, "expires": time.time() + LEASE_SECONDS}).encode()
+        try:  # only if there is no lease, or still the expired one we read
+            self.loc.write_if(LOCK_FILE, body, tag if current is not None else None)
+        except WriteConflict:
             return False
+        if self.loc.conditional_writes is None and self._read_lease().get("owner") != owner:
+            return False  # no compare-and-swap here: another writer's lease landed last
         self._lease = owner
         return True
 
     def _read_lease(self) -> dict:
         try:
-            return json.loads(self.loc.read_bytes(LOCK_FILE) or b"{}")
-        except (OSError, ValueError):
+            return _parse(self.loc.read_bytes(LOCK_FILE))
+        except OSError:
             return {}
 
     def _holder(self) -> str:
-        try:
-            h = json.loads(self.loc.read_bytes(LOCK_FILE) or b"{}")
-        except (OSError, ValueError):
-            h = {}
+        h = self._read_lease()
         if not h:
             return "holder unknown"
         return f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}"
+
+
+def _parse(data: bytes | None) -> dict:
+    try:
+        out = json.loads(data) if data else {}
+    except ValueError:  # a torn or foreign file: no holder we can name
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def _owner() -> dict:

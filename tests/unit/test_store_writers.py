@@ -12,13 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.home import Location
 from pipeline.ingest import ingest
+from pipeline.storage import resolve
 from pipeline.store import files as files_module
 from pipeline.store.integrity import verify_store
 from pipeline.store.layout import TripletStore, feature_files
@@ -69,7 +68,7 @@ def test_concurrent_ingests_in_real_processes_land_one_after_the_other(tmp_path)
     a, b = _docs(tmp_path / "a", 1, 3), _docs(tmp_path / "b", 100, 4)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     # Hold the lock while both start, so they truly overlap: each must find it taken and wait.
-    with StoreLock(Location(pafs.LocalFileSystem(), str(uri), str(uri)), wait=0):
+    with StoreLock(resolve(str(uri)), wait=0):
         procs = [_spawn(a, uri, logs[0]), _spawn(b, uri, logs[1])]
         try:
             _wait_for(
@@ -170,18 +169,19 @@ def test_every_file_is_fsynced_before_the_manifest_names_it(tmp_path, monkeypatc
     assert str(uri) in synced[swap:]  # the folder, after the rename over manifest.json
 
 
-def test_lease_lock_on_an_object_store(tmp_path):
-    """s3:// and gs:// have no flock: the lock is a lease object naming its owner and expiry."""
-    loc = Location(pafs.LocalFileSystem(), str(tmp_path / "s"), "s3://bucket/s")
+def test_lease_lock_on_an_object_store(s3_prefix):
+    """S3 has no flock: the lock is a lease object, created or taken over by a conditional write."""
+    loc = resolve(s3_prefix)
+    assert not loc.local and loc.conditional_writes
     with StoreLock(loc, wait=0):
-        lease = json.loads((tmp_path / "s" / ".lock").read_text())
+        lease = json.loads(loc.read_bytes(".lock"))
         assert lease["pid"] == os.getpid() and lease["expires"] > time.time()
         with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
             StoreLock(loc, wait=0.1, announce=False).acquire()
-    assert not (tmp_path / "s" / ".lock").exists()  # released: the lease is gone
-    (tmp_path / "s" / ".lock").write_text(json.dumps({"owner": "crashed", "expires": time.time() - 1}))
+    assert not loc.exists(".lock")  # released: the lease is gone
+    loc.write_bytes_atomic(".lock", json.dumps({"owner": "crashed", "expires": time.time() - 1}).encode())
     with StoreLock(loc, wait=0) as lock:  # an expired lease is taken over
-        assert lock.held
+        assert lock.held and json.loads(loc.read_bytes(".lock"))["owner"] != "crashed"
 
 
 def test_resume_guard_compares_the_triplet_stores_digest(tmp_path):
