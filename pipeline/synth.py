@@ -20,7 +20,6 @@ import math
 import os
 import re
 import time
-import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,6 +36,8 @@ from pipeline.store.layout import (
     VAL_FOLDS,
     TripletStore,
     bucket_file,
+    bucket_of,
+    fold_of,
     manifest_embedder,
     write_pairs,
 )
@@ -444,7 +445,7 @@ def _entity_table(i: int, keep: int, seed: int, pairs: _Pairs) -> pa.Table:
     filed = end + np.where(annual, rng.integers(55, 91, n_filings), rng.integers(25, 46, n_filings))
     filed_year = filed.astype("datetime64[Y]").astype(int) + 1970
     accn = [f"{cik:010d}-{y % 100:02d}-{j + 1:06d}" for j, y in enumerate(filed_year)]
-    fold = np.array([zlib.crc32(a.encode()) % VAL_FOLDS for a in accn], dtype=np.int16)
+    fold = np.array([fold_of(a) for a in accn], dtype=np.int16)
     # Values: z = company size (shared by all pairs) + entity-pair level + fact noise, N(0, 1) overall.
     z_entity, z_pair = rng.standard_normal(), rng.standard_normal(len(pairs))
     z = 0.6 * z_entity + 0.5 * z_pair[pos] + math.sqrt(1 - 0.36 - 0.25) * rng.standard_normal(n)
@@ -570,7 +571,7 @@ def synth_gaap(
         if count:
             keep = min(count, triplets - total)
             entity_id = f"{_cik(i, seed):010d}"
-            plan.setdefault(zlib.crc32(entity_id.encode()) % buckets, []).append((entity_id, i, keep))
+            plan.setdefault(bucket_of(entity_id, buckets), []).append((entity_id, i, keep))
             total += keep
         i += 1
 
@@ -606,8 +607,7 @@ def synth_gaap(
                     }
                 )
             write_pairs(staged.join(PAIRS_FILE), rows, space.embed_dim, store.loc.fs)
-            store.loc.delete_dir(f"{staged.name}/raw")
-            store.loc.delete_dir(f"{staged.name}/dedup")
+            staged.drop_scratch()
             entities = sum(len(v) for v in plan.values())
             params = {
                 "kind": "gaap",

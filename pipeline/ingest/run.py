@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -43,6 +42,8 @@ from pipeline.store.layout import (
     StagedVersion,
     TripletStore,
     bucket_file,
+    bucket_of,
+    fold_of,
     manifest_embedder,
     write_pairs,
 )
@@ -78,10 +79,6 @@ class IngestReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def bucket_of(entity_id: str, buckets: int) -> int:
-    return zlib.crc32(entity_id.encode()) % buckets
 
 
 def ingest(
@@ -145,8 +142,7 @@ def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, 
         pairs, scalers, space = _build_pairs(store, meta, counts, samples, space, embedder, embed_dim, report)
         triplet_files = _write_final(staged, buckets, pairs, scalers, row_group_size)
         write_pairs(staged.join(PAIRS_FILE), pairs, space.embed_dim, store.loc.fs)
-        store.loc.delete_dir(f"{staged.name}/raw")
-        store.loc.delete_dir(f"{staged.name}/dedup")
+        staged.drop_scratch()
         report.pairs, report.entities, report.embedder = len(pairs), len(entities), space.embedder["name"]
         inputs = (old["inputs"] if old else []) + [
             {"path": f, "ingested": time.strftime("%Y-%m-%dT%H:%M:%S")} for f in files
@@ -231,7 +227,7 @@ def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, report):
     for b in range(buckets):
         parts = []
         raw = bucket_file("raw", b)
-        if staged.loc.exists(f"{staged.name}/{raw}"):
+        if staged.exists(raw):
             parts.append(pq.read_table(staged.join(raw), filesystem=fs))
         old_name = bucket_file("triplets", b)
         if old_name in old_files:
@@ -381,7 +377,7 @@ def _write_final(
     written = []
     for b in range(buckets):
         rel = bucket_file("dedup", b)
-        if not staged.loc.exists(f"{staged.name}/{rel}"):
+        if not staged.exists(rel):
             continue
         t = pq.read_table(staged.join(rel), filesystem=fs).join(
             ids, keys=["concept", "unit"], join_type="inner"
@@ -401,5 +397,5 @@ def _fold(accn: pa.ChunkedArray) -> pa.Array:
     """crc32(accession) % VAL_FOLDS: every fact of one filing lands in the same fold."""
     accn = pc.fill_null(accn, "")
     uniq = pc.unique(accn)
-    folds = pa.array([zlib.crc32(a.encode()) % VAL_FOLDS for a in uniq.to_pylist()], pa.int16())
+    folds = pa.array([fold_of(a) for a in uniq.to_pylist()], pa.int16())
     return pc.take(folds, pc.index_in(accn, value_set=uniq))

@@ -28,6 +28,7 @@ import json
 import posixpath
 import re
 import uuid
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,6 +47,7 @@ MANIFEST = "manifest.json"
 PAIRS_FILE = "pairs.parquet"
 FEATURES_DIR = "features"
 STAGING_PREFIX = ".staging-"
+SCRATCH_DIRS = ("raw", "dedup")  # inside a staged version only: parsed and de-duplicated buckets
 DEFAULT_KEEP = 2  # previous versions kept for readers (`tunestack store gc --keep N`)
 DEFAULT_BUCKETS = 16
 DEFAULT_ROW_GROUP = 65_536
@@ -103,6 +105,16 @@ def version_dir_name(version: int) -> str:
 def parse_version_dir(name: str) -> int | None:
     """The store version a folder name stands for (None: not a version folder)."""
     return int(name[1:]) if re.fullmatch(r"v\d{6}", name) else None
+
+
+def bucket_of(entity_id: str, buckets: int) -> int:
+    """The bucket (triplets/bucket-XX.parquet) an entity's rows live in."""
+    return zlib.crc32(entity_id.encode()) % buckets
+
+
+def fold_of(accn: str | None) -> int:
+    """A row's `fold`: crc32(accession) % VAL_FOLDS, so every fact of one filing shares a fold."""
+    return zlib.crc32((accn or "").encode()) % VAL_FOLDS
 
 
 def bucket_file(kind: str, bucket: int) -> str:
@@ -299,11 +311,19 @@ class StagedVersion:
         self.name = f".staging-{uuid.uuid4().hex[:12]}"
         self.loc = store.loc
         self.path = self.loc.join(self.name)
-        for sub in ("raw", "dedup", "triplets"):
+        for sub in (*SCRATCH_DIRS, "triplets"):
             self.loc.fs.create_dir(self.join(sub), recursive=True)
 
     def join(self, *parts: str) -> str:
         return self.loc.join(self.name, *parts)
+
+    def exists(self, rel: str) -> bool:
+        return self.loc.exists(f"{self.name}/{rel}")
+
+    def drop_scratch(self) -> None:
+        """Delete the staging-only folders (raw, dedup): what remains is the version's content."""
+        for sub in SCRATCH_DIRS:
+            self.loc.delete_dir(f"{self.name}/{sub}")
 
     def commit(self, manifest: dict, features: FeatureSpace, keep: int = DEFAULT_KEEP) -> dict:
         """Rename the staged folder to the next version and atomically point the manifest at it,
