@@ -31,7 +31,6 @@ import numpy as np
 
 CURVE_POINTS = 101  # shares 0, 0.01, …, 1
 CALIBRATION_FILE = "calibration.json"  # in a checkpoint folder, so it travels with the version
-NO_THRESHOLD = 1.0  # when no threshold meets the target: route (almost) nothing lightweight
 
 
 def _ranked(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +92,8 @@ def calibrate(scores, labels, max_error: float) -> dict:
     # a threshold keeps whole ties: only the last position of each run of equal scores can be a cut
     last_of_tie = np.append(s[1:] != s[:-1], True)
     ok = np.flatnonzero(last_of_tie & (wrong / k <= max_error))
-    threshold = float(s[ok[-1]]) if len(ok) else NO_THRESHOLD
+    # none: a threshold just above the highest score routes nothing
+    threshold = float(s[ok[-1]]) if len(ok) else math.nextafter(float(s[0]), math.inf)
     return {"max_lightweight_error": max_error, **at_threshold(scores, labels, threshold)}
 
 
