@@ -43,11 +43,10 @@ def jobs_app(ray_cluster, tmp_path_factory):
         gateway_num_cpus=0.1,
         poll_interval_s=0.5,
     )
-    config["applications"][0]["deployments"] = [
+    config["applications"][0]["deployments"] = [  # one hop: the Gateway holds the router
         {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
-        {"name": "model-router", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
     ]
-    deploy(config, timeout=240)
+    deploy(config, timeout=480)
     try:
         yield {"url": f"http://127.0.0.1:{port}", "auth": {"Authorization": f"Bearer {TOKEN}"}, "home": home}
     finally:
