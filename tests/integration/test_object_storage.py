@@ -83,8 +83,8 @@ class Cluster:
                 str(client),
                 *common,
             ],
+            nodes=1,
         )
-        _wait("head node", lambda: self._nodes() >= 1, 120, self.procs[0], self.tmp / "node-head.log")
         agent2, agent2_grpc = free_ports(2)
         self._start(
             "worker",
@@ -101,25 +101,35 @@ class Cluster:
                 str(agent2_grpc),
                 *common,
             ],
+            nodes=2,
         )
-        _wait("second node", lambda: self._nodes() >= 2, 120, self.procs[1], self.tmp / "node-worker.log")
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, args: list[str], nodes: int, attempts: int = 3) -> None:
+        """Start a node and wait until the cluster counts `nodes`. Ray gives a new node 30 s to
+        register and gives up otherwise (a heavily loaded machine): then it is started again."""
         home = self.tmp / f"node-{name}-home"
         home.mkdir()
         self.homes.append(home)
-        log = open(self.tmp / f"node-{name}.log", "w")
         env = venv_env(**self.s3_env, TUNESTACK_HOME=home, RAY_AUTH_MODE="token")
         env.pop("TUNESTACK_STORAGE", None)  # nodes get every location from the drivers, as URIs
-        self.procs.append(
-            subprocess.Popen(
+        log_path = self.tmp / f"node-{name}.log"
+        for _ in range(attempts):
+            log = open(log_path, "a")
+            proc = subprocess.Popen(
                 [str(VENV_BIN / "ray"), "start", *args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        )
+            deadline = time.monotonic() + 180
+            while proc.poll() is None and time.monotonic() < deadline and self._nodes() < nodes:
+                time.sleep(1)
+            if proc.poll() is None and self._nodes() >= nodes:
+                self.procs.append(proc)
+                return
+            end_session(proc)
+        pytest.fail(f"{name} node did not start ({attempts} attempts):\n{log_path.read_text()[-3000:]}")
 
     def _nodes(self) -> int:
         out = subprocess.run(
