@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -63,50 +64,19 @@ class Cluster:
         self.temp_dir = tempfile.mkdtemp(prefix="rs3", dir="/tmp")  # Ray's socket paths must be short
         self.address = f"127.0.0.1:{self.gcs}"
         common = ["--block", "--disable-usage-stats", "--temp-dir", self.temp_dir]
-        self._start(
-            "head",
-            [
-                "--head",
-                "--port",
-                str(self.gcs),
-                "--num-cpus",
-                "2",
-                "--dashboard-host",
-                "127.0.0.1",
-                "--dashboard-port",
-                str(dash),
-                "--dashboard-agent-listen-port",
-                str(agent),
-                "--dashboard-agent-grpc-port",
-                str(agent_grpc),
-                "--ray-client-server-port",
-                str(client),
-                *common,
-            ],
-            nodes=1,
-        )
-        agent2, agent2_grpc = free_ports(2)
-        self._start(
-            "worker",
-            [
-                "--address",
-                self.address,
-                "--num-cpus",
-                "2",
-                "--resources",
-                json.dumps({"second_node": 1}),
-                "--dashboard-agent-listen-port",
-                str(agent2),
-                "--dashboard-agent-grpc-port",
-                str(agent2_grpc),
-                *common,
-            ],
-            nodes=2,
-        )
+        head = ["--head", "--port", str(self.gcs), "--num-cpus", "2", "--dashboard-host", "127.0.0.1"]
+        head += ["--dashboard-port", str(dash), "--ray-client-server-port", str(client)]
+        self._start("head", [*head, *self._agent_ports(agent, agent_grpc), *common])
+        second = ["--address", self.address, "--num-cpus", "2", "--resources", json.dumps({"second_node": 1})]
+        self._start("worker", [*second, *self._agent_ports(*free_ports(2)), *common])
 
-    def _start(self, name: str, args: list[str], nodes: int, attempts: int = 3) -> None:
-        """Start a node and wait until the cluster counts `nodes`. Ray gives a new node 30 s to
-        register and gives up otherwise (a heavily loaded machine): then it is started again."""
+    @staticmethod
+    def _agent_ports(listen: int, grpc: int) -> list[str]:
+        return ["--dashboard-agent-listen-port", str(listen), "--dashboard-agent-grpc-port", str(grpc)]
+
+    def _start(self, name: str, args: list[str], attempts: int = 3) -> None:
+        """Start a node and wait until it has joined. Ray gives a new node 30 s to register and
+        gives up otherwise (a heavily loaded machine): then it is started again."""
         home = self.tmp / f"node-{name}-home"
         home.mkdir()
         self.homes.append(home)
@@ -114,42 +84,27 @@ class Cluster:
         env.pop("TUNESTACK_STORAGE", None)  # nodes get every location from the drivers, as URIs
         log_path = self.tmp / f"node-{name}.log"
         for _ in range(attempts):
-            log = open(log_path, "a")
+            start = log_path.stat().st_size if log_path.exists() else 0
             proc = subprocess.Popen(
                 [str(VENV_BIN / "ray"), "start", *args],
                 env=env,
-                stdout=log,
+                stdout=open(log_path, "a"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            deadline = time.monotonic() + 180
-            while proc.poll() is None and time.monotonic() < deadline and self._nodes() < nodes:
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:
+                if "Ray runtime started" in log_path.read_text()[start:]:  # registered with the GCS
+                    self.procs.append(proc)
+                    return
                 time.sleep(1)
-            if proc.poll() is None and self._nodes() >= nodes:
-                self.procs.append(proc)
-                return
             end_session(proc)
         pytest.fail(f"{name} node did not start ({attempts} attempts):\n{log_path.read_text()[-3000:]}")
-
-    def _nodes(self) -> int:
-        out = subprocess.run(
-            [str(VENV_BIN / "python"), "-c", NODES, self.address],
-            env=venv_env(RAY_AUTH_MODE="token"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
     def stop(self) -> None:
         for p in reversed(self.procs):
             end_session(p)
-        import shutil
-
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-NODES = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); print(len([n for n in ray.nodes() if n['Alive']]))"
 
 
 @pytest.fixture
