@@ -123,6 +123,7 @@ def _cmd_store(args) -> int:
                 **{k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")},
                 "feature_version": store.feature_version,
                 "feature_versions": store.feature_versions(),
+                "previous_versions": store.previous_versions(),
             },
             indent=2,
         )
