@@ -131,6 +131,7 @@ def _cmd_store(args) -> int:
                 **{k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")},
                 "feature_version": store.feature_version,
                 "feature_versions": store.feature_versions(),
+                "previous_versions": store.previous_versions(),
             },
             indent=2,
         )
@@ -164,6 +165,11 @@ def _cmd_models(args) -> int:
             problems = reg.verify(args.family)
             print("\n".join(problems) or f"registry {reg.root}: every file matches its sha256")
             return 1 if problems else 0
+        if args.action in ("list", "promote", "rollback") and reg.conditional_writes is None:
+            print(
+                f"note: {reg.root} has no conditional writes: concurrent promotions or rollbacks are not "
+                "detected there (the last writer wins); promote from one place at a time"
+            )
     except (RegistryError, OSError) as e:  # OSError: a registry write failed; the registry is as it was
         print(f"tunestack models: {e}", file=sys.stderr)
         return 2

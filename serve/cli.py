@@ -87,6 +87,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
     import yaml
 
     from pipeline.home import registry_dir
+    from pipeline.storage import absolute
     from serve.gateway import token_sha256
 
     with open(path) as f:
@@ -99,7 +100,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
         if app.get("import_path", "").startswith("serve.app:"):
             args = dict(app.get("args") or {})
             if not args.get("registry_root"):
-                args["registry_root"] = os.path.abspath(registry_dir())
+                args["registry_root"] = absolute(registry_dir())
             if os.environ.get(TOKEN_ENV) and not args.get("admin_token_sha256"):
                 args["admin_token_sha256"] = token_sha256(os.environ[TOKEN_ENV])
             app["args"] = args

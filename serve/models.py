@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
-from pipeline.registry.registry import Registry, RegistryError, sha256_file
+from pipeline.registry.registry import Registry, RegistryError
 
 MC_SAMPLES = 32
 MC_SEED = 0
@@ -106,23 +106,6 @@ def route_threshold(predictor, settings) -> tuple[float, str]:
     if calibration and calibration.get("threshold") is not None:
         return float(calibration["threshold"]), "calibrated"
     return DEFAULT_THRESHOLD, "default"
-
-
-def verify_files(record: dict) -> None:
-    """Every file of a registry record matches the sha256 recorded when it was registered."""
-    from pathlib import Path
-
-    problems = []
-    for name, digest in record.get("files", {}).items():
-        p = Path(record["path"]) / name
-        if not p.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256_file(p) != digest:
-            problems.append(f"{name} fails its sha256")
-    if not record.get("files"):
-        problems.append("version.json lists no files")
-    if problems:
-        raise LoadError(f"{record.get('family')} {record.get('version')}: " + "; ".join(problems))
 
 
 def _finite32(x: np.ndarray, what: str) -> np.ndarray:
@@ -422,20 +405,20 @@ def load_predictor(
     task: str | None = None,
     store_uri: str | None = None,
 ):
-    """The family's version (production when None), verified, loaded and smoke-tested."""
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    """The family's version (production when None), verified, loaded and smoke-tested. The files
+    are read once through the registry's storage (any backend) and checked against their sha256."""
+    from pipeline.train.checkpoint import CheckpointError, checkpoint_from_files
 
     try:
-        record = registry.get(family, version)
+        record, files = registry.read_files(family, version)
     except RegistryError as e:
         raise LoadError(str(e), not_found="not registered" in str(e) or "no production" in str(e)) from e
-    except (OSError, ValueError, TypeError) as e:  # an unreadable or malformed version.json
+    except OSError as e:
+        raise LoadError(f"{family} {version or 'production'}: cannot read the registry: {e}") from e
+    except (ValueError, TypeError) as e:  # a malformed version.json
         raise LoadError(f"{family} {version or 'production'}: unreadable registry record: {e}") from e
-    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
-        raise LoadError(f"{family} {version or 'production'}: malformed registry record (no file list)")
-    verify_files(record)
     try:
-        ckpt = load_checkpoint(record["checkpoint"])
+        ckpt = checkpoint_from_files(record["checkpoint"], files)
         arch = ckpt.config["model"]["arch"]
         cls = PREDICTORS.get(arch)
         if cls is None:

@@ -219,7 +219,7 @@ class ModelSettings(_Strict):
 class AppArgs(_Strict):
     """`args` of serve.app:build_app (the `args:` block of serve/config.yaml)."""
 
-    registry_root: str | None = Field(None, description="default: $TUNESTACK_HOME/registry")
+    registry_root: str | None = Field(None, description="a path or URI; default: $TUNESTACK_STORAGE/registry")
     store_uri: str | None = Field(
         None, description="triplet store for encode; default: the one the autoencoder was trained on"
     )

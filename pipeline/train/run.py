@@ -1,6 +1,6 @@
 """Driver side of a training run: data → TorchTrainer → best checkpoint → test metrics.
 
-    $TUNESTACK_HOME/runs/<run>/
+    RUNS/<run>/       RUNS = $TUNESTACK_STORAGE/runs: a local folder or a storage URI (s3://…)
       run_config.json           # what `--resume` needs: resolved config + loop config
       run.json                  # written at the end: best checkpoint, its metrics, test metrics
                                 # (routers: the threshold calibrated on the validation split, also
@@ -10,7 +10,9 @@
       checkpoint_manager_snapshot.json   # Ray Train's own bookkeeping (JSON)
 
 Re-running a run name makes Ray Train restore its checkpoint manager and hand the latest
-checkpoint to the workers; that is how `resume` continues an interrupted run.
+checkpoint to the workers; that is how `resume` continues an interrupted run. Runs on a storage
+URI go through Ray's own `storage_filesystem` and pipeline.storage, so `--resume` and `--from`
+work from any node.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
+import posixpath
 import sys
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.home import default_store_uri, expand, runs_dir
+from pipeline.storage import Location, absolute, is_uri, join_uri, resolve
 from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
 from pipeline.train.router_eval import calibrate_checkpoint, is_router
 
@@ -109,7 +112,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         from pipeline.store.layout import TripletStore
 
         uri = expand(d.path) if d.path else default_store_uri()
-        uri = uri if "://" in uri else os.path.abspath(uri)  # workers run in another directory
+        uri = absolute(uri)  # workers run in another directory
         store = TripletStore(uri)
         manifest = store.require()
         datasets = {
@@ -205,27 +208,27 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
     cfg.model_config()  # validate the completed model config before any worker starts
 
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_path = os.path.abspath(os.path.join(runs_dir(), name))
-    os.makedirs(run_path, exist_ok=True)
+    run_path = join_uri(absolute(runs_dir()), name)
     loop_config = {
         "config": cfg.to_dict(),
         "meta": {**data.meta, "run": name},
-        "tensorboard_dir": os.path.join(run_path, "tensorboard"),
+        "tensorboard_dir": join_uri(run_path, "tensorboard"),
         "init_from": init_from,
         "teacher": teacher,
     }
-    _write_json(os.path.join(run_path, RUN_CONFIG_FILE), loop_config)
+    _write_json(resolve(run_path), RUN_CONFIG_FILE, loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
 
 
 def resume(run: str) -> TrainResult:
-    """Continue an interrupted run (a name under runs_dir() or a run folder) from its latest checkpoint."""
-    run_path = os.path.abspath(run if os.path.isdir(run) else os.path.join(runs_dir(), run))
-    config_file = os.path.join(run_path, RUN_CONFIG_FILE)
-    if not os.path.isfile(config_file):
+    """Continue an interrupted run (a name under runs_dir(), a run folder or its URI) from its
+    latest checkpoint."""
+    run_path = absolute(run if resolve(run).is_file(RUN_CONFIG_FILE) else join_uri(runs_dir(), run))
+    loc = resolve(run_path)
+    if not loc.is_file(RUN_CONFIG_FILE):
         raise FileNotFoundError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
-    with open(config_file) as f:
-        loop_config = json.load(f)
+    config_file = loc.uri_of(RUN_CONFIG_FILE)
+    loop_config = json.loads(loc.read_bytes(RUN_CONFIG_FILE))
     dropped = drop_partial_checkpoints(run_path)
     if dropped:
         print(
@@ -240,16 +243,16 @@ def resume(run: str) -> TrainResult:
             f"{run}: the training data changed since the run started "
             f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})"
         )
-    return _fit(cfg, os.path.basename(os.path.normpath(run_path)), run_path, loop_config, data)
+    return _fit(cfg, posixpath.basename(loc.path), run_path, loop_config, data)
 
 
 def drop_partial_checkpoints(run_path: str) -> list[str]:
     """Remove the checkpoint folders of a run that Ray Train never committed and that do not load:
     uploads cut short (a killed driver, a full disk). Returns their names. Without Ray's snapshot
     nothing is touched; a complete but uncommitted folder is left (the resumed run rewrites it)."""
+    loc = resolve(run_path)
     try:
-        with open(os.path.join(run_path, SNAPSHOT_FILE)) as f:
-            snapshot = json.load(f)
+        snapshot = json.loads(loc.read_bytes(SNAPSHOT_FILE))
     except (OSError, ValueError):
         return []
     results = list(snapshot.get("checkpoint_results") or []) + [
@@ -257,16 +260,24 @@ def drop_partial_checkpoints(run_path: str) -> list[str]:
     ]
     committed = {r.get("checkpoint_dir_name") for r in results if isinstance(r, dict)}
     dropped = []
-    for name in sorted(os.listdir(run_path)):
-        path = os.path.join(run_path, name)
-        if not name.startswith("checkpoint_") or not os.path.isdir(path) or name in committed:
+    for name, is_dir in sorted(loc.list_dir().items()):
+        if not name.startswith("checkpoint_") or not is_dir or name in committed:
             continue
         try:
-            load_checkpoint(path)
+            load_checkpoint(loc.uri_of(name))
         except Exception:  # any way of being unreadable: CheckpointError, a safetensors error, OSError
-            shutil.rmtree(path)
+            loc.delete_dir(name)
             dropped.append(name)
     return dropped
+
+
+def ray_storage(location: str) -> dict:
+    """Ray's `storage_path` (+ `storage_filesystem` for a URI) for a runs location: Ray writes and
+    restores checkpoints through the same filesystem pipeline.storage resolves."""
+    if not is_uri(location):
+        return {"storage_path": os.path.abspath(location)}
+    loc = resolve(location)
+    return {"storage_path": loc.path, "storage_filesystem": loc.fs}
 
 
 def build_trainer(
@@ -291,7 +302,7 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_path,
+            **ray_storage(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.keep_top_k, checkpoint_score_attribute="score", checkpoint_score_order=t.mode
             ),
@@ -329,21 +340,23 @@ def release_placement_groups(ids: set[str]) -> None:
 
 def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: PreparedData) -> TrainResult:
     t = cfg.train
-    trainer = build_trainer(cfg, name, os.path.dirname(run_path), loop_config, data)
+    trainer = build_trainer(cfg, name, parent_of(run_path), loop_config, data)
     before = job_placement_groups()
     try:
         result = trainer.fit()
     finally:
         release_placement_groups(job_placement_groups() - before)
     best = _best_checkpoint(result, t.mode)
-    best_path = best[0].path if best else None
+    # Ray names a checkpoint by its path inside the storage filesystem; keep the URI form
+    best_path = join_uri(run_path, posixpath.basename(best[0].path.rstrip("/"))) if best else None
     best_metrics = best[1] if best else {}
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
     calibration = None
     if best_path and is_router(loop_config["config"]):
         calibration = calibrate_checkpoint(best_path, cfg.route.max_lightweight_error)
     _write_json(
-        os.path.join(run_path, RUN_FILE),
+        resolve(run_path),
+        RUN_FILE,
         {
             "run": name,
             "best_checkpoint": best_path,
@@ -387,7 +400,7 @@ def evaluate_checkpoint(
     from pipeline.train.tasks import TASKS, accumulate
 
     ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt.config, os.path.join(ckpt.path, "checkpoint.json"))
+    cfg = config_from_dict(ckpt.config, join_uri(ckpt.path, "checkpoint.json"))
     model = ckpt.build_model()
     if cfg.model.arch == "autoencoder":
         from pipeline.data.triplets import triplet_dataset
@@ -437,8 +450,13 @@ def evaluate_checkpoint(
     return {"rows": int(len(y)), **task.finalize(accumulate(task, model, batches))}
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+def _write_json(loc: Location, name: str, obj) -> None:
+    loc.write_bytes_atomic(name, json.dumps(obj, indent=2, default=str).encode())
+
+
+def parent_of(location: str) -> str:
+    """The folder (or URI) holding `location`."""
+    if not is_uri(location):
+        return os.path.dirname(os.path.abspath(location))
+    head, _, tail = location.partition("?")
+    return head.rstrip("/").rsplit("/", 1)[0] + (f"?{tail}" if tail else "")
