@@ -923,7 +923,7 @@ def test_management_never_500s_on_a_damaged_registry(world, tmp_path):
         assert r.status_code == 200 and r.json()["metrics"] == {"val_accuracy": None, "val_loss": None}
         assert c.get("/v1/models").status_code == 200
         r = c.post("/v1/models/router/promote", json={"version": "v0002"})
-        assert r.status_code == 409 and "unreadable registry record" in r.text, r.text
+        assert r.status_code == 409 and "unreadable" in r.text, r.text
         with pytest.MonkeyPatch.context() as mp:
             from serve.models import ModelHost
 
