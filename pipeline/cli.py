@@ -121,6 +121,40 @@ def _cmd_models(args) -> int:
     return 0
 
 
+def _cmd_config(args) -> int:
+    from pipeline.config import json_schema, load_tune_config, read_yaml
+    from pipeline.errors import ConfigError
+    from serve.config import load_serve_config, serve_json_schema
+
+    if args.action == "schema":
+        kinds = ["train", "tune", "serve"] if args.kind == "all" else [args.kind]
+        schemas = {k: serve_json_schema() if k == "serve" else json_schema(k) for k in kinds}
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            for kind, schema in schemas.items():
+                path = os.path.join(args.out, f"{kind}.schema.json")
+                with open(path, "w") as f:
+                    json.dump(schema, f, indent=2)
+                print(path)
+        else:
+            print(json.dumps(schemas[kinds[0]] if len(kinds) == 1 else schemas, indent=2))
+        return 0
+    if not args.files:
+        raise ConfigError("tunestack config check", "FILE", "name one or more config files to check")
+    failed = 0
+    for path in args.files:  # every file checked; each bad one listed with all its problems
+        try:
+            if "applications" in read_yaml(path):
+                load_serve_config(path)
+            else:
+                load_tune_config(path, args.overrides)
+            print(f"{path}: ok")
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
 def _cmd_demo(args) -> int:
     from pipeline.demo import run_demo
 
@@ -195,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("family", nargs="?", help="model family (router, autoencoder, digits, …)")
     s.add_argument("version", nargs="?", help="version (v0001, …); show: default production")
     s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser(
+        "config",
+        help="check config files in full, or print the JSON Schema of each config kind",
+        description="check: validate training/tune files (tune_configs/*.yaml) and Serve configs "
+        "(serve/config.yaml) in full, every problem named with its key; exit 2 if any is bad. "
+        "schema: the JSON Schema of a kind (train, tune, serve) for editors and CI.",
+    )
+    s.add_argument("action", choices=["check", "schema"])
+    s.add_argument("files", nargs="*", metavar="FILE", help="check: the files to validate")
+    s.add_argument(
+        "--kind", default="all", choices=["all", "train", "tune", "serve"], help="schema: which (default all)"
+    )
+    s.add_argument("--out", help="schema: write DIR/KIND.schema.json instead of printing")
+    s.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="check: overrides"
+    )
+    s.set_defaults(func=_cmd_config)
 
     add_train_parsers(sub)
     add_tune_parser(sub)

@@ -41,13 +41,11 @@ def add_serve_parser(subparsers) -> None:
 
 def serve_config_dict(path: str, host: str | None = None, port: int | None = None) -> dict:
     """The Serve config at `path` as a dict, with CLI overrides and the pinned registry root / token hash."""
-    import yaml
-
     from pipeline.home import registry_dir
     from serve.app import TOKEN_ENV, token_sha256
+    from serve.config import load_serve_config
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = load_serve_config(path)  # every key checked, Ray's and the app's args: ConfigError
     raw["http_options"] = dict(raw.get("http_options") or {})
     raw["http_options"]["host"] = host or raw["http_options"].get("host") or "127.0.0.1"
     if port is not None:

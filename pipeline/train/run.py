@@ -13,7 +13,6 @@ checkpoint to the workers; that is how `resume` continues an interrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -145,7 +144,7 @@ def fill_model_dims(cfg: Config, dims: dict) -> Config:
         if key == "num_classes" and params.get(key, 0) >= value:
             continue  # a test split may lack the top class; more classes than seen is fine
         params[key] = value
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=params))
+    return cfg.with_model(params=params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,14 +176,12 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
         parent = load_checkpoint(init_from)
         init_from = parent.path
         parent_model = dict(parent.config["model"])
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, arch=parent_model.pop("arch"), params=parent_model)
-        )
+        cfg = cfg.with_model(arch=parent_model.pop("arch"), params=parent_model)
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
     teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
     data = prepare_data(cfg, normalization)
     cfg = fill_model_dims(cfg, data.dims)
-    cfg.model_config()  # validate the completed model config before any worker starts
+    cfg.family_config()  # validate the completed model config before any worker starts
 
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_path = os.path.abspath(os.path.join(runs_dir(), name))

@@ -43,6 +43,7 @@ class ClassificationTask:
     batch_dtypes = {"x": torch.float32, "y": torch.int64}
     iter_args = {"dtypes": batch_dtypes}  # how iter_torch_batches builds this task's batches
     default_monitor, default_mode = "val_accuracy", "max"
+    metrics = ("loss", "accuracy")  # what `finalize` returns (reported as val_…; train.monitor checks)
 
     def __init__(self, distill=None, teacher=None):
         self.distill, self.teacher = distill, teacher
@@ -98,6 +99,17 @@ class AutoencoderTask:
 
     batch_dtypes = {"x": torch.float32, "pair_id": torch.int64}
     default_monitor, default_mode = "val_loss", "min"
+    metrics = (  # what `finalize` returns (reported as val_…; train.monitor is checked against them)
+        "r2",
+        "value_r2",
+        "embedding_cosine",
+        "relative_mae_median",
+        "relative_mae_p95",
+        "num_pairs",
+        "loss",
+        "loss_embed",
+        "loss_value",
+    )
 
     def __init__(self, scalers: dict, num_pairs: int | None = None, embeddings=None):
         self.scalers = scalers
