@@ -233,7 +233,7 @@ def _plot(a: dict, path: str) -> str:
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     import ray
 
-    from pipeline.train.run import ensure_ray
+    from pipeline.runtime import ensure_ray
 
     t0 = time.perf_counter()
     folder = tempfile.mkdtemp(prefix="tunestack-bench-asha-")

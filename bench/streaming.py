@@ -61,11 +61,12 @@ SAMPLE_EVERY_S = 0.05
 
 # ---- the three ways to read a store ------------------------------------------------------------
 def _ray_init() -> None:
-    import ray
     from ray.data import DataContext
 
-    # address="local": always a fresh instance, never someone's `ray start` cluster on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.runtime import start_local
+
+    # a fresh instance, never someone's `ray start` cluster on this machine; 2 CPUs as CI has
+    start_local(num_cpus=2, include_dashboard=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     DataContext.get_current().enable_progress_bars = False
 

@@ -59,12 +59,9 @@ class _ReportLog:
 def _start_ray() -> None:
     """A fresh local cluster as `tunestack train` starts one (never someone's `ray start`);
     RAY_ADDRESS, when set, is used as ensure_ray uses it."""
-    import ray
 
-    from pipeline.train.run import LOCAL_RAY, ensure_ray
+    from pipeline.runtime import ensure_ray
 
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(address="local", **LOCAL_RAY)
     ensure_ray()
 
 
@@ -83,13 +80,8 @@ def worker_threads(cpus: float) -> int:
 
 def ray_train_path(cfg, workdir: str) -> dict:
     """Train `cfg` through the real Ray Train path; per-epoch reports with their times."""
-    from pipeline.train.run import (
-        build_trainer,
-        fill_model_dims,
-        job_placement_groups,
-        prepare_data,
-        release_placement_groups,
-    )
+    from pipeline.runtime import releasing_placement_groups
+    from pipeline.train.run import build_trainer, fill_model_dims, prepare_data
 
     data = prepare_data(cfg)
     cfg = fill_model_dims(cfg, data.dims)
@@ -105,12 +97,9 @@ def ray_train_path(cfg, workdir: str) -> dict:
     }
     log = os.path.join(workdir, "reports.jsonl")
     trainer = build_trainer(cfg, name, workdir, loop_config, data, callbacks=[_ReportLog.make(log)])
-    before = job_placement_groups()
     t0 = time.time()
-    try:
+    with releasing_placement_groups():
         trainer.fit()
-    finally:
-        release_placement_groups(job_placement_groups() - before)
     fit_seconds = time.time() - t0
     with open(log) as f:
         reports = [json.loads(line) for line in f]

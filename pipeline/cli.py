@@ -1,4 +1,10 @@
-"""The `tunestack` command. Every subcommand honours TUNESTACK_HOME and prints --help."""
+"""The `tunestack` command. Every subcommand honours TUNESTACK_HOME and prints --help.
+
+A user error (pipeline.errors.UserError: a config key, missing data, no store, an unknown
+registry version, …) from any command is printed as one line naming what is wrong and what to
+do, exit status 2, no traceback; `tunestack --debug COMMAND` (or TUNESTACK_DEBUG=1) shows it.
+Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import sys
 
 from bench.runner import add_bench_parser
 from pipeline import home
+from pipeline.errors import UserError
 from pipeline.train.cli import add_train_parsers
 from pipeline.tune.cli import add_tune_parser
 from serve.cli import add_serve_parser
@@ -63,7 +70,7 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_store(args) -> int:
-    from pipeline.store.layout import StoreError, TripletStore
+    from pipeline.store.layout import TripletStore
 
     if args.action == "verify":
         from pipeline.store.integrity import verify_store
@@ -75,12 +82,7 @@ def _cmd_store(args) -> int:
             return 2
         print("\n".join(check.lines()))
         return 0 if check.ok else 1
-    try:
-        store = TripletStore(args.store or home.default_store_uri())
-        m = store.require()
-    except StoreError as e:
-        print(f"tunestack store: {e}", file=sys.stderr)
-        return 2
+    m = TripletStore(args.store or home.default_store_uri()).require()  # no store: StoreError
     print(
         json.dumps(
             {k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2
@@ -90,7 +92,7 @@ def _cmd_store(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from pipeline.registry import Registry, RegistryError
+    from pipeline.registry import Registry
 
     reg = Registry()
     try:
@@ -115,7 +117,7 @@ def _cmd_models(args) -> int:
             problems = reg.verify(args.family)
             print("\n".join(problems) or f"registry {reg.root}: every file matches its sha256")
             return 1 if problems else 0
-    except (RegistryError, OSError) as e:  # OSError: a registry write failed; the registry is as it was
+    except OSError as e:  # a registry write failed; the registry is as it was
         print(f"tunestack models: {e}", file=sys.stderr)
         return 2
     return 0
@@ -166,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunestack",
         description="Train, tune and serve small neural models on Ray. "
         f"Data, runs and the registry live under TUNESTACK_HOME (now {home.home()}).",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get("TUNESTACK_DEBUG")),
+        help="show the traceback of an error (default: one line; also TUNESTACK_DEBUG=1)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -260,7 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        if args.debug:
+            raise
+        print(error_line(args.command, e), file=sys.stderr)
+        return 2
+
+
+def error_line(command: str, e: UserError) -> str:
+    """`tunestack COMMAND: what is wrong (what to do)`: the message, and the hint when it has one."""
+    return f"tunestack {command}: {e}" + (f" ({e.hint})" if e.hint else "")
 
 
 if __name__ == "__main__":

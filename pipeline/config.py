@@ -346,11 +346,17 @@ class Config(Section):
         """Plain JSON-able dict of the training config; the model section flat (arch + options)."""
         return self.model_dump(include=set(Config.model_fields))
 
-    def family_config(self):
-        """The arch's validated config dataclass (pipeline.models)."""
+    def family_config(self, source: str = "<config>"):
+        """The arch's validated config dataclass (pipeline.models); ConfigError when the family
+        refuses it (e.g. a rank above the input size the data filled in)."""
         from pipeline.models import make_config
 
-        return make_config(self.model.arch, **self.model.params)
+        try:
+            return make_config(self.model.arch, **self.model.params)
+        except (TypeError, ValueError) as e:
+            first = str(e).split(" ", 1)[0]
+            key = f"model.{first}" if first in _field_names(self.model.arch) else "model"
+            raise ConfigError(source, key, str(e)) from e
 
     def with_model(self, arch: str | None = None, params: dict | None = None) -> Config:
         """A copy with the model section replaced (validation is the caller's: the data fills dims)."""

@@ -63,8 +63,8 @@ def run_demo() -> int:
 
     from pipeline.data import triplet_dataset
     from pipeline.ingest import ingest
+    from pipeline.runtime import ensure_ray
     from pipeline.synth import synth_routing
-    from pipeline.train.run import ensure_ray
     from pipeline.tune.run import run_tune
     from serve.cli import deploy, serve_config_dict
 

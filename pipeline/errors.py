@@ -50,5 +50,5 @@ class ConfigError(UserError, ValueError):
         return f"{self.source}: {len(self.problems)} problems:{listed}"
 
 
-class DataError(UserError):
+class DataError(UserError, ValueError):
     """Training or evaluation data that is missing or unusable (a .npz, logs, an empty split)."""

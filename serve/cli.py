@@ -94,17 +94,13 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
 
 
 def run_serve(args) -> int:
-    import ray
     from pydantic import ValidationError
     from ray import serve
 
-    try:
-        config = serve_config_dict(args.config, args.host, args.port)
-    except (OSError, ValueError) as e:
-        print(f"tunestack serve: {args.config}: {e}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init(address=args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+    from pipeline.runtime import ensure_ray
+
+    config = serve_config_dict(args.config, args.host, args.port)  # a bad file: ConfigError, before Ray
+    ensure_ray(args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
     try:
         deploy(config, args.timeout)
     except ValidationError as e:

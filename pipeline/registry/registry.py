@@ -24,6 +24,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.home import registry_dir
 
 ALLOWED_SUFFIXES = (".safetensors", ".json")
@@ -32,7 +33,7 @@ _VERSION = re.compile(r"^v\d{4,}$")
 _FAMILY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """A registry operation that cannot be done: unknown version, bad checksum, nothing to roll back."""
 
 

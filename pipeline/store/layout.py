@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import UserError
 from pipeline.home import Location, resolve
 from pipeline.store.scaler import PairScaler
 
@@ -74,7 +75,7 @@ def pairs_schema(embed_dim: int) -> pa.Schema:
     )
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store that cannot be read or written as asked."""
 
 

@@ -45,18 +45,15 @@ def add_tune_parser(subparsers) -> None:
 
 
 def _cmd_tune(args) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.registry import RegistryError
     from pipeline.tune.run import run_tune
 
     try:
         out = run_tune(
             args.config, name=args.name, resume=args.resume, promote=args.promote, overrides=args.overrides
         )
-    except (ConfigError, RegistryError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack tune: {e}", file=sys.stderr)
+    except Exception as e:  # the jobs endpoint reads the outcome from the result file; the CLI prints it
         _write_result(args.result_file, {"ok": False, "error": str(e), "registered": None})
-        return 2
+        raise
     widths = [max(len(str(h)), 10) for h in out.report["header"]]
     print("  ".join(str(h).ljust(w) for h, w in zip(out.report["header"], widths)))
     for row in out.report["rows"]:

@@ -20,6 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from pipeline.errors import UserError
 from pipeline.home import runs_dir
 from pipeline.tune.space import overrides_of, param_space
 from pipeline.tune.spec import TuneSpec, load_tune_spec, trial_config
@@ -135,14 +136,14 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.train.run import ensure_ray, job_placement_groups, prepare_data, release_placement_groups
+    from pipeline.runtime import releasing_placement_groups
+    from pipeline.train.run import prepare_data
     from pipeline.tune.report import write_report
 
-    spec = load_tune_spec(config_path, overrides)
-    ensure_ray()
+    spec = load_tune_spec(config_path, overrides)  # the whole file checked before Ray starts
     root = spec.tune.storage or os.path.join(runs_dir(), "tune")
     if resume and not name:
-        raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
+        raise UserError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp_path = os.path.join(root, exp_name)
     trainable = tune.with_resources(
@@ -158,7 +159,7 @@ def run_tune(
 
     if resume:
         if not tune.Tuner.can_restore(exp_path):
-            raise FileNotFoundError(f"no experiment to resume at {exp_path}")
+            raise UserError(f"no experiment to resume at {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         scheduler = None
@@ -188,9 +189,8 @@ def run_tune(
             ),
             run_config=tune.RunConfig(name=exp_name, storage_path=root, verbose=0),
         )
-    before = job_placement_groups()
-    results = tuner.fit()
-    release_placement_groups(job_placement_groups() - before)  # every trial has ended: leftovers only
+    with releasing_placement_groups():  # every trial has ended when it closes: leftovers only
+        results = tuner.fit()
     os.makedirs(exp_path, exist_ok=True)
     with open(os.path.join(exp_path, SPEC_FILE), "w") as f:
         json.dump(

@@ -99,7 +99,7 @@ def test_local_ray_dashboard_on_loopback_with_token_auth(ray_cluster):
     import psutil
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-    from pipeline.train.run import LOCAL_RAY
+    from pipeline.runtime import LOCAL_RAY
 
     assert LOCAL_RAY["dashboard_host"] == "127.0.0.1" and "RAY_AUTH_MODE" not in LOCAL_RAY
     assert is_token_auth_enabled()  # Ray >= 2.59's default for a local ray.init(); ensure_ray sets it too
