@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import bench_cli
+from bench.report import bench_cli, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER_CONFIG = ROOT / "tune_configs" / "router.yaml"
@@ -284,14 +284,8 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         ),
         "details": m,
     }
-    _write(result, out_dir)
+    write_result(result, out_dir)
     return result
-
-
-def _write(result: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{result['name']}.json"), "w") as f:
-        json.dump(result, f, indent=2)
 
 
 def render(result: dict) -> str:

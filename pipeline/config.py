@@ -63,7 +63,6 @@ __all__ = [
     "validate",
 ]
 
-TUNE_SECTIONS = ("search", "plan", "exclude", "tune")
 Problems = Iterator[tuple[str, str]]  # (dotted key, message) pairs of a section's cross-field rules
 
 

@@ -37,7 +37,6 @@ from pipeline.errors import UserError
 from pipeline.store.layout import RAW_SCHEMA
 
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # largest (uncompressed) document read: zip/gzip-bomb guard
-MAX_MEMBER_BYTES = MAX_DOCUMENT_BYTES  # older name
 MAX_LINE_BYTES = 8 * 1024 * 1024  # longest CSV line
 MAX_TEXT_CHARS = 64 * 1024  # longest entity name, label or description
 CSV_META = ("fy", "fp", "form", "filed", "accn")

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from pipeline.data.sequences import ROUTING_FEATURES
 from tests.integration.test_serve import free_port, router_replicas
 from tests.unit.test_serve_models import build_world, some_pairs
 
@@ -40,7 +41,7 @@ TOKEN = "chaos-token"
 APP = "tunestack"
 BODY_LIMIT = 65_536
 MAX_INSTANCES = 64
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 ROWS: list[str] = []
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import requests
 
+from pipeline.data.sequences import ROUTING_FEATURES
 from tests.unit.test_serve_models import (
     build_world,
     reference_encode,
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-token"
 APP = "tunestack"
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 
 
 def free_port() -> int:
