@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import numpy as np
 from bench.report import figure as _fig
 from bench.report import write_result
 from pipeline.data.sequences import ROUTING_FEATURES
+from pipeline.runtime import free_port
 
 NAME = "serve"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,12 +159,6 @@ def in_process(registry_root: str, calls: int) -> dict:
 # The served app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deploy(registry_root: str, port: int, max_batch_size: int | None, overrides: dict | None = None) -> dict:
     """serve/config.yaml's app (router only, one replica per deployment), max_batch_size set when given."""
     import requests
@@ -270,7 +264,7 @@ def served(
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     results = {}
-    port = _free_port()  # Serve's proxy keeps the port it started with: one for both apps
+    port = free_port()  # Serve's proxy keeps the port it started with: one for both apps
     try:
         for mode, mbs in (("batched", None), ("unbatched", 1)):
             app = _deploy(registry_root, port, mbs, overrides)

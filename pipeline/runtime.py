@@ -5,6 +5,7 @@ module does nothing; Ray is imported and started only when a command asks for it
     start_local(**options)    a fresh local cluster (never someone's `ray start`), LOCAL_RAY + options
     releasing_placement_groups()   a with-block: placement groups the block's Train runs left
                               behind are removed when it ends (Ray 2.60 leaks them)
+    free_ports(n)             n distinct free loopback ports (Serve's HTTP, a test's `ray start`)
 
 Token auth: Ray >= 2.59 turns it on for a new local cluster itself. A cluster started with
 RAY_AUTH_MODE=token (cluster.yaml does) needs the same variable and its token (~/.ray/auth_token)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 
 from pipeline.errors import UserError
 
@@ -115,3 +117,21 @@ def releasing_placement_groups():
         yield
     finally:
         release_placement_groups(job_placement_groups() - before)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (never Ray's defaults 6379/8265/10001): all n bound
+    at once, so no two are the same, then released for the caller to bind."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    """One free TCP port on 127.0.0.1."""
+    return free_ports(1)[0]

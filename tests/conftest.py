@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-US_GAAP = SHARED_DATA / "us-gaap"
-COMPANIES = {"AAPL": 12_154, "GOOG": 10_639, "MSFT": 15_957}  # unique facts, from shared/data/README.md
-
-
-def require_us_gaap() -> Path:
-    if not US_GAAP.is_dir():
-        pytest.skip(f"real SEC data not found at {US_GAAP} (a fresh clone has no ../shared/data)")
-    return US_GAAP
+from tests.support import require_us_gaap
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +24,3 @@ def us_gaap_store(tmp_path_factory) -> str:
         sorted(str(p) for p in data.glob("*_companyfacts.json.gz")), uri, embedder="hashed", progress=False
     )
     return uri
-
-
-def tree_digest(root: str | os.PathLike) -> dict[str, bytes]:
-    """Every file under root with its bytes: equal digests mean a byte-identical tree."""
-    root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

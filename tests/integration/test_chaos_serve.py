@@ -32,8 +32,8 @@ import pytest
 import requests
 
 from pipeline.data.sequences import ROUTING_FEATURES
-from tests.integration.test_serve import free_port, router_replicas
-from tests.unit.test_serve_models import build_world, some_pairs
+from tests.support import free_port
+from tests.support.serve_world import build_world, router_replicas, some_pairs
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 ROOT = Path(__file__).resolve().parents[2]

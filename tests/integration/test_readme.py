@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_us_gaap
-from tests.integration.ray_procs import end_session
+from tests.support import free_port, require_us_gaap
+from tests.support.procs import end_session
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
@@ -79,12 +78,6 @@ def readme_blocks(text: str) -> list[Block]:
 BLOCKS = readme_blocks(README.read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def readme_env(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("readme-home")
@@ -108,7 +101,7 @@ class ServeApp:
             return self.port
         import requests
 
-        self.port = _free_port()
+        self.port = free_port()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(self.port)],

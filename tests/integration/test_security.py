@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.pickle_scan import pickles_under
+from tests.support.pickle_scan import pickles_under
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 REPO = Path(__file__).resolve().parents[2]

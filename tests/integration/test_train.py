@@ -17,7 +17,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.train.checkpoint import MODEL_FILE, CheckpointError, load_checkpoint, save_checkpoint
-from tests.integration.ray_procs import train_worker_pids
+from tests.support.procs import train_worker_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"

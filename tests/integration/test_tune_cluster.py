@@ -22,7 +22,8 @@ import pytest
 from pipeline.registry import Registry
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from tests.integration.ray_procs import REPO, VENV_BIN, end_session, free_ports, venv_env
+from tests.support import free_ports
+from tests.support.procs import REPO, VENV_BIN, end_session, venv_env
 
 pytestmark = pytest.mark.ray
 
