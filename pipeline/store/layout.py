@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
-from pipeline.home import Location, resolve
+from pipeline.storage import Location, resolve
 from pipeline.store.scaler import PairScaler
 
 SCHEMA_VERSION = 1

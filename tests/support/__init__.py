@@ -6,6 +6,7 @@
     tests.support.store_docs    small synthetic companyfacts documents and a quick ingest
     tests.support.faults        storage that fails midway (a full disk) for the fault drills
     tests.support.pickle_scan   find pickles among files (artifacts are never pickle)
+    tests.support.s3server      moto's S3 server process (the s3_server / s3_prefix fixtures)
 
 Fixtures stay in conftest.py files; the helpers they use live here.
 """
