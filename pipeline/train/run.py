@@ -27,6 +27,7 @@ from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.errors import DataError
 from pipeline.home import default_store_uri, expand, runs_dir
 from pipeline.runtime import ensure_ray, releasing_placement_groups
+from pipeline.storage import write_json_atomic
 from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint, resolve_checkpoint
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -166,7 +167,7 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
         "init_from": init_from,
         "teacher": teacher,
     }
-    _write_json(os.path.join(run_path, RUN_CONFIG_FILE), loop_config)
+    write_json_atomic(run_path, RUN_CONFIG_FILE, loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
 
 
@@ -289,8 +290,9 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
     best_path = best[0].path if best else None
     best_metrics = best[1] if best else {}
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
-    _write_json(
-        os.path.join(run_path, RUN_FILE),
+    write_json_atomic(
+        run_path,
+        RUN_FILE,
         {
             "run": name,
             "best_checkpoint": best_path,
@@ -381,10 +383,3 @@ def evaluate_checkpoint(
         for i in range(0, len(y), batch_size)
     )
     return {"rows": int(len(y)), **task.finalize(accumulate(task, model, batches))}
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -92,13 +93,8 @@ def _cmd_tune(args) -> int:
 
 def _write_result(path: str | None, result: dict) -> None:
     """Write `result` as JSON to `path` atomically (a reader never sees half a file)."""
-    if not path:
-        return
-    import os
-    import uuid
+    if path:
+        from pipeline.storage import write_json_atomic
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    os.replace(tmp, path)
+        folder, name = os.path.split(os.path.abspath(path))
+        write_json_atomic(folder, name, result)
