@@ -22,7 +22,6 @@ next one's for Ray â€” train, validation, checkpoint, persisting it, reporting â
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -197,7 +196,7 @@ def measure(rows: int = 50_000, epochs: int = 4, workdir: str | None = None, ove
         "torch_threads": threads,
         "cpus_per_worker": cfg.train.cpus_per_worker,
         "model": cfg.to_dict()["model"],
-        "optim": dataclasses.asdict(cfg.optim),
+        "optim": cfg.optim.model_dump(),
         "ray": {
             "train_samples_per_s": _steady(ray_train),
             "epoch_samples_per_s": _steady(ray_epoch),
