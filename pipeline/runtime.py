@@ -46,7 +46,17 @@ def start_local(**options):
     # sets the variable and reloads its cached config; an explicit value is respected). Setting the
     # variable here instead would come after `import ray` cached "disabled": the driver then could
     # not authenticate to the GCS it just started ("Failed to start GCS").
-    ray.init(address="local", **{"num_cpus": os.cpu_count() or 2, **LOCAL_RAY, **options})
+    kwargs = {"num_cpus": os.cpu_count() or 2, **LOCAL_RAY, **options}
+    # Ray gives a new node 30 s to register with its GCS (a constant in ray._private.node); on a
+    # loaded machine that can pass while nothing is broken: one more try after a clean shutdown.
+    for attempt in (1, 2):
+        try:
+            ray.init(address="local", **kwargs)
+            return ray
+        except Exception as e:
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
     return ray
 
 

@@ -11,16 +11,7 @@ def ray_cluster():
 
     from pipeline.runtime import start_local
 
-    # Ray gives a new node 30 s to register with its GCS; on a loaded shared machine that can pass
-    # (the raylet is slow, not broken): a second attempt, after a clean shutdown, then gives up.
-    for attempt in (1, 2):
-        if ray.is_initialized():
-            break
-        try:
-            start_local(num_cpus=2)
-        except Exception as e:
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(e):
-                raise
+    if not ray.is_initialized():
+        start_local(num_cpus=2)
     yield ray
     ray.shutdown()
