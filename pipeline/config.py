@@ -474,9 +474,26 @@ class TuneConfig(Config):
             return
         base = self.to_dict()
         # Every searched or planned key must be a config key of the right type: try one value of each.
-        for key, value in {**sample_values(self._search), **self._plan[0]}.items():
+        sample = sample_values(self._search)
+        bad_keys = False
+        for key, value in {**sample, **self._plan[0]}.items():
             for message in _override_problems(base, key, value):
+                bad_keys = True
                 yield f"search.{key}" if key in self._search else f"plan.{key}", message
+        # ... and every plan entry a valid config with the sampled keys (model.cell: gru with a
+        # FastGRNN-only option fails here, not in a trial an hour in): the first few that do not.
+        failing = 0
+        for combo in self._plan if not bad_keys and self._plan != [{}] else []:
+            try:
+                with_overrides(base, {**sample, **combo}, "")
+            except ConfigError as e:
+                failing += 1
+                if failing <= 3:
+                    entry = ", ".join(f"{k}={v}" for k, v in combo.items())
+                    yield (
+                        "plan",
+                        f"the entry {{{entry}}}: {e.problems[0][0]}: {e.problems[0][1]} (leave it out with exclude:)",
+                    )
         sampled = [k for k, v in self._search.items() if "grid" not in v]
         for i, point in enumerate(self.tune.points_to_evaluate):
             where = f"tune.points_to_evaluate[{i}]"
