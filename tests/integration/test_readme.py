@@ -39,6 +39,7 @@ import pytest
 
 from pipeline.registry import Registry
 from tests.support import free_port, free_ports, require_us_gaap
+from tests.support.pickle_scan import pickles_under, ray_tune_bookkeeping
 from tests.support.procs import end_session
 
 pytestmark = pytest.mark.ray
@@ -260,3 +261,18 @@ def run_cluster_block(block: Block, env: dict, tmp: Path) -> None:
     new = sorted(set(registry.versions("router")) - before)
     assert len(new) == 1 and registry.get("router")["version"] == new[0], (new, out[-3000:])
     assert registry.verify("router") == []
+
+
+def test_the_readme_run_wrote_no_pickle(readme_env):
+    """After every block (digits train and fine-tune, tunes of both families with promotion, a
+    cluster job, Serve): no pickle under TUNESTACK_HOME but Ray Tune's own restore bookkeeping, and
+    the registry holds safetensors and JSON only."""
+    home = Path(readme_env["TUNESTACK_HOME"])
+    registry, tune_root = home / "registry", home / "runs" / "tune"
+    assert any(registry.rglob("*.safetensors")), "the README run registered nothing"
+    found = pickles_under(home)
+    ray_own = {p for p in found if ray_tune_bookkeeping(home / p, tune_root)}
+    assert set(found) == ray_own, {p: why for p, why in found.items() if p not in ray_own}
+    assert not pickles_under(registry)
+    suffixes = {p.suffix for p in registry.rglob("*") if p.is_file()} - {""}
+    assert suffixes <= {".safetensors", ".json"}, suffixes
