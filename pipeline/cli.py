@@ -164,6 +164,11 @@ def _cmd_models(args) -> int:
             problems = reg.verify(args.family)
             print("\n".join(problems) or f"registry {reg.root}: every file matches its sha256")
             return 1 if problems else 0
+        if args.action in ("list", "promote", "rollback") and reg.conditional_writes is None:
+            print(
+                f"note: {reg.root} has no conditional writes: concurrent promotions or rollbacks are not "
+                "detected there (the last writer wins); promote from one place at a time"
+            )
     except OSError as e:  # a registry write failed; the registry is as it was
         print(f"tunestack models: {e}", file=sys.stderr)
         return 2

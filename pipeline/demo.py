@@ -137,8 +137,9 @@ def _a_known_pair(store_uri: str) -> dict:
 
     from pipeline.store import TripletStore
 
+    store = TripletStore(store_uri)
     row = (
-        pq.ParquetFile(TripletStore(store_uri).triplet_files()[0])
+        pq.ParquetFile(store.triplet_files()[0], filesystem=store.loc.fs)
         .read_row_group(0, columns=["concept", "unit", "value"])
         .slice(0, 1)
         .to_pylist()[0]

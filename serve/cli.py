@@ -42,6 +42,7 @@ def add_serve_parser(subparsers) -> None:
 def serve_config_dict(path: str, host: str | None = None, port: int | None = None) -> dict:
     """The Serve config at `path` as a dict, with CLI overrides and the pinned registry root / token hash."""
     from pipeline.home import registry_dir
+    from pipeline.storage import absolute
     from serve.app import TOKEN_ENV, token_sha256
     from serve.config import load_serve_config
 
@@ -54,7 +55,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
         if app.get("import_path", "").startswith("serve.app:"):
             args = dict(app.get("args") or {})
             if not args.get("registry_root"):
-                args["registry_root"] = os.path.abspath(registry_dir())
+                args["registry_root"] = absolute(registry_dir())
             if os.environ.get(TOKEN_ENV) and not args.get("admin_token_sha256"):
                 args["admin_token_sha256"] = token_sha256(os.environ[TOKEN_ENV])
             app["args"] = args

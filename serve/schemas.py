@@ -192,7 +192,7 @@ class AppArgs(ModelSettings):
     """`args` of serve.app:build_app (the `args:` block of serve/config.yaml): ModelSettings' keys
     (passed to every model deployment) plus the application's own."""
 
-    registry_root: str | None = Field(None, description="default: $TUNESTACK_HOME/registry")
+    registry_root: str | None = Field(None, description="a path or URI; default: $TUNESTACK_STORAGE/registry")
     store_uri: str | None = Field(
         None, description="triplet store for encode; default: the one the autoencoder was trained on"
     )

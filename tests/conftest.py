@@ -30,6 +30,10 @@ def us_gaap_store(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server process on a free loopback port, with the bucket `tunestack-test`."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        pytest.fail("moto's S3 server is part of the dev extra: pip install -e '.[dev]'")
     from tests.support.s3server import start_s3_server
 
     server = start_s3_server()

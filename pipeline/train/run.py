@@ -1,6 +1,6 @@
 """Driver side of a training run: data → TorchTrainer → best checkpoint → test metrics.
 
-    $TUNESTACK_HOME/runs/<run>/
+    RUNS/<run>/       RUNS = $TUNESTACK_STORAGE/runs: a local folder or a storage URI (s3://…)
       run_config.json           # what `--resume` needs: resolved config + loop config
       run.json                  # written at the end: best checkpoint, its metrics, test metrics
       checkpoint_epoch0007/     # the top-k checkpoints (pipeline.train.checkpoint format)
@@ -8,7 +8,9 @@
       checkpoint_manager_snapshot.json   # Ray Train's own bookkeeping (JSON)
 
 Re-running a run name makes Ray Train restore its checkpoint manager and hand the latest
-checkpoint to the workers; that is how `resume` continues an interrupted run.
+checkpoint to the workers; that is how `resume` continues an interrupted run. Runs on a storage
+URI go through Ray's own `storage_filesystem` and pipeline.storage, so `--resume` and `--from`
+work from any node.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
+import posixpath
 import sys
 from dataclasses import dataclass
 
@@ -27,7 +29,7 @@ from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.errors import DataError
 from pipeline.home import default_store_uri, expand, runs_dir
 from pipeline.runtime import ensure_ray, releasing_placement_groups
-from pipeline.storage import write_json_atomic
+from pipeline.storage import absolute, is_uri, join_uri, resolve, write_json_atomic
 from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint, resolve_checkpoint
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -75,7 +77,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         from pipeline.store.layout import TripletStore
 
         uri = expand(d.path) if d.path else default_store_uri()
-        uri = uri if "://" in uri else os.path.abspath(uri)  # workers run in another directory
+        uri = absolute(uri)  # workers run in another directory
         store = TripletStore(uri)
         manifest = store.require()  # no store: StoreError, before Ray starts
         input_dim = store.embeddings().shape[1] + 1
@@ -172,12 +174,11 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
     cfg.family_config("<config + data>")  # the completed model config, before any worker starts
 
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_path = os.path.abspath(os.path.join(runs_dir(), name))
-    os.makedirs(run_path, exist_ok=True)
+    run_path = join_uri(absolute(runs_dir()), name)
     loop_config = {
         "config": cfg.to_dict(),
         "meta": {**data.meta, "run": name},
-        "tensorboard_dir": os.path.join(run_path, "tensorboard"),
+        "tensorboard_dir": join_uri(run_path, "tensorboard"),
         "init_from": init_from,
         "teacher": teacher,
     }
@@ -186,13 +187,14 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
 
 
 def resume(run: str) -> TrainResult:
-    """Continue an interrupted run (a name under runs_dir() or a run folder) from its latest checkpoint."""
-    run_path = os.path.abspath(run if os.path.isdir(run) else os.path.join(runs_dir(), run))
-    config_file = os.path.join(run_path, RUN_CONFIG_FILE)
-    if not os.path.isfile(config_file):
+    """Continue an interrupted run (a name under runs_dir(), a run folder or its URI) from its
+    latest checkpoint."""
+    run_path = absolute(run if resolve(run).is_file(RUN_CONFIG_FILE) else join_uri(runs_dir(), run))
+    loc = resolve(run_path)
+    if not loc.is_file(RUN_CONFIG_FILE):
         raise CheckpointError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
-    with open(config_file) as f:
-        loop_config = json.load(f)
+    config_file = loc.uri_of(RUN_CONFIG_FILE)
+    loop_config = json.loads(loc.read_bytes(RUN_CONFIG_FILE))
     dropped = drop_partial_checkpoints(run_path)
     if dropped:
         print(
@@ -206,16 +208,16 @@ def resume(run: str) -> TrainResult:
             f"{run}: the training data changed since the run started "
             f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})"
         )
-    return _fit(cfg, os.path.basename(os.path.normpath(run_path)), run_path, loop_config, data)
+    return _fit(cfg, posixpath.basename(loc.path), run_path, loop_config, data)
 
 
 def drop_partial_checkpoints(run_path: str) -> list[str]:
     """Remove the checkpoint folders of a run that Ray Train never committed and that do not load:
     uploads cut short (a killed driver, a full disk). Returns their names. Without Ray's snapshot
     nothing is touched; a complete but uncommitted folder is left (the resumed run rewrites it)."""
+    loc = resolve(run_path)
     try:
-        with open(os.path.join(run_path, SNAPSHOT_FILE)) as f:
-            snapshot = json.load(f)
+        snapshot = json.loads(loc.read_bytes(SNAPSHOT_FILE))
     except (OSError, ValueError):
         return []
     results = list(snapshot.get("checkpoint_results") or []) + [
@@ -223,16 +225,24 @@ def drop_partial_checkpoints(run_path: str) -> list[str]:
     ]
     committed = {r.get("checkpoint_dir_name") for r in results if isinstance(r, dict)}
     dropped = []
-    for name in sorted(os.listdir(run_path)):
-        path = os.path.join(run_path, name)
-        if not name.startswith("checkpoint_") or not os.path.isdir(path) or name in committed:
+    for name, is_dir in sorted(loc.list_dir().items()):
+        if not name.startswith("checkpoint_") or not is_dir or name in committed:
             continue
         try:
-            load_checkpoint(path)
+            load_checkpoint(loc.uri_of(name))
         except Exception:  # any way of being unreadable: CheckpointError, a safetensors error, OSError
-            shutil.rmtree(path)
+            loc.delete_dir(name)
             dropped.append(name)
     return dropped
+
+
+def ray_storage(location: str) -> dict:
+    """Ray's `storage_path` (+ `storage_filesystem` for a URI) for a runs location: Ray writes and
+    restores checkpoints through the same filesystem pipeline.storage resolves."""
+    if not is_uri(location):
+        return {"storage_path": os.path.abspath(location)}
+    loc = resolve(location)
+    return {"storage_path": loc.path, "storage_filesystem": loc.fs}
 
 
 def build_trainer(
@@ -257,7 +267,7 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_path,
+            **ray_storage(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.keep_top_k, checkpoint_score_attribute="score", checkpoint_score_order=t.mode
             ),
@@ -268,38 +278,14 @@ def build_trainer(
     )
 
 
-def job_placement_groups() -> set[str]:
-    """Ids of the placement groups this Ray job holds (a group id ends with its job id)."""
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    return {
-        pg
-        for pg, t in ray.util.placement_group_table().items()
-        if t["state"] == "CREATED" and pg.endswith(job)
-    }
-
-
-def release_placement_groups(ids: set[str]) -> None:
-    """Remove placement groups that finished Train runs left behind.
-
-    With Ray 2.60 a finished run's worker group can keep its placement group (the family of Ray
-    issue #54305); on a small cluster the next run, Tune trial or Serve replica in the same job
-    then waits for CPUs forever. Call only once the runs that created `ids` have ended."""
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    for pg in ids:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg))))
-
-
 def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: PreparedData) -> TrainResult:
     t = cfg.train
-    trainer = build_trainer(cfg, name, os.path.dirname(run_path), loop_config, data)
+    trainer = build_trainer(cfg, name, parent_of(run_path), loop_config, data)
     with releasing_placement_groups():
         result = trainer.fit()
     best = _best_checkpoint(result, t.mode)
-    best_path = best[0].path if best else None
+    # Ray names a checkpoint by its path inside the storage filesystem; keep the URI form
+    best_path = join_uri(run_path, posixpath.basename(best[0].path.rstrip("/"))) if best else None
     best_metrics = best[1] if best else {}
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
     write_json_atomic(
@@ -347,7 +333,7 @@ def evaluate_checkpoint(
     from pipeline.train.tasks import TASKS, accumulate
 
     ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt.config, os.path.join(ckpt.path, "checkpoint.json"))
+    cfg = config_from_dict(ckpt.config, join_uri(ckpt.path, "checkpoint.json"))
     model = ckpt.build_model()
     if cfg.model.arch == "autoencoder":
         from pipeline.data.triplets import triplet_dataset
@@ -395,3 +381,11 @@ def evaluate_checkpoint(
         for i in range(0, len(y), batch_size)
     )
     return {"rows": int(len(y)), **task.finalize(accumulate(task, model, batches))}
+
+
+def parent_of(location: str) -> str:
+    """The folder (or URI) holding `location`."""
+    if not is_uri(location):
+        return os.path.dirname(os.path.abspath(location))
+    head, _, tail = location.partition("?")
+    return head.rstrip("/").rsplit("/", 1)[0] + (f"?{tail}" if tail else "")

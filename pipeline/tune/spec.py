@@ -7,7 +7,7 @@ tune:
   search_alg: random        # random | optuna | hyperopt (the latter two when installed)
   max_concurrent: 0         # 0 = as many as the cluster's CPUs/GPUs fit
   trial_cpus: 0.25          # CPU held by each trial's driver (the Train workers hold their own)
-  storage: null             # experiment storage URI (default $TUNESTACK_HOME/runs/tune)
+  storage: null             # experiment storage URI (default $TUNESTACK_STORAGE/runs/tune)
   points_to_evaluate:       # configurations tried first, besides the num_samples draws: values of
     - {optim.lr: 0.02}      # sampled search keys (a key left out is drawn); each runs every plan entry
   asha:                     # early stopping across trials; `asha: null` runs every trial out

@@ -122,6 +122,9 @@ def test_jobs_must_register_into_the_served_registry(tmp_path):
     with pytest.raises(JobError) as e:
         job_home(str(tmp_path / "elsewhere"), None)
     assert e.value.status == 409 and "<home>/registry" in e.value.detail
+    with pytest.raises(JobError) as e:  # a registry in a bucket: said, not a nonsense local path
+        job_home("s3://bucket/tunestack/registry", None)
+    assert e.value.status == 409 and "TUNESTACK_STORAGE" in e.value.detail
 
 
 def test_tune_result_file_reports_a_refused_config(tmp_path):

@@ -9,7 +9,6 @@ down to "all but the last byte", so each phase of each writer gets a failure som
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -17,13 +16,12 @@ import torch
 
 from pipeline.registry import Registry
 from pipeline.registry import registry as registry_module
-from pipeline.storage import Location
 from pipeline.store import layout
 from pipeline.store.integrity import verify_store
 from pipeline.train import checkpoint as checkpoint_module
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.support import tree_digest
-from tests.support.faults import ByteBudget, failing_filesystem, failing_open
+from tests.support.faults import ByteBudget, failing_filesystem, failing_open, failing_resolve
 from tests.support.store_docs import make_docs, quick_ingest
 
 FRACTIONS = [0.0, 0.01, 0.1, 0.35, 0.6, 0.9, "last"]
@@ -34,10 +32,7 @@ def _budget(total: int, frac) -> ByteBudget:
 
 
 def _use_fs(monkeypatch, budget: ByteBudget):
-    fs = failing_filesystem(budget)
-    monkeypatch.setattr(
-        layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri, local=True)
-    )
+    monkeypatch.setattr(layout, "resolve", failing_resolve(budget))
 
 
 # ---- (a) ingest ---------------------------------------------------------------------------------
@@ -160,7 +155,7 @@ def _registry_bytes(tmp_path, root, op) -> int:
     counter = ByteBudget(float("inf"))
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(registry_module, "open", failing_open(counter), raising=False)
+        mp.setattr(registry_module, "resolve", failing_resolve(counter))
         op(Registry(probe))
     finally:
         mp.undo()
@@ -187,7 +182,7 @@ def test_registry_writes_failing_midway_leave_registry_byte_identical(tmp_path, 
         assert total > 0, name
         budget = _budget(total, frac)
         with monkeypatch.context() as m:
-            m.setattr(registry_module, "open", failing_open(budget), raising=False)
+            m.setattr(registry_module, "resolve", failing_resolve(budget))
             with pytest.raises(OSError, match="injected fault"):
                 op(Registry(root))
         assert budget.tripped, name

@@ -184,10 +184,10 @@ def test_models_verify_reports_a_broken_production_pointer(registry, capsys, poi
 def test_models_promote_reports_a_failed_write(registry, capsys, monkeypatch):
     from pipeline.registry import registry as registry_module
     from tests.support import tree_digest
-    from tests.support.faults import ByteBudget, failing_open
+    from tests.support.faults import ByteBudget, failing_resolve
 
     before = tree_digest(registry.root)
-    monkeypatch.setattr(registry_module, "open", failing_open(ByteBudget(10)), raising=False)
+    monkeypatch.setattr(registry_module, "resolve", failing_resolve(ByteBudget(10)))
     capsys.readouterr()
     assert main(["models", "promote", "router", "v0001"]) == 2
     assert "injected fault" in capsys.readouterr().err
