@@ -695,7 +695,10 @@ class ModelServer:
                 answers[n] = self._answer(answers[n][0], out)
         return answers
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(  # defaults until reconfigure() applies the deployment's user_config
+        max_batch_size=ModelSettings().max_batch_size,
+        batch_wait_timeout_s=ModelSettings().batch_wait_timeout_s,
+    )
     async def _run_batch(self, items: list[tuple]) -> list[list[dict]]:
         count_batch(self.batches, len(items))
         return ModelHost.run(items)

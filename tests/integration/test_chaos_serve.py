@@ -32,8 +32,9 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.integration.test_serve import free_port, router_replicas
-from tests.unit.test_serve_models import build_world, some_pairs
+from pipeline.data.sequences import ROUTING_FEATURES
+from tests.support import free_port
+from tests.support.serve_world import build_world, router_replicas, some_pairs
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ TOKEN = "chaos-token"
 APP = "tunestack"
 BODY_LIMIT = 65_536
 MAX_INSTANCES = 64
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 ROWS: list[str] = []
 
 

@@ -23,7 +23,8 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.ray_procs import REPO, VENV_BIN, end_session, free_ports, venv_env
+from tests.support import free_ports
+from tests.support.procs import REPO, VENV_BIN, end_session, venv_env
 
 pytestmark = pytest.mark.ray
 
