@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,11 +41,16 @@ import time
 
 import numpy as np
 
+from bench.report import figure as _fig
+from bench.report import write_result
+from pipeline.data.sequences import ROUTING_FEATURES
+from pipeline.runtime import free_port
+
 NAME = "serve"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCURRENCY = (1, 16, 64)
 GOALS = {"p50_c1_over_floor_max": 1.15, "rps_over_floor_min": 0.95}
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 ONE_REQUEST = {
     "features": {
         "similarity": 0.6,
@@ -175,12 +179,6 @@ def in_process(registry_root: str, calls: int) -> dict:
 # The served app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deploy(registry_root: str, port: int, two_hops: bool, overrides: dict | None = None) -> dict:
     """serve/config.yaml's app (router only, one replica per deployment); `two_hops`: the router in
     its own deployment (model_deployments)."""
@@ -307,7 +305,7 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     results = {}
-    port = _free_port()  # Serve's proxy keeps the port it started with
+    port = free_port()  # Serve's proxy keeps the port it started with
     try:
         app = _deploy(registry_root, port, two_hops=False)
         answer = requests.post(app["url"] + "/v1/route", json=ONE_REQUEST, timeout=30).json()
@@ -370,19 +368,6 @@ def _batch_summary(before: dict, after: dict) -> dict:
 # Report
 
 
-def _fig(figure, value, unit, baseline=None, baseline_value=None, ratio=None, goal=None, ok=None) -> dict:
-    return {
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "goal": goal,
-        "pass": ok,
-    }
-
-
 def _figures(srv: dict, local: dict) -> list[dict]:
     one, two, fl = srv["one_hop"]["points"], srv["two_hops"]["points"], srv["floor"]["points"]
     figs = []
@@ -396,7 +381,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "ms",
                 f"Ray Serve floor p50, c={c}",
                 fl[c]["p50_ms"],
-                ratio,
                 f"<= {goal}x" if goal else None,
                 (ratio is not None and ratio <= goal) if goal else None,
             )
@@ -408,7 +392,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "ms",
                 f"Ray Serve floor p99, c={c}",
                 fl[c]["p99_ms"],
-                _ratio(one[c]["p99_ms"], fl[c]["p99_ms"]),
             )
         )
         ratio = _ratio(one[c]["rps"], fl[c]["rps"])
@@ -420,7 +403,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "requests/s",
                 f"Ray Serve floor, c={c}",
                 fl[c]["rps"],
-                ratio,
                 f">= {goal}x" if goal else None,
                 (ratio is not None and ratio >= goal) if goal else None,
             )
@@ -433,7 +415,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "ms",
                 f"one-hop p50, c={c}",
                 one[c]["p50_ms"],
-                _ratio(two[c]["p50_ms"], one[c]["p50_ms"]),
             )
         )
         figs.append(
@@ -443,7 +424,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "requests/s",
                 f"one-hop, c={c}",
                 one[c]["rps"],
-                _ratio(two[c]["rps"], one[c]["rps"]),
             )
         )
     for c in CONCURRENCY[1:]:
@@ -455,7 +435,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "%",
                 "the Gateway replica's share",
                 100.0 * (1.0 - share),
-                _ratio(share, 1.0 - share),
             )
         )
     emb = local["embedded"]
@@ -466,7 +445,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "ms",
             "one-hop HTTP p50, c=1",
             one[1]["p50_ms"],
-            _ratio(emb["p50_ms"], one[1]["p50_ms"]),
         )
     )
     figs.append(
@@ -476,7 +454,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "decisions/s",
             "bare predictor call, 1 instance, calls/s",
             local["by_size"][1]["instances_per_s"],
-            _ratio(emb["decisions_per_s"], local["by_size"][1]["instances_per_s"]),
         )
     )
     best = max(CONCURRENCY, key=lambda c: one[c]["rps"])
@@ -487,7 +464,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "requests/s",
             "in-process predictor, 64 instances per call",
             local["by_size"][64]["instances_per_s"],
-            _ratio(one[best]["rps"], local["by_size"][64]["instances_per_s"]),
         )
     )
     errors = sum(p["errors"] for m in ("one_hop", "two_hops") for p in srv[m]["points"].values())
@@ -496,7 +472,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "HTTP errors (non-200 or dropped) over all app points",
             float(errors),
             "requests",
-            None,
             None,
             None,
             "== 0",
@@ -617,9 +592,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "cpu_count": os.cpu_count(),
         },
     }
-    with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    return result
+    return write_result(result, out_dir)
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,7 @@ def _ingest_seconds(docs: list[str], store: str) -> tuple[float, int]:
 
 def measure(companies: int, rounds: int) -> dict:
     from pipeline.store.integrity import verify_store
-    from tests.s3server import start_s3_server
+    from tests.support.s3server import start_s3_server
 
     server = start_s3_server()
     os.environ.update(server.env)  # this process (and anything it starts) reaches the server

@@ -84,14 +84,12 @@ def exposure_refusal(config: dict) -> str | None:
 
 def serve_config_dict(path: str, host: str | None = None, port: int | None = None) -> dict:
     """The Serve config at `path` as a dict, with CLI overrides and the pinned registry root / token hash."""
-    import yaml
-
     from pipeline.home import registry_dir
     from pipeline.storage import absolute
+    from serve.config import load_serve_config
     from serve.gateway import token_sha256
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = load_serve_config(path)  # every key checked, Ray's and the app's args: ConfigError
     raw["http_options"] = dict(raw.get("http_options") or {})
     raw["http_options"]["host"] = host or raw["http_options"].get("host") or "127.0.0.1"
     if port is not None:
@@ -140,15 +138,12 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
 
 
 def run_serve(args) -> int:
-    import ray
     from pydantic import ValidationError
     from ray import serve
 
-    try:
-        config = serve_config_dict(args.config, args.host, args.port)
-    except (OSError, ValueError) as e:
-        print(f"tunestack serve: {args.config}: {e}", file=sys.stderr)
-        return 2
+    from pipeline.runtime import ensure_ray
+
+    config = serve_config_dict(args.config, args.host, args.port)  # a bad file: ConfigError, before Ray
     refusal = exposure_refusal(config)
     if refusal and not args.insecure_no_admin_token:
         print(f"tunestack serve: {refusal}", file=sys.stderr)
@@ -158,8 +153,8 @@ def run_serve(args) -> int:
             f"tunestack serve: WARNING: {config['http_options']['host']} without an admin token",
             file=sys.stderr,
         )
-    if not ray.is_initialized():
-        ray.init(address=args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+    ensure_ray(args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+
     try:
         deploy(config, args.timeout)
     except ValidationError as e:

@@ -30,6 +30,7 @@ import re
 import socket
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.home import registry_dir
 from pipeline.storage import Location, WriteConflict, resolve, sha256_bytes
 
@@ -40,7 +41,7 @@ _VERSION = re.compile(r"^v\d{4,}$")
 _FAMILY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """A registry operation that cannot be done: unknown version, bad checksum, nothing to roll back."""
 
 

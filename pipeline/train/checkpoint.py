@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load, save
 
+from pipeline.errors import UserError
+
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "checkpoint.json"
@@ -31,7 +33,7 @@ ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE}
 RUN_FILE = "run.json"  # written by pipeline.train.run in the run folder: best checkpoint + metrics
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A folder that is not a readable tunestack checkpoint."""
 
 

@@ -67,8 +67,7 @@ def add_train_parsers(subparsers) -> None:
 
 
 def _cmd_train(args) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.config import load_config
     from pipeline.train.run import resume, train
 
     if bool(args.config) == bool(args.resume):
@@ -79,15 +78,12 @@ def _cmd_train(args) -> int:
             "tunestack train: --resume continues a run as it was; --set/--from do not apply", file=sys.stderr
         )
         return 2
-    try:
-        if args.resume:
-            result = resume(args.resume)
-        else:
-            cfg = load_config(args.config, args.overrides)
-            result = train(cfg, run_name=args.name, init_from=args.init_from)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack train: {e}", file=sys.stderr)
-        return 2
+    # A bad config, missing data or no store is a UserError: the CLI prints one line, exit 2.
+    if args.resume:
+        result = resume(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)  # the whole file, before Ray starts
+        result = train(cfg, run_name=args.name, init_from=args.init_from)
     print(
         json.dumps(
             {
@@ -109,24 +105,18 @@ def _cmd_evaluate(args) -> int:
     import re
 
     from pipeline.home import home
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.train.checkpoint import load_checkpoint
     from pipeline.train.router_eval import evaluate_router, is_router
     from pipeline.train.run import evaluate_checkpoint
 
-    try:
-        metrics = evaluate_checkpoint(args.model, args.data, split=args.split)
-        if is_router(load_checkpoint(args.model).config):
-            plot = args.plot or os.path.join(
-                home(),
-                "reports",
-                f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}-{args.split}-cost-quality.png",
-            )
-            os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
-            metrics["router"] = r = evaluate_router(args.model, args.data, args.split, plot=plot)
-            _print_router(r)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack evaluate: {e}", file=sys.stderr)
-        return 2
+    metrics = evaluate_checkpoint(args.model, args.data, split=args.split)  # UserError: one line, exit 2
+    if is_router(load_checkpoint(args.model).config):
+        plot = args.plot or os.path.join(
+            home(), "reports", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}-{args.split}-cost-quality.png"
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
+        metrics["router"] = r = evaluate_router(args.model, args.data, args.split, plot=plot)
+        _print_router(r)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from pipeline.errors import DataError
 from pipeline.router_metrics import plot_report, router_report
 
 DEFAULT_MAX_ERROR = 0.02
@@ -56,7 +57,7 @@ def router_scores(ckpt, split: str, source: str | None = None):
     )
     part = {"test": seq.test, "val": seq.val, "train": seq.train}[split]
     if part is None:
-        raise ValueError(f"{path}: no {split!r} split (val_fraction is 0)")
+        raise DataError(f"{path}: no {split!r} split (val_fraction is 0)")
     model = ckpt.build_model()
     with torch.no_grad():
         p = np.concatenate(

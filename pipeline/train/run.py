@@ -17,7 +17,6 @@ work from any node.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,46 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import Config, ConfigError, config_from_dict
+from pipeline.errors import DataError
 from pipeline.home import default_store_uri, expand, runs_dir
-from pipeline.storage import Location, absolute, is_uri, join_uri, resolve
-from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
+from pipeline.runtime import ensure_ray, releasing_placement_groups
+from pipeline.storage import absolute, is_uri, join_uri, resolve, write_json_atomic
+from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint, resolve_checkpoint
 from pipeline.train.router_eval import calibrate_checkpoint, is_router
 
 RUN_CONFIG_FILE = "run_config.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
-
-
-# A local Ray for one machine. The dashboard stays on 127.0.0.1, and it must run: Ray Train's
-# PlacementGroupCleaner asks the state API (served by the dashboard) whether a run's controller
-# is alive, and without it the worker group of every finished Tune trial keeps its CPUs.
-LOCAL_RAY = dict(
-    num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
-)
-# Ray Train's controller takes a worker's epoch report only when it polls (every 2 s by default)
-# and a worker can be at most one report ahead, so epochs shorter than the poll (a router on 100k
-# rows trains one in well under a second) waited for it (bench/training.py). A local cluster's
-# processes, the controller included, inherit this from the driver that starts it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-AUTH_MODE_ENV = "RAY_AUTH_MODE"  # "token": every Ray API (GCS, dashboard, jobs) needs the cluster's token
-
-
-def ensure_ray():
-    """Connect to RAY_ADDRESS when set, else start a local cluster sized to this machine."""
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            # Token auth: Ray >= 2.59 turns it on for a new local cluster itself (RAY_AUTH_MODE unset:
-            # it sets the variable and reloads its cached config; an explicit value is respected).
-            # Setting the variable here instead comes after `import ray` cached "disabled": the
-            # driver then cannot authenticate to the GCS it just started ("Failed to start GCS").
-            ray.init(**LOCAL_RAY)
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +82,9 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         uri = expand(d.path) if d.path else default_store_uri()
         uri = absolute(uri)  # workers run in another directory
         store = TripletStore(uri)
-        manifest = store.require()
+        manifest = store.require()  # no store: StoreError, before Ray starts
+        input_dim = store.embeddings().shape[1] + 1
+        ensure_ray()
         datasets = {
             "train": triplet_dataset(uri, "train", d.val_fraction),
             "val": triplet_dataset(uri, "val", d.val_fraction),
@@ -129,7 +99,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
             },
             "fingerprint": triplet_fingerprint(store, d.val_fraction),
         }
-        return PreparedData(datasets, None, meta, {"input_dim": store.embeddings().shape[1] + 1})
+        return PreparedData(datasets, None, meta, {"input_dim": input_dim})
 
     from pipeline.data.sequences import Normalization, load_sequence_data, to_dataset
 
@@ -143,6 +113,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         normalization=Normalization.from_dict(normalization),
     )
     val = data.val if data.val is not None else data.test  # val_fraction 0: the test split stops early
+    ensure_ray()  # the data loaded: only now start (or join) Ray
     meta = {
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
@@ -165,7 +136,7 @@ def fill_model_dims(cfg: Config, dims: dict) -> Config:
         if key == "num_classes" and params.get(key, 0) >= value:
             continue  # a test split may lack the top class; more classes than seen is fine
         params[key] = value
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=params))
+    return cfg.with_model(params=params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,21 +162,20 @@ def _use_gpu(cfg: Config) -> bool:
 
 
 def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = None) -> TrainResult:
-    """Train once with `cfg` (no search). `init_from`: a checkpoint/run to fine-tune from."""
-    ensure_ray()
+    """Train once with `cfg` (no search). `init_from`: a checkpoint/run to fine-tune from.
+    Everything that can be checked locally (the checkpoint, the teacher, the data) is, before
+    prepare_data starts Ray."""
     normalization = None
     if init_from:
         parent = load_checkpoint(init_from)
         init_from = parent.path
         parent_model = dict(parent.config["model"])
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, arch=parent_model.pop("arch"), params=parent_model)
-        )
+        cfg = cfg.with_model(arch=parent_model.pop("arch"), params=parent_model)
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
     teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
     data = prepare_data(cfg, normalization)
     cfg = fill_model_dims(cfg, data.dims)
-    cfg.model_config()  # validate the completed model config before any worker starts
+    cfg.family_config("<config + data>")  # the completed model config, before any worker starts
 
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_path = join_uri(absolute(runs_dir()), name)
@@ -216,7 +186,7 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
         "init_from": init_from,
         "teacher": teacher,
     }
-    _write_json(resolve(run_path), RUN_CONFIG_FILE, loop_config)
+    write_json_atomic(run_path, RUN_CONFIG_FILE, loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
 
 
@@ -226,7 +196,7 @@ def resume(run: str) -> TrainResult:
     run_path = absolute(run if resolve(run).is_file(RUN_CONFIG_FILE) else join_uri(runs_dir(), run))
     loc = resolve(run_path)
     if not loc.is_file(RUN_CONFIG_FILE):
-        raise FileNotFoundError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
+        raise CheckpointError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
     config_file = loc.uri_of(RUN_CONFIG_FILE)
     loop_config = json.loads(loc.read_bytes(RUN_CONFIG_FILE))
     dropped = drop_partial_checkpoints(run_path)
@@ -235,11 +205,10 @@ def resume(run: str) -> TrainResult:
             f"tunestack: removed checkpoint folder(s) Ray Train never committed: {', '.join(dropped)}",
             file=sys.stderr,
         )
-    ensure_ray()
     cfg = config_from_dict(loop_config["config"], config_file)
     data = prepare_data(cfg, loop_config["meta"].get("normalization"))
     if not same_training_data(loop_config["meta"]["fingerprint"], data.meta["fingerprint"]):
-        raise ValueError(
+        raise DataError(
             f"{run}: the training data changed since the run started "
             f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})"
         )
@@ -313,39 +282,11 @@ def build_trainer(
     )
 
 
-def job_placement_groups() -> set[str]:
-    """Ids of the placement groups this Ray job holds (a group id ends with its job id)."""
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    return {
-        pg
-        for pg, t in ray.util.placement_group_table().items()
-        if t["state"] == "CREATED" and pg.endswith(job)
-    }
-
-
-def release_placement_groups(ids: set[str]) -> None:
-    """Remove placement groups that finished Train runs left behind.
-
-    With Ray 2.60 a finished run's worker group can keep its placement group (the family of Ray
-    issue #54305); on a small cluster the next run, Tune trial or Serve replica in the same job
-    then waits for CPUs forever. Call only once the runs that created `ids` have ended."""
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    for pg in ids:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg))))
-
-
 def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: PreparedData) -> TrainResult:
     t = cfg.train
     trainer = build_trainer(cfg, name, parent_of(run_path), loop_config, data)
-    before = job_placement_groups()
-    try:
+    with releasing_placement_groups():
         result = trainer.fit()
-    finally:
-        release_placement_groups(job_placement_groups() - before)
     best = _best_checkpoint(result, t.mode)
     # Ray names a checkpoint by its path inside the storage filesystem; keep the URI form
     best_path = join_uri(run_path, posixpath.basename(best[0].path.rstrip("/"))) if best else None
@@ -354,8 +295,8 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
     calibration = None
     if best_path and is_router(loop_config["config"]):
         calibration = calibrate_checkpoint(best_path, cfg.route.max_lightweight_error)
-    _write_json(
-        resolve(run_path),
+    write_json_atomic(
+        run_path,
         RUN_FILE,
         {
             "run": name,
@@ -406,13 +347,13 @@ def evaluate_checkpoint(
         from pipeline.data.triplets import triplet_dataset
         from pipeline.store.layout import TripletStore
 
-        ensure_ray()
         uri = (
             source
             or (ckpt.meta.get("store") or {}).get("uri")
             or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
         )
         task = TASKS["autoencoder"].for_store(TripletStore(uri))
+        ensure_ray()
         ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
         batches = task.batches(ds, batch_size, "cpu")
         sums = accumulate(task, model, batches)
@@ -440,7 +381,7 @@ def evaluate_checkpoint(
         }[split]
         parts = [p for p in parts if p is not None]
         if not parts:
-            raise ValueError(f"{source}: no {split!r} split (val_fraction is 0)")
+            raise DataError(f"{source}: no {split!r} split (val_fraction is 0)")
         x = np.concatenate([p.x for p in parts])
         y = np.concatenate([p.y for p in parts])
     batches = (
@@ -448,10 +389,6 @@ def evaluate_checkpoint(
         for i in range(0, len(y), batch_size)
     )
     return {"rows": int(len(y)), **task.finalize(accumulate(task, model, batches))}
-
-
-def _write_json(loc: Location, name: str, obj) -> None:
-    loc.write_bytes_atomic(name, json.dumps(obj, indent=2, default=str).encode())
 
 
 def parent_of(location: str) -> str:

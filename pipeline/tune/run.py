@@ -17,13 +17,13 @@ same name, and Train hands the workers its latest checkpoint, so nothing restart
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import posixpath
 from dataclasses import dataclass
 
+from pipeline.errors import UserError
 from pipeline.home import expand, runs_dir
-from pipeline.storage import absolute, join_uri, resolve
+from pipeline.storage import absolute, join_uri, resolve, write_json_atomic
 from pipeline.tune.space import overrides_of, param_space
 from pipeline.tune.spec import TuneSpec, load_tune_spec, trial_config
 
@@ -136,21 +136,15 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from pipeline.runtime import releasing_placement_groups
     from pipeline.train.router_eval import calibrate_checkpoint, is_router
-    from pipeline.train.run import (
-        ensure_ray,
-        job_placement_groups,
-        prepare_data,
-        ray_storage,
-        release_placement_groups,
-    )
+    from pipeline.train.run import prepare_data, ray_storage
     from pipeline.tune.report import write_report
 
-    spec = load_tune_spec(config_path, overrides)
-    ensure_ray()
+    spec = load_tune_spec(config_path, overrides)  # the whole file checked before Ray starts
     root = absolute(expand(spec.tune.storage) if spec.tune.storage else join_uri(runs_dir(), "tune"))
     if resume and not name:
-        raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
+        raise UserError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp_path = join_uri(root, exp_name)
     storage = ray_storage(root)
@@ -169,7 +163,7 @@ def run_tune(
     if resume:
         fs = storage.get("storage_filesystem")
         if not tune.Tuner.can_restore(exp_ray_path, storage_filesystem=fs):
-            raise FileNotFoundError(f"no experiment to resume at {exp_path}")
+            raise UserError(f"no experiment to resume at {exp_path}")
         tuner = tune.Tuner.restore(
             exp_ray_path,
             trainable=trainable,
@@ -205,9 +199,8 @@ def run_tune(
             ),
             run_config=tune.RunConfig(name=exp_name, verbose=0, **storage),
         )
-    before = job_placement_groups()
-    results = tuner.fit()
-    release_placement_groups(job_placement_groups() - before)  # every trial has ended: leftovers only
+    with releasing_placement_groups():  # every trial has ended when it closes: leftovers only
+        results = tuner.fit()
     asked = {
         "file": config_path,
         "overrides": list(overrides),
@@ -215,7 +208,7 @@ def run_tune(
         "search": spec.search,
         "plan": spec.plan,
     }
-    resolve(exp_path).write_bytes_atomic(SPEC_FILE, json.dumps(asked, indent=2, default=str).encode())
+    write_json_atomic(exp_path, SPEC_FILE, asked)
     trials = _trial_rows(results, spec, join_uri(exp_path, "trials"))
     scored = [t for t in trials if t["metric"] is not None]
     best = (max if spec.mode == "max" else min)(scored, key=lambda t: t["metric"]) if scored else None

@@ -35,8 +35,9 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.integration.test_serve import free_port, router_replicas, wait_until
-from tests.unit.test_serve_models import build_world, some_pairs
+from pipeline.data.sequences import ROUTING_FEATURES
+from tests.support import free_port, wait_until
+from tests.support.serve_world import build_world, router_replicas, some_pairs
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ TOKEN = "chaos-token"
 APP = "tunestack"
 BODY_LIMIT = 65_536
 MAX_INSTANCES = 64
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 ROWS: list[str] = []
 
 
@@ -706,7 +707,7 @@ def test_router_outage_falls_back_then_recovers(app, ray_cluster):
         stop.set()
         killer.join()
     # replicas come back; a half-open probe succeeds and closes the circuit
-    wait_until(lambda: not route()["fallback"], 120, "the router recovering", poll_s=0.5)
+    wait_until(lambda: not route()["fallback"], 120, "the router recovering", interval=0.5)
     assert "tunestack_route_fallbacks_total" in requests.get(app["url"] + "/metrics", timeout=30).text
     wait_until(lambda: requests.get(app["url"] + "/readyz", timeout=30).status_code == 200, 60, "/readyz")
     report("every router replica killed as it appears", 1, 0, f"fallback reasons {sorted(reasons)}")

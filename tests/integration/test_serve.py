@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.unit.test_serve_models import (
+from pipeline.data.sequences import ROUTING_FEATURES
+from tests.support import free_port, wait_until
+from tests.support.serve_world import (
     build_world,
     reference_encode,
     reference_route,
@@ -33,13 +34,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-token"
 APP = "tunestack"
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+FEATURES = ROUTING_FEATURES  # the router's input order
 
 
 def replicas(ray, deployment: str) -> list[str]:
@@ -49,10 +44,6 @@ def replicas(ray, deployment: str) -> list[str]:
         for a in ray.util.list_named_actors(all_namespaces=True)
         if f"{APP}#{deployment}#" in a["name"]
     ]
-
-
-def router_replicas(ray) -> list[str]:
-    return replicas(ray, "model-router")
 
 
 def _hosted(replica_actor) -> dict:
@@ -83,17 +74,6 @@ def hosted(ray) -> dict[str, dict]:
 def replica_versions(ray, family: str = "router") -> dict[str, str]:
     """{Gateway replica: the version of `family` it serves}."""
     return {name: h[family]["version"] for name, h in hosted(ray).items()}
-
-
-def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1):
-    """Poll `condition()` until it is truthy (returned) or `timeout_s` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
-        time.sleep(poll_s)
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +410,7 @@ def test_promotion_under_constant_load(app, ray_cluster):
             lambda: set(replica_versions(ray_cluster).values()) == {"v0002"},
             10,
             "a CLI promotion reaching every replica",
-            poll_s=0.05,
+            interval=0.05,
         )
         reached = time.monotonic() - promoted_at
         more_answers(3)

@@ -267,7 +267,7 @@ def test_a_failed_model_call_is_one_error_for_every_request_it_carried(tmp_path,
     from pipeline.registry.registry import Registry
     from serve.hosting import InProcessBackend, ModelCallError
     from serve.models import ModelHost
-    from tests.unit.test_serve_models import register, train_router
+    from tests.support.serve_world import register, train_router
 
     reg = Registry(tmp_path / "registry")
     register(reg, "router", train_router(tmp_path / "r1", steps=10), promote=True)

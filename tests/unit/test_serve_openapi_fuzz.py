@@ -17,7 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.unit.test_serve_models import build_world
+from tests.support.serve_world import build_world
 
 MAX_EXAMPLES = 30
 TOKEN = "fuzz-token"
