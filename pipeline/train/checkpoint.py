@@ -4,11 +4,15 @@
       model.safetensors        # the model's state_dict (what the registry and Serve load)
       train_state.safetensors  # optimizer/scheduler/AMP tensors, flattened to "optim.state.3.exp_avg" …
       checkpoint.json          # resolved config, metrics, epoch, normalization, store/scaler
-                               # references, data fingerprint, early-stopping state and the
-                               # non-tensor parts of the optimizer/scheduler state
+                               # references, data fingerprint, early-stopping state, the
+                               # non-tensor parts of the optimizer/scheduler state and, under
+                               # "features", the feature transform's keys (autoencoder)
+      features.safetensors     # the autoencoder's own feature transform: projection, per-pair
+                               # embeddings and scalers, unit fallbacks, error baseline
+                               # (pipeline.data.features; absent for other families)
 
 `load_checkpoint` refuses a folder holding any other file (a pickle named `model.pt`, say), and
-reads the two safetensors files with safetensors — which cannot execute code.
+reads the safetensors files with safetensors — which cannot execute code.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from safetensors.torch import load_file, save
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "checkpoint.json"
+FEATURES_FILE = "features.safetensors"  # = pipeline.data.features.FEATURES_FILE
 FORMAT = "tunestack-checkpoint-v1"
-ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE}
+ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE, FEATURES_FILE}
 RUN_FILE = "run.json"  # written by pipeline.train.run in the run folder: best checkpoint + metrics
 
 
@@ -100,9 +105,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(
-    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None
+    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None, features=None
 ) -> str:
-    """Write the checkpoint files as `directory`. Returns `directory`.
+    """Write the checkpoint files as `directory`. Returns `directory`. `features`: the model's
+    FeatureTransform (pipeline.data.features), saved beside the weights.
 
     The files are written into a hidden sibling folder that is renamed to `directory` only once
     complete (an existing empty folder is replaced; a non-empty one is swapped out, then removed), so
@@ -119,6 +125,10 @@ def save_checkpoint(
     files = {MODEL_FILE: save(weights, metadata={"format": FORMAT})}
     if tensors or train_state:
         files[STATE_FILE] = save(tensors, metadata={"format": FORMAT})
+    meta = dict(meta)
+    if features is not None:
+        files[FEATURES_FILE] = _features_bytes(features)
+        meta["features"] = features.meta()
     files[META_FILE] = json.dumps(
         {"format": FORMAT, **_encode(meta), "train_state": train_state}, indent=2
     ).encode()
@@ -149,12 +159,45 @@ def save_checkpoint(
     return directory
 
 
+def _features_bytes(features) -> bytes:
+    from safetensors.numpy import save as save_numpy
+
+    return save_numpy(features.tensors(), metadata={"format": FORMAT})
+
+
+def replace_features(directory: str, features) -> None:
+    """Replace the feature transform of a saved checkpoint (e.g. to add the error baseline at the
+    end of training). Only the arrays may change: the JSON part must stay as saved."""
+    ckpt = load_checkpoint(directory)
+    if ckpt.meta.get("features") != _decode(json.loads(json.dumps(_encode(features.meta())))):
+        raise CheckpointError(f"{ckpt.path}: the new feature transform's keys differ from the saved ones")
+    tmp = os.path.join(ckpt.path, f".{FEATURES_FILE}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_features_bytes(features))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(ckpt.path, FEATURES_FILE))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @dataclass
 class LoadedCheckpoint:
     path: str
     meta: dict  # checkpoint.json (config, metrics, epoch, normalization, …)
     weights: dict[str, torch.Tensor]
     _state_tensors: dict[str, torch.Tensor]
+    _feature_tensors: dict | None = None
+
+    def features(self):
+        """The model's FeatureTransform (pipeline.data.features), or None (a family without one)."""
+        if self._feature_tensors is None or "features" not in self.meta:
+            return None
+        from pipeline.data.features import FeatureTransform
+
+        return FeatureTransform.from_parts(self._feature_tensors, self.meta["features"])
 
     @property
     def config(self) -> dict:
@@ -220,7 +263,13 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
     if STATE_FILE in names:
         _check_safetensors(os.path.join(directory, STATE_FILE))
         state = load_file(os.path.join(directory, STATE_FILE))
-    return LoadedCheckpoint(path=directory, meta=meta, weights=weights, _state_tensors=state)
+    features = None
+    if FEATURES_FILE in names:
+        from safetensors.numpy import load_file as load_numpy
+
+        _check_safetensors(os.path.join(directory, FEATURES_FILE))
+        features = load_numpy(os.path.join(directory, FEATURES_FILE))
+    return LoadedCheckpoint(directory, meta, weights, state, features)
 
 
 def resolve_checkpoint(ref: str) -> str:

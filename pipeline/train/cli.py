@@ -42,9 +42,10 @@ def add_train_parsers(subparsers) -> None:
     s = subparsers.add_parser(
         "evaluate",
         help="print a checkpoint's metrics on a data source as JSON",
-        description="Evaluate a checkpoint (folder, run folder or run name). SOURCE: "
+        description="Evaluate a checkpoint (folder, run folder, run name or FAMILY:VERSION). SOURCE: "
         ".npz/.parquet sequences, a routing-log folder, or a triplet store; default: "
-        "the data it was trained on.",
+        "the data it was trained on. An autoencoder reads the store through its own feature "
+        "transform and reports pairs it knows and pairs it does not apart.",
     )
     s.add_argument("--model", required=True, metavar="CHECKPOINT")
     s.add_argument("--data", metavar="SOURCE")
@@ -53,6 +54,12 @@ def add_train_parsers(subparsers) -> None:
         default="test",
         choices=["test", "val", "train", "all"],
         help="which split of SOURCE (as split in training; triplets: test = val folds)",
+    )
+    s.add_argument(
+        "--by",
+        choices=["entity", "pair"],
+        help="triplets: metrics per company or per (concept, unit) pair, each beside a PCA of the "
+        "model's latent width fitted on the training companies",
     )
     s.set_defaults(func=_cmd_evaluate)
 
@@ -100,7 +107,7 @@ def _cmd_evaluate(args) -> int:
     from pipeline.train.run import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(args.model, args.data, split=args.split)
+        metrics = evaluate_checkpoint(args.model, args.data, split=args.split, by=args.by)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"tunestack evaluate: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
     $TUNESTACK_HOME/runs/<run>/
       run_config.json           # what `--resume` needs: resolved config + loop config
+      features/                 # triplets: the model's feature transform (pipeline.data.features)
       run.json                  # written at the end: best checkpoint, its metrics, test metrics
       checkpoint_epoch0007/     # the top-k checkpoints (pipeline.train.checkpoint format)
       tensorboard/              # event files: `tensorboard --logdir $TUNESTACK_HOME/runs`
@@ -26,9 +27,11 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.home import default_store_uri, expand, runs_dir
-from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
+from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint, resolve_checkpoint
 
 RUN_CONFIG_FILE = "run_config.json"
+FEATURES_DIR = "features"  # the run's feature transform (triplets), what its workers load
+
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
 
 
@@ -75,12 +78,26 @@ class PreparedData:
     test: object  # a sequences Split, or None (triplets: the val split is the evaluation split)
     meta: dict  # normalization, store, fingerprint: saved in every checkpoint
     dims: dict  # model options implied by the data (input_size / num_classes / input_dim)
+    features: object = None  # triplets: the model's FeatureTransform (pipeline.data.features)
+    features_dir: str | None = None  # where it is saved for the workers (loop_config["features"])
 
 
-def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData:
-    """Ray Datasets for the config's data section, and what the checkpoint must remember."""
+def prepare_data(
+    cfg: Config,
+    normalization: dict | None = None,
+    *,
+    features=None,
+    parent_features=None,
+    features_dir: str | None = None,
+) -> PreparedData:
+    """Ray Datasets for the config's data section, and what the checkpoint must remember.
+
+    Triplets: the model's feature transform is `features` when given (a resumed run's), else the
+    store's (`parent_features` — a fine-tuned model's parent — extended with the store's new pairs),
+    saved in `features_dir`; rows are scaled as it scales them."""
     d = cfg.data
     if d.source == "triplets":
+        from pipeline.data.features import FeatureTransform
         from pipeline.data.triplets import triplet_dataset
         from pipeline.store.layout import TripletStore
 
@@ -88,18 +105,27 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         uri = uri if "://" in uri else os.path.abspath(uri)  # workers run in another directory
         store = TripletStore(uri)
         manifest = store.require()
+        if features is None:
+            features = (
+                parent_features.extend(store) if parent_features else FeatureTransform.from_store(store)
+            )
+            if features_dir:
+                features.save(features_dir)
+        # The store's scaled_value column when it is what the model's scalers give (always, for a
+        # transform just taken from the store); else the raw values, scaled by the model's scalers.
+        scale = None if features.store_scaling_matches(store) else features.view().value_scaler()
         datasets = {
-            "train": triplet_dataset(uri, "train", d.val_fraction),
-            "val": triplet_dataset(uri, "val", d.val_fraction),
+            "train": triplet_dataset(uri, "train", d.val_fraction, scale=scale),
+            "val": triplet_dataset(uri, "val", d.val_fraction, scale=scale),
         }
         manifest_digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         meta = {
-            "normalization": None,  # values are scaled per pair by the store's scalers
+            "normalization": None,  # values are scaled per pair by the model's feature transform
             "store": {
                 "uri": uri,
                 "version": manifest["version"],
                 "data_dir": manifest["data_dir"],
-                "scalers": f"{manifest['data_dir']}/pairs.parquet",
+                "feature_version": features.source.get("feature_version"),
             },
             "fingerprint": {
                 "kind": "triplet_store",
@@ -109,7 +135,9 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
                 "val_fraction": d.val_fraction,
             },
         }
-        return PreparedData(datasets, None, meta, {"input_dim": store.embeddings().shape[1] + 1})
+        return PreparedData(
+            datasets, None, meta, {"input_dim": features.embed_dim + 1}, features, features_dir
+        )
 
     from pipeline.data.sequences import Normalization, load_sequence_data, to_dataset
 
@@ -172,7 +200,7 @@ def _use_gpu(cfg: Config) -> bool:
 def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = None) -> TrainResult:
     """Train once with `cfg` (no search). `init_from`: a checkpoint/run to fine-tune from."""
     ensure_ray()
-    normalization = None
+    normalization = parent_features = None
     if init_from:
         parent = load_checkpoint(init_from)
         init_from = parent.path
@@ -181,13 +209,20 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
             cfg, model=dataclasses.replace(cfg.model, arch=parent_model.pop("arch"), params=parent_model)
         )
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
+        parent_features = parent.features()  # and the autoencoder on these features
+        if cfg.model.arch == "autoencoder" and parent_features is None:
+            from pipeline.train.evaluate import NO_FEATURES
+
+            raise CheckpointError(f"{parent.path}: {NO_FEATURES}")
     teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
-    data = prepare_data(cfg, normalization)
+    name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_path = os.path.abspath(os.path.join(runs_dir(), name))
+    data = prepare_data(
+        cfg, normalization, parent_features=parent_features, features_dir=os.path.join(run_path, FEATURES_DIR)
+    )
     cfg = fill_model_dims(cfg, data.dims)
     cfg.model_config()  # validate the completed model config before any worker starts
 
-    name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_path = os.path.abspath(os.path.join(runs_dir(), name))
     os.makedirs(run_path, exist_ok=True)
     loop_config = {
         "config": cfg.to_dict(),
@@ -195,6 +230,7 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
         "tensorboard_dir": os.path.join(run_path, "tensorboard"),
         "init_from": init_from,
         "teacher": teacher,
+        "features": data.features_dir,
     }
     _write_json(os.path.join(run_path, RUN_CONFIG_FILE), loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
@@ -216,7 +252,12 @@ def resume(run: str) -> TrainResult:
         )
     ensure_ray()
     cfg = config_from_dict(loop_config["config"], config_file)
-    data = prepare_data(cfg, loop_config["meta"].get("normalization"))
+    features = None
+    if loop_config.get("features"):  # the transform the run started with, not the store's of today
+        from pipeline.data.features import FeatureTransform
+
+        features = FeatureTransform.load(loop_config["features"])
+    data = prepare_data(cfg, loop_config["meta"].get("normalization"), features=features)
     if data.meta["fingerprint"].get("sha256", "") != loop_config["meta"]["fingerprint"].get(
         "sha256", ""
     ) or data.meta["fingerprint"].get("version") != loop_config["meta"]["fingerprint"].get("version"):
@@ -322,6 +363,10 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
     best = _best_checkpoint(result, t.mode)
     best_path = best[0].path if best else None
     best_metrics = best[1] if best else {}
+    if best_path and data.features is not None:
+        from pipeline.train.baseline import attach_error_baseline
+
+        attach_error_baseline(best_path, data.datasets["train"])
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
     _write_json(
         os.path.join(run_path, RUN_FILE),
@@ -356,35 +401,28 @@ def evaluate_checkpoint(
     split: str = "test",
     data: PreparedData | None = None,
     batch_size: int = 4096,
+    by: str | None = None,
 ) -> dict:
     """Metrics of a checkpoint on a data source (default: the one it was trained on).
 
     Sequences/routing: the `split` ("test", "val", "train" or "all") of `source`, split and
     normalized exactly as in training (the checkpoint's seed, fractions and z-score). Triplet
-    store: its validation folds (`split` "val"/"test") or every row ("all")."""
+    store: its validation folds (`split` "val"/"test"), training folds or every row ("all"),
+    through the model's own feature transform (pipeline.train.evaluate; `by`: "entity" or "pair")."""
     import torch
 
     from pipeline.train.tasks import TASKS, accumulate
 
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt.config, os.path.join(ckpt.path, "checkpoint.json"))
-    model = ckpt.build_model()
     if cfg.model.arch == "autoencoder":
-        from pipeline.data.triplets import triplet_dataset
-        from pipeline.store.layout import TripletStore
+        from pipeline.train.evaluate import evaluate_autoencoder
 
         ensure_ray()
-        uri = (
-            source
-            or (ckpt.meta.get("store") or {}).get("uri")
-            or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
-        )
-        task = TASKS["autoencoder"].for_store(TripletStore(uri))
-        ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
-        batches = task.batches(ds, batch_size, "cpu")
-        sums = accumulate(task, model, batches)
-        return {"rows": int(sums.get("n", 0)), **task.finalize(sums)}
-
+        return evaluate_autoencoder(ckpt, source, split, by, cfg.data.val_fraction)
+    if by is not None:
+        raise ValueError(f"--by {by}: only for a model of the triplet store (the autoencoder)")
+    model = ckpt.build_model()
     task = TASKS[cfg.model.arch]()
     if data is not None and source is None and split == "test":
         x, y = data.test.x, data.test.y

@@ -86,9 +86,12 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
 
     overrides = overrides_of(trial_params)
     cfg = trial_config(base, source, overrides)
-    data = prepare_data(cfg) if any(k.startswith("data.") for k in overrides) else shared_data
-    cfg = fill_model_dims(cfg, data.dims)
     name = tune.get_context().get_trial_name()
+    if any(k.startswith("data.") for k in overrides):
+        data = prepare_data(cfg, features_dir=os.path.join(trials_dir, name, "features"))
+    else:
+        data = shared_data
+    cfg = fill_model_dims(cfg, data.dims)
     done = _finished_run_metrics(os.path.join(trials_dir, name), cfg.train.epochs)
     if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
         tune.report(done)
@@ -99,6 +102,7 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
         "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
         "init_from": None,
         "teacher": None,
+        "features": data.features_dir,
     }
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
 
@@ -145,13 +149,14 @@ def run_tune(
         raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp_path = os.path.join(root, exp_name)
+    shared_data = prepare_data(spec.config, features_dir=os.path.join(exp_path, "features"))
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
             base=spec.base,
             source=spec.source,
             trials_dir=os.path.join(exp_path, "trials"),
-            shared_data=prepare_data(spec.config),
+            shared_data=shared_data,
         ),
         {"cpu": spec.tune.trial_cpus},
     )
@@ -209,7 +214,7 @@ def run_tune(
     scored = [t for t in trials if t["metric"] is not None]
     best = (max if spec.mode == "max" else min)(scored, key=lambda t: t["metric"]) if scored else None
     report = write_report(exp_path, trials, spec.metric, spec.mode)
-    registered = _register(spec, best, promote) if best else None
+    registered = _register(spec, best, promote, shared_data) if best else None
     return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
 
 
@@ -315,10 +320,13 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
     return best
 
 
-def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:
+def _register(spec: TuneSpec, best: dict, promote: bool, data) -> dict:
     from pipeline.registry import Registry
+    from pipeline.train.baseline import attach_error_baseline
     from pipeline.train.checkpoint import load_checkpoint
 
+    if data.features is not None:  # the autoencoder's error baseline, from the training rows, once
+        attach_error_baseline(best["checkpoint"], data.datasets["train"])
     ckpt = load_checkpoint(best["checkpoint"])
     metrics = {k: v for k, v in (ckpt.meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
     return Registry().register(
