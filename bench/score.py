@@ -254,7 +254,8 @@ def run(quick: bool = False, out_dir: str = "bench/results", workdir: str | None
         finally:
             ray.shutdown()
         details["memory"] = {
-            str(n): memory_pass(ckpt, stores[n], os.path.join(workdir, f"mem-{n}.parquet")) for n in (small, large)
+            str(n): memory_pass(ckpt, stores[n], os.path.join(workdir, f"mem-{n}.parquet"))
+            for n in (small, large)
         }
     finally:
         if workdir_made:

@@ -188,7 +188,9 @@ def train_fold_rows(store_uri: str, val_fraction: float = 0.1):
     from pipeline.data.triplets import split_folds
     from pipeline.store.layout import TripletStore
 
-    t = pq.read_table(TripletStore(store_uri).triplet_files(), columns=["pair_id", "scaled_value", "value", "fold"])
+    t = pq.read_table(
+        TripletStore(store_uri).triplet_files(), columns=["pair_id", "scaled_value", "value", "fold"]
+    )
     lo, hi = split_folds("train", val_fraction)
     fold = t.column("fold").to_numpy()
     keep = (fold >= lo) & (fold < hi)

@@ -99,7 +99,9 @@ def test_growing_the_store_never_changes_the_model(ray_cluster, tmp_path, monkey
     first = score("autoencoder:production", str(tmp_path / "first.parquet"))
     from pipeline.store.layout import TripletStore
 
-    assert first["rows"] == TripletStore(store).require()["counts"]["triplets"] and first["pairs_unknown"] == 0
+    assert (
+        first["rows"] == TripletStore(store).require()["counts"]["triplets"] and first["pairs_unknown"] == 0
+    )
     before = _scores(first["out"])
     assert before["pair_known"].all()
 
@@ -148,9 +150,16 @@ def test_growing_the_store_never_changes_the_model(ray_cluster, tmp_path, monkey
     ms = groups["0000789019"]
     assert not ms["in_training"] and all(groups[e]["in_training"] for e in features.entities)
     with capsys.disabled():
-        print("\nMSFT (never seen in training), val folds:", json.dumps(
-            {k: {m: round(v[m], 4) for m in ("r2", "embedding_cosine", "relative_mae_median")}
-             for k, v in ms.items() if k in ("autoencoder", "pca")}))
+        print(
+            "\nMSFT (never seen in training), val folds:",
+            json.dumps(
+                {
+                    k: {m: round(v[m], 4) for m in ("r2", "embedding_cosine", "relative_mae_median")}
+                    for k, v in ms.items()
+                    if k in ("autoencoder", "pca")
+                }
+            ),
+        )
         print("pairs known / unknown rows:", ms["pairs_known"]["rows"], ms["pairs_unknown"]["rows"])
     ae, pca = ms["autoencoder"], ms["pca"]
     assert ae["r2"] > pca["r2"]

@@ -96,3 +96,71 @@ def test_error_baseline_rows_and_anomaly_scores():
     assert np.isfinite(anomaly_scores(np.asarray([1.0]), np.asarray([0.0]), np.asarray([0.0]))).all()
     with pytest.raises(ValueError, match="no training rows"):
         ErrorBaseline.from_sums(np.zeros(2), np.zeros(2), np.zeros(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# The transform against a store that moves on
+
+
+def _store_rows(store_uri: str):
+    import pyarrow.parquet as pq
+
+    from pipeline.store.layout import TripletStore
+
+    t = pq.read_table(TripletStore(store_uri).triplet_files(), columns=["pair_id", "value", "scaled_value"])
+    return (
+        t.column("pair_id").to_numpy().astype(np.int64),
+        t.column("value").to_numpy(),
+        t.column("scaled_value").to_numpy(),
+    )
+
+
+def test_a_model_trained_before_a_refit_answers_exactly_as_before(tmp_path):
+    """`tunestack store refit` makes a new feature version (new basis, new scalers): the store's own
+    embeddings and scaled values change, the model's inputs for the same facts do not (to the bit),
+    and neither do its answers."""
+    from pipeline.ingest import ingest
+    from pipeline.ingest.run import refit
+    from pipeline.registry.registry import Registry
+    from pipeline.store.layout import TripletStore
+    from pipeline.synth import write_companyfacts_json
+    from serve.models import ModelHost
+    from tests.unit.test_serve_models import make_store, register, some_pairs, train_autoencoder
+
+    store = make_store(tmp_path / "store", companies=2)
+    reg = Registry(tmp_path / "registry")
+    register(reg, "autoencoder", train_autoencoder(tmp_path / "ae", store, steps=50), promote=True)
+    from pipeline.train.checkpoint import load_checkpoint
+
+    reg_features = load_checkpoint(reg.get("autoencoder")["checkpoint"]).features()
+    # more data (new pairs), then a refit over all of it
+    doc = tmp_path / "more.json"
+    write_companyfacts_json(str(doc), 4242, "Another Co", facts_per_concept=8, seed=7)
+    ingest([str(doc)], store, embedder="hashed", progress=False)
+    instances = [{"concept": c, "unit": u, "value": v} for c, u, v in some_pairs(store, 6)]
+    instances.append({"concept": "NeverSeenAnywhere", "unit": "USD", "value": 10.0})
+    host = ModelHost("autoencoder", "encode", str(reg.root))
+    host.sync()
+    before = host.predict(instances)
+    pid, value, stored_before = _store_rows(store)
+    view_before = reg_features.view(TripletStore(store).read_pairs())
+    x_before = view_before.features(pid, view_before.scale(pid, value))
+    emb_before = TripletStore(store).embeddings()
+
+    refit(store, embed_dim=32)  # a new basis (even a new width) and scalers refitted on every row
+    s = TripletStore(store)
+    assert s.feature_version == 2
+    pid2, value2, stored_after = _store_rows(store)
+    order, order2 = np.lexsort((value, pid)), np.lexsort((value2, pid2))
+    np.testing.assert_array_equal(pid[order], pid2[order2])
+    # the refit changed the store's own features ...
+    assert s.embeddings().shape[1] == 32 != emb_before.shape[1]
+    assert not np.allclose(stored_after[order2], stored_before[order], atol=1e-9)
+    # ... not the model's inputs for the same facts, nor its answers (a fresh load)
+    features = load_checkpoint(reg.get("autoencoder")["checkpoint"]).features()
+    view_after = features.view(s.read_pairs())
+    x_after = view_after.features(pid2, view_after.scale(pid2, value2))
+    np.testing.assert_array_equal(x_after[order2], x_before[order])
+    fresh = ModelHost("autoencoder", "encode", str(reg.root))
+    fresh.sync()
+    assert fresh.predict(instances) == before
