@@ -149,7 +149,14 @@ def run_tune(
         raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp_path = os.path.join(root, exp_name)
-    shared_data = prepare_data(spec.config, features_dir=os.path.join(exp_path, "features"))
+    # triplets: the experiment's feature transform; a resumed one keeps the transform it started with
+    features_dir = os.path.join(exp_path, "features")
+    features = None
+    if resume and spec.config.data.source == "triplets" and os.path.isdir(features_dir):
+        from pipeline.data.features import FeatureTransform
+
+        features = FeatureTransform.load(features_dir)
+    shared_data = prepare_data(spec.config, features=features, features_dir=features_dir)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
