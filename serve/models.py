@@ -285,7 +285,7 @@ class EncodePredictor:
         else:
             emb = self._embedding(concept, unit)
             scaler_row, fallback = f.fallback_of(unit)
-        scaled = f.scalers.transform(np.asarray([scaler_row]), np.asarray([instance["value"]], np.float64))
+        scaled = f.scale(np.asarray([scaler_row]), np.asarray([instance["value"]], np.float64))
         row = np.empty(f.embed_dim + 1, dtype=np.float32)
         row[:-1] = emb
         row[-1:] = _finite32(scaled, f"value {instance['value']!r} once scaled")

@@ -39,6 +39,12 @@ MIN_PAIR_ROWS = 5  # a pair with fewer training rows is scored against the globa
 STD_FLOOR = 1e-6
 FALLBACK_POINTS = 200  # pseudo-sample points per pair when fitting a unit's fallback scaler
 GLOBAL_FALLBACK = "*"  # the fallback scaler over every unit, for a unit never seen in training
+# |scaled value| fed to the model at most. A pair's scaler maps its training values into about
+# ±5.2 (normal scores of its quantiles) and extends its end segments linearly beyond them, so a
+# value far outside the range its scaler was fitted on — a company larger than any the pair was
+# first seen with — can come out at 1e15. Bounded, it still looks extreme (the model never saw
+# beyond ±5.2) without drowning every other number the model computes.
+VALUE_BOUND = 8.0
 STANDARD, QUANTILE = 0, 1
 
 
@@ -264,6 +270,11 @@ class ErrorBaseline:
         )
 
 
+def bound_values(scaled: np.ndarray) -> np.ndarray:
+    """Scaled values clipped to ±VALUE_BOUND: what the model is fed."""
+    return np.clip(scaled, -VALUE_BOUND, VALUE_BOUND)
+
+
 def anomaly_scores(error: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(error − mean) / std of the baseline it is scored against (std floored at STD_FLOOR): how
     many standard deviations above its typical training error a row's error is."""
@@ -376,6 +387,11 @@ class FeatureTransform:
         if unit != GLOBAL_FALLBACK and unit in self.fallback_units:
             return k + self.fallback_units.index(unit), f"unit:{unit}"
         return k + len(self.fallback_units) - 1, "global"
+
+    def scale(self, scaler_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """float64: raw values scaled with scalers `scaler_rows` (pair rows or fallbacks), bounded
+        to ±VALUE_BOUND — the value column the model is fed."""
+        return bound_values(self.scalers.transform(scaler_rows, values))
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """float32 [n, embed_dim]: texts embedded with the recorded embedder through the model's
@@ -536,7 +552,7 @@ class ValueScaler:
     scalers: PackedScalers
 
     def __call__(self, pair_id: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return self.scalers.transform(self.scaler_rows[pair_id], values)
+        return bound_values(self.scalers.transform(self.scaler_rows[pair_id], values))
 
 
 @dataclass(frozen=True, eq=False)
@@ -585,7 +601,7 @@ class StoreView:
 
     def scale(self, pair_id: np.ndarray, values: np.ndarray) -> np.ndarray:
         """float64: raw values of store pairs `pair_id`, scaled as the model's transform scales them."""
-        return self.transform.scalers.transform(self.scaler_rows[pair_id], values)
+        return self.transform.scale(self.scaler_rows[pair_id], values)
 
     def value_scaler(self) -> ValueScaler:
         """`scale` as a small picklable object (what Ray Data read tasks carry)."""

@@ -19,7 +19,8 @@ consumer, optionally shuffling within a window of rows. `TripletCollate` does th
 The train/validation split is by filing: a row's `fold` is crc32(accession) % 100, so a filing
 never lands on both sides.
 
-Values: by default the store's own `scaled_value`. With a `scale` (a model's
+Values: by default the store's own `scaled_value`, bounded as the model's transform bounds them
+(pipeline.data.features.VALUE_BOUND). With a `scale` (a model's
 pipeline.data.features.ValueScaler), the raw `value` is read and scaled with the model's scalers in
 the read task instead — evaluation, batch scoring and fine-tuning on a store whose scalers differ
 from the model's. `columns` adds store columns to every block (the fact's key, for scoring; the
@@ -35,6 +36,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from pipeline.data.features import bound_values
 from pipeline.home import default_store_uri
 from pipeline.store.layout import TripletStore
 
@@ -66,7 +68,7 @@ def compact_rows(
     keep = (fold >= folds[0]) & (fold < folds[1])
     pair_id = table.column("pair_id").to_numpy()[keep].astype(np.int32)
     if scale is None:
-        value = table.column("scaled_value").to_numpy()[keep]
+        value = bound_values(table.column("scaled_value").to_numpy()[keep])
     else:
         value = scale(pair_id, table.column("value").to_numpy()[keep])
     out = {"pair_id": pair_id, "value": value.astype(np.float32)}

@@ -46,6 +46,35 @@ def test_packed_scalers_equal_each_pair_scaler_inside_and_beyond_the_knots():
     np.testing.assert_allclose(packed.inverse(rows, got), values, rtol=1e-9, atol=1e-6)
 
 
+def test_values_fed_to_the_model_are_bounded():
+    """Far beyond a scaler's knots the linear extension can reach 1e15: the model is fed at most
+    ±VALUE_BOUND, and the store's own scaled values are bounded the same way when streamed."""
+    import pyarrow as pa
+
+    from pipeline.data.features import VALUE_BOUND, ValueScaler, bound_values
+    from pipeline.data.triplets import compact_rows
+
+    steep = fit_scaler(np.asarray([100.0, 100.001, 100.002]))  # end segments of slope ~1e3
+    packed = PackedScalers.from_scalers([steep])
+    raw = packed.transform(np.zeros(3, np.int64), np.asarray([100.001, 1e9, -1e9]))
+    assert abs(raw[1]) > 1e8 and abs(raw[2]) > 1e8
+    scaled = ValueScaler(np.zeros(1, np.int64), packed)(
+        np.zeros(3, np.int64), np.asarray([100.001, 1e9, -1e9])
+    )
+    np.testing.assert_array_equal(scaled, [raw[0], VALUE_BOUND, -VALUE_BOUND])
+    table = pa.table(
+        {
+            "pair_id": pa.array([0, 0], pa.int32()),
+            "scaled_value": [1.5, 1e12],
+            "fold": pa.array([5, 5], pa.int16()),
+        }
+    )
+    np.testing.assert_array_equal(
+        compact_rows(table, (0, 100)).column("value").to_numpy(), [1.5, VALUE_BOUND]
+    )
+    assert bound_values(np.asarray([-1e300]))[0] == -VALUE_BOUND
+
+
 def test_packed_scalers_round_trip_take_and_tensors():
     packed = PackedScalers.from_scalers(_scalers())
     again = PackedScalers.from_tensors(packed.tensors("s"), "s")

@@ -668,7 +668,7 @@ def test_api_encode_rejects_bad_input(client):
     r = client.post("/v1/encode", json={"concept": "NoSuchConcept", "unit": "USD", "value": 1.0})
     assert r.status_code == 200 and r.json()["pair_known"] is False  # unseen pairs are answered
     r = client.post("/v1/encode", json={"concept": "NoSuchConcept", "unit": "USD", "value": 1e300})
-    assert r.status_code == 422 and "numeric range" in r.text
+    assert r.status_code == 200  # far beyond any scaler's range: bounded, answered (and anomalous)
     assert client.post("/v1/encode", json={"concept": "x", "unit": "USD"}).status_code == 422
     assert client.post("/v1/encode", json={"concept": "x", "unit": "USD", "value": "1"}).status_code == 422
 
