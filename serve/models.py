@@ -255,15 +255,14 @@ class EncodePredictor:
         self._embedded: dict[tuple[str, str], np.ndarray] = {}  # unseen pairs, embedded once each
 
     def _embedding(self, concept: str, unit: str) -> np.ndarray:
-        """An unseen pair's embedding: its text through the recorded embedder and the model's
-        projection (Unavailable — a 503 naming the embedder — when that embedder is missing)."""
-        from pipeline.store.embed import pair_text
+        """An unseen pair's embedding (FeatureTransform.embed_unseen; Unavailable — a 503 naming
+        the embedder — when the recorded embedder is not installed here)."""
         from pipeline.store.features import EmbedderUnavailable
 
         key = (concept, unit)
         if key not in self._embedded:
             try:
-                emb = self.features.embed_texts([pair_text(concept, unit, None, None)])[0]
+                emb = self.features.embed_unseen([key])[0]
             except EmbedderUnavailable as e:
                 raise Unavailable(
                     f"{self.family} {self.version}: ({concept!r}, {unit!r}) is a pair the model never saw, "

@@ -393,31 +393,36 @@ class FeatureTransform:
         to ±VALUE_BOUND — the value column the model is fed."""
         return bound_values(self.scalers.transform(scaler_rows, values))
 
+    def embed_unseen(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """float32 [n, embed_dim]: (concept, unit) pairs the model never saw, embedded from the text
+        a request carries — the concept and unit, no label — with the recorded embedder through the
+        model's projection. One definition for /v1/encode, `score` and `evaluate`, so an unseen
+        pair gets the same input everywhere (EmbedderUnavailable when the embedder is missing)."""
+        from pipeline.store.embed import pair_text
+
+        if not pairs:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return self.embed_texts([pair_text(c, u, None, None) for c, u in pairs])
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """float32 [n, embed_dim]: texts embedded with the recorded embedder through the model's
         projection (EmbedderUnavailable when that embedder is not installed here)."""
         return np.asarray(self.space.embed(texts), dtype=np.float32)
 
     # -- applying to a store ---------------------------------------------------------------------
-    def view(self, pairs=None, texts=None) -> StoreView:
+    def view(self, pairs=None) -> StoreView:
         """This transform over a store's pair ids. `pairs`: a store's pairs table (pyarrow; columns
-        pair_id, concept, unit, label, description) — pairs the model does not know are embedded
-        from their text (`texts` may map pair id → text precomputed). None: the pairs the model was
-        trained on, under their training-time ids (no store read)."""
+        pair_id, concept, unit) — pairs the model does not know are embedded with `embed_unseen`,
+        exactly as /v1/encode embeds them. None: the pairs the model was trained on, under their
+        training-time ids (no store read)."""
         if pairs is None:
             rows = np.flatnonzero(self.store_ids >= 0).astype(np.int64)
             return StoreView.build(self, self.store_ids[rows], rows, {}, [])
-        from pipeline.store.embed import pair_text
-
-        cols = pairs.select(["pair_id", "concept", "unit", "label", "description"]).to_pydict()
+        cols = pairs.select(["pair_id", "concept", "unit"]).to_pydict()
         ids = np.asarray(cols["pair_id"], np.int64)
         rows = np.asarray([self.row_of(c, u) for c, u in zip(cols["concept"], cols["unit"])], np.int64)
         unknown = np.flatnonzero(rows < 0)
-        new_texts = [
-            pair_text(cols["concept"][i], cols["unit"][i], cols["label"][i], cols["description"][i])
-            for i in unknown
-        ]
-        new_emb = self.embed_texts(new_texts) if len(unknown) else np.zeros((0, self.embed_dim), np.float32)
+        new_emb = self.embed_unseen([(cols["concept"][i], cols["unit"][i]) for i in unknown])
         units = [cols["unit"][i] for i in unknown]
         return StoreView.build(self, ids, rows, dict(zip(ids[unknown].tolist(), new_emb)), units)
 
