@@ -154,7 +154,7 @@ def test_growing_the_store_never_changes_the_model(ray_cluster, tmp_path, monkey
             "\nMSFT (never seen in training), val folds:",
             json.dumps(
                 {
-                    k: {m: round(v[m], 4) for m in ("r2", "embedding_cosine", "relative_mae_median")}
+                    k: {m: float(f"{v[m]:.4g}") for m in ("r2", "embedding_cosine", "relative_mae_median")}
                     for k, v in ms.items()
                     if k in ("autoencoder", "pca")
                 }
