@@ -105,6 +105,10 @@ class TripletDatasource(Datasource):
         if not self.units:
             return []
         fs, folds, scale, columns = self.fs, self.folds, self.scale, self.columns
+        if scale is not None:  # a model's scalers (MBs of knots): once in the object store, not per task
+            import ray
+
+            scale = _Shared(ray.put(scale))
         names = read_columns(scale, columns)
         tasks = []
         for chunk in np.array_split(np.arange(len(self.units)), max(1, min(parallelism, len(self.units)))):
@@ -127,6 +131,26 @@ class TripletDatasource(Datasource):
                 )
             )
         return tasks
+
+
+class _Shared:
+    """A callable held in the object store, fetched (once per worker process) when first called."""
+
+    def __init__(self, ref):
+        self.ref, self._fn = ref, None
+
+    def __getstate__(self):
+        return {"ref": self.ref}
+
+    def __setstate__(self, state):
+        self.ref, self._fn = state["ref"], None
+
+    def __call__(self, *args):
+        if self._fn is None:
+            import ray
+
+            self._fn = ray.get(self.ref)
+        return self._fn(*args)
 
 
 ROWS_PER_READ_TASK = 2_000_000
