@@ -149,19 +149,23 @@ def _child(checkpoint: str, store: str, out: str) -> None:
 
 def memory_pass(checkpoint: str, store: str, out: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.score", "--_child", checkpoint, store, out],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
+    log_path = out + ".log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.score", "--_child", checkpoint, store, out],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
     root = psutil.Process(proc.pid)
     if proc.stdout.readline().strip() != "READY":
         proc.kill()
-        raise RuntimeError("benchmark child did not start Ray")
+        with open(log_path) as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"benchmark child did not start Ray:\n{tail}")
     idle = _tree_memory(root)
     peak = dict(idle)
     proc.stdin.write("go\n")
@@ -253,6 +257,13 @@ def run(quick: bool = False, out_dir: str = "bench/results", workdir: str | None
             details["throughput"] = throughput(ckpt, stores[small], workdir)
         finally:
             ray.shutdown()
+        med = details["throughput"]["median"]
+        print(
+            f"throughput: ray {med['ray']['rows_per_s']:,.0f} rows/s, in-process "
+            f"{med['in_process']['rows_per_s']:,.0f} rows/s",
+            file=sys.stderr,
+            flush=True,
+        )
         details["memory"] = {
             str(n): memory_pass(ckpt, stores[n], os.path.join(workdir, f"mem-{n}.parquet"))
             for n in (small, large)

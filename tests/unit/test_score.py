@@ -86,3 +86,26 @@ def test_score_refuses_bad_arguments_before_anything_runs(args, fragment, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("tunestack score: ") and fragment in err and "Traceback" not in err
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob(".*partial*"))  # nothing written
+
+
+def test_scored_routes_equal_the_route_endpoints_answers(tmp_path):
+    """A block of routing logs scored by RouteScorer decides exactly as Serve's router host."""
+    from pipeline.registry.registry import Registry
+    from pipeline.synth import synth_routing
+    from serve.models import ModelHost
+    from serve.score import RouteScorer
+    from tests.unit.test_serve_models import register, train_router
+
+    reg = Registry(tmp_path / "registry")
+    register(reg, "router", train_router(tmp_path / "r1", steps=60), promote=True)
+    synth_routing(str(tmp_path / "routing"), 300, seed=3)
+    table = pq.read_table(tmp_path / "routing" / "routing.parquet")
+    scorer = RouteScorer(reg.get("router")["checkpoint"], "router:v0001")
+    out = scorer(table).to_pandas()
+    host = ModelHost("router", "route", str(reg.root))
+    host.sync()
+    names = host.predictor.features
+    answers = host.predict([{"features": {n: float(getattr(r, n)) for n in names}} for r in out.itertuples()])
+    assert len(out) == 300 and set(table.column_names) <= set(out.columns)
+    assert out["route"].tolist() == [a["route"] for a in answers]
+    np.testing.assert_allclose(out["probability"], [a["probability"] for a in answers], rtol=1e-6, atol=1e-7)
