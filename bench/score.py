@@ -147,25 +147,33 @@ def _child(checkpoint: str, store: str, out: str) -> None:
     ray.shutdown()
 
 
-def memory_pass(checkpoint: str, store: str, out: str) -> dict:
+def _start_child(checkpoint: str, store: str, out: str, attempts: int = 3):
+    """The memory child, once its Ray is up: (process, psutil root). A loaded machine can time out
+    Ray's start-up (its raylet waits a fixed time for its agents): tried `attempts` times."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log_path = out + ".log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.score", "--_child", checkpoint, store, out],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-    root = psutil.Process(proc.pid)
-    if proc.stdout.readline().strip() != "READY":
+    for _ in range(attempts):
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.score", "--_child", checkpoint, store, out],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+        if proc.stdout.readline().strip() == "READY":
+            return proc, psutil.Process(proc.pid)
         proc.kill()
-        with open(log_path) as f:
-            tail = f.read()[-2000:]
-        raise RuntimeError(f"benchmark child did not start Ray:\n{tail}")
+        proc.wait()
+    with open(log_path) as f:
+        tail = f.read()[-2000:]
+    raise RuntimeError(f"benchmark child did not start Ray ({attempts} attempts):\n{tail}")
+
+
+def memory_pass(checkpoint: str, store: str, out: str) -> dict:
+    proc, root = _start_child(checkpoint, store, out)
     idle = _tree_memory(root)
     peak = dict(idle)
     proc.stdin.write("go\n")
