@@ -103,12 +103,18 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from pipeline.store.layout import StoreError
     from pipeline.train.checkpoint import CheckpointError
     from pipeline.train.run import evaluate_checkpoint
 
     try:
         metrics = evaluate_checkpoint(args.model, args.data, split=args.split, by=args.by)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (
+        CheckpointError,
+        StoreError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:  # StoreError: e.g. embedder missing
         print(f"tunestack evaluate: {e}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2))
