@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,11 +38,16 @@ import time
 
 import numpy as np
 
+from bench.report import figure as _fig
+from bench.report import write_result
+from pipeline.data.sequences import ROUTING_FEATURES
+from pipeline.runtime import free_port
+
 NAME = "serve"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCURRENCY = (1, 16, 64)
 GOALS = {"p50_ms_c16_max": 5.0, "p99_ms_c16_max": 25.0, "batched_over_unbatched_c64_min": 3.0}
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 ONE_REQUEST = {
     "features": {
         "similarity": 0.6,
@@ -155,12 +159,6 @@ def in_process(registry_root: str, calls: int) -> dict:
 # The served app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deploy(registry_root: str, port: int, max_batch_size: int | None, overrides: dict | None = None) -> dict:
     """serve/config.yaml's app (router only, one replica per deployment), max_batch_size set when given."""
     import requests
@@ -266,7 +264,7 @@ def served(
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     results = {}
-    port = _free_port()  # Serve's proxy keeps the port it started with: one for both apps
+    port = free_port()  # Serve's proxy keeps the port it started with: one for both apps
     try:
         for mode, mbs in (("batched", None), ("unbatched", 1)):
             app = _deploy(registry_root, port, mbs, overrides)
@@ -300,19 +298,6 @@ def served(
 # Report
 
 
-def _fig(figure, value, unit, baseline=None, baseline_value=None, ratio=None, goal=None, ok=None) -> dict:
-    return {
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "goal": goal,
-        "pass": ok,
-    }
-
-
 def _figures(srv: dict, local: dict) -> list[dict]:
     b, u, fl = srv["batched"]["points"], srv["unbatched"]["points"], srv["floor"]["points"]
     one = local["by_size"][1]
@@ -328,7 +313,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "ms",
                 f"unbatched p50, c={c}",
                 up["p50_ms"],
-                _ratio(bp["p50_ms"], up["p50_ms"]),
                 f"<= {goal_p50} ms" if goal_p50 else None,
                 bp["p50_ms"] <= goal_p50 if goal_p50 else None,
             )
@@ -340,7 +324,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "ms",
                 f"unbatched p99, c={c}",
                 up["p99_ms"],
-                _ratio(bp["p99_ms"], up["p99_ms"]),
                 f"<= {goal_p99} ms" if goal_p99 else None,
                 bp["p99_ms"] <= goal_p99 if goal_p99 else None,
             )
@@ -354,7 +337,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "requests/s",
                 f"unbatched, c={c}",
                 up["rps"],
-                ratio,
                 f">= {goal_x}x" if goal_x else None,
                 (ratio is not None and ratio >= goal_x) if goal_x else None,
             )
@@ -366,7 +348,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "ms",
             "in-process predictor call, 1 instance",
             one["p50_ms"],
-            _ratio(b[1]["p50_ms"], one["p50_ms"]),
         )
     )
     for c in CONCURRENCY[1:]:
@@ -377,7 +358,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "ms",
                 "the app's batched p50",
                 b[c]["p50_ms"],
-                _ratio(fl[c]["p50_ms"], b[c]["p50_ms"]),
             )
         )
         figs.append(
@@ -387,7 +367,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "requests/s",
                 f"constant-answer Serve app, c={c}",
                 fl[c]["rps"],
-                _ratio(b[c]["rps"], fl[c]["rps"]),
             )
         )
     best = max(CONCURRENCY, key=lambda c: b[c]["rps"])
@@ -399,7 +378,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "requests/s",
             "in-process predictor, 64 instances per call",
             inproc["instances_per_s"],
-            _ratio(b[best]["rps"], inproc["instances_per_s"]),
         )
     )
     errors = sum(p["errors"] for m in ("batched", "unbatched") for p in srv[m]["points"].values())
@@ -408,7 +386,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
             "HTTP errors (non-200 or dropped) over all points",
             float(errors),
             "requests",
-            None,
             None,
             None,
             "== 0",
@@ -529,9 +506,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "cpu_count": os.cpu_count(),
         },
     }
-    with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_result(result, out_dir)
 
 
 def main(argv=None) -> int:

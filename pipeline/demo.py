@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -51,20 +50,14 @@ def demo_inputs(workdir: Path) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_demo() -> int:
     import requests
     from ray import serve
 
     from pipeline.data import triplet_dataset
     from pipeline.ingest import ingest
+    from pipeline.runtime import ensure_ray, free_port
     from pipeline.synth import synth_routing
-    from pipeline.train.run import ensure_ray
     from pipeline.tune.run import run_tune
     from serve.cli import deploy, serve_config_dict
 
@@ -111,7 +104,7 @@ def run_demo() -> int:
             f"in {time.perf_counter() - t:.0f}s; report {out.report['table']}",
         )
 
-    port = _free_port()
+    port = free_port()
     deploy(serve_config_dict(str(REPO / "serve" / "config.yaml"), "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -144,8 +137,9 @@ def _a_known_pair(store_uri: str) -> dict:
 
     from pipeline.store import TripletStore
 
+    store = TripletStore(store_uri)
     row = (
-        pq.ParquetFile(TripletStore(store_uri).triplet_files()[0])
+        pq.ParquetFile(store.triplet_files()[0], filesystem=store.loc.fs)
         .read_row_group(0, columns=["concept", "unit", "value"])
         .slice(0, 1)
         .to_pylist()[0]

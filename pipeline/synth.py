@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.sequences import ROUTING_FEATURES
 from pipeline.store.embed import get_embedder, pair_text
 from pipeline.store.features import FeatureSpace, fit_feature_space
 from pipeline.store.layout import (
@@ -647,7 +648,6 @@ def synth_gaap(
 
 
 # ---- routing logs -----------------------------------------------------------------------------
-ROUTING_FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
 ROUTING_WEIGHTS = {
     "similarity": 4.0,
     "recency": 1.0,

@@ -695,7 +695,10 @@ class ModelServer:
                 answers[n] = self._answer(answers[n][0], out)
         return answers
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(  # defaults until reconfigure() applies the deployment's user_config
+        max_batch_size=ModelSettings().max_batch_size,
+        batch_wait_timeout_s=ModelSettings().batch_wait_timeout_s,
+    )
     async def _run_batch(self, items: list[tuple]) -> list[list[dict]]:
         count_batch(self.batches, len(items))
         return ModelHost.run(items)
@@ -738,15 +741,13 @@ class Gateway:
 def resolve_args(args: dict | None) -> AppArgs:
     """Validated args with absolute paths and the admin token's hash filled in from the environment."""
     from pipeline.home import registry_dir
+    from pipeline.storage import absolute
 
     a = AppArgs(**(args or {}))
-    store = a.store_uri
-    if store and "://" not in store:
-        store = os.path.abspath(store)
     return a.model_copy(
         update={
-            "registry_root": os.path.abspath(a.registry_root or registry_dir()),
-            "store_uri": store,
+            "registry_root": absolute(a.registry_root or registry_dir()),
+            "store_uri": a.store_uri and absolute(a.store_uri),
             "admin_token_sha256": a.admin_token_sha256 or token_sha256(os.environ.get(TOKEN_ENV)),
             "jobs_configs_dir": a.jobs_configs_dir and os.path.abspath(a.jobs_configs_dir),
             "jobs_home": a.jobs_home and os.path.abspath(a.jobs_home),

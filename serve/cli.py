@@ -41,13 +41,12 @@ def add_serve_parser(subparsers) -> None:
 
 def serve_config_dict(path: str, host: str | None = None, port: int | None = None) -> dict:
     """The Serve config at `path` as a dict, with CLI overrides and the pinned registry root / token hash."""
-    import yaml
-
     from pipeline.home import registry_dir
+    from pipeline.storage import absolute
     from serve.app import TOKEN_ENV, token_sha256
+    from serve.config import load_serve_config
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = load_serve_config(path)  # every key checked, Ray's and the app's args: ConfigError
     raw["http_options"] = dict(raw.get("http_options") or {})
     raw["http_options"]["host"] = host or raw["http_options"].get("host") or "127.0.0.1"
     if port is not None:
@@ -56,7 +55,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
         if app.get("import_path", "").startswith("serve.app:"):
             args = dict(app.get("args") or {})
             if not args.get("registry_root"):
-                args["registry_root"] = os.path.abspath(registry_dir())
+                args["registry_root"] = absolute(registry_dir())
             if os.environ.get(TOKEN_ENV) and not args.get("admin_token_sha256"):
                 args["admin_token_sha256"] = token_sha256(os.environ[TOKEN_ENV])
             app["args"] = args
@@ -96,17 +95,13 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
 
 
 def run_serve(args) -> int:
-    import ray
     from pydantic import ValidationError
     from ray import serve
 
-    try:
-        config = serve_config_dict(args.config, args.host, args.port)
-    except (OSError, ValueError) as e:
-        print(f"tunestack serve: {args.config}: {e}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init(address=args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+    from pipeline.runtime import ensure_ray
+
+    config = serve_config_dict(args.config, args.host, args.port)  # a bad file: ConfigError, before Ray
+    ensure_ray(args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
     try:
         deploy(config, args.timeout)
     except ValidationError as e:

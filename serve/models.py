@@ -44,7 +44,7 @@ import torch
 
 from pipeline.data.features import MIN_PAIR_ROWS, anomaly_scores
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
-from pipeline.registry.registry import Registry, RegistryError, sha256_file
+from pipeline.registry.registry import Registry, RegistryError
 
 MC_SAMPLES = 32
 MC_SEED = 0
@@ -89,23 +89,6 @@ def decide_route(
     """ "lightweight" only when the router is confident enough and certain enough."""
     ok = probability >= confidence_threshold and uncertainty <= max_uncertainty
     return LIGHTWEIGHT if ok else POWERFUL
-
-
-def verify_files(record: dict) -> None:
-    """Every file of a registry record matches the sha256 recorded when it was registered."""
-    from pathlib import Path
-
-    problems = []
-    for name, digest in record.get("files", {}).items():
-        p = Path(record["path"]) / name
-        if not p.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256_file(p) != digest:
-            problems.append(f"{name} fails its sha256")
-    if not record.get("files"):
-        problems.append("version.json lists no files")
-    if problems:
-        raise LoadError(f"{record.get('family')} {record.get('version')}: " + "; ".join(problems))
 
 
 def _finite32(x: np.ndarray, what: str) -> np.ndarray:
@@ -351,16 +334,18 @@ def load_predictor(
     task: str | None = None,
     store_uri: str | None = None,
 ):
-    """The family's version (production when None), verified, loaded and smoke-tested."""
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    """The family's version (production when None), verified, loaded and smoke-tested. The files
+    are read once through the registry's storage (any backend) and checked against their sha256."""
+    from pipeline.train.checkpoint import CheckpointError, checkpoint_from_files
 
     try:
-        record = registry.get(family, version)
+        record, files = registry.read_files(family, version)
     except RegistryError as e:
         raise LoadError(str(e), not_found="not registered" in str(e) or "no production" in str(e)) from e
-    verify_files(record)
+    except OSError as e:
+        raise LoadError(f"{family} {version or 'production'}: cannot read the registry: {e}") from e
     try:
-        ckpt = load_checkpoint(record["checkpoint"])
+        ckpt = checkpoint_from_files(record["checkpoint"], files)
         arch = ckpt.config["model"]["arch"]
         cls = PREDICTORS.get(arch)
         if cls is None:

@@ -185,19 +185,21 @@ class BreakerSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    """A model deployment's user_config (live-updatable with `serve deploy`, no restart)."""
+    """A model deployment's user_config (live-updatable with `serve deploy`, no restart). These
+    fields are also keys of AppArgs (serve/config.yaml `args`), which passes them to every model."""
 
-    confidence_threshold: float = Field(0.85, ge=0, le=1)
-    max_uncertainty: float = Field(0.15, ge=0, le=1)
-    max_batch_size: int = Field(32, ge=1, le=4096, description="requests per dynamic batch")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    confidence_threshold: float = Field(0.85, ge=0, le=1, description="lightweight only if P >= this")
+    max_uncertainty: float = Field(0.15, ge=0, le=1, description="... and uncertainty <= this")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="requests per dynamic batch (@serve.batch)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="a lone request waits this long")
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="how often the production pointer is read")
 
 
-class AppArgs(_Strict):
-    """`args` of serve.app:build_app (the `args:` block of serve/config.yaml)."""
+class AppArgs(ModelSettings):
+    """`args` of serve.app:build_app (the `args:` block of serve/config.yaml): ModelSettings' keys
+    (passed to every model deployment) plus the application's own."""
 
-    registry_root: str | None = Field(None, description="default: $TUNESTACK_HOME/registry")
+    registry_root: str | None = Field(None, description="a path or URI; default: $TUNESTACK_STORAGE/registry")
     store_uri: str | None = Field(
         None, description="triplet store for encode; default: the one the autoencoder was trained on"
     )
@@ -205,14 +207,9 @@ class AppArgs(_Strict):
         default_factory=lambda: {"router": "route", "autoencoder": "encode"},
         description="family -> the endpoint it serves (one family per endpoint)",
     )
-    confidence_threshold: float = Field(0.85, ge=0, le=1)
-    max_uncertainty: float = Field(0.15, ge=0, le=1)
     max_instances: int = Field(256, ge=1, le=100_000, description="instances per request")
     max_sequence_length: int = Field(512, ge=1, le=100_000)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger bodies get 413 unread")
-    max_batch_size: int = Field(32, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
-    poll_interval_s: float = Field(0.5, gt=0, le=60)
     reload_wait_s: float = Field(10.0, ge=0, description="promote/rollback wait this long for replicas")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     admin_token_sha256: str | None = Field(
@@ -245,10 +242,5 @@ class AppArgs(_Strict):
         return self
 
     def model_settings(self) -> dict:
-        return ModelSettings(
-            confidence_threshold=self.confidence_threshold,
-            max_uncertainty=self.max_uncertainty,
-            max_batch_size=self.max_batch_size,
-            batch_wait_timeout_s=self.batch_wait_timeout_s,
-            poll_interval_s=self.poll_interval_s,
-        ).model_dump()
+        """The model deployments' user_config: this app's values of ModelSettings' keys."""
+        return self.model_dump(include=set(ModelSettings.model_fields))

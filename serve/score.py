@@ -30,11 +30,13 @@ import uuid
 import numpy as np
 import pyarrow as pa
 
+from pipeline.errors import UserError
+
 KEY_COLUMNS = ("entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn", "value")
 FORWARD_ROWS = 16_384  # rows per model call inside a block: bounds an actor's activations
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError, ValueError):
     """A scoring request that cannot run as asked (bad model, source or output)."""
 
 
@@ -203,8 +205,8 @@ def score(
     import pyarrow.parquet as pq
     import ray.data
 
+    from pipeline.runtime import ensure_ray
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-    from pipeline.train.run import ensure_ray
 
     if not out.endswith(".parquet"):
         raise ScoreError(f"--out {out}: expected a .parquet file path")
@@ -285,14 +287,7 @@ def add_score_parser(subparsers) -> None:
 
 def _cmd_score(args) -> int:
     import json
-    import sys
 
-    from pipeline.store.layout import StoreError
-
-    try:
-        summary = score(args.model, args.out, args.data, args.actors, args.cpus_per_actor)
-    except (ScoreError, StoreError, FileNotFoundError) as e:
-        print(f"tunestack score: {e}", file=sys.stderr)
-        return 2
+    summary = score(args.model, args.out, args.data, args.actors, args.cpus_per_actor)  # UserError: one line
     print(json.dumps(summary, indent=2))
     return 0

@@ -33,8 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 FORMAT = "tunestack-features-v1"
 FEATURES_FILE = "features.safetensors"
+FEATURES_JSON = "features.json"  # beside FEATURES_FILE in a run folder (in a checkpoint: checkpoint.json)
 MIN_PAIR_ROWS = 5  # a pair with fewer training rows is scored against the global error baseline
 STD_FLOOR = 1e-6
 FALLBACK_POINTS = 200  # pseudo-sample points per pair when fitting a unit's fallback scaler
@@ -48,7 +51,7 @@ VALUE_BOUND = 8.0
 STANDARD, QUANTILE = 0, 1
 
 
-class FeatureError(ValueError):
+class FeatureError(UserError, ValueError):
     """A transform that cannot be built, read or applied as asked."""
 
 
@@ -484,27 +487,36 @@ class FeatureTransform:
         )
 
     def save(self, directory: str) -> None:
-        """features.safetensors + features.json in `directory` (a run folder: what workers load)."""
+        """features.safetensors + features.json in `directory` (a run folder, local or at a storage
+        URI: what the run's workers load), each written atomically."""
         import json
-        import os
 
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        os.makedirs(directory, exist_ok=True)
-        save_file(self.tensors(), os.path.join(directory, FEATURES_FILE))
-        with open(os.path.join(directory, "features.json"), "w") as f:
-            json.dump(self.meta(), f)
+        from pipeline.storage import resolve
+
+        loc = resolve(directory)
+        loc.write_bytes_atomic(FEATURES_FILE, save(self.tensors()))
+        loc.write_bytes_atomic(FEATURES_JSON, json.dumps(self.meta()).encode())
 
     @classmethod
     def load(cls, directory: str) -> FeatureTransform:
+        """The transform `save` wrote in `directory`."""
         import json
-        import os
 
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
 
-        with open(os.path.join(directory, "features.json")) as f:
-            meta = json.load(f)
-        return cls.from_parts(load_file(os.path.join(directory, FEATURES_FILE)), meta)
+        from pipeline.storage import resolve
+
+        loc = resolve(directory)
+        return cls.from_parts(load(loc.read_bytes(FEATURES_FILE)), json.loads(loc.read_bytes(FEATURES_JSON)))
+
+    @classmethod
+    def load_if_saved(cls, directory: str) -> FeatureTransform | None:
+        """`load`, or None when nothing was saved in `directory`."""
+        from pipeline.storage import resolve
+
+        return cls.load(directory) if resolve(directory).exists(FEATURES_JSON) else None
 
 
 def _concat_scalers(a: PackedScalers, b: PackedScalers) -> PackedScalers:

@@ -25,7 +25,9 @@ import uuid
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
+
+from pipeline.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -36,7 +38,7 @@ ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE, FEATURES_FILE}
 RUN_FILE = "run.json"  # written by pipeline.train.run in the run folder: best checkpoint + metrics
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A folder that is not a readable tunestack checkpoint."""
 
 
@@ -167,20 +169,14 @@ def _features_bytes(features) -> bytes:
 
 def replace_features(directory: str, features) -> None:
     """Replace the feature transform of a saved checkpoint (e.g. to add the error baseline at the
-    end of training). Only the arrays may change: the JSON part must stay as saved."""
+    end of training), local or at a storage URI, in one atomic write. Only the arrays may change:
+    the JSON part must stay as saved."""
+    from pipeline.storage import resolve
+
     ckpt = load_checkpoint(directory)
     if ckpt.meta.get("features") != _decode(json.loads(json.dumps(_encode(features.meta())))):
         raise CheckpointError(f"{ckpt.path}: the new feature transform's keys differ from the saved ones")
-    tmp = os.path.join(ckpt.path, f".{FEATURES_FILE}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_features_bytes(features))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(ckpt.path, FEATURES_FILE))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    resolve(ckpt.path).write_bytes_atomic(FEATURES_FILE, _features_bytes(features))
 
 
 @dataclass
@@ -229,63 +225,73 @@ class LoadedCheckpoint:
         return model.eval()
 
 
-def _check_safetensors(path: str) -> None:
+def _check_safetensors(where: str, data: bytes) -> None:
     # safetensors = 8-byte little-endian header length, then a JSON header. A pickle starts
     # with 0x80; anything that does not parse this way is refused before any loader sees it.
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file")
+    if len(data) < 9 or data[8:9] != b"{":
+        raise CheckpointError(f"{where}: not a safetensors file")
 
 
 def load_checkpoint(path: str) -> LoadedCheckpoint:
-    """Load a checkpoint folder (or a run folder: its best checkpoint). Only safetensors + JSON."""
+    """Load a checkpoint folder (or a run folder: its best checkpoint), local or at a storage URI.
+    Only safetensors + JSON."""
+    from pipeline.storage import resolve
+
     directory = resolve_checkpoint(path)
-    names = sorted(os.listdir(directory))
+    loc = resolve(directory)
+    names = sorted(loc.list_dir())
     extra = [n for n in names if n not in ALLOWED]
     if extra:
         raise CheckpointError(
             f"{directory}: refusing to load a checkpoint with unexpected file(s) {extra}; "
             f"a tunestack checkpoint holds only {sorted(ALLOWED)}"
         )
-    if MODEL_FILE not in names or META_FILE not in names:
+    return checkpoint_from_files(directory, {n: loc.read_bytes(n) for n in names})
+
+
+def checkpoint_from_files(directory: str, files: dict[str, bytes]) -> LoadedCheckpoint:
+    """A checkpoint from its files' bytes (what the registry hands over once their sha256 checked)."""
+    extra = sorted(n for n in files if n not in ALLOWED)
+    if extra:
+        raise CheckpointError(f"{directory}: unexpected file(s) {extra}; only {sorted(ALLOWED)}")
+    if MODEL_FILE not in files or META_FILE not in files:
         raise CheckpointError(f"{directory}: missing {MODEL_FILE} or {META_FILE}")
     try:
-        with open(os.path.join(directory, META_FILE)) as f:
-            meta = _decode(json.load(f))
+        meta = _decode(json.loads(files[META_FILE]))
     except ValueError as e:
         raise CheckpointError(f"{directory}/{META_FILE}: not valid JSON ({e})") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    _check_safetensors(os.path.join(directory, MODEL_FILE))
-    weights = load_file(os.path.join(directory, MODEL_FILE))
+    _check_safetensors(f"{directory}/{MODEL_FILE}", files[MODEL_FILE])
+    weights = load(files[MODEL_FILE])
     state = {}
-    if STATE_FILE in names:
-        _check_safetensors(os.path.join(directory, STATE_FILE))
-        state = load_file(os.path.join(directory, STATE_FILE))
+    if STATE_FILE in files:
+        _check_safetensors(f"{directory}/{STATE_FILE}", files[STATE_FILE])
+        state = load(files[STATE_FILE])
     features = None
-    if FEATURES_FILE in names:
-        from safetensors.numpy import load_file as load_numpy
+    if FEATURES_FILE in files:
+        from safetensors.numpy import load as load_numpy
 
-        _check_safetensors(os.path.join(directory, FEATURES_FILE))
-        features = load_numpy(os.path.join(directory, FEATURES_FILE))
+        _check_safetensors(f"{directory}/{FEATURES_FILE}", files[FEATURES_FILE])
+        features = load_numpy(files[FEATURES_FILE])
     return LoadedCheckpoint(directory, meta, weights, state, features)
 
 
 def resolve_checkpoint(ref: str) -> str:
-    """A checkpoint folder from: a checkpoint folder, a run folder (its best checkpoint), a run
-    name under $TUNESTACK_HOME/runs, or a registry version "FAMILY:vNNNN" ("FAMILY:production")."""
+    """A checkpoint folder (a local path or a storage URI) from: a checkpoint folder, a run folder
+    (its best checkpoint), a run name under the runs location ($TUNESTACK_STORAGE/runs), or a
+    registry version "FAMILY:vNNNN" ("FAMILY:production")."""
     from pipeline.home import runs_dir
+    from pipeline.storage import absolute, is_uri, join_uri, resolve
 
-    candidates = [ref, os.path.join(runs_dir(), ref)]
+    candidates = [ref] if is_uri(ref) or os.path.isabs(ref) else [ref, join_uri(runs_dir(), ref)]
     for cand in candidates:
-        if os.path.isfile(os.path.join(cand, META_FILE)):
-            return os.path.abspath(cand)
-        run_file = os.path.join(cand, RUN_FILE)
-        if os.path.isfile(run_file):
-            with open(run_file) as f:
-                best = json.load(f).get("best_checkpoint")
-            if best and os.path.isfile(os.path.join(best, META_FILE)):
+        loc = resolve(cand)
+        if loc.is_file(META_FILE):
+            return absolute(cand)
+        if loc.is_file(RUN_FILE):
+            best = json.loads(loc.read_bytes(RUN_FILE)).get("best_checkpoint")
+            if best and resolve(best).is_file(META_FILE):
                 return best
             raise CheckpointError(f"{cand}: run has no best checkpoint recorded")
     if ":" in ref and "/" not in ref:
@@ -296,6 +302,6 @@ def resolve_checkpoint(ref: str) -> str:
             path = Registry().get(family, None if version == "production" else version)["checkpoint"]
         except RegistryError as e:
             raise CheckpointError(f"{ref}: {e}") from e
-        if os.path.isfile(os.path.join(path, META_FILE)):
+        if resolve(path).is_file(META_FILE):
             return path
     raise CheckpointError(f"{ref}: not a checkpoint folder, run folder or run name")

@@ -65,8 +65,7 @@ def add_train_parsers(subparsers) -> None:
 
 
 def _cmd_train(args) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.config import load_config
     from pipeline.train.run import resume, train
 
     if bool(args.config) == bool(args.resume):
@@ -77,15 +76,12 @@ def _cmd_train(args) -> int:
             "tunestack train: --resume continues a run as it was; --set/--from do not apply", file=sys.stderr
         )
         return 2
-    try:
-        if args.resume:
-            result = resume(args.resume)
-        else:
-            cfg = load_config(args.config, args.overrides)
-            result = train(cfg, run_name=args.name, init_from=args.init_from)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack train: {e}", file=sys.stderr)
-        return 2
+    # A bad config, missing data or no store is a UserError: the CLI prints one line, exit 2.
+    if args.resume:
+        result = resume(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)  # the whole file, before Ray starts
+        result = train(cfg, run_name=args.name, init_from=args.init_from)
     print(
         json.dumps(
             {
@@ -103,19 +99,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from pipeline.store.layout import StoreError
-    from pipeline.train.checkpoint import CheckpointError
     from pipeline.train.run import evaluate_checkpoint
 
-    try:
-        metrics = evaluate_checkpoint(args.model, args.data, split=args.split, by=args.by)
-    except (
-        CheckpointError,
-        StoreError,
-        FileNotFoundError,
-        ValueError,
-    ) as e:  # StoreError: e.g. embedder missing
-        print(f"tunestack evaluate: {e}", file=sys.stderr)
-        return 2
+    metrics = evaluate_checkpoint(args.model, args.data, split=args.split, by=args.by)  # UserError: one line
     print(json.dumps(metrics, indent=2))
     return 0

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.errors import DataError
+
 BLOCK_ROWS = 65_536
 STATS = ("n", "elements", "sum_y", "sum_y2", "ss_res", "sum_v", "sum_v2", "ss_res_v", "cosine", "rel")
 NO_FEATURES = (
@@ -31,24 +33,26 @@ def evaluate_autoencoder(
 ) -> dict:
     """Metrics of a loaded autoencoder checkpoint on a store (default: the one it was trained on)."""
     from pipeline.data.triplets import triplet_dataset
+    from pipeline.runtime import ensure_ray
     from pipeline.store.layout import TripletStore
     from pipeline.train.checkpoint import CheckpointError
     from pipeline.train.tasks import AutoencoderTask
 
     if by not in (None, "entity", "pair"):
-        raise ValueError(f"--by {by!r}: expected entity or pair")
+        raise DataError(f"--by {by!r}: expected entity or pair")
     features = ckpt.features()
     if features is None:
         raise CheckpointError(f"{ckpt.path}: {NO_FEATURES}")
     uri = source or features.source["uri"]
     store = TripletStore(uri)
-    store.require()
+    store.require()  # no store: StoreError, before Ray starts
     pairs = store.read_pairs()
     view = features.view(pairs)
     task = AutoencoderTask(view)
     model = ckpt.build_model()
     scale = view.value_scaler()
     columns = ("entity_id", "entity_name") if by == "entity" else ()
+    ensure_ray()
 
     pca = None
     if by is not None:
@@ -65,7 +69,7 @@ def evaluate_autoencoder(
         names = {p: f"{c}|{u}" for p, c, u in zip(cols["pair_id"], cols["concept"], cols["unit"])}
         frame["group"] = frame["group"].map(names)
     if frame.empty:
-        raise ValueError(f"{uri}: no rows in the {split!r} split to evaluate")
+        raise DataError(f"{uri}: no rows in the {split!r} split to evaluate")
 
     out = {"rows": int(frame["n"].sum()), **_metrics(task, frame, "", losses)}
     for name, part in (("pairs_known", frame[frame.known]), ("pairs_unknown", frame[~frame.known])):

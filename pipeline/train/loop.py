@@ -12,6 +12,7 @@ code either way. A worker group restarted after a failure finds the latest check
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 
@@ -205,11 +206,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         sparsity = SparsitySchedule(t.epochs, cfg.sparsity.dense_frac, cfg.sparsity.iht_frac)
     final_phase = sparsity.phase(t.epochs - 1) if sparsity else "dense"
 
-    writer = None
+    writer = tensorboard = None
     if rank == 0 and loop_config.get("tensorboard_dir"):
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(loop_config["tensorboard_dir"], purge_step=start_epoch)
+        tensorboard = TensorBoardDir(loop_config["tensorboard_dir"])
+        writer = SummaryWriter(tensorboard.local, purge_step=start_epoch)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -300,6 +302,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         k.replace("_", "/", 1) if k.startswith(("val_", "train_")) else k, v, epoch
                     )
             writer.flush()
+            tensorboard.sync()
 
         meta = {
             **loop_config["meta"],
@@ -321,6 +324,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
             break
     if writer is not None:
         writer.close()
+        tensorboard.close()
+
+
+class TensorBoardDir:
+    """Where rank 0 writes TensorBoard events: the run's own folder on a local disk; on a storage URI
+    (s3://…) a local folder whose files are copied up after every epoch."""
+
+    def __init__(self, target: str):
+        from pipeline.storage import is_uri
+
+        self.target = target if is_uri(target) else None
+        self.local = tempfile.mkdtemp(prefix="tunestack-tb-") if self.target else target
+
+    def sync(self) -> None:
+        if self.target:
+            from pipeline.storage import resolve
+
+            resolve(self.target).upload(self.local)
+
+    def close(self) -> None:
+        self.sync()
+        if self.target:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def cfg_model(cfg: Config):

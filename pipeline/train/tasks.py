@@ -42,7 +42,7 @@ class ClassificationTask:
 
     batch_dtypes = {"x": torch.float32, "y": torch.int64}
     iter_args = {"dtypes": batch_dtypes}  # how iter_torch_batches builds this task's batches
-    default_monitor, default_mode = "val_accuracy", "max"
+    metrics = ("loss", "accuracy")  # what `finalize` returns (reported as val_…; train.monitor checks)
 
     def __init__(self, distill=None, teacher=None):
         self.distill, self.teacher = distill, teacher
@@ -93,14 +93,24 @@ class AutoencoderTask:
 
     relative_mae_median / relative_mae_p95: per pair, the mean of |v̂ − v| / max(|v|, 1e-8) on
     RAW values (both sides inverse-scaled with the model's scaler of the pair), then the median and
-    the 95th percentile (the worst 5% of pairs lie above it) over pairs — as
-    pipeline.models.autoencoder.relative_mae_by_pair, but as sums. r2: over every reconstructed
+    the 95th percentile (the worst 5% of pairs lie above it) over pairs, kept as additive sums
+    (tests/unit/test_tasks.py checks them against whole-array formulas). r2: over every reconstructed
     element (embedding ‖ value); value_r2: on the scaled value only. embedding_cosine: mean
     cosine between input and reconstructed embeddings.
     """
 
     batch_dtypes = {"x": torch.float32, "pair_id": torch.int64}
-    default_monitor, default_mode = "val_loss", "min"
+    metrics = (  # what `finalize` returns (reported as val_…; train.monitor is checked against them)
+        "r2",
+        "value_r2",
+        "embedding_cosine",
+        "relative_mae_median",
+        "relative_mae_p95",
+        "num_pairs",
+        "loss",
+        "loss_embed",
+        "loss_value",
+    )
 
     def __init__(self, view=None):
         self.view = view

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,10 +19,13 @@ import numpy as np
 import pytest
 import requests
 
-from tests.unit.test_serve_models import (
+from pipeline.data.sequences import ROUTING_FEATURES
+from tests.support import free_port
+from tests.support.serve_world import (
     build_world,
     reference_encode,
     reference_route,
+    router_replicas,
     routing_features,
     some_pairs,
 )
@@ -32,21 +34,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "integration-token"
 APP = "tunestack"
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def router_replicas(ray) -> list[str]:
-    return [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if f"{APP}#model-router#" in a["name"]
-    ]
+FEATURES = ROUTING_FEATURES  # the router's input order
 
 
 def replica_versions(calls: int = 40) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from pipeline.synth import synth_routing
-from tests.integration.test_serve import free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.ray
 TOKEN = "jobs-integration-token"

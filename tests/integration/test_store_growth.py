@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from tests.conftest import require_us_gaap
+from tests.support import REPO, require_us_gaap
 
 pytestmark = pytest.mark.ray
 KEY = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn"]
@@ -34,8 +34,8 @@ def _scores(path: str):
 
 
 def _deploy(registry_root: str):
+    from pipeline.runtime import free_port
     from serve.cli import DEFAULT_CONFIG, deploy, serve_config_dict
-    from tests.integration.test_serve import free_port
 
     port = free_port()
     config = serve_config_dict(str(DEFAULT_CONFIG), "127.0.0.1", port)
@@ -85,11 +85,10 @@ def test_growing_the_store_never_changes_the_model(ray_cluster, tmp_path, monkey
     from pipeline.train.checkpoint import load_checkpoint
     from pipeline.train.run import evaluate_checkpoint
     from serve.score import score
-    from tests.integration.test_train import CONFIGS
 
     store = str(tmp_path / "home" / "store")
     ingest([str(data / f"{t}_companyfacts.json.gz") for t in ("AAPL", "GOOG")], store, embedder="hashed")
-    cfg = load_config(CONFIGS / "autoencoder.yaml", [f"data.path={store}", "train.epochs=8"])
+    cfg = load_config(REPO / "tune_configs" / "autoencoder.yaml", [f"data.path={store}", "train.epochs=8"])
     result = train(cfg, run_name="ae-aapl-goog")
     features = load_checkpoint(result.best_checkpoint).features()
     assert features.baseline is not None and len(features.entities) == 2

@@ -28,7 +28,7 @@ import yaml
 from pipeline.registry import Registry
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from tests.integration.ray_procs import REPO, end_session, train_worker_pids, venv_env
+from tests.support.procs import REPO, end_session, train_worker_pids, venv_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 

@@ -154,7 +154,7 @@ def test_a_model_trained_before_a_refit_answers_exactly_as_before(tmp_path):
     from pipeline.store.layout import TripletStore
     from pipeline.synth import write_companyfacts_json
     from serve.models import ModelHost
-    from tests.unit.test_serve_models import make_store, register, some_pairs, train_autoencoder
+    from tests.support.serve_world import make_store, register, some_pairs, train_autoencoder
 
     store = make_store(tmp_path / "store", companies=2)
     reg = Registry(tmp_path / "registry")

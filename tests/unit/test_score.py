@@ -17,7 +17,7 @@ def scored(tmp_path_factory):
     from pipeline.store.layout import TripletStore
     from pipeline.train.checkpoint import load_checkpoint
     from serve.score import KEY_COLUMNS, EncodeScorer
-    from tests.unit.test_serve_models import make_store, register, train_autoencoder
+    from tests.support.serve_world import make_store, register, train_autoencoder
 
     tmp = tmp_path_factory.mktemp("score")
     store = make_store(tmp / "store")
@@ -94,7 +94,7 @@ def test_scored_routes_equal_the_route_endpoints_answers(tmp_path):
     from pipeline.synth import synth_routing
     from serve.models import ModelHost
     from serve.score import RouteScorer
-    from tests.unit.test_serve_models import register, train_router
+    from tests.support.serve_world import register, train_router
 
     reg = Registry(tmp_path / "registry")
     register(reg, "router", train_router(tmp_path / "r1", steps=60), promote=True)
