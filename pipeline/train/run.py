@@ -129,7 +129,12 @@ def fill_model_dims(cfg: Config, dims: dict) -> Config:
     params = dict(cfg.model.params)
     for key, value in dims.items():
         if key in params and key != "num_classes" and params[key] != value:
-            raise ConfigError("<data>", f"model.{key}", f"config says {params[key]}, the data has {value}")
+            where = f"data {cfg.data.path or default_store_uri()}"
+            raise ConfigError(
+                where,
+                f"model.{key}",
+                f"the config says {params[key]}, the data has {value} (leave model.{key} out to take the data's)",
+            )
         if key == "num_classes" and params.get(key, 0) >= value:
             continue  # a test split may lack the top class; more classes than seen is fine
         params[key] = value
