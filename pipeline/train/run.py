@@ -81,6 +81,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         store = TripletStore(uri)
         manifest = store.require()  # no store: StoreError, before Ray starts
         input_dim = store.embeddings().shape[1] + 1
+        fill_model_dims(cfg, {"input_dim": input_dim}).family_config(f"data {uri}")  # ... and a misfit
         ensure_ray()
         datasets = {
             "train": triplet_dataset(uri, "train", d.val_fraction),
@@ -110,7 +111,9 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         normalization=Normalization.from_dict(normalization),
     )
     val = data.val if data.val is not None else data.test  # val_fraction 0: the test split stops early
-    ensure_ray()  # the data loaded: only now start (or join) Ray
+    dims = {"input_size": data.input_size, "num_classes": data.num_classes}
+    fill_model_dims(cfg, dims).family_config(f"data {d.path}")  # a model that cannot take this data
+    ensure_ray()  # the data loaded and checked: only now start (or join) Ray
     meta = {
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
@@ -120,7 +123,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         {"train": to_dataset(data.train), "val": to_dataset(val)},
         data.test,
         meta,
-        {"input_size": data.input_size, "num_classes": data.num_classes},
+        dims,
     )
 
 
