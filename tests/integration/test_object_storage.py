@@ -76,7 +76,7 @@ class Cluster:
     def _agent_ports(listen: int, grpc: int) -> list[str]:
         return ["--dashboard-agent-listen-port", str(listen), "--dashboard-agent-grpc-port", str(grpc)]
 
-    def _start(self, name: str, args: list[str], attempts: int = 3) -> None:
+    def _start(self, name: str, args: list[str], attempts: int = 5) -> None:
         """Start a node and wait until it has joined. Ray gives a new node 30 s to register and
         gives up otherwise (a heavily loaded machine): then it is started again."""
         home = self.tmp / f"node-{name}-home"
