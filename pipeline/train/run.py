@@ -97,12 +97,15 @@ def prepare_data(
         uri = absolute(uri)  # workers run in another directory
         store = TripletStore(uri)
         manifest = store.require()  # no store: StoreError, before Ray starts
-        if features is None:
+        fresh = features is None
+        if fresh:
             features = (
                 parent_features.extend(store) if parent_features else FeatureTransform.from_store(store)
             )
-            if features_dir:
-                features.save(features_dir)
+        dims = {"input_dim": features.embed_dim + 1}
+        fill_model_dims(cfg, dims).family_config(f"data {uri}")  # a model that cannot take this data
+        if fresh and features_dir:  # the data and the model checked: only now write anything
+            features.save(features_dir)
         # The store's scaled_value column when it is what the model's scalers give (always, for a
         # transform just taken from the store); else the raw values, scaled by the model's scalers.
         scale = None if features.store_scaling_matches(store) else features.view().value_scaler()
@@ -121,9 +124,7 @@ def prepare_data(
             },
             "fingerprint": triplet_fingerprint(store, d.val_fraction),
         }
-        return PreparedData(
-            datasets, None, meta, {"input_dim": features.embed_dim + 1}, features, features_dir
-        )
+        return PreparedData(datasets, None, meta, dims, features, features_dir)
 
     from pipeline.data.sequences import Normalization, load_sequence_data, to_dataset
 
@@ -137,7 +138,9 @@ def prepare_data(
         normalization=Normalization.from_dict(normalization),
     )
     val = data.val if data.val is not None else data.test  # val_fraction 0: the test split stops early
-    ensure_ray()  # the data loaded: only now start (or join) Ray
+    dims = {"input_size": data.input_size, "num_classes": data.num_classes}
+    fill_model_dims(cfg, dims).family_config(f"data {d.path}")  # a model that cannot take this data
+    ensure_ray()  # the data loaded and checked: only now start (or join) Ray
     meta = {
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
@@ -147,7 +150,7 @@ def prepare_data(
         {"train": to_dataset(data.train), "val": to_dataset(val)},
         data.test,
         meta,
-        {"input_size": data.input_size, "num_classes": data.num_classes},
+        dims,
     )
 
 
@@ -156,7 +159,12 @@ def fill_model_dims(cfg: Config, dims: dict) -> Config:
     params = dict(cfg.model.params)
     for key, value in dims.items():
         if key in params and key != "num_classes" and params[key] != value:
-            raise ConfigError("<data>", f"model.{key}", f"config says {params[key]}, the data has {value}")
+            where = f"data {cfg.data.path or default_store_uri()}"
+            raise ConfigError(
+                where,
+                f"model.{key}",
+                f"the config says {params[key]}, the data has {value} (leave model.{key} out to take the data's)",
+            )
         if key == "num_classes" and params.get(key, 0) >= value:
             continue  # a test split may lack the top class; more classes than seen is fine
         params[key] = value
