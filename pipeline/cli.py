@@ -19,6 +19,7 @@ from pipeline.errors import UserError
 from pipeline.train.cli import add_train_parsers
 from pipeline.tune.cli import add_tune_parser
 from serve.cli import add_serve_parser
+from serve.score import add_score_parser
 
 
 def _cmd_ingest(args) -> int:
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     add_tune_parser(sub)
     add_serve_parser(sub)
+    add_score_parser(sub)
     add_bench_parser(sub)
 
     s = sub.add_parser("demo", help="run the main job end to end on generated or bundled data")

@@ -27,13 +27,16 @@ Router (arch "sequence_classifier", 2 classes; class 1 = the lightweight model s
     probability or the uncertainty did (decided_by).
 
 Autoencoder (arch "autoencoder"): x = [embedding of (concept, unit) ‖ value scaled by the pair's
-scaler], both from the triplet store, exactly as in training. Output: the latent vector, the
-reconstruction error (the model's `per_sample_error`, the quantity it was trained to minimise) and
-anomaly_score = (error − mean) / std of the same error over the pair's TRAINING rows of the store
-(the folds the model trained on), computed once when the version loads. A pair with fewer than
-MIN_PAIR_ROWS training rows is scored against all training rows instead (baseline scope
-"global"). An anomaly score of 3 means: the error is 3 standard deviations above what the model
-typically makes on that pair.
+scaler], both from the model's own feature transform (saved in its checkpoint: no store is read),
+exactly as in training. A pair the model never saw is embedded from its text with the recorded
+embedder through the model's projection, and its value scaled with its unit's fallback scaler (the
+answer says `pair_known: false` and names the fallback); when that embedder is not installed here,
+a 503 names it. Output: the latent vector, the reconstruction error (the model's
+`per_sample_error`, the quantity it was trained to minimise) and anomaly_score = (error − mean) /
+std of the same error over the pair's TRAINING rows, fitted once when training ended. A pair with
+fewer than MIN_PAIR_ROWS training rows (or none) is scored against all training rows instead
+(baseline scope "global"). An anomaly score of 3 means: the error is 3 standard deviations above
+what the model typically makes on that pair.
 """
 
 from __future__ import annotations
@@ -46,14 +49,13 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from pipeline.data.features import MIN_PAIR_ROWS, anomaly_scores
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
 from pipeline.registry.registry import Registry, RegistryError
 
 MC_SAMPLES = 32
 MC_SEED = 0
-MIN_PAIR_ROWS = 5
-STD_FLOOR = 1e-6
-MAX_STAT_ROWS = 2_000_000  # training rows read for the error baseline (enough for any pair's moments)
+MAX_EMBEDDED = 10_000  # unseen pairs whose embedding a replica keeps
 LIGHTWEIGHT, POWERFUL = "lightweight", "powerful"
 DEFAULT_THRESHOLD = 0.85  # an uncalibrated version (trained before calibration existed)
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # a version that failed to load is tried again after these
@@ -73,6 +75,11 @@ class LoadError(Exception):
 
 class NotLoaded(Exception):
     """The family has no servable version right now (HTTP 503, with the reason)."""
+
+
+class Unavailable(NotLoaded):
+    """The loaded version cannot answer this request here, through no fault of the request (HTTP
+    503, with the reason): e.g. an unseen pair, whose embedder is not installed on this machine."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,163 +240,110 @@ class RoutePredictor:
 
 
 class EncodePredictor:
+    """The autoencoder behind /v1/encode, answering from its own feature transform only (the
+    checkpoint's pipeline.data.features.FeatureTransform: no store is read)."""
+
     task = "encode"
 
-    def __init__(
-        self,
-        family: str,
-        record: dict,
-        ckpt,
-        store_uri: str | None = None,
-        max_stat_rows: int = MAX_STAT_ROWS,
-    ):
-        from pipeline.home import default_store_uri
-        from pipeline.store.layout import StoreError, TripletStore
-
+    def __init__(self, family: str, record: dict, ckpt):
         self.family, self.version, self.record = family, record["version"], record
         self.model = ckpt.build_model()
-        trained_on = ckpt.meta.get("store") or {}
-        uri = store_uri or trained_on.get("uri") or default_store_uri()
-        try:
-            self.store = TripletStore(uri)
-            manifest = self.store.require()
-            pairs = self.store.read_pairs()
-        except (StoreError, OSError) as e:
-            raise LoadError(f"{family} {self.version}: cannot read the triplet store: {e}") from e
-        self.lookup = self.store.pair_lookup(pairs)
-        self.embeddings = self.store.embeddings(pairs)
-        self.scalers = self.store.scalers(pairs)
-        if self.embeddings.shape[1] + 1 != self.model.config.input_dim:
+        self.features = ckpt.features()
+        if self.features is None or self.features.baseline is None:
+            what = "no feature transform" if self.features is None else "no error baseline"
             raise LoadError(
-                f"{family} {self.version}: the model takes {self.model.config.input_dim} inputs, the "
-                f"store's embeddings are {self.embeddings.shape[1]}-d (+1 value)"
+                f"{family} {self.version}: the checkpoint carries {what} (saved before models kept "
+                "their own features): train and register it again"
             )
-        self.store_info = {
-            "uri": uri,
-            "version": manifest["version"],
-            "trained_on_version": trained_on.get("version"),
-            "pairs": len(self.lookup),
-        }
-        val_fraction = (ckpt.config.get("data") or {}).get("val_fraction") or 0.1
-        self._fit_baseline(val_fraction, max_stat_rows)
+        if self.features.embed_dim + 1 != self.model.config.input_dim:
+            raise LoadError(
+                f"{family} {self.version}: the model takes {self.model.config.input_dim} inputs, its "
+                f"feature transform gives {self.features.embed_dim} (+1 value)"
+            )
+        self._embedded: dict[tuple[str, str], np.ndarray] = {}  # unseen pairs, embedded once each
 
-    # -- the per-pair error baseline over the training rows ------------------------------------
-    def _fit_baseline(self, val_fraction: float, max_rows: int) -> None:
-        import pyarrow.parquet as pq
+    def _embedding(self, concept: str, unit: str) -> np.ndarray:
+        """An unseen pair's embedding (FeatureTransform.embed_unseen; Unavailable — a 503 naming
+        the embedder — when the recorded embedder is not installed here)."""
+        from pipeline.store.features import EmbedderUnavailable
 
-        from pipeline.data.triplets import split_folds
-
-        lo, hi = split_folds("train", val_fraction)
-        n_pairs = len(self.embeddings)
-        count, total, total_sq = np.zeros(n_pairs), np.zeros(n_pairs), np.zeros(n_pairs)
-        seen = 0
-        for path in self.store.triplet_files():
-            with self.store.loc.fs.open_input_file(path) as f:
-                for rb in pq.ParquetFile(f).iter_batches(
-                    batch_size=65_536, columns=["pair_id", "scaled_value", "fold"]
-                ):
-                    fold = rb.column("fold").to_numpy()
-                    keep = (fold >= lo) & (fold < hi)
-                    pid = rb.column("pair_id").to_numpy()[keep].astype(np.int64)
-                    value = rb.column("scaled_value").to_numpy()[keep]
-                    pid, value = pid[: max_rows - seen], value[: max_rows - seen]
-                    if len(pid):
-                        err = self._errors(self._rows(pid, value)).astype(np.float64)
-                        count += np.bincount(pid, minlength=n_pairs)
-                        total += np.bincount(pid, weights=err, minlength=n_pairs)
-                        total_sq += np.bincount(pid, weights=err * err, minlength=n_pairs)
-                        seen += len(pid)
-                    if seen >= max_rows:
-                        break
-            if seen >= max_rows:
-                break
-        if seen == 0:
-            raise LoadError(f"{self.family} {self.version}: the store has no training rows to score against")
-        self.pair_count = count.astype(np.int64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.pair_mean = total / count
-            self.pair_std = np.sqrt(np.maximum(total_sq / count - self.pair_mean**2, 0.0))
-        self.global_mean = total.sum() / seen
-        self.global_std = math.sqrt(max(total_sq.sum() / seen - self.global_mean**2, 0.0))
-        self.global_count = seen
-
-    def _rows(self, pid: np.ndarray, scaled: np.ndarray) -> np.ndarray:
-        x = np.empty((len(pid), self.embeddings.shape[1] + 1), dtype=np.float32)
-        x[:, :-1] = self.embeddings[pid]
-        x[:, -1] = scaled
-        return x
-
-    @torch.no_grad()
-    def _errors(self, x: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(x), 8192):
-            xb = torch.from_numpy(x[i : i + 8192])
-            recon, _ = self.model(xb)
-            out.append(self.model.per_sample_error(xb, recon).numpy())
-        return np.concatenate(out)
-
-    def baseline(self, pid: int) -> dict:
-        if self.pair_count[pid] >= MIN_PAIR_ROWS:
-            return {
-                "scope": "pair",
-                "count": int(self.pair_count[pid]),
-                "mean": float(self.pair_mean[pid]),
-                "std": float(self.pair_std[pid]),
-            }
-        return {
-            "scope": "global",
-            "count": int(self.global_count),
-            "mean": float(self.global_mean),
-            "std": float(self.global_std),
-        }
+        key = (concept, unit)
+        if key not in self._embedded:
+            try:
+                emb = self.features.embed_unseen([key])[0]
+            except EmbedderUnavailable as e:
+                raise Unavailable(
+                    f"{self.family} {self.version}: ({concept!r}, {unit!r}) is a pair the model never saw, "
+                    f"and embedding it needs the model's embedder: {e}"
+                ) from None
+            if len(self._embedded) >= MAX_EMBEDDED:
+                self._embedded.pop(next(iter(self._embedded)))
+            self._embedded[key] = emb
+        return self._embedded[key]
 
     # -- serving ------------------------------------------------------------------------------
-    def prepare(self, instance: dict) -> tuple[int, np.ndarray]:
-        key = (instance["concept"], instance["unit"])
-        pid = self.lookup.get(key)
-        if pid is None:
-            raise InputError(
-                f"unknown (concept, unit) pair ({key[0]!r}, {key[1]!r}): the store "
-                f"{self.store_info['uri']} does not know it"
-            )
-        scaled = self.scalers[pid].transform(np.asarray([instance["value"]], dtype=np.float64))
-        row = self._rows(np.asarray([pid]), _finite32(scaled, f"value {instance['value']!r} once scaled"))[0]
-        return pid, row
+    def prepare(self, instance: dict) -> tuple[int, str | None, np.ndarray]:
+        """(model pair row or -1, fallback name or None, input row float32 [embed_dim + 1])."""
+        f = self.features
+        concept, unit = instance["concept"], instance["unit"]
+        k = f.row_of(concept, unit)
+        if k >= 0:
+            emb, scaler_row, fallback = f.embeddings[k], k, None
+        else:
+            emb = self._embedding(concept, unit)
+            scaler_row, fallback = f.fallback_of(unit)
+        scaled = f.scale(np.asarray([scaler_row]), np.asarray([instance["value"]], np.float64))
+        row = np.empty(f.embed_dim + 1, dtype=np.float32)
+        row[:-1] = emb
+        row[-1:] = _finite32(scaled, f"value {instance['value']!r} once scaled")
+        return k, fallback, row
 
     @torch.no_grad()
-    def predict(self, items: list[tuple[int, np.ndarray]]) -> list[dict]:
-        x = torch.from_numpy(np.stack([row for _, row in items]))
+    def predict(self, items: list[tuple[int, str | None, np.ndarray]]) -> list[dict]:
+        x = torch.from_numpy(np.stack([row for _, _, row in items]))
         recon, latent = self.model(x)
         err = self.model.per_sample_error(x, recon).numpy()
+        baseline = self.features.baseline
         out = []
-        for (pid, _), e, z in zip(items, err, latent.numpy()):
-            base = self.baseline(pid)
-            score = (float(e) - base["mean"]) / max(base["std"], STD_FLOOR)
+        for (k, fallback, _), e, z in zip(items, err, latent.numpy()):
+            base = baseline.row(k)
+            score = anomaly_scores(np.asarray([e]), np.asarray([base["mean"]]), np.asarray([base["std"]]))[0]
             out.append(
                 {
                     "latent": z.astype(np.float64).tolist(),
                     "reconstruction_error": float(e),
-                    "anomaly_score": score,
+                    "anomaly_score": float(score),
                     "baseline": base,
+                    "pair_known": k >= 0,
+                    "fallback": fallback,
                 }
             )
         return out
 
     def smoke_test(self) -> None:
-        pid = next(iter(self.lookup.values()))
-        r = self.predict([(pid, self._rows(np.asarray([pid]), np.zeros(1))[0])])[0]
+        r = self.predict(
+            [(0, None, np.concatenate([self.features.embeddings[0], [0.0]]).astype(np.float32))]
+        )[0]
         if not (math.isfinite(r["reconstruction_error"]) and all(map(math.isfinite, r["latent"]))):
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
     def info(self) -> dict:
+        f = self.features
+        b = f.baseline.overall
         return {
-            "store": self.store_info,
+            "features": {
+                "pairs": len(f),
+                "embedder": f.space.embedder.get("name"),
+                "feature_version": f.source.get("feature_version"),
+                "trained_on": {"store": f.source.get("uri"), "version": f.source.get("version")},
+                "fallback_units": len(f.fallback_units) - 1,
+            },
             "latent_dim": self.model.config.latent_dim,
             "baseline": {
-                "rows": int(self.global_count),
+                "rows": int(b[0]),
                 "min_pair_rows": MIN_PAIR_ROWS,
-                "global_mean": float(self.global_mean),
-                "global_std": float(self.global_std),
+                "global_mean": float(b[1]),
+                "global_std": float(b[2]),
             },
         }
 
@@ -425,9 +379,7 @@ def load_predictor(
             raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}")
         if task is not None and cls.task != task:
             raise LoadError(f"{family} {record['version']}: arch {arch!r} cannot serve {task!r}")
-        predictor = (
-            cls(family, record, ckpt, store_uri) if cls is EncodePredictor else cls(family, record, ckpt)
-        )
+        predictor = cls(family, record, ckpt)
         predictor.smoke_test()
     except LoadError:
         raise

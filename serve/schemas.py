@@ -1,8 +1,8 @@
 """Pydantic models: HTTP requests and responses, the application's args and the model settings.
 
 Numbers are strict and finite: a string, a bool, NaN or ±Infinity where a number belongs is a 422
-naming the field. What only the loaded model knows (its feature count and names, the store's
-(concept, unit) pairs) is checked by serve.models and is a 422 too.
+naming the field. What only the loaded model knows (its feature count and names) is checked by
+serve.models and is a 422 too.
 """
 
 import functools
@@ -184,6 +184,13 @@ class EncodeResult(BaseModel):
     reconstruction_error: float
     anomaly_score: float = Field(description="(error − mean) / std of the pair's training errors")
     baseline: Baseline
+    pair_known: bool = Field(
+        description="false: the model never saw this (concept, unit); it was embedded from its text "
+        "with the model's embedder and its value scaled with `fallback`"
+    )
+    fallback: str | None = Field(
+        None, description='the scaler used for an unseen pair: "unit:USD" (its unit\'s) or "global"'
+    )
     model_version: str
     latency_us: int
 

@@ -4,11 +4,15 @@
       model.safetensors        # the model's state_dict (what the registry and Serve load)
       train_state.safetensors  # optimizer/scheduler/AMP tensors, flattened to "optim.state.3.exp_avg" …
       checkpoint.json          # resolved config, metrics, epoch, normalization, store/scaler
-                               # references, data fingerprint, early-stopping state and the
-                               # non-tensor parts of the optimizer/scheduler state
+                               # references, data fingerprint, early-stopping state, the
+                               # non-tensor parts of the optimizer/scheduler state and, under
+                               # "features", the feature transform's keys (autoencoder)
+      features.safetensors     # the autoencoder's own feature transform: projection, per-pair
+                               # embeddings and scalers, unit fallbacks, error baseline
+                               # (pipeline.data.features; absent for other families)
 
 `load_checkpoint` refuses a folder holding any other file (a pickle named `model.pt`, say), and
-reads the two safetensors files with safetensors — which cannot execute code.
+reads the safetensors files with safetensors — which cannot execute code.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pipeline.errors import UserError
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "checkpoint.json"
+FEATURES_FILE = "features.safetensors"  # = pipeline.data.features.FEATURES_FILE
 FORMAT = "tunestack-checkpoint-v1"
-ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE}
+ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE, FEATURES_FILE}
 RUN_FILE = "run.json"  # written by pipeline.train.run in the run folder: best checkpoint + metrics
 
 
@@ -102,9 +107,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(
-    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None
+    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None, features=None
 ) -> str:
-    """Write the checkpoint files as `directory`. Returns `directory`.
+    """Write the checkpoint files as `directory`. Returns `directory`. `features`: the model's
+    FeatureTransform (pipeline.data.features), saved beside the weights.
 
     The files are written into a hidden sibling folder that is renamed to `directory` only once
     complete (an existing empty folder is replaced; a non-empty one is swapped out, then removed), so
@@ -121,6 +127,10 @@ def save_checkpoint(
     files = {MODEL_FILE: save(weights, metadata={"format": FORMAT})}
     if tensors or train_state:
         files[STATE_FILE] = save(tensors, metadata={"format": FORMAT})
+    meta = dict(meta)
+    if features is not None:
+        files[FEATURES_FILE] = _features_bytes(features)
+        meta["features"] = features.meta()
     files[META_FILE] = json.dumps(
         {"format": FORMAT, **_encode(meta), "train_state": train_state}, indent=2
     ).encode()
@@ -151,12 +161,39 @@ def save_checkpoint(
     return directory
 
 
+def _features_bytes(features) -> bytes:
+    from safetensors.numpy import save as save_numpy
+
+    return save_numpy(features.tensors(), metadata={"format": FORMAT})
+
+
+def replace_features(directory: str, features) -> None:
+    """Replace the feature transform of a saved checkpoint (e.g. to add the error baseline at the
+    end of training), local or at a storage URI, in one atomic write. Only the arrays may change:
+    the JSON part must stay as saved."""
+    from pipeline.storage import resolve
+
+    ckpt = load_checkpoint(directory)
+    if ckpt.meta.get("features") != _decode(json.loads(json.dumps(_encode(features.meta())))):
+        raise CheckpointError(f"{ckpt.path}: the new feature transform's keys differ from the saved ones")
+    resolve(ckpt.path).write_bytes_atomic(FEATURES_FILE, _features_bytes(features))
+
+
 @dataclass
 class LoadedCheckpoint:
     path: str
     meta: dict  # checkpoint.json (config, metrics, epoch, normalization, …)
     weights: dict[str, torch.Tensor]
     _state_tensors: dict[str, torch.Tensor]
+    _feature_tensors: dict | None = None
+
+    def features(self):
+        """The model's FeatureTransform (pipeline.data.features), or None (a family without one)."""
+        if self._feature_tensors is None or "features" not in self.meta:
+            return None
+        from pipeline.data.features import FeatureTransform
+
+        return FeatureTransform.from_parts(self._feature_tensors, self.meta["features"])
 
     @property
     def config(self) -> dict:
@@ -231,7 +268,13 @@ def checkpoint_from_files(directory: str, files: dict[str, bytes]) -> LoadedChec
     if STATE_FILE in files:
         _check_safetensors(f"{directory}/{STATE_FILE}", files[STATE_FILE])
         state = load(files[STATE_FILE])
-    return LoadedCheckpoint(path=directory, meta=meta, weights=weights, _state_tensors=state)
+    features = None
+    if FEATURES_FILE in files:
+        from safetensors.numpy import load as load_numpy
+
+        _check_safetensors(f"{directory}/{FEATURES_FILE}", files[FEATURES_FILE])
+        features = load_numpy(files[FEATURES_FILE])
+    return LoadedCheckpoint(directory, meta, weights, state, features)
 
 
 def update_meta(path: str, **fields) -> None:

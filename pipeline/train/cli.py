@@ -44,10 +44,11 @@ def add_train_parsers(subparsers) -> None:
         help="print a checkpoint's metrics on a data source as JSON (routers: cost and quality too)",
         description="Evaluate a checkpoint (folder, run folder, run name or registry version "
         "FAMILY:vNNNN / FAMILY:production). SOURCE: .npz/.parquet sequences, a routing-log folder, or a "
-        "triplet store; default: the data it was trained on. A router also gets its cost-quality "
-        'figures under "router": the share it routes lightweight at its calibrated threshold and the '
-        "error among them, the curve's key points and APGR (beside the oracle's on synth's logs), and "
-        "the plot of the curve (--plot).",
+        "triplet store; default: the data it was trained on. An autoencoder reads the store through its "
+        "own feature transform and reports pairs it knows and pairs it does not apart. A router also "
+        'gets its cost-quality figures under "router": the share it routes lightweight at its calibrated '
+        "threshold and the error among them, the curve's key points and APGR (beside the oracle's on "
+        "synth's logs), and the plot of the curve (--plot).",
     )
     s.add_argument("--model", required=True, metavar="CHECKPOINT")
     s.add_argument(
@@ -62,6 +63,12 @@ def add_train_parsers(subparsers) -> None:
         default="test",
         choices=["test", "val", "train", "all"],
         help="which split of SOURCE (as split in training; triplets: test = val folds)",
+    )
+    s.add_argument(
+        "--by",
+        choices=["entity", "pair"],
+        help="triplets: metrics per company or per (concept, unit) pair, each beside a PCA of the "
+        "model's latent width fitted on the training companies",
     )
     s.set_defaults(func=_cmd_evaluate)
 
@@ -109,7 +116,9 @@ def _cmd_evaluate(args) -> int:
     from pipeline.train.router_eval import evaluate_router, is_router
     from pipeline.train.run import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.model, args.data, split=args.split)  # UserError: one line, exit 2
+    metrics = evaluate_checkpoint(
+        args.model, args.data, split=args.split, by=args.by
+    )  # UserError: one line, exit 2
     if is_router(load_checkpoint(args.model).config):
         plot = args.plot or os.path.join(
             home(), "reports", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}-{args.split}-cost-quality.png"

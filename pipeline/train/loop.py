@@ -77,12 +77,19 @@ def make_scheduler(cfg: Config, optimizer):
     return None
 
 
-def make_task(cfg: Config, loop_config: dict, device):
-    """The task of the config's arch, with what it needs (teacher model, store scalers)."""
-    if cfg.model.arch == "autoencoder":
-        from pipeline.store.layout import TripletStore
+def load_features(loop_config: dict):
+    """The run's feature transform (triplets), as the driver saved it; None for other sources."""
+    if not loop_config.get("features"):
+        return None
+    from pipeline.data.features import FeatureTransform
 
-        return TASKS["autoencoder"].for_store(TripletStore(loop_config["meta"]["store"]["uri"]))
+    return FeatureTransform.load(loop_config["features"])
+
+
+def make_task(cfg: Config, loop_config: dict, device, features=None):
+    """The task of the config's arch, with what it needs (teacher model, the feature transform)."""
+    if cfg.model.arch == "autoencoder":
+        return TASKS["autoencoder"].for_features(features)
     teacher = None
     if cfg.distill is not None:
         teacher = load_checkpoint(loop_config["teacher"]).build_model().to(device).eval()
@@ -143,7 +150,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     use_amp = t.amp and device.type == "cuda"
     torch.manual_seed(t.seed)
 
-    task = make_task(cfg, loop_config, device)
+    features = load_features(loop_config)  # the model's own transform, whatever the store holds now
+    task = make_task(cfg, loop_config, device, features)
     model = cfg_model(cfg)
     start_epoch, attempts = 0, []
     early = EarlyStopping(t.mode, t.patience, t.min_delta)
@@ -309,7 +317,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(tmp, model, meta, optimizer, scheduler, grad_scaler)
+                save_checkpoint(tmp, model, meta, optimizer, scheduler, grad_scaler, features=features)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
         if stop:

@@ -2,6 +2,7 @@
 
     RUNS/<run>/       RUNS = $TUNESTACK_STORAGE/runs: a local folder or a storage URI (s3://…)
       run_config.json           # what `--resume` needs: resolved config + loop config
+      features/                 # triplets: the model's feature transform (pipeline.data.features)
       run.json                  # written at the end: best checkpoint, its metrics, test metrics
                                 # (routers: the threshold calibrated on the validation split, also
                                 # stored in the best checkpoint; pipeline.train.router_eval)
@@ -36,6 +37,8 @@ from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint
 from pipeline.train.router_eval import calibrate_checkpoint, is_router
 
 RUN_CONFIG_FILE = "run_config.json"
+FEATURES_DIR = "features"  # the run's feature transform (triplets), what its workers load
+
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
 
 
@@ -49,6 +52,8 @@ class PreparedData:
     test: object  # a sequences Split, or None (triplets: the val split is the evaluation split)
     meta: dict  # normalization, store, fingerprint: saved in every checkpoint
     dims: dict  # model options implied by the data (input_size / num_classes / input_dim)
+    features: object = None  # triplets: the model's FeatureTransform (pipeline.data.features)
+    features_dir: str | None = None  # where it is saved for the workers (loop_config["features"])
 
 
 FINGERPRINT_KEYS = ("kind", "version", "sha256", "manifest_sha256")
@@ -72,10 +77,22 @@ def same_training_data(saved: dict, now: dict) -> bool:
     return all(saved.get(k) == now.get(k) for k in FINGERPRINT_KEYS)
 
 
-def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData:
-    """Ray Datasets for the config's data section, and what the checkpoint must remember."""
+def prepare_data(
+    cfg: Config,
+    normalization: dict | None = None,
+    *,
+    features=None,
+    parent_features=None,
+    features_dir: str | None = None,
+) -> PreparedData:
+    """Ray Datasets for the config's data section, and what the checkpoint must remember.
+
+    Triplets: the model's feature transform is `features` when given (a resumed run's), else the
+    store's (`parent_features` — a fine-tuned model's parent — extended with the store's new pairs),
+    saved in `features_dir`; rows are scaled as it scales them."""
     d = cfg.data
     if d.source == "triplets":
+        from pipeline.data.features import FeatureTransform
         from pipeline.data.triplets import triplet_dataset
         from pipeline.store.layout import TripletStore
 
@@ -83,23 +100,34 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         uri = absolute(uri)  # workers run in another directory
         store = TripletStore(uri)
         manifest = store.require()  # no store: StoreError, before Ray starts
-        input_dim = store.embeddings().shape[1] + 1
+        fresh = features is None
+        if fresh:
+            features = (
+                parent_features.extend(store) if parent_features else FeatureTransform.from_store(store)
+            )
+        dims = {"input_dim": features.embed_dim + 1}
+        fill_model_dims(cfg, dims).family_config(f"data {uri}")  # a model that cannot take this data
+        if fresh and features_dir:  # the data and the model checked: only now write anything
+            features.save(features_dir)
+        # The store's scaled_value column when it is what the model's scalers give (always, for a
+        # transform just taken from the store); else the raw values, scaled by the model's scalers.
+        scale = None if features.store_scaling_matches(store) else features.view().value_scaler()
         ensure_ray()
         datasets = {
-            "train": triplet_dataset(uri, "train", d.val_fraction),
-            "val": triplet_dataset(uri, "val", d.val_fraction),
+            "train": triplet_dataset(uri, "train", d.val_fraction, scale=scale),
+            "val": triplet_dataset(uri, "val", d.val_fraction, scale=scale),
         }
         meta = {
-            "normalization": None,  # values are scaled per pair by the store's scalers
+            "normalization": None,  # values are scaled per pair by the model's feature transform
             "store": {
                 "uri": uri,
                 "version": manifest["version"],
                 "data_dir": manifest["data_dir"],
-                "scalers": f"{manifest['data_dir']}/pairs.parquet",
+                "feature_version": features.source.get("feature_version"),
             },
             "fingerprint": triplet_fingerprint(store, d.val_fraction),
         }
-        return PreparedData(datasets, None, meta, {"input_dim": input_dim})
+        return PreparedData(datasets, None, meta, dims, features, features_dir)
 
     from pipeline.data.sequences import Normalization, load_sequence_data, to_dataset
 
@@ -113,7 +141,9 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         normalization=Normalization.from_dict(normalization),
     )
     val = data.val if data.val is not None else data.test  # val_fraction 0: the test split stops early
-    ensure_ray()  # the data loaded: only now start (or join) Ray
+    dims = {"input_size": data.input_size, "num_classes": data.num_classes}
+    fill_model_dims(cfg, dims).family_config(f"data {d.path}")  # a model that cannot take this data
+    ensure_ray()  # the data loaded and checked: only now start (or join) Ray
     meta = {
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
@@ -123,7 +153,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         {"train": to_dataset(data.train), "val": to_dataset(val)},
         data.test,
         meta,
-        {"input_size": data.input_size, "num_classes": data.num_classes},
+        dims,
     )
 
 
@@ -132,7 +162,12 @@ def fill_model_dims(cfg: Config, dims: dict) -> Config:
     params = dict(cfg.model.params)
     for key, value in dims.items():
         if key in params and key != "num_classes" and params[key] != value:
-            raise ConfigError("<data>", f"model.{key}", f"config says {params[key]}, the data has {value}")
+            where = f"data {cfg.data.path or default_store_uri()}"
+            raise ConfigError(
+                where,
+                f"model.{key}",
+                f"the config says {params[key]}, the data has {value} (leave model.{key} out to take the data's)",
+            )
         if key == "num_classes" and params.get(key, 0) >= value:
             continue  # a test split may lack the top class; more classes than seen is fine
         params[key] = value
@@ -165,26 +200,34 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
     """Train once with `cfg` (no search). `init_from`: a checkpoint/run to fine-tune from.
     Everything that can be checked locally (the checkpoint, the teacher, the data) is, before
     prepare_data starts Ray."""
-    normalization = None
+    normalization = parent_features = None
     if init_from:
         parent = load_checkpoint(init_from)
         init_from = parent.path
         parent_model = dict(parent.config["model"])
         cfg = cfg.with_model(arch=parent_model.pop("arch"), params=parent_model)
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
+        parent_features = parent.features()  # and the autoencoder on these features
+        if cfg.model.arch == "autoencoder" and parent_features is None:
+            from pipeline.train.evaluate import NO_FEATURES
+
+            raise CheckpointError(f"{parent.path}: {NO_FEATURES}")
     teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
-    data = prepare_data(cfg, normalization)
+    name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_path = join_uri(absolute(runs_dir()), name)
+    data = prepare_data(
+        cfg, normalization, parent_features=parent_features, features_dir=join_uri(run_path, FEATURES_DIR)
+    )
     cfg = fill_model_dims(cfg, data.dims)
     cfg.family_config("<config + data>")  # the completed model config, before any worker starts
 
-    name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_path = join_uri(absolute(runs_dir()), name)
     loop_config = {
         "config": cfg.to_dict(),
         "meta": {**data.meta, "run": name},
         "tensorboard_dir": join_uri(run_path, "tensorboard"),
         "init_from": init_from,
         "teacher": teacher,
+        "features": data.features_dir,
     }
     write_json_atomic(run_path, RUN_CONFIG_FILE, loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
@@ -206,7 +249,12 @@ def resume(run: str) -> TrainResult:
             file=sys.stderr,
         )
     cfg = config_from_dict(loop_config["config"], config_file)
-    data = prepare_data(cfg, loop_config["meta"].get("normalization"))
+    features = None
+    if loop_config.get("features"):  # the transform the run started with, not the store's of today
+        from pipeline.data.features import FeatureTransform
+
+        features = FeatureTransform.load(loop_config["features"])
+    data = prepare_data(cfg, loop_config["meta"].get("normalization"), features=features)
     if not same_training_data(loop_config["meta"]["fingerprint"], data.meta["fingerprint"]):
         raise DataError(
             f"{run}: the training data changed since the run started "
@@ -291,6 +339,10 @@ def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: Prepare
     # Ray names a checkpoint by its path inside the storage filesystem; keep the URI form
     best_path = join_uri(run_path, posixpath.basename(best[0].path.rstrip("/"))) if best else None
     best_metrics = best[1] if best else {}
+    if best_path and data.features is not None:
+        from pipeline.train.baseline import attach_error_baseline
+
+        attach_error_baseline(best_path, data.datasets["train"])
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
     calibration = None
     if best_path and is_router(loop_config["config"]):
@@ -330,35 +382,27 @@ def evaluate_checkpoint(
     split: str = "test",
     data: PreparedData | None = None,
     batch_size: int = 4096,
+    by: str | None = None,
 ) -> dict:
     """Metrics of a checkpoint on a data source (default: the one it was trained on).
 
     Sequences/routing: the `split` ("test", "val", "train" or "all") of `source`, split and
     normalized exactly as in training (the checkpoint's seed, fractions and z-score). Triplet
-    store: its validation folds (`split` "val"/"test") or every row ("all")."""
+    store: its validation folds (`split` "val"/"test"), training folds or every row ("all"),
+    through the model's own feature transform (pipeline.train.evaluate; `by`: "entity" or "pair")."""
     import torch
 
     from pipeline.train.tasks import TASKS, accumulate
 
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt.config, join_uri(ckpt.path, "checkpoint.json"))
-    model = ckpt.build_model()
     if cfg.model.arch == "autoencoder":
-        from pipeline.data.triplets import triplet_dataset
-        from pipeline.store.layout import TripletStore
+        from pipeline.train.evaluate import evaluate_autoencoder
 
-        uri = (
-            source
-            or (ckpt.meta.get("store") or {}).get("uri")
-            or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
-        )
-        task = TASKS["autoencoder"].for_store(TripletStore(uri))
-        ensure_ray()
-        ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
-        batches = task.batches(ds, batch_size, "cpu")
-        sums = accumulate(task, model, batches)
-        return {"rows": int(sums.get("n", 0)), **task.finalize(sums)}
-
+        return evaluate_autoencoder(ckpt, source, split, by, cfg.data.val_fraction)
+    if by is not None:
+        raise DataError(f"--by {by}: only for a model of the triplet store (the autoencoder)")
+    model = ckpt.build_model()
     task = TASKS[cfg.model.arch]()
     if data is not None and source is None and split == "test":
         x, y = data.test.x, data.test.y

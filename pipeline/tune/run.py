@@ -89,9 +89,12 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
 
     overrides = overrides_of(trial_params)
     cfg = trial_config(base, source, overrides)
-    data = prepare_data(cfg) if any(k.startswith("data.") for k in overrides) else shared_data
-    cfg = fill_model_dims(cfg, data.dims)
     name = tune.get_context().get_trial_name()
+    if any(k.startswith("data.") for k in overrides):
+        data = prepare_data(cfg, features_dir=join_uri(trials_dir, name, "features"))
+    else:
+        data = shared_data
+    cfg = fill_model_dims(cfg, data.dims)
     done = _finished_run_metrics(join_uri(trials_dir, name), cfg.train.epochs)
     if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
         tune.report(done)
@@ -102,6 +105,7 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
         "tensorboard_dir": join_uri(trials_dir, name, "tensorboard"),
         "init_from": None,
         "teacher": None,
+        "features": data.features_dir,
     }
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
 
@@ -149,13 +153,21 @@ def run_tune(
     exp_path = join_uri(root, exp_name)
     storage = ray_storage(root)
     exp_ray_path = posixpath.join(storage["storage_path"], exp_name)  # what Ray calls it
+    # triplets: the experiment's feature transform; a resumed one keeps the transform it started with
+    features_dir = join_uri(exp_path, "features")
+    features = None
+    if resume and spec.config.data.source == "triplets":
+        from pipeline.data.features import FeatureTransform
+
+        features = FeatureTransform.load_if_saved(features_dir)
+    shared_data = prepare_data(spec.config, features=features, features_dir=features_dir)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
             base=spec.base,
             source=spec.source,
             trials_dir=join_uri(exp_path, "trials"),
-            shared_data=prepare_data(spec.config),
+            shared_data=shared_data,
         ),
         {"cpu": spec.tune.trial_cpus},
     )
@@ -217,7 +229,7 @@ def run_tune(
         best["route_calibration"] = calibrate_checkpoint(
             best["checkpoint"], spec.config.route.max_lightweight_error
         )
-    registered = _register(spec, best, promote) if best else None
+    registered = _register(spec, best, promote, shared_data) if best else None
     return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
 
 
@@ -322,10 +334,13 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
     return best
 
 
-def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:
+def _register(spec: TuneSpec, best: dict, promote: bool, data) -> dict:
     from pipeline.registry import Registry
+    from pipeline.train.baseline import attach_error_baseline
     from pipeline.train.checkpoint import load_checkpoint
 
+    if data.features is not None:  # the autoencoder's error baseline, from the training rows, once
+        attach_error_baseline(best["checkpoint"], data.datasets["train"])
     ckpt = load_checkpoint(best["checkpoint"])
     metrics = {k: v for k, v in (ckpt.meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
     return Registry().register(

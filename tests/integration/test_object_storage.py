@@ -36,8 +36,10 @@ AE = [
     "--set",
     "model.hidden=[32]",
     "--set",
+    "model.latent_dim=4",
+    "--set",
     "train.batch_size=512",
-]  # the Stage-1 autoencoder, tiny
+]  # the Stage-1 autoencoder, tiny: a 4-d latent over the store's 8-d embedding + value
 LOCAL_AREAS = ("store", "runs", "registry")
 
 

@@ -204,9 +204,10 @@ def test_autoencoder_on_us_gaap_beats_pca_of_same_width(ray_cluster, home):
     _, _, vt = np.linalg.svd(x[~val] - mean, full_matrices=False)
     w = vt[: cfg.model.params["latent_dim"]]
     recon = (x[val] - mean) @ w.T @ w + mean
-    task = AutoencoderTask(store.scalers())
+    features = load_checkpoint(result.best_checkpoint).features()  # the model's own (= the store's now)
+    task = AutoencoderTask(features.view(store.read_pairs()))
     pca = task.finalize(task.array_sums(x[val], recon, pair_id[val]))
-    print("autoencoder:", {k: float(f"{v:.4g}") for k, v in ae.items()})
+    print("autoencoder:", {k: float(f"{v:.4g}") for k, v in ae.items() if isinstance(v, (int, float))})
     print("pca       :", {k: float(f"{v:.4g}") for k, v in pca.items()})
     assert ae["rows"] == int(val.sum())
     # the shipped config beats PCA on every metric: the raw value (median relative error over
@@ -215,9 +216,9 @@ def test_autoencoder_on_us_gaap_beats_pca_of_same_width(ray_cluster, home):
     assert ae["r2"] > pca["r2"]
     assert ae["embedding_cosine"] > pca["embedding_cosine"]
     meta = load_checkpoint(result.best_checkpoint).meta
-    assert meta["store"]["version"] == store.manifest["version"] and meta["store"]["scalers"].endswith(
-        "pairs.parquet"
-    )
+    assert meta["store"]["version"] == store.manifest["version"]
+    assert meta["store"]["feature_version"] == store.feature_version == features.source["feature_version"]
+    assert features.baseline is not None and len(features) == store.read_pairs().num_rows
     assert_no_pickles(result.path)
     # The store moves on (a re-ingest commits a new version): resuming the run is refused, as the
     # triplet fingerprint's manifest digest no longer matches (issue 12: it once compared "" to "").

@@ -138,7 +138,10 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
                 break
             time.sleep(0.5)
     finally:
-        end_session(driver)  # the local Ray it started goes with it
+        # the local Ray it started goes with it at once: given a grace period, its Train workers
+        # went on training (and committing checkpoints) for seconds after the driver died, and a
+        # trial seen midway could finish before the resume
+        end_session(driver, grace=0)
     assert driver.returncode == -signal.SIGKILL
 
     resumed = _tunestack([*args, "--resume"], home, tmp_path / "resume.log")

@@ -144,9 +144,13 @@ def store_rows(uri: str) -> tuple[np.ndarray, np.ndarray]:
 
 @_one_thread
 def train_autoencoder(out_dir, store_uri: str, *, seed: int = 0, steps: int = 200) -> str:
+    """Train a small autoencoder on the store; save it with its feature transform and error
+    baseline (as a training run ends); return its folder."""
     from pipeline.config import load_config
+    from pipeline.data.features import FeatureTransform
     from pipeline.models import build_model
     from pipeline.store.layout import TripletStore
+    from pipeline.train.baseline import fit_error_baseline
 
     x, _ = store_rows(store_uri)
     cfg = load_config(
@@ -172,7 +176,8 @@ def train_autoencoder(out_dir, store_uri: str, *, seed: int = 0, steps: int = 20
         loss.backward()
         opt.step()
     model.eval()
-    manifest = TripletStore(store_uri).require()
+    store = TripletStore(store_uri)
+    manifest = store.require()
     meta = {
         "config": cfg,
         "normalization": None,
@@ -180,8 +185,32 @@ def train_autoencoder(out_dir, store_uri: str, *, seed: int = 0, steps: int = 20
         "epoch": 0,
         "store": {"uri": store_uri, "version": manifest["version"], "data_dir": manifest["data_dir"]},
     }
-    save_checkpoint(str(out_dir), model, meta=meta)
+    # the model's own features: the store's transform, and the error baseline over its train folds
+    features = FeatureTransform.from_store(store)
+    pid, value, _ = train_fold_rows(store_uri)
+    baseline = fit_error_baseline(model, features, [{"pair_id": pid, "value": value}])
+    save_checkpoint(str(out_dir), model, meta=meta, features=features.with_baseline(baseline))
     return str(out_dir)
+
+
+def train_fold_rows(store_uri: str, val_fraction: float = 0.1):
+    """(pair_id, scaled value, raw value) of the store's training-fold rows."""
+    import pyarrow.parquet as pq
+
+    from pipeline.data.triplets import split_folds
+    from pipeline.store.layout import TripletStore
+
+    t = pq.read_table(
+        TripletStore(store_uri).triplet_files(), columns=["pair_id", "scaled_value", "value", "fold"]
+    )
+    lo, hi = split_folds("train", val_fraction)
+    fold = t.column("fold").to_numpy()
+    keep = (fold >= lo) & (fold < hi)
+    return (
+        t.column("pair_id").to_numpy()[keep].astype(np.int64),
+        t.column("scaled_value").to_numpy()[keep],
+        t.column("value").to_numpy()[keep],
+    )
 
 
 def register(registry: Registry, family: str, ckpt_dir: str, promote: bool = False) -> str:
@@ -245,7 +274,8 @@ def reference_route(registry: Registry, version: str, x_raw: np.ndarray) -> np.n
 
 
 def reference_encode(registry: Registry, store_uri: str, triplets: list[tuple[str, str, float]]):
-    """(latent [B, k], error [B]) of the production autoencoder for raw triplets."""
+    """(latent [B, k], error [B]) of the production autoencoder for raw triplets of pairs the store
+    it was trained on holds (with that store's embeddings and scalers, as training saw them)."""
     from pipeline.store.layout import TripletStore
 
     ckpt = load_checkpoint(registry.get("autoencoder")["checkpoint"])

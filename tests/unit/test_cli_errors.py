@@ -104,3 +104,21 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("tunestack train: no triplet store at ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_a_model_that_does_not_fit_the_data_is_named_before_ray_starts(capsys, no_ray, tmp_path):
+    from pipeline.data.sequences import write_digits_npz
+
+    npz = write_digits_npz(str(tmp_path / "digits.npz"))  # 8 features a step
+    code, err = run(
+        capsys,
+        "train",
+        "--config",
+        str(CONFIGS / "digits.yaml"),
+        "--set",
+        f"data.path={npz}",
+        "--set",
+        "model.input_size=5",
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"data {npz}: model.input_size: the config says 5, the data has 8" in err

@@ -22,8 +22,10 @@ from tests.support.serve_world import (
     build_world,
     reference_encode,
     reference_route,
+    register,
     routing_features,
     some_pairs,
+    train_fold_rows,
 )
 
 
@@ -276,35 +278,72 @@ def test_encode_equals_the_checkpoint_and_scores_against_the_pair(world):
 
 def test_encode_baseline_is_the_training_error_distribution(world):
     """The pair's baseline mean/std are those of the model's errors over its train-fold rows."""
-    import pyarrow.parquet as pq
+    import torch
 
-    from pipeline.data.triplets import split_folds
-    from pipeline.store.layout import TripletStore
     from serve.models import load_predictor
 
-    store = world["store"]
     pred = load_predictor(world["registry"], "autoencoder")
-    s = TripletStore(store)
-    t = pq.read_table(s.triplet_files(), columns=["pair_id", "scaled_value", "fold"])
-    lo, hi = split_folds("train", 0.1)
-    fold = t.column("fold").to_numpy()
-    keep = (fold >= lo) & (fold < hi)
-    pid = t.column("pair_id").to_numpy()[keep].astype(np.int64)
-    val = t.column("scaled_value").to_numpy()[keep]
-    err = pred._errors(pred._rows(pid, val)).astype(np.float64)
+    pid, scaled, _ = train_fold_rows(world["store"])
+    emb = pred.features.view().embeddings
+    x = torch.from_numpy(np.concatenate([emb[pid], scaled[:, None]], axis=1).astype(np.float32))
+    with torch.no_grad():
+        err = pred.model.per_sample_error(x, pred.model(x)[0]).double().numpy()
     p0 = int(np.bincount(pid).argmax())
-    b = pred.baseline(p0)
+    b = pred.features.baseline.row(pred.features.row_of(*pred.features.keys[pred.features.view().rows[p0]]))
     assert b["count"] == int((pid == p0).sum())
     assert b["mean"] == pytest.approx(err[pid == p0].mean(), rel=1e-9)
     assert b["std"] == pytest.approx(err[pid == p0].std(), rel=1e-6, abs=1e-12)
 
 
-def test_encode_unknown_pair_is_named(world):
-    from serve.models import InputError, ModelHost
+def test_encode_unseen_pair_is_embedded_and_scaled_with_its_unit_fallback(world):
+    from serve.models import ModelHost
 
     host = ModelHost("autoencoder", "encode", world["root"])
     host.sync()
-    with pytest.raises(InputError, match=r"unknown \(concept, unit\) pair \('NoSuchConcept', 'USD'\)"):
+    f = host.predictor.features
+    known, unseen, odd_unit = host.predict(
+        [
+            {"concept": f.keys[0][0], "unit": f.keys[0][1], "value": 1.0},
+            {"concept": "NoSuchConcept", "unit": f.keys[0][1], "value": 1.0},
+            {"concept": "NoSuchConcept", "unit": "NoSuchUnit", "value": 1.0},
+        ]
+    )
+    assert known["pair_known"] and known["fallback"] is None
+    assert not unseen["pair_known"] and unseen["fallback"] == f"unit:{f.keys[0][1]}"
+    assert unseen["baseline"]["scope"] == "global"
+    assert odd_unit["fallback"] == "global"
+    assert all(np.isfinite(o["latent"]).all() for o in (unseen, odd_unit))
+    # the unseen pair's input is its text through the recorded embedder and the model's projection
+    from pipeline.store.embed import pair_text
+
+    want = f.space.embed([pair_text("NoSuchConcept", f.keys[0][1], None, None)])[0]
+    np.testing.assert_array_equal(host.predictor._embedding("NoSuchConcept", f.keys[0][1]), want)
+
+
+def test_encode_unseen_pair_without_its_embedder_is_a_503_naming_it(world, tmp_path):
+    """A version whose recorded embedder is not installed here answers known pairs and refuses
+    unseen ones with Unavailable (HTTP 503), naming the embedder — never another embedder."""
+    import dataclasses
+    import shutil
+
+    from pipeline.train.checkpoint import META_FILE, load_checkpoint, replace_features
+    from serve.models import ModelHost, Unavailable
+
+    reg = Registry(tmp_path / "registry")
+    src = tmp_path / "ckpt"
+    shutil.copytree(world["registry"].get("autoencoder")["checkpoint"], src)
+    ckpt = load_checkpoint(str(src))
+    f = ckpt.features()
+    missing = dataclasses.replace(f.space, embedder={**f.space.embedder, "name": "not-installed-embedder"})
+    meta = json.loads((src / META_FILE).read_text())
+    meta["features"]["space"]["embedder"]["name"] = "not-installed-embedder"
+    (src / META_FILE).write_text(json.dumps(meta))
+    replace_features(str(src), dataclasses.replace(f, space=missing))
+    register(reg, "autoencoder", str(src), promote=True)
+    host = ModelHost("autoencoder", "encode", str(reg.root))
+    host.sync()
+    assert host.predict([{"concept": f.keys[0][0], "unit": f.keys[0][1], "value": 1.0}])[0]["pair_known"]
+    with pytest.raises(Unavailable, match="not-installed-embedder"):
         host.predict([{"concept": "NoSuchConcept", "unit": "USD", "value": 1.0}])
 
 
@@ -399,7 +438,9 @@ def test_api_body_limit_is_413_before_parsing(client):
 
 def test_api_encode_rejects_bad_input(client):
     r = client.post("/v1/encode", json={"concept": "NoSuchConcept", "unit": "USD", "value": 1.0})
-    assert r.status_code == 422 and "NoSuchConcept" in r.text
+    assert r.status_code == 200 and r.json()["pair_known"] is False  # unseen pairs are answered
+    r = client.post("/v1/encode", json={"concept": "NoSuchConcept", "unit": "USD", "value": 1e300})
+    assert r.status_code == 200  # far beyond any scaler's range: bounded, answered (and anomalous)
     assert client.post("/v1/encode", json={"concept": "x", "unit": "USD"}).status_code == 422
     assert client.post("/v1/encode", json={"concept": "x", "unit": "USD", "value": "1"}).status_code == 422
 

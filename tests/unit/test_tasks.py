@@ -8,9 +8,7 @@ import torch
 from pipeline.train.tasks import AutoencoderTask, ClassificationTask
 
 
-@pytest.mark.parametrize(
-    "task", [ClassificationTask(), AutoencoderTask({})], ids=["classifier", "autoencoder"]
-)
+@pytest.mark.parametrize("task", [ClassificationTask(), AutoencoderTask()], ids=["classifier", "autoencoder"])
 @pytest.mark.parametrize("sums", [{}, {"n": 0.0}])
 def test_empty_validation_split_is_a_clear_error(task, sums):
     with pytest.raises(ValueError, match="validation split is empty"):
@@ -36,7 +34,20 @@ def test_autoencoder_metrics_as_sums_match_whole_array_formulas():
     x = np.column_stack([emb, scaled_true])
     recon = np.column_stack([emb + 0.1 * rng.normal(size=(6, 4)), scaled_pred])
 
-    task = AutoencoderTask(scalers)
+    # the task undoes the scaling through the model's feature transform (its view of pair ids)
+    from pipeline.data.features import FeatureTransform, PackedScalers
+
+    features = FeatureTransform(
+        space=None,  # no unseen pairs here: nothing to embed
+        keys=[("A", "USD"), ("B", "USD"), ("C", "USD")],
+        store_ids=np.arange(3),
+        embeddings=np.zeros((3, 4), np.float32),
+        scalers=PackedScalers.from_scalers([scalers[0], scalers[1], scalers[2], _standard()]),
+        fallback_units=["*"],
+        entities=[],
+        source={},
+    )
+    task = AutoencoderTask(features.view())
     sums: dict = {}
     for rows in (slice(0, 4), slice(4, 6)):  # two batches
         for k, v in task.array_sums(x[rows], recon[rows], pair_ids[rows], losses=(1.0, 0.5, 0.5)).items():
