@@ -305,15 +305,19 @@ class _S3:
         return bucket, key
 
     def get(self, path: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         bucket, key = self.split(path)
         try:
             r = self.client.get_object(Bucket=bucket, Key=key)
+            return r["Body"].read(), r["ETag"]
         except self.client.exceptions.NoSuchKey:
             return None, None
-        return r["Body"].read(), r["ETag"]
+        except (BotoCoreError, ClientError) as e:  # unreachable, refused: an I/O error, as pyarrow's are
+            raise OSError(f"s3://{path}: {e}") from e
 
     def put_if(self, path: str, data: bytes, tag: str | None) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = self.split(path)
         cond = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
@@ -330,7 +334,9 @@ class _S3:
                 "NoSuchKey",
             ):
                 raise WriteConflict(f"s3://{path} changed since it was read ({code})") from None
-            raise
+            raise OSError(f"s3://{path}: {e}") from e
+        except BotoCoreError as e:
+            raise OSError(f"s3://{path}: {e}") from e
 
 
 def _s3_honours_conditions(loc: Location) -> bool:
@@ -352,7 +358,10 @@ def _s3_honours_conditions(loc: Location) -> bool:
         honoured = True
     finally:
         b, k = _S3.split(probe)
-        s3.client.delete_object(Bucket=b, Key=k)
+        try:
+            s3.client.delete_object(Bucket=b, Key=k)
+        except Exception:  # a probe object left behind is harmless; the answer stands
+            pass
     with _S3_LOCK:
         _S3_PROBED[key] = honoured
     return honoured

@@ -70,9 +70,13 @@ class Cluster:
         common = ["--block", "--disable-usage-stats", "--temp-dir", self.temp_dir]
         head = ["--head", "--port", str(self.gcs), "--num-cpus", "2", "--dashboard-host", "127.0.0.1"]
         head += ["--dashboard-port", str(dash), "--ray-client-server-port", str(client)]
-        self._start("head", [*head, *self._agent_ports(agent, agent_grpc), *common])
         second = ["--address", self.address, "--num-cpus", "2", "--resources", json.dumps({"second_node": 1})]
-        self._start("worker", [*second, *self._agent_ports(*free_ports(2)), *common])
+        try:
+            self._start("head", [*head, *self._agent_ports(agent, agent_grpc), *common])
+            self._start("worker", [*second, *self._agent_ports(*free_ports(2)), *common])
+        except BaseException:
+            self.stop()  # a head whose second node never came up is not left running
+            raise
 
     @staticmethod
     def _agent_ports(listen: int, grpc: int) -> list[str]:

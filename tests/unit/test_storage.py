@@ -154,3 +154,17 @@ def test_write_json_atomic_replaces_whole_and_leaves_no_temporary(loc):
     write_json_atomic(loc.uri, "run.json", {"a": 2, "when": loc})  # not JSON: written as str()
     assert loc.list_files() == ["run.json"]
     assert json.loads(loc.read_bytes("run.json"))["a"] == 2
+
+
+def test_an_unreachable_s3_endpoint_is_an_os_error(s3_server, monkeypatch):
+    """botocore's own errors surface as OSError, as pyarrow's do: callers (a Serve replica polling
+    the production pointer) handle one kind of I/O failure."""
+    from tests.support import free_ports
+
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    closed = free_ports(1)[0]  # nothing listens there
+    loc = resolve(f"s3://tunestack-test/p?endpoint_override=127.0.0.1:{closed}&scheme=http&region=us-east-1")
+    with pytest.raises(OSError, match="s3://tunestack-test/p/ptr.json"):
+        loc.read_tagged("ptr.json")
