@@ -4,7 +4,8 @@ Every fenced `bash` or `python` block in README.md preceded by a `<!-- run -->` 
 `<!-- run: TAG, TAG -->`) is run, in README order, in one fresh TUNESTACK_HOME, from the repository
 root, with this venv's `tunestack` first on PATH. Tags:
 
-  ray      the block starts a local Ray itself (a subprocess: not the session's `ray_cluster`)
+  ray      the block uses Ray: its `tunestack` commands join the module's own `ray start --head`
+           (RAY_ADDRESS; not the session's `ray_cluster`)
   data     needs ../shared/data/us-gaap; skipped when it is absent
   serve    needs a running app: the test starts `tunestack serve --port P` (P free) the first time
            and rewrites `localhost:8000` / `127.0.0.1:8000` in the block to port P — the only
@@ -38,9 +39,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.registry import Registry
+from pipeline.runtime import LOCAL_ENV
 from tests.support import free_port, free_ports, require_us_gaap
 from tests.support.pickle_scan import pickles_under, ray_tune_bookkeeping
-from tests.support.procs import end_session
+from tests.support.procs import RayHead, end_session
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
@@ -92,14 +94,29 @@ BLOCKS = readme_blocks(README.read_text())
 
 @pytest.fixture(scope="module")
 def readme_env(tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("readme-home")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """The blocks' environment: a fresh TUNESTACK_HOME, this venv first on PATH, and RAY_ADDRESS of
+    one `ray start --head` for the whole module (token auth on, its token under a temporary HOME):
+    every `tunestack` command joins it, as it joins RAY_ADDRESS anywhere, instead of starting and
+    stopping a local Ray of its own each time (drills elsewhere start local ones)."""
+    tmp = tmp_path_factory.mktemp("readme")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env.update(
-        TUNESTACK_HOME=str(home),
+        TUNESTACK_HOME=str(tmp / "home"),
         TUNESTACK_ADMIN_TOKEN=secrets.token_hex(16),
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        HOME=str(tmp / "ray-home"),  # ~/.ray/auth_token of this cluster, not the user's
+        RAY_AUTH_MODE="token",
     )
-    return env
+    (tmp / "home").mkdir()
+    (tmp / "ray-home").mkdir()
+    subprocess.run(
+        ["ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True, timeout=120
+    )
+    # Ray Train polls its workers every 0.2 s, as on the local cluster a command starts (pipeline.runtime)
+    head = RayHead(tmp / "ray-head.log", {**env, **LOCAL_ENV})
+    env["RAY_ADDRESS"] = head.address
+    yield env
+    head.stop()
 
 
 class ServeApp:
@@ -232,7 +249,8 @@ def run_cluster_block(block: Block, env: dict, tmp: Path) -> None:
     import requests
 
     code, cluster = cluster_block(block.code, tmp)
-    env = {**env, "HOME": cluster["home"]}
+    env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["HOME"] = cluster["home"]
     before = set(Registry(Path(env["TUNESTACK_HOME"]) / "registry").versions("router"))
     t0 = time.monotonic()
     proc = subprocess.Popen(

@@ -5,9 +5,11 @@ which ends every Ray cluster on the machine, the session's shared one included."
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,3 +72,54 @@ def train_worker_pids() -> list[int]:
         except psutil.Error:
             pass
     return pids
+
+
+class RayHead:
+    """`ray start --head --block` on free ports, dashboard on 127.0.0.1, its own Ray temp dir, in
+    its own process session: `stop()` ends exactly its processes. Ray gives a new node 30 s to
+    register with its GCS; on a loaded machine that can pass, and the node is started again.
+
+    `env` is the node's environment (HOME holds its ~/.ray/auth_token: with RAY_AUTH_MODE=token
+    in it, clients need the same HOME and RAY_AUTH_MODE); `address` and `dashboard` say where it is."""
+
+    def __init__(self, log: Path, env: dict, num_cpus: int = 2, attempts: int = 3):
+        from tests.support import free_ports
+
+        gcs, dash, client, agent, agent_grpc = free_ports(5)
+        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths
+        self.address, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+        self.log, self.proc = log, None
+        args = ["--head", "--block", "--port", gcs, "--num-cpus", num_cpus, "--disable-usage-stats"]
+        args += [
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            dash,
+            "--ray-client-server-port",
+            client,
+        ]
+        args += ["--dashboard-agent-listen-port", agent, "--dashboard-agent-grpc-port", agent_grpc]
+        args += ["--temp-dir", self.temp_dir]
+        for _ in range(attempts):
+            start = log.stat().st_size if log.exists() else 0
+            with open(log, "a") as out:
+                proc = subprocess.Popen(
+                    [str(VENV_BIN / "ray"), "start", *map(str, args)],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:
+                if "Ray runtime started" in log.read_text()[start:]:  # registered with its GCS
+                    self.proc = proc
+                    return
+                time.sleep(0.5)
+            end_session(proc)
+        raise RuntimeError(f"ray start --head did not come up ({attempts} tries):\n{log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            end_session(self.proc)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
