@@ -244,15 +244,16 @@ def _build_section(cls, raw, prefix: str, source: str):
 
 
 def _build_model_section(raw, source: str) -> ModelSection:
-    from pipeline.models import MODEL_CONFIGS
+    from pipeline.models import family
 
     if not isinstance(raw, dict):
         raise ConfigError(source, "model", f"expected a mapping, got {type(raw).__name__}")
     raw = dict(raw)
     arch = _check_value(raw.pop("arch", "sequence_classifier"), str, "model.arch", source)
-    if arch not in MODEL_CONFIGS:
-        raise ConfigError(source, "model.arch", f"unknown arch {arch!r}; known: {sorted(MODEL_CONFIGS)}")
-    cls = MODEL_CONFIGS[arch]
+    try:
+        cls = family(arch).config
+    except ValueError as e:
+        raise ConfigError(source, "model.arch", str(e).replace("model arch", "arch", 1)) from None
     hints = typing.get_type_hints(cls)
     params = {}
     for key, value in raw.items():
@@ -359,8 +360,10 @@ def _validate(cfg: Config, source: str) -> None:
         need(bool(cfg.distill.teacher), "distill.teacher", "a teacher checkpoint is required")
         need(0 <= cfg.distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
         need(cfg.distill.temperature > 0, "distill.temperature", "must be > 0")
-        need(cfg.model.arch == "sequence_classifier", "distill", "distillation needs a classifier")
-    from pipeline.models import DATA_SOURCES
+    from pipeline.models import DATA_SOURCES, family
+
+    if cfg.distill is not None:
+        need(family(cfg.model.arch).distillable, "distill", "distillation needs a classifier family")
 
     sources = DATA_SOURCES.get(cfg.model.arch, ())
     need(

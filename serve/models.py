@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
+from pipeline.models.family import FamilyView
 from pipeline.registry.registry import Registry, RegistryError, sha256_file
 
 MC_SAMPLES = 32
@@ -116,7 +117,7 @@ def _finite32(x: np.ndarray, what: str) -> np.ndarray:
 class RoutePredictor:
     task = "route"
 
-    def __init__(self, family: str, record: dict, ckpt):
+    def __init__(self, family: str, record: dict, ckpt, store_uri: str | None = None):
         self.family, self.version, self.record = family, record["version"], record
         self.model = ckpt.build_model()
         c = self.model.config
@@ -386,7 +387,8 @@ class EncodePredictor:
         }
 
 
-PREDICTORS = {"sequence_classifier": RoutePredictor, "autoencoder": EncodePredictor}
+# {arch: predictor class}, derived from the family descriptors
+PREDICTORS = FamilyView(lambda f: f.predictor_class(), where=lambda f: f.predictor is not None)
 
 
 def load_predictor(
@@ -408,14 +410,13 @@ def load_predictor(
     try:
         ckpt = load_checkpoint(record["checkpoint"])
         arch = ckpt.config["model"]["arch"]
-        cls = PREDICTORS.get(arch)
-        if cls is None:
-            raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}")
+        try:
+            cls = PREDICTORS[arch]
+        except (KeyError, ValueError):
+            raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}") from None
         if task is not None and cls.task != task:
             raise LoadError(f"{family} {record['version']}: arch {arch!r} cannot serve {task!r}")
-        predictor = (
-            cls(family, record, ckpt, store_uri) if cls is EncodePredictor else cls(family, record, ckpt)
-        )
+        predictor = cls(family, record, ckpt, store_uri=store_uri)
         predictor.smoke_test()
     except LoadError:
         raise

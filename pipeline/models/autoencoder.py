@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.models.family import Family
+
 LOSSES = ("l1", "mse")
 INITS = ("random", "pca")
 
@@ -220,3 +222,27 @@ def relative_mae_by_pair(pair_ids, true_values, pred_values, eps=1e-8, worst_qua
         "p95": float(np.quantile(per_pair, worst_quantile)),
         "num_pairs": int(per_pair.size),
     }
+
+
+FAMILY = Family(
+    arch="autoencoder",
+    config=AutoencoderConfig,
+    model=Autoencoder,
+    sources=("triplets",),
+    task="pipeline.train.tasks:AutoencoderTask",
+    metrics=(
+        "loss",
+        "loss_embed",
+        "loss_value",
+        "r2",
+        "value_r2",
+        "embedding_cosine",
+        "relative_mae_median",
+        "relative_mae_p95",
+        "num_pairs",
+    ),
+    monitor=("val_loss", "min"),
+    endpoint="encode",
+    predictor="serve.models:EncodePredictor",
+    description="Stage-1 autoencoder over [pair embedding || scaled value] triplet rows",
+)

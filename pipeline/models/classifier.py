@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pipeline.models.family import Family
 from pipeline.models.fastgrnn import FastGRNN
 
 CELLS = ("fastgrnn", "gru", "lstm")
@@ -104,3 +105,18 @@ def route_probability(logits):
     if logits.size(-1) != 2:
         raise ValueError(f"router logits need 2 classes, got {logits.size(-1)}")
     return torch.softmax(logits, dim=-1)[..., LIGHTWEIGHT]
+
+
+FAMILY = Family(
+    arch="sequence_classifier",
+    config=SequenceClassifierConfig,
+    model=SequenceClassifier,
+    sources=("routing", "sequences"),
+    task="pipeline.train.tasks:ClassificationTask",
+    metrics=("loss", "accuracy"),
+    monitor=("val_accuracy", "max"),
+    endpoint="route",
+    predictor="serve.models:RoutePredictor",
+    distillable=True,
+    description="FastGRNN (or GRU/LSTM) over a sequence + a linear head: the router, digits",
+)

@@ -364,14 +364,15 @@ def evaluate_checkpoint(
     store: its validation folds (`split` "val"/"test") or every row ("all")."""
     import torch
 
-    from pipeline.train.tasks import TASKS, accumulate
+    from pipeline.models import family
+    from pipeline.train.tasks import accumulate
 
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt.config, os.path.join(ckpt.path, "checkpoint.json"))
     model = ckpt.build_model()
-    if cfg.model.arch == "autoencoder":
+    fam = family(cfg.model.arch)
+    if cfg.data.source == "triplets":  # the store streams through Ray Data
         from pipeline.data.triplets import triplet_dataset
-        from pipeline.store.layout import TripletStore
 
         ensure_ray()
         uri = (
@@ -379,13 +380,13 @@ def evaluate_checkpoint(
             or (ckpt.meta.get("store") or {}).get("uri")
             or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
         )
-        task = TASKS["autoencoder"].for_store(TripletStore(uri))
+        task = fam.make_task(cfg, {**ckpt.meta, "store": {**(ckpt.meta.get("store") or {}), "uri": uri}})
         ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
         batches = task.batches(ds, batch_size, "cpu")
         sums = accumulate(task, model, batches)
         return {"rows": int(sums.get("n", 0)), **task.finalize(sums)}
 
-    task = TASKS[cfg.model.arch]()
+    task = fam.task_class()()
     if data is not None and source is None and split == "test":
         x, y = data.test.x, data.test.y
     else:

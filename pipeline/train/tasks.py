@@ -2,7 +2,9 @@
 
 A task knows its batch layout, its loss, and its metrics as *additive sums* (so the sums of
 several workers — or of many batches — simply add up before `finalize` turns them into
-metrics). Adding a model family = a Task here plus one line in TASKS.
+metrics). A family names its task in its descriptor (pipeline.models.family.Family.task); a
+task built for a run gets `Task.for_run(cfg, meta, teacher=...)` (meta: the run's checkpoint
+metadata, e.g. the triplet store it streams).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.models.family import FamilyView
 from pipeline.train.checkpoint import unwrap
 
 SHUFFLE_ROWS = 20_000  # with a seed, batches are drawn from a local shuffle window of this many rows
@@ -46,6 +49,11 @@ class ClassificationTask:
 
     def __init__(self, distill=None, teacher=None):
         self.distill, self.teacher = distill, teacher
+
+    @classmethod
+    def for_run(cls, cfg, meta: dict, teacher=None) -> ClassificationTask:
+        """The task of a run: distillation from `teacher` when the config has a `distill:` section."""
+        return cls(distill=cfg.distill, teacher=teacher if cfg.distill is not None else None)
 
     def batches(self, source, batch_size: int, device, seed: int | None = None):
         """This task's batches of a Ray Dataset or shard (with a `seed`: locally shuffled)."""
@@ -116,6 +124,13 @@ class AutoencoderTask:
         return iter_triplet_batches(
             source, self.embeddings, batch_size, shuffle_rows=SHUFFLE_ROWS, seed=seed, device=device
         )
+
+    @classmethod
+    def for_run(cls, cfg, meta: dict, teacher=None) -> AutoencoderTask:
+        """The task over the triplet store the run streams (meta["store"]["uri"])."""
+        from pipeline.store.layout import TripletStore
+
+        return cls.for_store(TripletStore(meta["store"]["uri"]))
 
     @classmethod
     def for_store(cls, store) -> AutoencoderTask:
@@ -194,7 +209,7 @@ class AutoencoderTask:
         return out
 
 
-TASKS = {"sequence_classifier": ClassificationTask, "autoencoder": AutoencoderTask}
+TASKS = FamilyView(lambda f: f.task_class())  # {arch: task class}, derived from the family descriptors
 
 
 def accumulate(task, model, batches) -> dict:
