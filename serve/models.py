@@ -40,6 +40,10 @@ import numpy as np
 import torch
 
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
+from pipeline.lean import lean_supported, sequence_lengths_of
+from pipeline.lean.engine import LeanFastGRNNClassifier
+from pipeline.lean.engine import softmax as lean_softmax
+from pipeline.models.classifier import unused_weights
 from pipeline.models.family import FamilyView
 from pipeline.registry.registry import Registry, RegistryError, sha256_file
 
@@ -142,6 +146,17 @@ class RoutePredictor:
             self.masks = keep / (1.0 - c.dropout)
         self._head_input = None
         self.model.head.register_forward_pre_hook(self._capture_head_input)
+        # FastGRNN runs on the lean NumPy engine (same answers to float32 rounding, a fraction of
+        # torch's per-call overhead); GRU/LSTM baselines on torch
+        self.precision = ckpt.meta.get("precision", "float32")
+        self.sequence_lengths = sequence_lengths_of(ckpt.meta)
+        self.engine = None
+        if lean_supported(ckpt.config):
+            weights = {k: v.detach().float().numpy() for k, v in ckpt.weights.items()}
+            for name in unused_weights(ckpt.config["model"], self.sequence_lengths):
+                weights.pop(name, None)  # untrained: a single-step model has no U
+            self.engine = LeanFastGRNNClassifier(weights, c.hidden_size, c.input_size, c.num_classes)
+            self.np_masks = None if self.masks is None else self.masks.numpy()
 
     def _capture_head_input(self, _module, args):
         self._head_input = args[0]
@@ -183,6 +198,18 @@ class RoutePredictor:
                     + (f" ({', '.join(self.features)})" if self.features else "")
                 )
             x = np.asarray([f], dtype=np.float64)
+        lengths = self.sequence_lengths
+        if lengths and not min(lengths) <= len(x) <= max(lengths):
+            trained = f"{lengths[0]}-step" if len(lengths) == 1 else f"{min(lengths)}..{max(lengths)}-step"
+            raise InputError(
+                f"{'a sequence of ' + str(len(x)) + ' steps' if len(x) > 1 else 'a single step'}: this "
+                f"model was trained on {trained} inputs only"
+                + (
+                    " (its recurrent weights never learned); send one step as features"
+                    if lengths == [1]
+                    else ""
+                )
+            )
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
             x = self.normalization.apply(x) if self.normalization else x
         return _finite32(x, "a feature value")
@@ -195,6 +222,9 @@ class RoutePredictor:
         for i, x in enumerate(xs):
             by_len[x.shape[0]].append(i)
         for idx in by_len.values():
+            if self.engine is not None:
+                self._predict_lean(np.stack([xs[i] for i in idx]), idx, out)
+                continue
             logits = self.model(torch.from_numpy(np.stack([xs[i] for i in idx])))
             p = torch.softmax(logits, dim=-1)[:, 1]
             if self.masks is not None:
@@ -207,8 +237,20 @@ class RoutePredictor:
                 out[i] = {"probability": float(p[j]), "uncertainty": float(unc[j])}
         return out
 
+    def _predict_lean(self, x: np.ndarray, idx: list[int], out: list) -> None:
+        """The lean engine's answers for same-length inputs x [B, T, D] into out[idx]."""
+        h = self.engine.hidden(x)
+        p = lean_softmax(self.engine.head(h))[:, 1]
+        if self.np_masks is not None:
+            pk = lean_softmax(self.engine.head(h[None, :, :] * self.np_masks[:, None, :]))[..., 1]
+            unc = np.clip(2.0 * pk.std(axis=0), 0, 1)
+        else:
+            unc = binary_entropy(p)
+        for j, i in enumerate(idx):
+            out[i] = {"probability": float(p[j]), "uncertainty": float(unc[j])}
+
     def smoke_test(self) -> None:
-        r = self.predict([np.zeros((1, self.input_size), np.float32)])[0]
+        r = self.predict([np.zeros((min(self.sequence_lengths or [1]), self.input_size), np.float32)])[0]
         if not (math.isfinite(r["probability"]) and math.isfinite(r["uncertainty"])):
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
@@ -218,6 +260,9 @@ class RoutePredictor:
             "input_size": self.input_size,
             "normalization": self.normalization.to_dict() if self.normalization else None,
             "uncertainty": self.uncertainty_kind,
+            "precision": self.precision,
+            "engine": "lean-numpy" if self.engine is not None else "torch",
+            "sequence_lengths": self.sequence_lengths,
         }
 
 

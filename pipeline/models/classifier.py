@@ -107,6 +107,16 @@ def route_probability(logits):
     return torch.softmax(logits, dim=-1)[..., LIGHTWEIGHT]
 
 
+def unused_weights(model_config: dict, sequence_lengths) -> list[str]:
+    """A FastGRNN trained only on single steps starts from h₀ = 0, so U h₀ = 0: U (or its factors)
+    never received a gradient and never contributes. An export leaves it out (and the model then
+    answers single steps only)."""
+    if model_config.get("cell", "fastgrnn") != "fastgrnn" or list(sequence_lengths or []) != [1]:
+        return []
+    low_rank = model_config.get("u_rank") is not None
+    return ["rnn.cell.U1", "rnn.cell.U2"] if low_rank else ["rnn.cell.U"]
+
+
 FAMILY = Family(
     arch="sequence_classifier",
     config=SequenceClassifierConfig,
@@ -118,5 +128,6 @@ FAMILY = Family(
     endpoint="route",
     predictor="serve.models:RoutePredictor",
     distillable=True,
+    unused_weights="pipeline.models.classifier:unused_weights",
     description="FastGRNN (or GRU/LSTM) over a sequence + a linear head: the router, digits",
 )

@@ -45,6 +45,9 @@ class Family:
     endpoint: str | None = None  # the Serve endpoint its predictor answers: "route" | "encode" | None
     predictor: str | None = None  # "serve.models:RoutePredictor": registry version -> answers
     distillable: bool = False  # outputs class logits: a teacher can be distilled into it
+    # "module:function" (model config dict, trained sequence lengths) -> names of weights that are
+    # provably unused (an export stores them as zeros of their shape); None: every weight is used
+    unused_weights: str | None = None
     description: str = ""
 
     def __post_init__(self):
@@ -77,6 +80,14 @@ class Family:
         if hasattr(cls, "for_run"):
             return cls.for_run(cfg, meta or {}, teacher=teacher)
         return cls()
+
+    def unused(self, model_config: dict, sequence_lengths) -> tuple[str, ...]:
+        """Weights an export may leave out for a model of this config trained on these lengths."""
+        return (
+            tuple(resolve_ref(self.unused_weights)(model_config, sequence_lengths))
+            if self.unused_weights
+            else ()
+        )
 
     def predictor_class(self):
         if self.predictor is None:

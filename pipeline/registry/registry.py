@@ -129,6 +129,14 @@ class Registry:
         rec["checkpoint"] = str(d / "checkpoint")
         return rec
 
+    def verified(self, family: str, version: str | None = None) -> dict:
+        """`get`, after checking every file of the version against its recorded sha256."""
+        record = self.get(family, version)
+        problems = self._check_files(family, record["version"])
+        if problems:
+            raise RegistryError("; ".join(problems))
+        return record
+
     def list(self, family: str | None = None) -> list[dict]:
         fams = [family] if family else self.families()
         return [self.get(f, v) for f in fams for v in self.versions(f)]
@@ -191,8 +199,10 @@ class Registry:
         metrics: dict,
         source: str | None = None,
         promote: bool = False,
+        precision: str = "float32",
     ) -> dict:
-        """Copy a checkpoint's safetensors/JSON files in as the family's next version."""
+        """Copy a checkpoint's (or an export's) safetensors/JSON files in as the family's next
+        version; `precision` ("float32" or "int8" for an INT8 export) is kept in its record."""
         src = Path(checkpoint_dir)
         files = sorted(p for p in src.iterdir() if p.is_file())
         bad = [p.name for p in files if not p.name.endswith(ALLOWED_SUFFIXES)]
@@ -216,6 +226,7 @@ class Registry:
                     "config": config,
                     "metrics": metrics,
                     "source": source or str(src),
+                    "precision": precision,
                     "files": {
                         f"checkpoint/{p.name}": sha256_file(staging / "checkpoint" / p.name) for p in files
                     },

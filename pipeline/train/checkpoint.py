@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save
 
+from pipeline.lean.artifact import ArtifactError, is_export, read_export
+
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "checkpoint.json"
@@ -198,6 +200,8 @@ def _check_safetensors(path: str) -> None:
 def load_checkpoint(path: str) -> LoadedCheckpoint:
     """Load a checkpoint folder (or a run folder: its best checkpoint). Only safetensors + JSON."""
     directory = resolve_checkpoint(path)
+    if is_export(directory):
+        return _load_export(directory)
     names = sorted(os.listdir(directory))
     extra = [n for n in names if n not in ALLOWED]
     if extra:
@@ -223,14 +227,38 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
     return LoadedCheckpoint(path=directory, meta=meta, weights=weights, _state_tensors=state)
 
 
+def _load_export(directory: str) -> LoadedCheckpoint:
+    """An exported model (pipeline.lean.artifact) as a checkpoint without training state: its
+    weights decoded to float32 (INT8: dequantized), its metadata with `precision` and `export`."""
+    try:
+        export, weights = read_export(directory)
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from e
+    meta = {
+        **export.get("meta", {}),
+        "config": export["config"],
+        "precision": export["precision"],
+        "export": {
+            k: export[k] for k in ("format", "precision", "size", "source", "weights_sha256") if k in export
+        },
+    }
+    tensors = {k: torch.from_numpy(v) for k, v in weights.items()}
+    return LoadedCheckpoint(path=directory, meta=meta, weights=tensors, _state_tensors={})
+
+
+def _is_model_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, META_FILE)) or is_export(path)
+
+
 def resolve_checkpoint(ref: str) -> str:
-    """A checkpoint folder from: a checkpoint folder, a run folder (its best checkpoint), a run
-    name under $TUNESTACK_HOME/runs, or a registry version "FAMILY:vNNNN" ("FAMILY:production")."""
+    """A checkpoint folder from: a checkpoint folder, an export folder (`tunestack export`), a run
+    folder (its best checkpoint), a run name under $TUNESTACK_HOME/runs, or a registry version
+    "FAMILY:vNNNN" ("FAMILY:production") — whose files must match the sha256 in its record."""
     from pipeline.home import runs_dir
 
     candidates = [ref, os.path.join(runs_dir(), ref)]
     for cand in candidates:
-        if os.path.isfile(os.path.join(cand, META_FILE)):
+        if _is_model_dir(cand):
             return os.path.abspath(cand)
         run_file = os.path.join(cand, RUN_FILE)
         if os.path.isfile(run_file):
@@ -244,9 +272,9 @@ def resolve_checkpoint(ref: str) -> str:
 
         family, version = ref.split(":", 1)
         try:
-            path = Registry().get(family, None if version == "production" else version)["checkpoint"]
+            path = Registry().verified(family, None if version == "production" else version)["checkpoint"]
         except RegistryError as e:
             raise CheckpointError(f"{ref}: {e}") from e
-        if os.path.isfile(os.path.join(path, META_FILE)):
+        if _is_model_dir(path):
             return path
     raise CheckpointError(f"{ref}: not a checkpoint folder, run folder or run name")

@@ -127,6 +127,8 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
         "fingerprint": {"kind": d.source, **data.fingerprint},
+        # a model answers only sequence lengths it was trained on (a single-step FastGRNN's U is untrained)
+        "sequence_lengths": [1] if data.train.x.ndim == 2 else [int(data.train.x.shape[1])],
     }
     return PreparedData(
         {"train": to_dataset(data.train), "val": to_dataset(val)},
