@@ -285,7 +285,9 @@ class EncodePredictor:
         from pipeline.store.layout import StoreError, TripletStore
 
         self.family, self.version, self.record = family, record["version"], record
-        self.model = ckpt.build_model()
+        # a replica given a GPU (ray_actor_options: {num_gpus: …}) runs the model there
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = ckpt.build_model().to(self.device)
         trained_on = ckpt.meta.get("store") or {}
         uri = store_uri or trained_on.get("uri") or default_store_uri()
         try:
@@ -361,9 +363,9 @@ class EncodePredictor:
     def _errors(self, x: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(x), 8192):
-            xb = torch.from_numpy(x[i : i + 8192])
+            xb = torch.from_numpy(x[i : i + 8192]).to(self.device)
             recon, _ = self.model(xb)
-            out.append(self.model.per_sample_error(xb, recon).numpy())
+            out.append(self.model.per_sample_error(xb, recon).cpu().numpy())
         return np.concatenate(out)
 
     def baseline(self, pid: int) -> dict:
@@ -396,11 +398,11 @@ class EncodePredictor:
 
     @torch.no_grad()
     def predict(self, items: list[tuple[int, np.ndarray]]) -> list[dict]:
-        x = torch.from_numpy(np.stack([row for _, row in items]))
+        x = torch.from_numpy(np.stack([row for _, row in items])).to(self.device)
         recon, latent = self.model(x)
-        err = self.model.per_sample_error(x, recon).numpy()
+        err = self.model.per_sample_error(x, recon).cpu().numpy()
         out = []
-        for (pid, _), e, z in zip(items, err, latent.numpy()):
+        for (pid, _), e, z in zip(items, err, latent.cpu().numpy()):
             base = self.baseline(pid)
             score = (float(e) - base["mean"]) / max(base["std"], STD_FLOOR)
             out.append(
@@ -423,6 +425,7 @@ class EncodePredictor:
         return {
             "store": self.store_info,
             "latent_dim": self.model.config.latent_dim,
+            "device": self.device.type,
             "baseline": {
                 "rows": int(self.global_count),
                 "min_pair_rows": MIN_PAIR_ROWS,

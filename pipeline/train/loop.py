@@ -35,7 +35,8 @@ IN_MEMORY_SOURCES = ("routing", "sequences")
 
 def shard_tensors(shard, device, **iter_args) -> dict:
     """Every row of a Ray Data shard as one tensor per column on `device` (one pass)."""
-    parts = list(shard.iter_torch_batches(batch_size=65_536, device=device, **iter_args))
+    pin = torch.device(device).type == "cuda"  # page-locked staging: asynchronous copies to the GPU
+    parts = list(shard.iter_torch_batches(batch_size=65_536, device=device, pin_memory=pin, **iter_args))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
@@ -56,10 +57,13 @@ def tensor_batches(tensors: dict, batch_size: int, seed: int | None = None):
 def make_task(cfg: Config, loop_config: dict, device):
     """The task of the config's family (pipeline.models.family), with what it needs: the run's
     metadata (the store it streams) and, when distilling, the teacher model on `device`."""
+    meta = loop_config.get("meta") or {}
     teacher = None
     if cfg.distill is not None:
-        teacher = load_checkpoint(loop_config["teacher"]).build_model().to(device).eval()
-    return family(cfg.model.arch).make_task(cfg, loop_config.get("meta") or {}, teacher=teacher)
+        from pipeline.train.teacher import load_teacher
+
+        teacher = load_teacher(loop_config["teacher"], meta, device)  # fed its own normalization
+    return family(cfg.model.arch).make_task(cfg, meta, teacher=teacher)
 
 
 def _all_reduce_sums(sums: dict, device, world_size: int) -> dict:

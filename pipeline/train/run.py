@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.home import default_store_uri, expand, runs_dir
-from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
+from pipeline.train.checkpoint import RUN_FILE, load_checkpoint
 
 RUN_CONFIG_FILE = "run_config.json"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
@@ -183,10 +183,14 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
             cfg, model=dataclasses.replace(cfg.model, arch=parent_model.pop("arch"), params=parent_model)
         )
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
-    teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
     data = prepare_data(cfg, normalization)
     cfg = fill_model_dims(cfg, data.dims)
     cfg.model_config()  # validate the completed model config before any worker starts
+    teacher = None
+    if cfg.distill:  # found (registry versions sha256-checked) and size-checked before training
+        from pipeline.train.teacher import check_teacher
+
+        teacher = check_teacher(cfg.distill.teacher, cfg.to_dict(), data.meta)
 
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_path = os.path.abspath(os.path.join(runs_dir(), name))

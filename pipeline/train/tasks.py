@@ -22,7 +22,10 @@ SHUFFLE_ROWS = 20_000  # with a seed, batches are drawn from a local shuffle win
 def torch_batches(source, batch_size: int, device, seed: int | None = None, **iter_args):
     """`iter_torch_batches` of a Ray Dataset or shard; with a seed, through a local shuffle buffer."""
     shuffle = {} if seed is None else {"local_shuffle_buffer_size": SHUFFLE_ROWS, "local_shuffle_seed": seed}
-    return source.iter_torch_batches(batch_size=batch_size, device=device, **iter_args, **shuffle)
+    pin = torch.device(device).type == "cuda"  # staged in page-locked memory: asynchronous copies to the GPU
+    return source.iter_torch_batches(
+        batch_size=batch_size, device=device, pin_memory=pin, **iter_args, **shuffle
+    )
 
 
 def _add(sums: dict, new: dict) -> dict:

@@ -89,6 +89,11 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
     data = prepare_data(cfg) if any(k.startswith("data.") for k in overrides) else shared_data
     cfg = fill_model_dims(cfg, data.dims)
     name = tune.get_context().get_trial_name()
+    teacher = None
+    if cfg.distill is not None:  # the teacher fits this trial's student (its sizes may be searched)
+        from pipeline.train.teacher import check_teacher
+
+        teacher = check_teacher(cfg.distill.teacher, cfg.to_dict(), data.meta)
     done = _finished_run_metrics(os.path.join(trials_dir, name), cfg.train.epochs)
     if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
         tune.report(done)
@@ -98,7 +103,7 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
         "meta": {**data.meta, "run": name, "tune_overrides": overrides},
         "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
         "init_from": None,
-        "teacher": None,
+        "teacher": teacher,
     }
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
 
@@ -145,13 +150,23 @@ def run_tune(
         raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     exp_path = os.path.join(root, exp_name)
+    shared_data = prepare_data(spec.config)
+    if spec.config.distill is not None:  # a teacher that cannot teach fails here, before any trial
+        from pipeline.train.run import fill_model_dims
+        from pipeline.train.teacher import check_teacher
+
+        check_teacher(
+            spec.config.distill.teacher,
+            fill_model_dims(spec.config, shared_data.dims).to_dict(),
+            shared_data.meta,
+        )
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
             base=spec.base,
             source=spec.source,
             trials_dir=os.path.join(exp_path, "trials"),
-            shared_data=prepare_data(spec.config),
+            shared_data=shared_data,
         ),
         {"cpu": spec.tune.trial_cpus},
     )
