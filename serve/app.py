@@ -401,7 +401,12 @@ class GatewayService:
             )
             if pointer["version"]:
                 rec = self.registry.get(family)
-                out.update(metrics=rec["metrics"], config=rec["config"], created=rec["created"])
+                out.update(
+                    metrics=rec["metrics"],
+                    config=rec["config"],
+                    created=rec["created"],
+                    precision=rec.get("precision", "float32"),  # "int8": an INT8 export
+                )
         except (RegistryError, OSError, ValueError, KeyError) as e:  # report it; the app keeps serving
             out["registry_error"] = f"{type(e).__name__}: {e}"
         out["serving"] = await self.serving(family)
