@@ -29,9 +29,12 @@ def default_out(ckpt_path: str, precision: str) -> str:
     from pipeline.home import home
 
     parts = os.path.normpath(ckpt_path).split(os.sep)
-    name = parts[-2] if parts[-1].startswith("checkpoint") and len(parts) > 1 else parts[-1]
-    if name == "checkpoint" and len(parts) > 2:  # a registry version: FAMILY/vNNNN/checkpoint
+    if parts[-1] == "checkpoint" and len(parts) > 2:  # a registry version: FAMILY/vNNNN/checkpoint
         name = f"{parts[-3]}-{parts[-2]}"
+    elif parts[-1].startswith("checkpoint_") and len(parts) > 1:  # a run's: RUN/checkpoint_epochNNNN
+        name = parts[-2]
+    else:
+        name = parts[-1]
     return os.path.join(home(), "exports", f"{name}-{precision}")
 
 
