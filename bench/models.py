@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import bench_cli
+from pipeline.lean.artifact import INT8_PROBABILITY_TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "tune_configs" / "digits.yaml"
@@ -51,7 +52,7 @@ GOALS = {
     "int8_bytes_max": 2048,
     "digits_single_us_max": 60.0,
     "router_single_us_max": 25.0,
-    "int8_probability_diff_max": 0.05,
+    "int8_probability_diff_max": INT8_PROBABILITY_TOLERANCE,
 }
 BATCH = 1024
 

@@ -43,7 +43,7 @@ from pipeline.data.sequences import ROUTING_FEATURES, Normalization
 from pipeline.lean import lean_supported, sequence_lengths_of
 from pipeline.lean.engine import LeanFastGRNNClassifier
 from pipeline.lean.engine import softmax as lean_softmax
-from pipeline.models.classifier import unused_weights
+from pipeline.models import family as family_of
 from pipeline.models.family import FamilyView
 from pipeline.registry.registry import Registry, RegistryError, sha256_file
 
@@ -153,7 +153,9 @@ class RoutePredictor:
         self.engine = None
         if lean_supported(ckpt.config):
             weights = {k: v.detach().float().numpy() for k, v in ckpt.weights.items()}
-            for name in unused_weights(ckpt.config["model"], self.sequence_lengths):
+            for name in family_of(ckpt.config["model"]["arch"]).unused(
+                ckpt.config["model"], self.sequence_lengths
+            ):
                 weights.pop(name, None)  # untrained: a single-step model has no U
             self.engine = LeanFastGRNNClassifier(weights, c.hidden_size, c.input_size, c.num_classes)
             self.np_masks = None if self.masks is None else self.masks.numpy()

@@ -56,21 +56,22 @@ class LeanFastGRNNClassifier:
         self.b3 = np.concatenate([b_z / 2, b_z / 2, b_h]).astype(F32)
         self.alpha = np.concatenate([np.full(H, -k), np.full(H, 0.5)]).astype(F32)
         self.beta = np.concatenate([np.full(H, k + s_nu), np.full(H, 0.5)]).astype(F32)
-        # the batched path needs t only once: [ (Wx+b_z)/2 | Wx+b_h ]
-        self.w2 = np.ascontiguousarray(np.concatenate([W.T / 2, W.T], axis=1), dtype=F32)
-        self.b2 = np.concatenate([b_z / 2, b_h]).astype(F32)
+        # the batched path needs t only once, gate and candidate in two contiguous halves:
+        # [ (Wx+b_z)/2 ; Wx+b_h ] as [2, B, H]
+        self.w2 = np.ascontiguousarray(np.stack([W.T / 2, W.T]), dtype=F32)  # [2, D, H]
+        self.b2 = np.stack([b_z / 2, b_h])[:, None, :].astype(F32)  # [2, 1, H]
         self.k, self.c = F32(k), F32(k + s_nu)
         self.recurrent = any(f"rnn.cell.{n}" in weights for n in ("U", "U1"))
         self.u3 = self.u2 = self.u_factors = None
         if self.recurrent:
             U = get("U") if "rnn.cell.U" in weights else get("U1") @ get("U2")
             self.u3 = np.ascontiguousarray(np.concatenate([U.T / 2, U.T / 2, U.T], axis=1), dtype=F32)
-            self.u2 = np.ascontiguousarray(np.concatenate([U.T / 2, U.T], axis=1), dtype=F32)
+            self.u2 = np.ascontiguousarray(np.stack([U.T / 2, U.T]), dtype=F32)  # [2, H, H]
             if "rnn.cell.U1" in weights:  # h (U1 U2)ᵀ = (h U2ᵀ) U1ᵀ
                 u1t, u2t = get("U1").T, get("U2").T
                 self.u_factors = (
                     np.ascontiguousarray(u2t, dtype=F32),
-                    np.ascontiguousarray(np.concatenate([u1t / 2, u1t], axis=1), dtype=F32),
+                    np.ascontiguousarray(np.stack([u1t / 2, u1t]), dtype=F32),  # [2, r, H]
                 )
         self.head_w = np.ascontiguousarray(np.asarray(weights["head.weight"], dtype=F32).T)
         self.head_b = np.asarray(weights["head.bias"], dtype=F32)
@@ -117,9 +118,11 @@ class LeanFastGRNNClassifier:
         return h
 
     def _hidden_batch(self, x: np.ndarray) -> np.ndarray:
-        """Last hidden states [B, H] of x [B, T, D]: per step one [B, 2H] tanh, in place."""
+        """Last hidden states [B, H] of x [B, T, D]: per step one tanh over the contiguous
+        [gate ; candidate] pre-activations [2, B, H], the update in place."""
         H, B = self.hidden_size, len(x)
-        g = np.matmul(np.ascontiguousarray(x.transpose(1, 0, 2)), self.w2)  # [T, B, 2H], a step contiguous
+        xt = np.ascontiguousarray(x.transpose(1, 0, 2))[:, None]  # [T, 1, B, D]
+        g = np.matmul(xt, self.w2)  # [T, 2, B, H]
         g += self.b2
         factored = self.u_factors is not None and B >= FACTORED_MIN_ROWS
         h = np.zeros((B, H), dtype=F32)
@@ -127,9 +130,11 @@ class LeanFastGRNNClassifier:
         for t in range(x.shape[1]):
             s = g[t]
             if t > 0:
-                s += (h @ self.u_factors[0]) @ self.u_factors[1] if factored else h @ self.u2
+                s += (
+                    np.matmul(h @ self.u_factors[0], self.u_factors[1]) if factored else np.matmul(h, self.u2)
+                )
             np.tanh(s, out=s)
-            gate, cand = s[:, :H], s[:, H:]
+            gate, cand = s[0], s[1]
             # h' = (c − k t) h̃ + ½(1 + t) h  =  c h̃ + ½ h + t (½ h − k h̃)
             np.multiply(cand, self.k, out=tmp)
             h *= 0.5

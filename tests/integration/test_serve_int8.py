@@ -2,7 +2,7 @@
 /v1/route within the documented INT8 tolerance of the float version of the same model; it runs on
 the lean engine, its record says int8, and a sequence the single-step router cannot use is a 422.
 
-INT8 tolerance: 0.05 on P(lightweight) (README, "Tiny models"; tests/unit/test_export.py).
+INT8 tolerance: pipeline.lean.artifact.INT8_PROBABILITY_TOLERANCE on P(lightweight) (README, "Tiny models").
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import requests
 
+from pipeline.lean.artifact import INT8_PROBABILITY_TOLERANCE
 from tests.integration.test_readme import ServeApp
 from tests.unit.test_serve_models import routing_features, train_router
 
 pytestmark = pytest.mark.ray
-INT8_PROBABILITY_TOLERANCE = 0.05
 FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
 
 

@@ -1,9 +1,9 @@
 """`tunestack export`: the artifact format (pipeline.lean.artifact), its size accounting, loading
 it everywhere a checkpoint loads (evaluate, the registry, Serve's predictor), and refusing damage.
 
-INT8 tolerance (documented in the README): weights are rounded to 1/254 of each matrix's range,
-which moves a small classifier's probabilities by a few hundredths at most on its inputs; the
-tests allow 0.05 on class probabilities of routers and digits models trained here.
+INT8 tolerance: pipeline.lean.artifact.INT8_PROBABILITY_TOLERANCE (documented in the README):
+weights are rounded to 1/254 of each matrix's range, which moves a small classifier's class
+probabilities by a few hundredths on its inputs.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.lean.artifact import ArtifactError, decode, encode
+from pipeline.lean.artifact import INT8_PROBABILITY_TOLERANCE, ArtifactError, decode, encode
 from pipeline.models import build_model
 from pipeline.models.fastgrnn import apply_sparsity
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-
-INT8_PROBABILITY_TOLERANCE = 0.05
 
 
 def test_encoding_round_trip_and_sparse_layout():
