@@ -200,3 +200,27 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["export", "x", "--promote"]) == 2
     assert "--promote needs --register" in capsys.readouterr().err
     assert not (tmp_path / "exports").exists()
+
+
+def test_autoencoder_exports_too(tmp_path):
+    """Export is family-generic: an autoencoder's INT8 artifact loads as that family, with its metadata."""
+    from pipeline.export import export_model
+
+    params = {"input_dim": 9, "hidden": [16], "latent_dim": 4}
+    torch.manual_seed(0)
+    model = build_model("autoencoder", **params).eval()
+    meta = {
+        "config": {"model": {"arch": "autoencoder", **params}},
+        "store": {"uri": "/somewhere", "version": 3},
+    }
+    ckpt = save_checkpoint(str(tmp_path / "ae"), model, meta)
+    out = export_model(ckpt, "int8", str(tmp_path / "ae8"))
+    assert "max_probability_diff" not in out and out["file_bytes"] < os.path.getsize(
+        os.path.join(ckpt, "model.safetensors")
+    )
+    loaded = load_checkpoint(out["path"])
+    assert loaded.meta["store"] == {"uri": "/somewhere", "version": 3} and loaded.meta["precision"] == "int8"
+    x = torch.randn(32, 9)
+    with torch.inference_mode():
+        (_, z0), (_, z1) = model(x), loaded.build_model()(x)
+    assert float((z0 - z1).abs().max()) < 0.05 * float(z0.abs().max())  # 8-bit weights: about 1% of the range
