@@ -28,7 +28,6 @@ a tune_configs/router.yaml-shaped model (5 features, one step: no recurrent matr
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import bench_cli
+from bench.report import bench_cli, write_result
+from bench.report import figure as _figure
 from pipeline.lean.artifact import INT8_PROBABILITY_TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,20 +401,6 @@ def plot(models: dict, path: str) -> str:
     return path
 
 
-def _figure(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None):
-    ratio = value / baseline_value if baseline_value else None
-    return {
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "goal": goal,
-        "pass": ok,
-    }
-
-
 def figures(m: dict) -> list[dict]:
     models, lat, batch = m["models"], m["latency_us_per_sample"], m["batch"]
     fg, gru = models["fastgrnn"], models["gru"]
@@ -579,10 +565,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         ),
         "details": m,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "models.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_result(result, out_dir)
 
 
 def render(result: dict) -> str:

@@ -18,11 +18,16 @@ import os
 
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.lean.artifact import META_FILE, PRECISIONS, WEIGHTS_FILE, encode, write_export
 
 # checkpoint metadata that describes training, not the model: not carried into an export
 TRAINING_ONLY = ("train_state", "early_stopping", "attempts", "stopped", "config", "format")
 FIDELITY_ROWS = 512  # random inputs the exported classifier is compared on (max |Δ probability|)
+
+
+class ExportError(UserError, ValueError):
+    """A model that cannot be exported as asked (named, with the reason)."""
 
 
 def default_out(ckpt_path: str, precision: str) -> str:
@@ -47,10 +52,12 @@ def export_model(ref: str, precision: str = "int8", out: str | None = None) -> d
     from pipeline.train.checkpoint import load_checkpoint
 
     if precision not in PRECISIONS:
-        raise ValueError(f"--format must be one of {PRECISIONS}, got {precision!r}")
+        raise ExportError(f"--format must be one of {PRECISIONS}, got {precision!r}")
     ckpt = load_checkpoint(ref)
     if "export" in ckpt.meta:
-        raise ValueError(f"{ref}: already an export ({ckpt.meta['precision']}); export its source checkpoint")
+        raise ExportError(
+            f"{ref}: already an export ({ckpt.meta['precision']}); export its source checkpoint"
+        )
     arch = ckpt.config["model"]["arch"]
     fam = family(arch)
     lengths = sequence_lengths_of(ckpt.meta)
@@ -79,8 +86,16 @@ def export_model(ref: str, precision: str = "int8", out: str | None = None) -> d
         "tensors": layout,
         "size": counts,
     }
+    features = None
+    if ckpt._feature_tensors is not None:  # the model's own feature transform travels with it
+        from safetensors.numpy import save
+
+        features = save(ckpt._feature_tensors)
     out = os.path.abspath(out or default_out(ckpt.path, precision))
-    written = write_export(out, tensors, meta)
+    try:
+        written = write_export(out, tensors, meta, features)
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot write the export ({e})") from e
     summary = {
         "path": out,
         "precision": precision,
@@ -146,38 +161,31 @@ def add_export_parser(subparsers) -> None:
 
 def _cmd_export(args) -> int:
     import json
-    import sys
 
-    from pipeline.lean.artifact import ArtifactError
-    from pipeline.registry import Registry, RegistryError
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.registry import Registry
+    from pipeline.train.checkpoint import load_checkpoint
 
     if args.promote and not args.register:
-        print("tunestack export: --promote needs --register FAMILY", file=sys.stderr)
-        return 2
-    try:
-        summary = export_model(args.model, args.precision, args.out)
-        if args.register:
-            exported = load_checkpoint(summary["path"])
-            metrics = {
-                k: v for k, v in (exported.meta.get("metrics") or {}).items() if isinstance(v, (int, float))
-            }
-            record = Registry().register(
-                args.register,
-                summary["path"],
-                config=exported.config,
-                metrics=metrics,
-                source=summary["path"],
-                promote=args.promote,
-                precision=args.precision,
-            )
-            summary["registered"] = {
-                "family": record["family"],
-                "version": record["version"],
-                "stage": record["stage"],
-            }
-    except (CheckpointError, ArtifactError, RegistryError, ValueError, OSError) as e:
-        print(f"tunestack export: {e}", file=sys.stderr)
-        return 2
+        raise ExportError("--promote needs --register FAMILY")
+    summary = export_model(args.model, args.precision, args.out)
+    if args.register:
+        exported = load_checkpoint(summary["path"])
+        metrics = {
+            k: v for k, v in (exported.meta.get("metrics") or {}).items() if isinstance(v, (int, float))
+        }
+        record = Registry().register(
+            args.register,
+            summary["path"],
+            config=exported.config,
+            metrics=metrics,
+            source=summary["path"],
+            promote=args.promote,
+            precision=args.precision,
+        )
+        summary["registered"] = {
+            "family": record["family"],
+            "version": record["version"],
+            "stage": record["stage"],
+        }
     print(json.dumps(summary, indent=2))
     return 0

@@ -33,16 +33,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.errors import UserError
 from pipeline.store.layout import RAW_SCHEMA
 
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # largest (uncompressed) document read: zip/gzip-bomb guard
-MAX_MEMBER_BYTES = MAX_DOCUMENT_BYTES  # older name
 MAX_LINE_BYTES = 8 * 1024 * 1024  # longest CSV line
 MAX_TEXT_CHARS = 64 * 1024  # longest entity name, label or description
 CSV_META = ("fy", "fp", "form", "filed", "accn")
 
 
-class IngestError(Exception):
+class IngestError(UserError):
     """Bad input: names the file, and the line or concept when known."""
 
     def __init__(self, source: str, detail: str, where: str | None = None):

@@ -5,6 +5,7 @@ one) and run it with NumPy alone — the embedded Python API, and what Serve's r
 
     router = load("exports/router-int8")                 # `tunestack export … --out exports/router-int8`
     router.predict_proba([[0.92, 0.8, 12, 0.97, 1.0]])   # raw features → class probabilities [1, 2]
+    router.threshold                                     # the calibrated threshold on P(lightweight)
 
 `load` applies the model's own normalization (saved with it) and refuses inputs its training never
 saw: a sequence longer than one step for a model trained on single steps. Nothing here imports
@@ -61,6 +62,8 @@ class LeanModel:
         self.normalization = Normalization.from_dict(meta.get("normalization"))
         self.features = self.normalization.features if self.normalization else None
         self.sequence_lengths = sequence_lengths_of(meta)
+        # a router's threshold calibrated in training (P(lightweight) >= it: lightweight); None otherwise
+        self.threshold = (meta.get("route_calibration") or {}).get("threshold")
 
     def prepare(self, x) -> np.ndarray:
         """Raw inputs [B, D] or [B, T, D] → normalized float32 [B, T, D] (ValueError when they do not fit)."""

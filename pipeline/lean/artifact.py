@@ -9,6 +9,8 @@ NumPy only (no torch), so an embedded user or a Serve replica can load it withou
                             #   "bitmap"  one bit per entry of each sparse matrix: 1 = stored
       export.json           # format, precision, the model's config, normalization, trained
                             # sequence lengths, metrics, where it came from, the layout below
+      features.safetensors  # only for a family with a feature transform (the autoencoder): the
+                            # checkpoint's own (pipeline.data.features), copied unchanged
 
 `tensors` in export.json lists every weight of the model's state_dict in order: its shape, how it
 is stored ("dense", "bitmap": only the entries whose bit is set, or "zero": not stored at all,
@@ -30,10 +32,13 @@ import os
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 FORMAT = "tunestack-export-v1"
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "export.json"
-FILES = (WEIGHTS_FILE, META_FILE)
+FEATURES_FILE = "features.safetensors"  # = pipeline.data.features.FEATURES_FILE
+FILES = (WEIGHTS_FILE, META_FILE, FEATURES_FILE)
 PRECISIONS = ("float32", "int8")
 # The documented INT8 tolerance: an INT8 export's class probabilities stay within this of the float
 # model's on the model's own inputs. Rounding every matrix to 1/254 of its range moves a digits
@@ -43,7 +48,7 @@ INT8_PROBABILITY_TOLERANCE = 0.1
 _STORE = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
 
 
-class ArtifactError(Exception):
+class ArtifactError(UserError, ValueError):
     """A folder that is not a readable tunestack export."""
 
 
@@ -151,17 +156,24 @@ def decode(tensors: dict, layout: list[dict]) -> dict:
 # Files
 
 
-def write_export(directory: str, tensors: dict, meta: dict) -> dict:
-    """Write weights.safetensors + export.json into `directory` (created; an existing export
-    there is replaced file by file). `meta` gains `size` and `weights_sha256`. Returns it."""
+def write_export(directory: str, tensors: dict, meta: dict, features: bytes | None = None) -> dict:
+    """Write weights.safetensors + export.json (+ features.safetensors: `features`, the model's
+    feature transform file) into `directory` (created; an existing export there is replaced file
+    by file). `meta` gains `size` and `weights_sha256`. Returns it."""
     from safetensors.numpy import save
 
     os.makedirs(directory, exist_ok=True)
     blob = save(tensors)  # no header metadata: export.json says what it is (every byte counts here)
     header = 8 + int.from_bytes(blob[:8], "little")
     meta = {**meta, "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    if features is not None:
+        meta["features_sha256"] = hashlib.sha256(features).hexdigest()
     meta["size"] = {**meta.get("size", {}), "file_bytes": len(blob), "header": header}
-    for name, data in ((WEIGHTS_FILE, blob), (META_FILE, json.dumps(meta, indent=2).encode())):
+    files = [(WEIGHTS_FILE, blob)] + ([(FEATURES_FILE, features)] if features is not None else [])
+    stale = os.path.join(directory, FEATURES_FILE)
+    if features is None and os.path.exists(stale):
+        os.remove(stale)  # an earlier export of another model into this folder
+    for name, data in files + [(META_FILE, json.dumps(meta, indent=2).encode())]:
         tmp = os.path.join(directory, f".{name}.partial")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -170,28 +182,47 @@ def write_export(directory: str, tensors: dict, meta: dict) -> dict:
 
 
 def read_export(directory: str) -> tuple[dict, dict]:
-    """(export.json, the float32 state dict) of an export folder; only its two files are accepted
-    and the weights must match the sha256 recorded beside them."""
+    """(export.json, the float32 state dict) of a local export folder (see `export_from_files`)."""
+    names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    files = {}
+    for n in names:
+        if n in FILES:
+            with open(os.path.join(directory, n), "rb") as f:
+                files[n] = f.read()
+        else:
+            files[n] = b""  # refused below, by name
+    meta, state, _features = export_from_files(directory, files)
+    return meta, state
+
+
+def export_from_files(directory: str, files: dict[str, bytes]) -> tuple[dict, dict, bytes | None]:
+    """(export.json, the float32 state dict, the feature transform file or None) of an export's
+    files {name: bytes}: only its own files are accepted, and the weights (and features) must match
+    the sha256 recorded beside them."""
     from safetensors.numpy import load
 
-    names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    names = sorted(files)
     extra = [n for n in names if n not in FILES]
-    if extra or WEIGHTS_FILE not in names:
-        raise ArtifactError(f"{directory}: an export holds exactly {list(FILES)}; found {names}")
+    if extra or WEIGHTS_FILE not in names or META_FILE not in names:
+        raise ArtifactError(
+            f"{directory}: an export holds {[WEIGHTS_FILE, META_FILE]} (+ {FEATURES_FILE}); found {names}"
+        )
     try:
-        with open(os.path.join(directory, META_FILE)) as f:
-            meta = json.load(f)
+        meta = json.loads(files[META_FILE])
     except ValueError as e:
         raise ArtifactError(f"{directory}/{META_FILE}: not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f"{directory}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    with open(os.path.join(directory, WEIGHTS_FILE), "rb") as f:
-        blob = f.read()
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{directory}: format {got!r}, expected {FORMAT!r}")
+    blob = files[WEIGHTS_FILE]
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise ArtifactError(f"{directory}/{WEIGHTS_FILE}: does not match the sha256 in {META_FILE}")
     if len(blob) < 9 or blob[8:9] != b"{":
         raise ArtifactError(f"{directory}/{WEIGHTS_FILE}: not a safetensors file")
+    features = files.get(FEATURES_FILE)
+    if features is not None and hashlib.sha256(features).hexdigest() != meta.get("features_sha256"):
+        raise ArtifactError(f"{directory}/{FEATURES_FILE}: does not match the sha256 in {META_FILE}")
     try:
-        return meta, decode(load(blob), meta["tensors"])
+        return meta, decode(load(blob), meta["tensors"]), features
     except (KeyError, ValueError, IndexError) as e:
         raise ArtifactError(f"{directory}: weights do not match their layout ({e})") from e

@@ -123,7 +123,6 @@ FAMILY = Family(
     model=SequenceClassifier,
     sources=("routing", "sequences"),
     task="pipeline.train.tasks:ClassificationTask",
-    metrics=("loss", "accuracy"),
     monitor=("val_accuracy", "max"),
     endpoint="route",
     predictor="serve.models:RoutePredictor",

@@ -40,7 +40,6 @@ class Family:
     model: type  # nn.Module built as model(config); pure PyTorch
     sources: tuple[str, ...]  # the `data.source` kinds it trains on
     task: str = "pipeline.train.tasks:ClassificationTask"  # loss + metrics ("module:Class")
-    metrics: tuple[str, ...] = ("loss", "accuracy")  # what the task's finalize() reports (as val_<name>)
     monitor: tuple[str, str] = ("val_accuracy", "max")  # sensible train.monitor / mode
     endpoint: str | None = None  # the Serve endpoint its predictor answers: "route" | "encode" | None
     predictor: str | None = None  # "serve.models:RoutePredictor": registry version -> answers
@@ -73,12 +72,18 @@ class Family:
     def task_class(self):
         return resolve_ref(self.task)
 
-    def make_task(self, cfg, meta: dict | None = None, teacher=None):
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What the task's finalize() reports (as val_<name>): the task's own list."""
+        return tuple(self.task_class().metrics)
+
+    def make_task(self, cfg, meta: dict | None = None, teacher=None, features=None):
         """The task that trains and evaluates this family for a resolved `cfg`; `meta` is the
-        checkpoint metadata of the run (store, normalization), `teacher` a distillation teacher."""
+        checkpoint metadata of the run (normalization, store), `teacher` a distillation teacher,
+        `features` the model's feature transform (pipeline.data.features; triplet families)."""
         cls = self.task_class()
         if hasattr(cls, "for_run"):
-            return cls.for_run(cfg, meta or {}, teacher=teacher)
+            return cls.for_run(cfg, meta or {}, teacher=teacher, features=features)
         return cls()
 
     def unused(self, model_config: dict, sequence_lengths) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ code either way. A worker group restarted after a failure finds the latest check
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 
@@ -54,16 +55,26 @@ def tensor_batches(tensors: dict, batch_size: int, seed: int | None = None):
         yield {k: v[idx.to(v.device)] for k, v in tensors.items()}
 
 
-def make_task(cfg: Config, loop_config: dict, device):
+def load_features(loop_config: dict):
+    """The run's feature transform (triplets), as the driver saved it; None for other sources."""
+    if not loop_config.get("features"):
+        return None
+    from pipeline.data.features import FeatureTransform
+
+    return FeatureTransform.load(loop_config["features"])
+
+
+def make_task(cfg: Config, loop_config: dict, device, features=None):
     """The task of the config's family (pipeline.models.family), with what it needs: the run's
-    metadata (the store it streams) and, when distilling, the teacher model on `device`."""
+    metadata, the model's feature transform (triplets) and, when distilling, the teacher model on
+    `device`."""
     meta = loop_config.get("meta") or {}
     teacher = None
     if cfg.distill is not None:
         from pipeline.train.teacher import load_teacher
 
         teacher = load_teacher(loop_config["teacher"], meta, device)  # fed its own normalization
-    return family(cfg.model.arch).make_task(cfg, meta, teacher=teacher)
+    return family(cfg.model.arch).make_task(cfg, meta, teacher=teacher, features=features)
 
 
 def _all_reduce_sums(sums: dict, device, world_size: int) -> dict:
@@ -120,7 +131,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     use_amp = t.amp and device.type == "cuda"
     torch.manual_seed(t.seed)
 
-    task = make_task(cfg, loop_config, device)
+    features = load_features(loop_config)  # the model's own transform, whatever the store holds now
+    task = make_task(cfg, loop_config, device, features)
     model = cfg_model(cfg)
     start_epoch, attempts = 0, []
     early = EarlyStopping(t.mode, t.patience, t.min_delta)
@@ -169,11 +181,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     sparsity = sparsity_schedule(cfg)
     final_phase = sparsity.phase(t.epochs - 1) if sparsity else "dense"
 
-    writer = None
+    writer = tensorboard = None
     if rank == 0 and loop_config.get("tensorboard_dir"):
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(loop_config["tensorboard_dir"], purge_step=start_epoch)
+        tensorboard = TensorBoardDir(loop_config["tensorboard_dir"])
+        writer = SummaryWriter(tensorboard.local, purge_step=start_epoch)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -243,6 +256,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         k.replace("_", "/", 1) if k.startswith(("val_", "train_")) else k, v, epoch
                     )
             writer.flush()
+            tensorboard.sync()
 
         meta = {
             **loop_config["meta"],
@@ -257,13 +271,44 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(tmp, model, meta, stepper.optimizer, stepper.scheduler, stepper.grad_scaler)
+                save_checkpoint(
+                    tmp,
+                    model,
+                    meta,
+                    stepper.optimizer,
+                    stepper.scheduler,
+                    stepper.grad_scaler,
+                    features=features,
+                )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
         if stop:
             break
     if writer is not None:
         writer.close()
+        tensorboard.close()
+
+
+class TensorBoardDir:
+    """Where rank 0 writes TensorBoard events: the run's own folder on a local disk; on a storage URI
+    (s3://…) a local folder whose files are copied up after every epoch."""
+
+    def __init__(self, target: str):
+        from pipeline.storage import is_uri
+
+        self.target = target if is_uri(target) else None
+        self.local = tempfile.mkdtemp(prefix="tunestack-tb-") if self.target else target
+
+    def sync(self) -> None:
+        if self.target:
+            from pipeline.storage import resolve
+
+            resolve(self.target).upload(self.local)
+
+    def close(self) -> None:
+        self.sync()
+        if self.target:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def cfg_model(cfg: Config):

@@ -55,7 +55,6 @@ FAMILY = Family(
     model=PooledMLP,
     sources=("sequences",),
     task="pipeline.train.tasks:ClassificationTask",  # classification: the existing task fits
-    metrics=("loss", "accuracy"),
     monitor=("val_accuracy", "max"),
     distillable=True,
     description="toy: per-step projection, mean over time, linear head",

@@ -59,7 +59,7 @@ def test_classifier_trains_on_cuda_with_amp_like_on_cpu(ray_cluster, home):
 
 
 def test_autoencoder_trains_on_cuda_with_amp_like_on_cpu(ray_cluster, home):
-    from tests.unit.test_serve_models import make_store
+    from tests.support.serve_world import make_store
 
     store = make_store(home / "store", companies=2)
     overrides = [
@@ -101,7 +101,7 @@ def test_serve_replica_on_the_gpu(ray_cluster, home):
 
     from pipeline.registry.registry import Registry
     from serve.app import ModelServer
-    from tests.unit.test_serve_models import (
+    from tests.support.serve_world import (
         make_store,
         reference_encode,
         register,
@@ -120,8 +120,8 @@ def test_serve_replica_on_the_gpu(ray_cluster, home):
         info = handle.info.remote().result(timeout_s=120)
         assert info["device"] == "cuda", info
         instances = [{"concept": c, "unit": u, "value": v} for c, u, v in some_pairs(store, k=3)]
-        answer = handle.predict.remote(instances).result(timeout_s=60)
-        assert answer["status"] == 200, answer
+        (answer,) = handle.predict_many.remote([instances]).result(timeout_s=60)
+        assert "outputs" in answer, answer
         latent, error = reference_encode(
             reg, store, [(i["concept"], i["unit"], i["value"]) for i in instances]
         )

@@ -1,6 +1,7 @@
 """A registered INT8 router version served by `tunestack serve` (a real process, real HTTP) answers
-/v1/route within the documented INT8 tolerance of the float version of the same model; it runs on
-the lean engine, its record says int8, and a sequence the single-step router cannot use is a 422.
+/v1/route within the documented INT8 tolerance of the float version of the same model, deciding
+with the threshold calibrated in training (carried by the export); it runs on the lean engine, its
+record says int8, and a sequence the single-step router cannot use is a 422.
 
 INT8 tolerance: pipeline.lean.artifact.INT8_PROBABILITY_TOLERANCE on P(lightweight) (README, "Tiny models").
 """
@@ -20,18 +21,21 @@ import requests
 
 from pipeline.lean.artifact import INT8_PROBABILITY_TOLERANCE
 from tests.integration.test_readme import ServeApp
-from tests.unit.test_serve_models import routing_features, train_router
+from tests.support.serve_world import routing_features, train_router
 
 pytestmark = pytest.mark.ray
 FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
 
 
-def _route(url: str, rows: np.ndarray) -> tuple[np.ndarray, set]:
+def _route(url: str, rows: np.ndarray, threshold: float) -> tuple[np.ndarray, set]:
     body = {"instances": [{"features": [float(v) for v in row]} for row in rows]}
     r = requests.post(f"{url}/v1/route", json=body, timeout=60)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert not any(p["fallback"] for p in preds), preds[:2]
+    for p in preds:  # the version's calibrated threshold decides (the export carries it)
+        assert p["threshold_source"] == "calibrated" and p["threshold"] == pytest.approx(threshold), p
+        assert p["route"] == ("lightweight" if p["probability"] >= threshold else "powerful"), p
     return np.array([p["probability"] for p in preds]), {p["model_version"] for p in preds}
 
 
@@ -45,6 +49,7 @@ def test_int8_router_served_over_http_matches_the_float_version(tmp_path):
     meta = json.loads(meta_file.read_text())
     meta["sequence_lengths"] = [1]  # what `tunestack train` records for routing logs
     meta_file.write_text(json.dumps(meta))
+    threshold = meta["route_calibration"]["threshold"]
     reg = Registry(home / "registry")
     reg.register("router", ckpt, config=meta["config"], metrics={}, promote=True)
     exported = export_model(ckpt, "int8", str(tmp_path / "router-int8"))
@@ -62,7 +67,7 @@ def test_int8_router_served_over_http_matches_the_float_version(tmp_path):
     try:
         url = f"http://127.0.0.1:{app.ensure(timeout=600)}"
         rows = routing_features(64, seed=11)
-        p32, versions = _route(url, rows)
+        p32, versions = _route(url, rows, threshold)
         assert versions == {"v0001"}
 
         auth = {"Authorization": f"Bearer {token}"}
@@ -72,7 +77,7 @@ def test_int8_router_served_over_http_matches_the_float_version(tmp_path):
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 60
         while True:  # replicas follow the production pointer
-            p8, versions = _route(url, rows)
+            p8, versions = _route(url, rows, threshold)
             if versions == {"v0002"}:
                 break
             assert time.monotonic() < deadline, versions

@@ -162,7 +162,7 @@ def test_registered_int8_router_serves_on_the_lean_engine(tmp_path):
     from pipeline.export import export_model
     from pipeline.registry.registry import Registry
     from serve.models import InputError, load_predictor
-    from tests.unit.test_serve_models import routing_features, train_router
+    from tests.support.serve_world import routing_features, train_router
 
     ckpt = train_router(tmp_path / "router", steps=60)
     meta_path = os.path.join(ckpt, "checkpoint.json")
@@ -189,6 +189,20 @@ def test_registered_int8_router_serves_on_the_lean_engine(tmp_path):
         i8.prepare({"sequence": [xs[0]] * 3})
     assert i8.prepare({"sequence": [xs[0]]}).shape == (1, 5)  # one step is what it was trained on
 
+    # the INT8 version decides with the threshold calibrated in training (the export carries it),
+    # in a Serve host as in the embedded lean API
+    from pipeline.lean import load
+    from serve.models import ModelHost
+
+    threshold = meta["route_calibration"]["threshold"]
+    host = ModelHost("router", "route", str(reg.root))
+    reg.promote("router", "v0002")
+    assert host.sync() and host.predictor.version == "v0002"
+    (answer,) = host.predict([{"features": xs[0]}])
+    assert answer["threshold_source"] == "calibrated" and answer["threshold"] == pytest.approx(threshold)
+    assert answer["route"] == ("lightweight" if answer["probability"] >= threshold else "powerful")
+    assert load(out).threshold == pytest.approx(threshold)
+
 
 def test_export_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     from pipeline.cli import main
@@ -202,25 +216,44 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "exports").exists()
 
 
-def test_autoencoder_exports_too(tmp_path):
-    """Export is family-generic: an autoencoder's INT8 artifact loads as that family, with its metadata."""
-    from pipeline.export import export_model
+def test_autoencoder_export_carries_its_feature_transform(tmp_path):
+    """Export is family-generic: an autoencoder's INT8 artifact holds its feature transform
+    (features.safetensors, sha256-checked), so registered it answers /v1/encode's predictor as the
+    float version does, without any store; a transform that is not the exported one is refused."""
+    from pathlib import Path
 
-    params = {"input_dim": 9, "hidden": [16], "latent_dim": 4}
-    torch.manual_seed(0)
-    model = build_model("autoencoder", **params).eval()
-    meta = {
-        "config": {"model": {"arch": "autoencoder", **params}},
-        "store": {"uri": "/somewhere", "version": 3},
-    }
-    ckpt = save_checkpoint(str(tmp_path / "ae"), model, meta)
+    from pipeline.export import export_model
+    from pipeline.registry.registry import Registry
+    from serve.models import LoadError, load_predictor
+    from tests.support.serve_world import make_store, register, some_pairs, train_autoencoder
+
+    store = make_store(tmp_path / "store")
+    ckpt = train_autoencoder(tmp_path / "ae", store, steps=50)
     out = export_model(ckpt, "int8", str(tmp_path / "ae8"))
-    assert "max_probability_diff" not in out and out["file_bytes"] < os.path.getsize(
-        os.path.join(ckpt, "model.safetensors")
-    )
+    assert "max_probability_diff" not in out
+    assert sorted(os.listdir(out["path"])) == ["export.json", "features.safetensors", "weights.safetensors"]
+    assert out["file_bytes"] < os.path.getsize(os.path.join(ckpt, "model.safetensors"))
     loaded = load_checkpoint(out["path"])
-    assert loaded.meta["store"] == {"uri": "/somewhere", "version": 3} and loaded.meta["precision"] == "int8"
-    x = torch.randn(32, 9)
-    with torch.inference_mode():
-        (_, z0), (_, z1) = model(x), loaded.build_model()(x)
-    assert float((z0 - z1).abs().max()) < 0.05 * float(z0.abs().max())  # 8-bit weights: about 1% of the range
+    assert loaded.meta["precision"] == "int8" and loaded.features() is not None
+
+    reg = Registry(tmp_path / "registry")
+    register(reg, "autoencoder", ckpt)
+    reg.register("autoencoder", out["path"], config=loaded.config, metrics={}, precision="int8")
+    instances = [{"concept": c, "unit": u, "value": v} for c, u, v in some_pairs(store, k=4)]
+    answers = {}
+    for version in ("v0001", "v0002"):
+        predictor = load_predictor(reg, "autoencoder", version, task="encode")
+        answers[version] = predictor.predict([predictor.prepare(i) for i in instances])
+    for a, b in zip(answers["v0001"], answers["v0002"]):
+        assert a["pair_known"] and b["pair_known"] and a["baseline"] == b["baseline"]
+        z0, z1 = np.asarray(a["latent"]), np.asarray(b["latent"])
+        # 8-bit weights move the latent by about 1% of its range; 5% bounds it with room
+        assert np.abs(z0 - z1).max() < 0.05 * np.abs(z0).max()
+
+    features = Path(out["path"]) / "features.safetensors"
+    features.write_bytes(features.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    with pytest.raises(CheckpointError, match="features.safetensors: does not match the sha256"):
+        load_checkpoint(out["path"])
+    with pytest.raises(LoadError):  # the registered copy is intact; a damaged one is not served
+        Path(reg.get("autoencoder", "v0002")["checkpoint"], "features.safetensors").write_bytes(b"x")
+        load_predictor(reg, "autoencoder", "v0002", task="encode")
