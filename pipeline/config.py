@@ -248,15 +248,19 @@ class ModelSection(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _validate_family(cls, raw):
-        from pipeline.models import MODEL_CONFIGS, make_config
+        from pipeline.models import MODEL_CONFIGS, family, make_config
 
         if isinstance(raw, ModelSection):
             return raw
         if not isinstance(raw, dict):
             raise PydanticCustomError("config", "expected a mapping, got {got}", {"got": repr(raw)})
         arch = raw.get("arch", "sequence_classifier")
-        if not isinstance(arch, str) or arch not in MODEL_CONFIGS:
+        if not isinstance(arch, str):
             raise _fail("arch", f"unknown arch {arch!r}; known: {sorted(MODEL_CONFIGS)}", arch)
+        try:
+            family(arch)  # registered, or a family module named by its dotted path (imported now)
+        except ValueError as e:
+            raise _fail("arch", str(e).replace("model arch", "arch", 1), arch) from None
         params = family_schema(arch, MODEL_CONFIGS[arch]).model_validate(raw).model_dump(exclude_unset=True)
         params.pop("arch", None)
         try:

@@ -99,7 +99,7 @@ class RouteScorer:
         self.predictor = RoutePredictor("score", {"version": version}, load_checkpoint(checkpoint))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from serve.models import decide_route
+        from serve.models import decide_route, route_threshold
         from serve.schemas import ModelSettings
 
         p = self.predictor
@@ -113,15 +113,18 @@ class RouteScorer:
             x = p.normalization.apply(x)
         outs = p.predict(list(x.astype(np.float32)))
         settings = ModelSettings()  # Serve's defaults
+        threshold, _source = route_threshold(p, settings)  # the version's calibrated one, as Serve's
         prob = np.asarray([o["probability"] for o in outs])
-        unc = np.asarray([o["uncertainty"] for o in outs])
-        route = [
-            decide_route(a, b, settings.confidence_threshold, settings.max_uncertainty)
-            for a, b in zip(prob, unc)
-        ]
+        unc = [o["uncertainty"] for o in outs]  # None: no MC-dropout estimate (a null column)
+        route = [decide_route(a, b, threshold, settings.max_uncertainty) for a, b in zip(prob, unc)]
         cols = {c: batch.column(c) for c in batch.column_names if c != "data"}
         return pa.table(
-            {**cols, "probability": prob, "uncertainty": unc, "route": pa.array(route, pa.string())}
+            {
+                **cols,
+                "probability": prob,
+                "uncertainty": pa.array(unc, pa.float64()),
+                "route": pa.array(route, pa.string()),
+            }
         )
 
 

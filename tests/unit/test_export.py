@@ -136,7 +136,7 @@ def test_damaged_or_foreign_exports_are_refused(tmp_path):
         load(out)
     out2 = export_model(ckpt, "int8", str(tmp_path / "f"))["path"]
     open(os.path.join(out2, "model.pt"), "wb").write(b"\x80\x04")
-    with pytest.raises(CheckpointError, match="an export holds exactly"):
+    with pytest.raises(CheckpointError, match="an export holds"):
         load_checkpoint(out2)
 
 
