@@ -16,6 +16,7 @@ import sys
 from bench.runner import add_bench_parser
 from pipeline import home
 from pipeline.errors import UserError
+from pipeline.export import add_export_parser
 from pipeline.train.cli import add_train_parsers
 from pipeline.tune.cli import add_tune_parser
 from serve.cli import add_serve_parser
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(sub)
     add_tune_parser(sub)
+    add_export_parser(sub)
     add_serve_parser(sub)
     add_score_parser(sub)
     add_bench_parser(sub)

@@ -248,15 +248,19 @@ class ModelSection(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _validate_family(cls, raw):
-        from pipeline.models import MODEL_CONFIGS, make_config
+        from pipeline.models import MODEL_CONFIGS, family, make_config
 
         if isinstance(raw, ModelSection):
             return raw
         if not isinstance(raw, dict):
             raise PydanticCustomError("config", "expected a mapping, got {got}", {"got": repr(raw)})
         arch = raw.get("arch", "sequence_classifier")
-        if not isinstance(arch, str) or arch not in MODEL_CONFIGS:
+        if not isinstance(arch, str):
             raise _fail("arch", f"unknown arch {arch!r}; known: {sorted(MODEL_CONFIGS)}", arch)
+        try:
+            family(arch)  # registered, or a family module named by its dotted path (imported now)
+        except ValueError as e:
+            raise _fail("arch", str(e).replace("model arch", "arch", 1), arch) from None
         params = family_schema(arch, MODEL_CONFIGS[arch]).model_validate(raw).model_dump(exclude_unset=True)
         params.pop("arch", None)
         try:
@@ -334,7 +338,7 @@ class Config(Section):
             if isinstance(section, Section):
                 for key, message in section.problems():
                     yield f"{name}.{key}" if key else name, message
-        from pipeline.models import DATA_SOURCES
+        from pipeline.models import DATA_SOURCES, family
 
         arch, source = self.model.arch, self.data.source
         sources = DATA_SOURCES.get(arch, ())
@@ -348,8 +352,8 @@ class Config(Section):
             yield "train.monitor", "must be a validation metric (val_…)"
         elif metrics and self.train.monitor not in metrics:
             yield "train.monitor", f"{self.train.monitor!r} is not a metric of {arch!r}; one of {metrics}"
-        if self.distill is not None and arch != "sequence_classifier":
-            yield "distill", "distillation needs a classifier"
+        if self.distill is not None and not family(arch).distillable:
+            yield "distill", "distillation needs a classifier family"
 
     # -- what the rest of the code reads -----------------------------------------------------
 

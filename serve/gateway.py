@@ -177,7 +177,12 @@ class GatewayService:
             )
             if pointer["version"]:
                 rec = self.registry.get(family)
-                out.update(metrics=rec.get("metrics"), config=rec.get("config"), created=rec.get("created"))
+                out.update(
+                    metrics=rec.get("metrics"),
+                    config=rec.get("config"),
+                    created=rec.get("created"),
+                    precision=rec.get("precision", "float32"),  # "int8": an INT8 export
+                )
         except (RegistryError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             out["registry_error"] = f"{type(e).__name__}: {e}"  # report it; the app keeps serving
         out["serving"] = await self.serving(family)

@@ -9,6 +9,10 @@ Router (arch "sequence_classifier", 2 classes; class 1 = the lightweight model s
   - the normalization saved with the checkpoint (pipeline.data.sequences.Normalization: the z-score,
     after log1p of heavy-tailed features when it lists any) is applied to every feature vector;
   - probability = softmax(logits)[1] of the model in eval mode;
+    a FastGRNN runs on the lean NumPy engine (pipeline.lean: torch's answers to float32 rounding;
+    an INT8 export's weights dequantized once at load), a GRU/LSTM baseline on torch;
+  - a model answers only the sequence lengths it trained on (checkpoint meta `sequence_lengths`):
+    a single-step router refuses a `sequence` with a 422 (its recurrent U never got a gradient);
   - the threshold: the deployment's `confidence_threshold` when it sets one ("deployment"), else
     the one calibrated when the version was trained ("calibrated": the lowest threshold whose error
     among the validation requests routed lightweight stays within route.max_lightweight_error; see
@@ -51,6 +55,11 @@ import torch
 
 from pipeline.data.features import MIN_PAIR_ROWS, anomaly_scores
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
+from pipeline.lean import lean_supported, sequence_lengths_of
+from pipeline.lean.engine import LeanFastGRNNClassifier
+from pipeline.lean.engine import softmax as lean_softmax
+from pipeline.models import family as family_of
+from pipeline.models.family import FamilyView
 from pipeline.registry.registry import Registry, RegistryError
 
 MC_SAMPLES = 32
@@ -156,6 +165,19 @@ class RoutePredictor:
             self.masks = keep / (1.0 - c.dropout)
         self._seen = threading.local()  # the head's input, per thread: predict may run concurrently
         self.model.head.register_forward_pre_hook(self._capture_head_input)
+        # FastGRNN runs on the lean NumPy engine (same answers to float32 rounding, a fraction of
+        # torch's per-call overhead); GRU/LSTM baselines on torch
+        self.precision = ckpt.meta.get("precision", "float32")
+        self.sequence_lengths = sequence_lengths_of(ckpt.meta)
+        self.engine = None
+        if lean_supported(ckpt.config):
+            weights = {k: v.detach().float().numpy() for k, v in ckpt.weights.items()}
+            for name in family_of(ckpt.config["model"]["arch"]).unused(
+                ckpt.config["model"], self.sequence_lengths
+            ):
+                weights.pop(name, None)  # untrained: a single-step model has no U
+            self.engine = LeanFastGRNNClassifier(weights, c.hidden_size, c.input_size, c.num_classes)
+            self.np_masks = None if self.masks is None else self.masks.numpy()
 
     def _capture_head_input(self, _module, args):
         self._seen.head_input = args[0]
@@ -197,6 +219,18 @@ class RoutePredictor:
                     + (f" ({', '.join(self.features)})" if self.features else "")
                 )
             x = np.asarray([f], dtype=np.float64)
+        lengths = self.sequence_lengths
+        if lengths and not min(lengths) <= len(x) <= max(lengths):
+            trained = f"{lengths[0]}-step" if len(lengths) == 1 else f"{min(lengths)}..{max(lengths)}-step"
+            raise InputError(
+                f"{'a sequence of ' + str(len(x)) + ' steps' if len(x) > 1 else 'a single step'}: this "
+                f"model was trained on {trained} inputs only"
+                + (
+                    " (its recurrent weights never learned); send one step as features"
+                    if lengths == [1]
+                    else ""
+                )
+            )
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
             x = self.normalization.apply(x) if self.normalization else x
         return _finite32(x, "a feature value")
@@ -209,6 +243,9 @@ class RoutePredictor:
         for i, x in enumerate(xs):
             by_len[x.shape[0]].append(i)
         for idx in by_len.values():
+            if self.engine is not None:
+                self._predict_lean(np.stack([xs[i] for i in idx]), idx, out)
+                continue
             logits = self.model(torch.from_numpy(np.stack([xs[i] for i in idx])))
             p = torch.softmax(logits, dim=-1)[:, 1]
             unc = [None] * len(idx)
@@ -220,8 +257,19 @@ class RoutePredictor:
                 out[i] = {"probability": float(p[j]), "uncertainty": unc[j]}
         return out
 
+    def _predict_lean(self, x: np.ndarray, idx: list[int], out: list) -> None:
+        """The lean engine's answers for same-length inputs x [B, T, D] into out[idx]."""
+        h = self.engine.hidden(x)
+        p = lean_softmax(self.engine.head(h))[:, 1]
+        unc = [None] * len(idx)
+        if self.np_masks is not None:
+            pk = lean_softmax(self.engine.head(h[None, :, :] * self.np_masks[:, None, :]))[..., 1]
+            unc = np.clip(2.0 * pk.astype(np.float64).std(axis=0), 0, 1).tolist()
+        for j, i in enumerate(idx):
+            out[i] = {"probability": float(p[j]), "uncertainty": unc[j]}
+
     def smoke_test(self) -> None:
-        r = self.predict([np.zeros((1, self.input_size), np.float32)])[0]
+        r = self.predict([np.zeros((min(self.sequence_lengths or [1]), self.input_size), np.float32)])[0]
         if not (math.isfinite(r["probability"]) and math.isfinite(r["uncertainty"] or 0.0)):
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
@@ -232,6 +280,9 @@ class RoutePredictor:
             "normalization": self.normalization.to_dict() if self.normalization else None,
             "uncertainty": self.uncertainty_kind,
             "calibration": self.calibration,
+            "precision": self.precision,
+            "engine": "lean-numpy" if self.engine is not None else "torch",
+            "sequence_lengths": self.sequence_lengths,
         }
 
 
@@ -247,7 +298,9 @@ class EncodePredictor:
 
     def __init__(self, family: str, record: dict, ckpt):
         self.family, self.version, self.record = family, record["version"], record
-        self.model = ckpt.build_model()
+        # a replica given a GPU (ray_actor_options: {num_gpus: …}) runs the model there
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = ckpt.build_model().to(self.device)
         self.features = ckpt.features()
         if self.features is None or self.features.baseline is None:
             what = "no feature transform" if self.features is None else "no error baseline"
@@ -300,12 +353,12 @@ class EncodePredictor:
 
     @torch.no_grad()
     def predict(self, items: list[tuple[int, str | None, np.ndarray]]) -> list[dict]:
-        x = torch.from_numpy(np.stack([row for _, _, row in items]))
+        x = torch.from_numpy(np.stack([row for _, _, row in items])).to(self.device)
         recon, latent = self.model(x)
-        err = self.model.per_sample_error(x, recon).numpy()
+        err = self.model.per_sample_error(x, recon).cpu().numpy()
         baseline = self.features.baseline
         out = []
-        for (k, fallback, _), e, z in zip(items, err, latent.numpy()):
+        for (k, fallback, _), e, z in zip(items, err, latent.cpu().numpy()):
             base = baseline.row(k)
             score = anomaly_scores(np.asarray([e]), np.asarray([base["mean"]]), np.asarray([base["std"]]))[0]
             out.append(
@@ -339,6 +392,7 @@ class EncodePredictor:
                 "fallback_units": len(f.fallback_units) - 1,
             },
             "latent_dim": self.model.config.latent_dim,
+            "device": self.device.type,
             "baseline": {
                 "rows": int(b[0]),
                 "min_pair_rows": MIN_PAIR_ROWS,
@@ -348,7 +402,8 @@ class EncodePredictor:
         }
 
 
-PREDICTORS = {"sequence_classifier": RoutePredictor, "autoencoder": EncodePredictor}
+# {arch: predictor class}, derived from the family descriptors
+PREDICTORS = FamilyView(lambda f: f.predictor_class(), where=lambda f: f.predictor is not None)
 
 
 def load_predictor(
@@ -374,9 +429,10 @@ def load_predictor(
     try:
         ckpt = checkpoint_from_files(record["checkpoint"], files)
         arch = ckpt.config["model"]["arch"]
-        cls = PREDICTORS.get(arch)
-        if cls is None:
-            raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}")
+        try:
+            cls = PREDICTORS[arch]
+        except (KeyError, ValueError):
+            raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}") from None
         if task is not None and cls.task != task:
             raise LoadError(f"{family} {record['version']}: arch {arch!r} cannot serve {task!r}")
         predictor = cls(family, record, ckpt)

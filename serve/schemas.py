@@ -10,9 +10,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.models.family import ENDPOINTS
+
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_FEATURES = 1024  # per step: far above any model here; only bounds the work a request can ask for
-TASKS = ("route", "encode")
+# the endpoints model families serve (pipeline.models.family.Family.endpoint): "route", "encode"
+TASKS = ENDPOINTS
 TOKEN_ENV = "TUNESTACK_ADMIN_TOKEN"  # the management endpoints' bearer token (its sha256 reaches the app)
 
 
@@ -242,7 +245,7 @@ class AppArgs(ModelSettings):
     store_uri: str | None = Field(
         None, description="triplet store for encode; default: the one the autoencoder was trained on"
     )
-    families: dict[str, Literal["route", "encode"]] = Field(
+    families: dict[str, Literal[TASKS]] = Field(
         default_factory=lambda: {"router": "route", "autoencoder": "encode"},
         description="family -> the endpoint it serves (one family per endpoint)",
     )

@@ -209,8 +209,11 @@ def triplet_batch(embeddings: np.ndarray, pair_id: np.ndarray, value: np.ndarray
 
     x = torch.from_numpy(triplet_features(embeddings, pair_id, value))
     ids = torch.from_numpy(pair_id.astype(np.int64))
-    if device is not None and torch.device(device).type != "cpu":
-        x, ids = x.to(device, non_blocking=True), ids.to(device, non_blocking=True)
+    if device is not None and torch.device(device).type == "cuda":
+        # staged in pinned (page-locked) memory, the copy to the GPU runs asynchronously
+        x, ids = x.pin_memory().to(device, non_blocking=True), ids.pin_memory().to(device, non_blocking=True)
+    elif device is not None and torch.device(device).type != "cpu":
+        x, ids = x.to(device), ids.to(device)
     return {"x": x, "pair_id": ids}
 
 

@@ -1,48 +1,82 @@
-"""Model families, pure PyTorch (no Ray): the registry maps an arch name to its config and model.
+"""Model families, pure PyTorch (no Ray), each described once by a `Family` (pipeline.models.family).
 
-Adding a family = a new module with a config dataclass (validating itself in __post_init__) and
-an nn.Module taking that config, plus one line in FAMILIES and one in DATA_SOURCES (the
-`data.source` kinds it trains on). `register_family` does the same at run time (tests, notebooks);
-Ray workers import this module afresh, so a family trained on Ray must be listed here.
+Adding a family = one module here (a config dataclass validating itself in __post_init__, an
+nn.Module taking that config, and `FAMILY = Family(...)` at the bottom) plus its config file.
+Every module of this package is imported when the package is, and its FAMILY registered, so Ray
+Train workers, Serve replicas and the CLI all know it. A family module outside the package is
+named in a config by its dotted module path (`model.arch: my_pkg.my_family`) and imported then.
+
+The tables keyed by arch (`FAMILIES`, `MODEL_CONFIGS`, `DATA_SOURCES`, the trainer's `TASKS`,
+Serve's `PREDICTORS`) are read-only views of REGISTRY.
 """
 
-from dataclasses import fields
+from __future__ import annotations
 
-from pipeline.models.autoencoder import Autoencoder, AutoencoderConfig
-from pipeline.models.classifier import SequenceClassifier, SequenceClassifierConfig
+import importlib
+import pkgutil
+import re
 
-# arch name -> (config dataclass, model class built as ModelClass(config))
-FAMILIES = {
-    "sequence_classifier": (SequenceClassifierConfig, SequenceClassifier),
-    "autoencoder": (AutoencoderConfig, Autoencoder),
-}
-MODEL_CONFIGS = {arch: config_cls for arch, (config_cls, _) in FAMILIES.items()}
-# arch name -> the config's `data.source` kinds it can train on (pipeline.config checks it)
-DATA_SOURCES = {"sequence_classifier": ("routing", "sequences"), "autoencoder": ("triplets",)}
+from pipeline.models.family import Family, FamilyView
+
+REGISTRY: dict[str, Family] = {}
+_MODULE_ARCH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
-def register_family(arch, config_cls, model_cls, sources=("sequences",)):
-    """Add a model family: `config_cls` (a dataclass) and `model_cls(config)`, trained on `sources`."""
-    if arch in FAMILIES and FAMILIES[arch] != (config_cls, model_cls):
-        raise ValueError(f"model arch {arch!r} is already registered")
-    FAMILIES[arch] = (config_cls, model_cls)
-    MODEL_CONFIGS[arch] = config_cls
-    DATA_SOURCES[arch] = tuple(sources)
+def register(fam: Family) -> Family:
+    """Add a family (idempotent for the same descriptor; a different one under a taken arch is an error)."""
+    if fam.arch in REGISTRY and REGISTRY[fam.arch] != fam:
+        raise ValueError(f"model arch {fam.arch!r} is already registered")
+    REGISTRY[fam.arch] = fam
+    return fam
+
+
+def _discover() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        fam = getattr(module, "FAMILY", None)
+        if isinstance(fam, Family):
+            register(fam)
+
+
+def family(arch: str) -> Family:
+    """The registered family of `arch`; a dotted module path is imported and its FAMILY registered
+    under that path (so configs and checkpoints name it, and Ray workers import it too)."""
+    if arch in REGISTRY:
+        return REGISTRY[arch]
+    if isinstance(arch, str) and _MODULE_ARCH.match(arch):
+        try:
+            module = importlib.import_module(arch)
+        except ImportError as e:
+            raise ValueError(f"model arch {arch!r}: cannot import that module ({e})") from e
+        fam = getattr(module, "FAMILY", None)
+        if not isinstance(fam, Family):
+            raise ValueError(f"model arch {arch!r}: the module defines no FAMILY = Family(...)")
+        from dataclasses import replace
+
+        return register(fam if fam.arch == arch else replace(fam, arch=arch))
+    raise ValueError(f"unknown model arch {arch!r}; known: {sorted(REGISTRY)}")
+
+
+_discover()
+
+# Derived tables (read-only views; kept for the code and tests that index them by arch)
+FAMILIES = FamilyView(lambda f: (f.config, f.model))
+MODEL_CONFIGS = FamilyView(lambda f: f.config)
+DATA_SOURCES = FamilyView(lambda f: f.sources)
+
+
+def register_family(arch, config_cls, model_cls, sources=("sequences",), **descriptor):
+    """Register a family at run time (tests, notebooks): `Family(arch, config_cls, model_cls,
+    sources, **descriptor)`. Ray workers import pipeline.models afresh, so a family trained on Ray
+    must live in a module (this package, or one named by its dotted path)."""
+    return register(Family(arch, config_cls, model_cls, tuple(sources), **descriptor))
 
 
 def make_config(arch, **kwargs):
     """The validated config dataclass of `arch`; unknown keys raise TypeError naming them."""
-    if arch not in FAMILIES:
-        raise ValueError(f"unknown model arch {arch!r}; known: {sorted(FAMILIES)}")
-    config_cls = FAMILIES[arch][0]
-    known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for arch {arch!r}; valid: {sorted(known)}")
-    return config_cls(**kwargs)
+    return family(arch).make_config(**kwargs)
 
 
 def build_model(arch, **kwargs):
     """Build the nn.Module of `arch` from config keyword arguments (see MODEL_CONFIGS[arch])."""
-    config = make_config(arch, **kwargs)
-    return FAMILIES[arch][1](config)
+    return family(arch).build(**kwargs)

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.models.family import Family
+
 LOSSES = ("l1", "mse")
 INITS = ("random", "pca")
 
@@ -184,3 +186,16 @@ def embedding_cosine_similarity(x, recon, eps=1e-8):
     b = np.asarray(recon, dtype=np.float64)[:, :-1]
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), eps)
     return np.sum(a * b, axis=1) / norms
+
+
+FAMILY = Family(
+    arch="autoencoder",
+    config=AutoencoderConfig,
+    model=Autoencoder,
+    sources=("triplets",),
+    task="pipeline.train.tasks:AutoencoderTask",
+    monitor=("val_loss", "min"),
+    endpoint="encode",
+    predictor="serve.models:EncodePredictor",
+    description="Stage-1 autoencoder over [pair embedding || scaled value] triplet rows",
+)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pipeline.models.family import Family
 from pipeline.models.fastgrnn import FastGRNN
 
 CELLS = ("fastgrnn", "gru", "lstm")
@@ -104,3 +105,28 @@ def route_probability(logits):
     if logits.size(-1) != 2:
         raise ValueError(f"router logits need 2 classes, got {logits.size(-1)}")
     return torch.softmax(logits, dim=-1)[..., LIGHTWEIGHT]
+
+
+def unused_weights(model_config: dict, sequence_lengths) -> list[str]:
+    """A FastGRNN trained only on single steps starts from h₀ = 0, so U h₀ = 0: U (or its factors)
+    never received a gradient and never contributes. An export leaves it out (and the model then
+    answers single steps only)."""
+    if model_config.get("cell", "fastgrnn") != "fastgrnn" or list(sequence_lengths or []) != [1]:
+        return []
+    low_rank = model_config.get("u_rank") is not None
+    return ["rnn.cell.U1", "rnn.cell.U2"] if low_rank else ["rnn.cell.U"]
+
+
+FAMILY = Family(
+    arch="sequence_classifier",
+    config=SequenceClassifierConfig,
+    model=SequenceClassifier,
+    sources=("routing", "sequences"),
+    task="pipeline.train.tasks:ClassificationTask",
+    monitor=("val_accuracy", "max"),
+    endpoint="route",
+    predictor="serve.models:RoutePredictor",
+    distillable=True,
+    unused_weights="pipeline.models.classifier:unused_weights",
+    description="FastGRNN (or GRU/LSTM) over a sequence + a linear head: the router, digits",
+)

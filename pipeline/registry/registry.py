@@ -153,6 +153,14 @@ class Registry:
         rec["checkpoint"] = self.loc.uri_of(self._version(family, version), "checkpoint")
         return rec
 
+    def verified(self, family: str, version: str | None = None) -> dict:
+        """`get`, after checking every file of the version against its recorded sha256."""
+        record = self.get(family, version)
+        problems = self._check_files(family, record["version"])
+        if problems:
+            raise RegistryError("; ".join(problems))
+        return record
+
     def list(self, family: str | None = None) -> list[dict]:
         fams = [family] if family else self.families()
         return [self.get(f, v) for f in fams for v in self.versions(f)]
@@ -246,9 +254,11 @@ class Registry:
         metrics: dict,
         source: str | None = None,
         promote: bool = False,
+        precision: str = "float32",
     ) -> dict:
-        """Copy a checkpoint's safetensors/JSON files (a local folder or a URI) in as the family's
-        next version; with `promote`, make it production too (or leave no version behind)."""
+        """Copy a checkpoint's (or an export's) safetensors/JSON files (a local folder or a URI) in
+        as the family's next version; with `promote`, make it production too (or leave no version
+        behind). `precision` ("float32", or "int8" for an INT8 export) is kept in its record."""
         src = resolve(str(checkpoint_dir))
         names = sorted(n for n, is_dir in src.list_dir().items() if not is_dir)
         bad = [n for n in names if not n.endswith(ALLOWED_SUFFIXES)]
@@ -272,6 +282,7 @@ class Registry:
                 "config": config,
                 "metrics": metrics,
                 "source": source or str(checkpoint_dir),
+                "precision": precision,
                 "files": digests,
             }
             # The one write that makes the version visible (replacing this writer's placeholder).

@@ -28,6 +28,9 @@ import torch
 from safetensors.torch import load, save
 
 from pipeline.errors import UserError
+from pipeline.lean.artifact import FEATURES_FILE as EXPORT_FEATURES_FILE
+from pipeline.lean.artifact import META_FILE as EXPORT_META_FILE
+from pipeline.lean.artifact import ArtifactError, export_from_files
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -233,13 +236,16 @@ def _check_safetensors(where: str, data: bytes) -> None:
 
 
 def load_checkpoint(path: str) -> LoadedCheckpoint:
-    """Load a checkpoint folder (or a run folder: its best checkpoint), local or at a storage URI.
-    Only safetensors + JSON."""
+    """Load a checkpoint folder (or a run folder: its best checkpoint; an export folder), local or
+    at a storage URI. Only safetensors + JSON."""
     from pipeline.storage import resolve
 
     directory = resolve_checkpoint(path)
     loc = resolve(directory)
     names = sorted(loc.list_dir())
+    if EXPORT_META_FILE in names:  # `tunestack export`'s folder: its own files only (checked there)
+        names = [n for n in names if not n.startswith(".")]  # not a write still in progress
+        return checkpoint_from_files(directory, {n: loc.read_bytes(n) for n in names})
     extra = [n for n in names if n not in ALLOWED]
     if extra:
         raise CheckpointError(
@@ -251,6 +257,8 @@ def load_checkpoint(path: str) -> LoadedCheckpoint:
 
 def checkpoint_from_files(directory: str, files: dict[str, bytes]) -> LoadedCheckpoint:
     """A checkpoint from its files' bytes (what the registry hands over once their sha256 checked)."""
+    if EXPORT_META_FILE in files:
+        return _export_checkpoint(directory, files)
     extra = sorted(n for n in files if n not in ALLOWED)
     if extra:
         raise CheckpointError(f"{directory}: unexpected file(s) {extra}; only {sorted(ALLOWED)}")
@@ -289,17 +297,49 @@ def update_meta(path: str, **fields) -> None:
     loc.write_bytes_atomic(META_FILE, json.dumps(meta, indent=2).encode())
 
 
+def _export_checkpoint(directory: str, files: dict[str, bytes]) -> LoadedCheckpoint:
+    """An exported model (pipeline.lean.artifact) as a checkpoint without training state: its
+    weights decoded to float32 (INT8: dequantized), its metadata with `precision` and `export`,
+    its feature transform (a family that has one) as the checkpoint's."""
+    try:
+        export, weights, feature_blob = export_from_files(directory, files)
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from e
+    meta = {
+        **export.get("meta", {}),
+        "config": export["config"],
+        "precision": export["precision"],
+        "export": {
+            k: export[k] for k in ("format", "precision", "size", "source", "weights_sha256") if k in export
+        },
+    }
+    features = None
+    if feature_blob is not None:
+        from safetensors.numpy import load as load_numpy
+
+        _check_safetensors(f"{directory}/{EXPORT_FEATURES_FILE}", feature_blob)
+        features = load_numpy(feature_blob)
+    tensors = {k: torch.from_numpy(v) for k, v in weights.items()}
+    return LoadedCheckpoint(directory, meta, tensors, {}, features)
+
+
+def _is_model_dir(loc) -> bool:
+    """A checkpoint or an export at `loc` (a pipeline.storage location)."""
+    return loc.is_file(META_FILE) or loc.is_file(EXPORT_META_FILE)
+
+
 def resolve_checkpoint(ref: str) -> str:
-    """A checkpoint folder (a local path or a storage URI) from: a checkpoint folder, a run folder
-    (its best checkpoint), a run name under the runs location ($TUNESTACK_STORAGE/runs), or a
-    registry version "FAMILY:vNNNN" ("FAMILY:production")."""
+    """A checkpoint folder (a local path or a storage URI) from: a checkpoint folder, an export
+    folder (`tunestack export`), a run folder (its best checkpoint), a run name under the runs
+    location ($TUNESTACK_STORAGE/runs), or a registry version "FAMILY:vNNNN" ("FAMILY:production")
+    — whose files must match the sha256 in its record."""
     from pipeline.home import runs_dir
     from pipeline.storage import absolute, is_uri, join_uri, resolve
 
     candidates = [ref] if is_uri(ref) or os.path.isabs(ref) else [ref, join_uri(runs_dir(), ref)]
     for cand in candidates:
         loc = resolve(cand)
-        if loc.is_file(META_FILE):
+        if _is_model_dir(loc):
             return absolute(cand)
         if loc.is_file(RUN_FILE):
             best = json.loads(loc.read_bytes(RUN_FILE)).get("best_checkpoint")
@@ -311,9 +351,9 @@ def resolve_checkpoint(ref: str) -> str:
 
         family, version = ref.split(":", 1)
         try:
-            path = Registry().get(family, None if version == "production" else version)["checkpoint"]
+            path = Registry().verified(family, None if version == "production" else version)["checkpoint"]
         except RegistryError as e:
             raise CheckpointError(f"{ref}: {e}") from e
-        if resolve(path).is_file(META_FILE):
+        if _is_model_dir(resolve(path)):
             return path
     raise CheckpointError(f"{ref}: not a checkpoint folder, run folder or run name")

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, config_from_dict
-from pipeline.train.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from pipeline.train.tasks import TASKS
+from pipeline.models import family
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.step import Stepper, batch_rows, make_optimizer, make_scheduler, sparsity_schedule
+
+__all__ = ["make_optimizer", "make_scheduler", "make_task", "train_loop_per_worker", "cfg_model"]
 
 INELIGIBLE_SCORE = 1e30  # |score| of a checkpoint that may not be a run's best (e.g. a dense phase)
 # Sources the driver reads whole (routing logs, .npz/Parquet sequences): each worker loads its
@@ -33,7 +36,8 @@ IN_MEMORY_SOURCES = ("routing", "sequences")
 
 def shard_tensors(shard, device, **iter_args) -> dict:
     """Every row of a Ray Data shard as one tensor per column on `device` (one pass)."""
-    parts = list(shard.iter_torch_batches(batch_size=65_536, device=device, **iter_args))
+    pin = torch.device(device).type == "cuda"  # page-locked staging: asynchronous copies to the GPU
+    parts = list(shard.iter_torch_batches(batch_size=65_536, device=device, pin_memory=pin, **iter_args))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
@@ -51,32 +55,6 @@ def tensor_batches(tensors: dict, batch_size: int, seed: int | None = None):
         yield {k: v[idx.to(v.device)] for k, v in tensors.items()}
 
 
-def make_optimizer(cfg: Config, params):
-    o = cfg.optim
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-
-
-def make_scheduler(cfg: Config, optimizer):
-    """Stepped once per epoch (plateau: with the monitored metric). None for "none"."""
-    s = cfg.schedule
-    if s.name == "cosine":  # stepped per batch (batch_step) as well as per epoch
-        from pipeline.train.cosine import CosineAnnealing
-
-        return CosineAnnealing(optimizer, cfg.train.epochs, s.eta_min)
-    if s.name == "cosine_restarts":
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=s.t0, T_mult=s.t_mult, eta_min=s.eta_min
-        )
-    if s.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
-    if s.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=cfg.train.mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr
-        )
-    return None
-
-
 def load_features(loop_config: dict):
     """The run's feature transform (triplets), as the driver saved it; None for other sources."""
     if not loop_config.get("features"):
@@ -87,13 +65,16 @@ def load_features(loop_config: dict):
 
 
 def make_task(cfg: Config, loop_config: dict, device, features=None):
-    """The task of the config's arch, with what it needs (teacher model, the feature transform)."""
-    if cfg.model.arch == "autoencoder":
-        return TASKS["autoencoder"].for_features(features)
+    """The task of the config's family (pipeline.models.family), with what it needs: the run's
+    metadata, the model's feature transform (triplets) and, when distilling, the teacher model on
+    `device`."""
+    meta = loop_config.get("meta") or {}
     teacher = None
     if cfg.distill is not None:
-        teacher = load_checkpoint(loop_config["teacher"]).build_model().to(device).eval()
-    return TASKS[cfg.model.arch](distill=cfg.distill, teacher=teacher)
+        from pipeline.train.teacher import load_teacher
+
+        teacher = load_teacher(loop_config["teacher"], meta, device)  # fed its own normalization
+    return family(cfg.model.arch).make_task(cfg, meta, teacher=teacher, features=features)
 
 
 def _all_reduce_sums(sums: dict, device, world_size: int) -> dict:
@@ -188,22 +169,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     )
 
     model = ray.train.torch.prepare_model(model)  # to device; DDP when world_size > 1
-    optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = make_scheduler(cfg, optimizer)
-    grad_scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    stepper = Stepper.for_config(cfg, model, task, device.type, use_amp)
     if loaded is not None:
         if loaded.optimizer_state() is not None:
-            optimizer.load_state_dict(loaded.optimizer_state())
-        if scheduler is not None and loaded.scheduler_state() is not None:
-            scheduler.load_state_dict(loaded.scheduler_state())
-        if use_amp and loaded.grad_scaler_state() is not None:
-            grad_scaler.load_state_dict(loaded.grad_scaler_state())
+            stepper.optimizer.load_state_dict(loaded.optimizer_state())
+        if stepper.scheduler is not None and loaded.scheduler_state() is not None:
+            stepper.scheduler.load_state_dict(loaded.scheduler_state())
+        if stepper.use_amp and loaded.grad_scaler_state() is not None:
+            stepper.grad_scaler.load_state_dict(loaded.grad_scaler_state())
 
-    sparsity = None
-    if cfg.uses_sparsity:
-        from pipeline.models.fastgrnn import SparsitySchedule
-
-        sparsity = SparsitySchedule(t.epochs, cfg.sparsity.dense_frac, cfg.sparsity.iht_frac)
+    sparsity = sparsity_schedule(cfg)
     final_phase = sparsity.phase(t.epochs - 1) if sparsity else "dense"
 
     writer = tensorboard = None
@@ -231,38 +206,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else:
             train_batches = task.batches(train_shard, t.batch_size, device, seed=t.seed * 100_003 + epoch)
         for i, batch in enumerate(train_batches):
-            if hasattr(scheduler, "batch_step"):
-                scheduler.batch_step(epoch, i)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss, _ = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            grad_scaler.scale(loss).backward()
-            if cfg.optim.grad_clip > 0:
-                grad_scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
-            if phase != "dense":
-                from pipeline.models.fastgrnn import apply_sparsity
-
-                apply_sparsity(unwrap(model), phase)
-            n = len(next(iter(batch.values())))
+            loss = stepper.step(batch, epoch, i, phase)
+            n = batch_rows(batch)
             train_sums["n"] += n
-            train_sums["loss"] += loss.item() * n
+            train_sums["loss"] += loss * n
 
         train_seconds = time.perf_counter() - epoch_start  # this worker's pass over its shard
 
         model.eval()
-        val_sums: dict = {}
-        with torch.autocast(device.type, enabled=use_amp):
-            val_batches = (
-                tensor_batches(cached["val"], t.eval_batch_size)
-                if in_memory
-                else task.batches(val_shard, t.eval_batch_size, device)
-            )
-            for batch in val_batches:
-                for k, v in task.eval_sums(model, batch).items():
-                    val_sums[k] = val_sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
+        val_batches = (
+            tensor_batches(cached["val"], t.eval_batch_size)
+            if in_memory
+            else task.batches(val_shard, t.eval_batch_size, device)
+        )
+        val_sums = stepper.eval_sums(val_batches)
         val_sums = _all_reduce_sums(val_sums, device, world_size)
         train_sums = _all_reduce_sums(train_sums, device, world_size)
         val_metrics = task.finalize(val_sums)
@@ -270,7 +227,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {
             "epoch": epoch,
             "train_loss": float(train_sums["loss"]) / max(float(train_sums["n"]), 1.0),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": stepper.lr,
             **{f"val_{k}": v for k, v in val_metrics.items()},
             # throughput: all workers' rows over rank 0's train-pass time (data iteration
             # included); epoch_seconds adds validation, not the checkpoint and report below
@@ -290,10 +247,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics["score"] = value if eligible else (-INELIGIBLE_SCORE if t.mode == "max" else INELIGIBLE_SCORE)
         metrics["sparsity_phase"] = ["dense", "iht", "fixed"].index(phase)
         metrics["stopped"] = int(stop)  # early stopping (patience), as opposed to a scheduler's cut
-        if cfg.schedule.name == "plateau":
-            scheduler.step(value)
-        elif scheduler is not None:
-            scheduler.step()
+        stepper.end_epoch(cfg, value)
 
         if writer is not None:
             for k, v in metrics.items():
@@ -317,7 +271,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(tmp, model, meta, optimizer, scheduler, grad_scaler, features=features)
+                save_checkpoint(
+                    tmp,
+                    model,
+                    meta,
+                    stepper.optimizer,
+                    stepper.scheduler,
+                    stepper.grad_scaler,
+                    features=features,
+                )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
         if stop:

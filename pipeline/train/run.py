@@ -33,7 +33,7 @@ from pipeline.errors import DataError
 from pipeline.home import default_store_uri, expand, runs_dir
 from pipeline.runtime import ensure_ray, releasing_placement_groups
 from pipeline.storage import absolute, is_uri, join_uri, resolve, write_json_atomic
-from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint, resolve_checkpoint
+from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint
 from pipeline.train.router_eval import calibrate_checkpoint, is_router
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -148,6 +148,8 @@ def prepare_data(
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
         "fingerprint": {"kind": d.source, **data.fingerprint},
+        # a model answers only sequence lengths it was trained on (a single-step FastGRNN's U is untrained)
+        "sequence_lengths": [1] if data.train.x.ndim == 2 else [int(data.train.x.shape[1])],
     }
     return PreparedData(
         {"train": to_dataset(data.train), "val": to_dataset(val)},
@@ -208,11 +210,10 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
         cfg = cfg.with_model(arch=parent_model.pop("arch"), params=parent_model)
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
         parent_features = parent.features()  # and the autoencoder on these features
-        if cfg.model.arch == "autoencoder" and parent_features is None:
+        if cfg.data.source == "triplets" and parent_features is None:
             from pipeline.train.evaluate import NO_FEATURES
 
             raise CheckpointError(f"{parent.path}: {NO_FEATURES}")
-    teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_path = join_uri(absolute(runs_dir()), name)
     data = prepare_data(
@@ -220,6 +221,11 @@ def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = N
     )
     cfg = fill_model_dims(cfg, data.dims)
     cfg.family_config("<config + data>")  # the completed model config, before any worker starts
+    teacher = None
+    if cfg.distill:  # found (registry versions sha256-checked) and size-checked before training
+        from pipeline.train.teacher import check_teacher
+
+        teacher = check_teacher(cfg.distill.teacher, cfg.to_dict(), data.meta)
 
     loop_config = {
         "config": cfg.to_dict(),
@@ -392,18 +398,19 @@ def evaluate_checkpoint(
     through the model's own feature transform (pipeline.train.evaluate; `by`: "entity" or "pair")."""
     import torch
 
-    from pipeline.train.tasks import TASKS, accumulate
+    from pipeline.models import family
+    from pipeline.train.tasks import accumulate
 
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt.config, join_uri(ckpt.path, "checkpoint.json"))
-    if cfg.model.arch == "autoencoder":
+    if cfg.data.source == "triplets":  # read through the model's own feature transform
         from pipeline.train.evaluate import evaluate_autoencoder
 
         return evaluate_autoencoder(ckpt, source, split, by, cfg.data.val_fraction)
     if by is not None:
         raise DataError(f"--by {by}: only for a model of the triplet store (the autoencoder)")
     model = ckpt.build_model()
-    task = TASKS[cfg.model.arch]()
+    task = family(cfg.model.arch).task_class()()
     if data is not None and source is None and split == "test":
         x, y = data.test.x, data.test.y
     else:

@@ -2,7 +2,9 @@
 
 A task knows its batch layout, its loss, and its metrics as *additive sums* (so the sums of
 several workers — or of many batches — simply add up before `finalize` turns them into
-metrics). Adding a model family = a Task here plus one line in TASKS.
+metrics). A family names its task in its descriptor (pipeline.models.family.Family.task); a
+task built for a run gets `Task.for_run(cfg, meta, teacher=..., features=...)` (meta: the run's
+checkpoint metadata; features: the model's own feature transform, pipeline.data.features).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.models.family import FamilyView
 from pipeline.train.checkpoint import unwrap
 
 SHUFFLE_ROWS = 20_000  # with a seed, batches are drawn from a local shuffle window of this many rows
@@ -19,7 +22,10 @@ SHUFFLE_ROWS = 20_000  # with a seed, batches are drawn from a local shuffle win
 def torch_batches(source, batch_size: int, device, seed: int | None = None, **iter_args):
     """`iter_torch_batches` of a Ray Dataset or shard; with a seed, through a local shuffle buffer."""
     shuffle = {} if seed is None else {"local_shuffle_buffer_size": SHUFFLE_ROWS, "local_shuffle_seed": seed}
-    return source.iter_torch_batches(batch_size=batch_size, device=device, **iter_args, **shuffle)
+    pin = torch.device(device).type == "cuda"  # staged in page-locked memory: asynchronous copies to the GPU
+    return source.iter_torch_batches(
+        batch_size=batch_size, device=device, pin_memory=pin, **iter_args, **shuffle
+    )
 
 
 def _add(sums: dict, new: dict) -> dict:
@@ -46,6 +52,11 @@ class ClassificationTask:
 
     def __init__(self, distill=None, teacher=None):
         self.distill, self.teacher = distill, teacher
+
+    @classmethod
+    def for_run(cls, cfg, meta: dict, teacher=None, features=None) -> ClassificationTask:
+        """The task of a run: distillation from `teacher` when the config has a `distill:` section."""
+        return cls(distill=cfg.distill, teacher=teacher if cfg.distill is not None else None)
 
     def batches(self, source, batch_size: int, device, seed: int | None = None):
         """This task's batches of a Ray Dataset or shard (with a `seed`: locally shuffled)."""
@@ -130,6 +141,13 @@ class AutoencoderTask:
         )
 
     @classmethod
+    def for_run(cls, cfg, meta: dict, teacher=None, features=None) -> AutoencoderTask:
+        """The task over the rows of the run's feature transform (the model's own, saved by the driver)."""
+        if features is None:
+            raise ValueError("an autoencoder run needs its feature transform (pipeline.data.features)")
+        return cls.for_features(features)
+
+    @classmethod
     def for_features(cls, features) -> AutoencoderTask:
         """The task over the rows a FeatureTransform was trained on (their training-time pair ids)."""
         return cls(features.view())
@@ -211,7 +229,7 @@ class AutoencoderTask:
         return out
 
 
-TASKS = {"sequence_classifier": ClassificationTask, "autoencoder": AutoencoderTask}
+TASKS = FamilyView(lambda f: f.task_class())  # {arch: task class}, derived from the family descriptors
 
 
 def accumulate(task, model, batches) -> dict:

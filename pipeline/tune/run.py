@@ -76,12 +76,16 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_data) -> None:
+def _trial(
+    trial_params: dict, base: dict, source: str, trials_dir: str, shared_data, teacher: str | None = None
+) -> None:
     """The Tune function trainable: one Ray Train run for this trial's configuration.
 
     `shared_data` was prepared once by the driver while the cluster was idle: building a Ray
     Dataset (from_arrow) runs a 1-CPU metadata task, which cannot start inside a trial once the
-    other trials hold the CPUs. A trial that searches a `data.*` key prepares its own."""
+    other trials hold the CPUs. A trial that searches a `data.*` key prepares its own. `teacher`:
+    the distillation teacher's checkpoint folder as the driver found and checked it (a run name or
+    registry version means nothing in a worker whose TUNESTACK_HOME differs)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -95,6 +99,11 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
     else:
         data = shared_data
     cfg = fill_model_dims(cfg, data.dims)
+    if cfg.distill is not None:  # the teacher fits this trial's student (its sizes may be searched)
+        from pipeline.train.teacher import check_teacher
+
+        ref = cfg.distill.teacher if "distill.teacher" in overrides or teacher is None else teacher
+        teacher = check_teacher(ref, cfg.to_dict(), data.meta)
     done = _finished_run_metrics(join_uri(trials_dir, name), cfg.train.epochs)
     if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
         tune.report(done)
@@ -104,7 +113,7 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
         "meta": {**data.meta, "run": name, "tune_overrides": overrides},
         "tensorboard_dir": join_uri(trials_dir, name, "tensorboard"),
         "init_from": None,
-        "teacher": None,
+        "teacher": teacher,
         "features": data.features_dir,
     }
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
@@ -161,6 +170,13 @@ def run_tune(
 
         features = FeatureTransform.load_if_saved(features_dir)
     shared_data = prepare_data(spec.config, features=features, features_dir=features_dir)
+    teacher = None
+    if spec.config.distill is not None:  # a teacher that cannot teach fails here, before any trial
+        from pipeline.train.run import fill_model_dims
+        from pipeline.train.teacher import check_teacher
+
+        student = fill_model_dims(spec.config, shared_data.dims).to_dict()
+        teacher = check_teacher(spec.config.distill.teacher, student, shared_data.meta)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
@@ -168,6 +184,7 @@ def run_tune(
             source=spec.source,
             trials_dir=join_uri(exp_path, "trials"),
             shared_data=shared_data,
+            teacher=teacher,
         ),
         {"cpu": spec.tune.trial_cpus},
     )

@@ -73,11 +73,15 @@ def _served(replica_actor) -> dict:
 
 
 def _corrupt_weights_in_memory(replica_actor) -> str:
-    """The live model's head weights no longer fit the layer: every forward raises RuntimeError."""
+    """The live model's head weights no longer fit the layer: every forward raises (the lean
+    engine a FastGRNN router runs on: ValueError; a torch model: RuntimeError)."""
+    import numpy as np
     import torch
 
     predictor = _model_server(replica_actor).host.predictor
     predictor.model.head.weight.data = torch.zeros(3, 7)
+    if getattr(predictor, "engine", None) is not None:
+        predictor.engine.head_w = np.zeros((3, 7), np.float32)
     return predictor.version
 
 

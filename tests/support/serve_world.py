@@ -77,6 +77,7 @@ def train_router(
             f"model.hidden_size={hidden}",
             f"model.dropout={dropout}",
             f"model.cell={cell}",
+            *(["model.w_rank=null", "model.u_rank=null"] if cell != "fastgrnn" else []),
             f"train.seed={seed}",
         ],
     ).to_dict()

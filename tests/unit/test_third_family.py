@@ -1,75 +1,39 @@
-"""Worked example for the README's "Add a third model family": a tiny family added through the
-real hooks, validated by the real config schema, trained one epoch with the training loop's own
-pieces, checkpointed, reloaded and evaluated by the real loader and `evaluate_checkpoint`.
-
-The family: PooledMLP — project each step, ReLU, average over time, linear head. To ship a family
-for real, put its module in pipeline/models/ and its lines in FAMILIES / DATA_SOURCES (and a Task
-in pipeline/train/tasks.py's TASKS when no existing Task fits): Ray Train workers import
-pipeline.models afresh, so a family registered at run time, as here, exists only in this process.
+"""Worked example for the README's "Add a third model family": a toy family that is one module
+(tests/families/pooled_mlp.py) plus one config (tests/families/pooled.yaml), nothing else. Here it
+is validated by the real config schema, trained through the shared training step
+(pipeline.train.step.Stepper, the one the Ray loop runs), checkpointed, reloaded and evaluated
+by the real loader and `evaluate_checkpoint`. tests/integration/test_third_family_ray.py trains it
+through the real Ray Train loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
-import pipeline.models as models
-from pipeline.config import ConfigError, config_from_dict
+from pipeline.config import ConfigError, config_from_dict, load_config
 from pipeline.data.sequences import load_sequence_data, write_digits_npz
+from pipeline.models import DATA_SOURCES, MODEL_CONFIGS, REGISTRY, family
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.train.loop import cfg_model, make_optimizer, make_scheduler, make_task
+from pipeline.train.loop import cfg_model, make_task
 from pipeline.train.run import evaluate_checkpoint, fill_model_dims
+from pipeline.train.step import Stepper
 from pipeline.train.tasks import TASKS, ClassificationTask, accumulate
+from tests.families.pooled_mlp import PooledMLP
 
-ARCH = "pooled_mlp"
-
-
-# ---- step 1: a config dataclass that validates itself, and an nn.Module built from it ----------
-@dataclass
-class PooledMLPConfig:
-    input_size: int = 8  # features per step (filled from the data)
-    hidden_size: int = 32
-    num_classes: int = 2  # filled from the data
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        for name, low in (("input_size", 1), ("hidden_size", 1), ("num_classes", 2)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+ARCH = "tests.families.pooled_mlp"
+CONFIG = Path(__file__).resolve().parents[1] / "families" / "pooled.yaml"
 
 
-class PooledMLP(nn.Module):
-    """[B, T, input_size] (or [B, input_size]) -> logits [B, num_classes]."""
-
-    def __init__(self, config: PooledMLPConfig):
-        super().__init__()
-        self.config = config
-        self.proj = nn.Linear(config.input_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, config.num_classes)
-
-    def forward(self, x):
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        return self.head(self.dropout(torch.relu(self.proj(x)).mean(dim=1)))
-
-
-# ---- step 2: register it (model registry + the data sources it trains on + its Task) ------------
-@pytest.fixture
-def family(monkeypatch):
-    """Register the family for one test; the shipped registries are restored afterwards."""
-    for name in ("FAMILIES", "MODEL_CONFIGS", "DATA_SOURCES"):
-        monkeypatch.setattr(models, name, dict(getattr(models, name)))
-    models.register_family(ARCH, PooledMLPConfig, PooledMLP, sources=("sequences",))
-    monkeypatch.setitem(TASKS, ARCH, ClassificationTask)  # classification: the existing Task fits
+@pytest.fixture(autouse=True)
+def _forget_the_family():
+    """Naming the module registers the family for the process: unregister it after each test."""
+    yield
+    REGISTRY.pop(ARCH, None)
 
 
 @pytest.fixture
@@ -78,37 +42,53 @@ def digits(tmp_path) -> str:
 
 
 def config_dict(path: str, **model) -> dict:
-    """What tune_configs/pooled.yaml would hold."""
-    return {
-        "name": "pooled",
-        "data": {"source": "sequences", "path": path, "val_fraction": 0.1},
-        "model": {"arch": ARCH, "hidden_size": 32, **model},
-        "optim": {"name": "adamw", "lr": 0.01},
-        "schedule": {"name": "none"},
-        "train": {"epochs": 1, "batch_size": 32, "monitor": "val_accuracy", "mode": "max"},
-    }
+    raw = load_config(CONFIG, [f"data.path={path}"]).to_dict()
+    raw["model"] = {**raw["model"], **model}
+    return raw
 
 
-# ---- step 3: the config schema knows it -------------------------------------------------------
-def test_config_schema_validates_the_new_family(family, digits):
+def test_every_table_derives_from_the_descriptor(digits):
+    load_config(CONFIG, [f"data.path={digits}"])  # naming the module registers its family
+    fam = family(ARCH)
+    assert REGISTRY[ARCH] is fam and fam.model is PooledMLP
+    assert MODEL_CONFIGS[ARCH] is fam.config and DATA_SOURCES[ARCH] == ("sequences",)
+    assert TASKS[ARCH] is ClassificationTask
+    from serve.models import PREDICTORS
+
+    assert ARCH not in PREDICTORS  # it declares no Serve predictor
+    # the shipped families are found by themselves in pipeline/models
+    assert {"sequence_classifier", "autoencoder"} <= set(REGISTRY)
+    assert TASKS["autoencoder"].__name__ == "AutoencoderTask"
+
+
+def test_config_schema_validates_the_new_family(digits):
     cfg = config_from_dict(config_dict(digits), "pooled.yaml")
     assert cfg.model.arch == ARCH and cfg.model.params == {"hidden_size": 32}
-    with pytest.raises(ConfigError, match=r"pooled.yaml: model.hidden: unknown key for arch 'pooled_mlp'"):
+    with pytest.raises(ConfigError, match=r"pooled.yaml: model.hidden: unknown key for arch"):
         config_from_dict(config_dict(digits, hidden=[8]), "pooled.yaml")
     with pytest.raises(ConfigError, match=r"model.dropout: dropout must be in \[0, 1\)"):
         config_from_dict(config_dict(digits, dropout=1.5), "pooled.yaml")
     bad_source = {**config_dict(digits), "data": {"source": "triplets"}}
-    with pytest.raises(ConfigError, match=r"model.arch: arch 'pooled_mlp' trains on data.source 'sequences'"):
+    with pytest.raises(
+        ConfigError, match=r"model.arch: arch '.*pooled_mlp' trains on data.source 'sequences'"
+    ):
         config_from_dict(bad_source, "pooled.yaml")
 
 
-def test_unregistered_arch_is_refused_by_name(digits):
+def test_unknown_arch_is_refused_by_name(digits):
+    raw = config_dict(digits)
+    raw["model"]["arch"] = "pooled_mlp"  # not in pipeline/models, not a module path
     with pytest.raises(ConfigError, match=r"model.arch: unknown arch 'pooled_mlp'"):
-        config_from_dict(config_dict(digits), "pooled.yaml")
+        config_from_dict(raw, "pooled.yaml")
+    raw["model"]["arch"] = "tests.families.no_such_module"
+    with pytest.raises(ConfigError, match=r"model.arch: arch 'tests.families.no_such_module': cannot import"):
+        config_from_dict(raw, "pooled.yaml")
+    raw["model"]["arch"] = "tests.families"  # a module without FAMILY
+    with pytest.raises(ConfigError, match=r"defines no FAMILY"):
+        config_from_dict(raw, "pooled.yaml")
 
 
-# ---- step 4: train one epoch with the loop's pieces, checkpoint, reload, evaluate ---------------
-def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path):
+def test_train_one_epoch_checkpoint_reload_and_evaluate(digits, tmp_path):
     torch.manual_seed(0)
     cfg = config_from_dict(config_dict(digits), "pooled.yaml")
     data = load_sequence_data(
@@ -125,28 +105,22 @@ def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path
         "num_classes": 10,
         "dropout": 0.0,
     }
-    device = torch.device("cpu")
     model = cfg_model(cfg)
-    task = make_task(cfg, {}, device)
-    optimizer = make_optimizer(cfg, model.parameters())
-    assert make_scheduler(cfg, optimizer) is None and isinstance(optimizer, torch.optim.AdamW)
+    task = make_task(cfg, {}, torch.device("cpu"))
+    stepper = Stepper.for_config(cfg, model, task)  # the step the Ray loop and the bench loop run
+    assert stepper.scheduler is None and isinstance(stepper.optimizer, torch.optim.AdamW)
 
     def val_metrics():
         model.eval()
         x, y = torch.from_numpy(data.val.x), torch.from_numpy(data.val.y)
-        return task.finalize(accumulate(task, model, [{"x": x, "y": y}]))
+        return task.finalize(stepper.eval_sums([{"x": x, "y": y}]))
 
     before = val_metrics()
     model.train()
     order = np.random.default_rng(0).permutation(len(data.train))
-    for i in range(0, len(order), cfg.train.batch_size):  # one epoch, as the worker loop steps it
+    for i in range(0, len(order), cfg.train.batch_size):  # one epoch
         rows = order[i : i + cfg.train.batch_size]
-        batch = {"x": torch.from_numpy(data.train.x[rows]), "y": torch.from_numpy(data.train.y[rows])}
-        loss, _ = task.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        stepper.step({"x": torch.from_numpy(data.train.x[rows]), "y": torch.from_numpy(data.train.y[rows])})
     after = val_metrics()
     assert after["loss"] < before["loss"]
     assert after["accuracy"] > 0.35 > before["accuracy"]  # 10 classes: chance is 0.1; one epoch gives ~0.5
@@ -160,7 +134,7 @@ def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path
         "store": None,
         "fingerprint": {"kind": "sequences", **data.fingerprint},
     }
-    save_checkpoint(ckpt, model, meta, optimizer)
+    save_checkpoint(ckpt, model, meta, stepper.optimizer)
     loaded = load_checkpoint(ckpt)
     assert loaded.config["model"]["arch"] == ARCH
     reloaded = loaded.build_model()
