@@ -26,17 +26,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-import psutil
-
-from bench.streaming import _fig, _tree_memory
+from bench.memory import watch_child
+from bench.streaming import _fig
 
 NAME = "score"
 GOALS = {"ray_vs_in_process_min": 0.8, "rss_ratio_max": 1.2}
 REPEATS = 2
-SAMPLE_EVERY_S = 0.05
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -148,7 +145,7 @@ def _child(checkpoint: str, store: str, out: str) -> None:
 
 
 def _start_child(checkpoint: str, store: str, out: str, attempts: int = 3):
-    """The memory child, once its Ray is up: (process, psutil root). A loaded machine can time out
+    """The memory child, once its Ray is up. A loaded machine can time out
     Ray's start-up (its raylet waits a fixed time for its agents): tried `attempts` times."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log_path = out + ".log"
@@ -164,7 +161,7 @@ def _start_child(checkpoint: str, store: str, out: str, attempts: int = 3):
                 cwd=REPO,
             )
         if proc.stdout.readline().strip() == "READY":
-            return proc, psutil.Process(proc.pid)
+            return proc
         proc.kill()
         proc.wait()
     with open(log_path) as f:
@@ -173,42 +170,7 @@ def _start_child(checkpoint: str, store: str, out: str, attempts: int = 3):
 
 
 def memory_pass(checkpoint: str, store: str, out: str) -> dict:
-    proc, root = _start_child(checkpoint, store, out)
-    idle = _tree_memory(root)
-    peak = dict(idle)
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    result: dict = {}
-
-    def read() -> None:
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result.update(json.loads(line[7:]))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    samples = 0
-    while not result and proc.poll() is None:
-        t = time.perf_counter()
-        m = _tree_memory(root)
-        samples += 1
-        for k in ("rss", "pss", "driver_rss", "procs"):
-            peak[k] = max(peak[k], m[k])
-        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t)))
-    proc.wait(timeout=120)
-    reader.join(timeout=5)
-    if not result:
-        raise RuntimeError(f"benchmark child failed (exit {proc.returncode})")
-    mib = 1024**2
-    return {
-        **result,
-        "samples": samples,
-        "idle_tree_rss_mib": idle["rss"] / mib,
-        "peak_tree_rss_mib": peak["rss"] / mib,
-        "peak_tree_pss_mib": peak["pss"] / mib,
-        "peak_driver_rss_mib": peak["driver_rss"] / mib,
-        "max_processes": peak["procs"],
-    }
+    return watch_child(_start_child(checkpoint, store, out))
 
 
 # ---- the run --------------------------------------------------------------------------------------

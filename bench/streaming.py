@@ -38,13 +38,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 
+from bench.memory import watch_child
 from bench.report import figure as _fig
 from bench.report import write_result
 from pipeline.data.triplets import READ_COLUMNS, iter_triplet_batches, triplet_batch
@@ -58,7 +57,6 @@ BLOCK_SIZES = (16_384, 65_536, 262_144)
 REPEATS = 3  # timed passes of each reader, alternating
 SHUFFLE_ROWS = 20_000  # the training loop's local shuffle window (pipeline.train.tasks.SHUFFLE_ROWS)
 MODES = ("blocks", "shuffled", "per_batch")
-SAMPLE_EVERY_S = 0.05
 
 
 # ---- the three ways to read a store ------------------------------------------------------------
@@ -260,21 +258,6 @@ def _child(store: str) -> None:
     ray.shutdown()
 
 
-def _tree_memory(root: psutil.Process) -> dict:
-    rss = pss = driver_rss = procs = 0
-    for p in [root] + root.children(recursive=True):
-        try:
-            full = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        rss += full.rss
-        pss += getattr(full, "pss", full.rss)
-        procs += 1
-        if p.pid == root.pid:
-            driver_rss = full.rss
-    return {"rss": rss, "pss": pss, "driver_rss": driver_rss, "procs": procs}
-
-
 def memory_pass(store: str) -> dict:
     """(b) for one store: peak tree RSS/PSS of a fresh process streaming it once."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -287,48 +270,10 @@ def memory_pass(store: str) -> dict:
         env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
-    root = psutil.Process(proc.pid)
     if proc.stdout.readline().strip() != "READY":
         proc.kill()
         raise RuntimeError("benchmark child did not start Ray")
-    idle = _tree_memory(root)
-    peak = dict(idle)
-    samples = 0
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    result: dict = {}
-
-    def read() -> None:
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result.update(json.loads(line[7:]))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    while not result and proc.poll() is None:
-        t = time.perf_counter()
-        m = _tree_memory(root)
-        samples += 1
-        for k in ("rss", "pss", "driver_rss", "procs"):
-            peak[k] = max(peak[k], m[k])
-        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t)))
-    proc.wait(timeout=120)
-    reader.join(timeout=5)
-    if not result:
-        raise RuntimeError(f"benchmark child failed (exit {proc.returncode})")
-    mib = 1024**2
-    return {
-        "rows": result["rows"],
-        "seconds": result["seconds"],
-        "first_batch_s": result["first_batch_s"],
-        "samples": samples,
-        "idle_tree_rss_mib": idle["rss"] / mib,
-        "idle_tree_pss_mib": idle["pss"] / mib,
-        "peak_tree_rss_mib": peak["rss"] / mib,
-        "peak_tree_pss_mib": peak["pss"] / mib,
-        "peak_driver_rss_mib": peak["driver_rss"] / mib,
-        "max_processes": peak["procs"],
-    }
+    return watch_child(proc)
 
 
 # ---- the run --------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Peak memory of a benchmark child and the Ray processes it starts, sampled from outside.
+
+A memory benchmark runs its pass in a fresh child process that prints READY once its Ray is up,
+waits for a line on stdin (the parent has taken the idle baseline), runs, and prints
+`RESULT {json}`. `watch_child` does the parent's half: the idle tree, the peaks while the pass
+runs, and the child's result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import psutil
+
+SAMPLE_EVERY_S = 0.05
+MIB = 1024**2
+
+
+def tree_memory(root: psutil.Process) -> dict:
+    """RSS and PSS summed over `root` and its descendants, the root's own RSS, the process count."""
+    rss = pss = driver_rss = procs = 0
+    for p in [root] + root.children(recursive=True):
+        try:
+            full = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        rss += full.rss
+        pss += getattr(full, "pss", full.rss)
+        procs += 1
+        if p.pid == root.pid:
+            driver_rss = full.rss
+    return {"rss": rss, "pss": pss, "driver_rss": driver_rss, "procs": procs}
+
+
+def watch_child(proc: subprocess.Popen) -> dict:
+    """For a child that has printed READY: take the idle tree, start the pass, sample the tree
+    every SAMPLE_EVERY_S until the child's RESULT; the result with the idle and peak figures (MiB)."""
+    root = psutil.Process(proc.pid)
+    idle = tree_memory(root)
+    peak = dict(idle)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    result: dict = {}
+
+    def read() -> None:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result.update(json.loads(line[7:]))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    samples = 0
+    while not result and proc.poll() is None:
+        t = time.perf_counter()
+        m = tree_memory(root)
+        samples += 1
+        for k in ("rss", "pss", "driver_rss", "procs"):
+            peak[k] = max(peak[k], m[k])
+        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t)))
+    proc.wait(timeout=120)
+    reader.join(timeout=5)
+    if not result:
+        raise RuntimeError(f"benchmark child failed (exit {proc.returncode})")
+    return {
+        **result,
+        "samples": samples,
+        "idle_tree_rss_mib": idle["rss"] / MIB,
+        "idle_tree_pss_mib": idle["pss"] / MIB,
+        "peak_tree_rss_mib": peak["rss"] / MIB,
+        "peak_tree_pss_mib": peak["pss"] / MIB,
+        "peak_driver_rss_mib": peak["driver_rss"] / MIB,
+        "max_processes": peak["procs"],
+    }
