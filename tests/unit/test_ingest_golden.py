@@ -1,0 +1,110 @@
+"""A first ingest of the provided SEC documents gives exactly the store contents the original
+single-process ingest gave (recorded in tests/unit/data/ingest_golden.json before the engine was
+replaced): the same rows, raw and scaled values, pair ids, folds, pairs and scalers, bit for bit,
+whatever the partitioning, the parser or the number of workers.
+
+    python -m tests.unit.test_ingest_golden --write    # re-record (only for an intended change)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.store import TripletStore
+from tests.conftest import COMPANIES, require_us_gaap
+
+GOLDEN = Path(__file__).parent / "data" / "ingest_golden.json"
+ROW_ORDER = [
+    "entity_id",
+    "taxonomy",
+    "concept",
+    "unit",
+    "period_start",
+    "period_end",
+    "accn",
+    "filed",
+    "value",
+]
+PAIR_COLUMNS = ["pair_id", "concept", "unit", "label", "description", "count", "scaler_kind", "scaler_x",
+                "scaler_z", "scaler_mean", "scaler_std"]  # fmt: skip
+PROBES = 4  # embeddings are checked through their norms and projections on fixed random directions
+
+
+def _column_digest(col: pa.ChunkedArray) -> str:
+    return hashlib.sha256(json.dumps(col.to_pylist(), default=str).encode()).hexdigest()
+
+
+def store_digest(uri: str) -> dict:
+    """Everything a first ingest decides, independent of file layout: a sha256 per column of the
+    rows in a total order and of the pairs table by pair id; embeddings as norms and projections."""
+    store = TripletStore(uri)
+    rows = pq.read_table(store.triplet_files(), filesystem=store.loc.fs)
+    rows = rows.sort_by([(c, "ascending") for c in ROW_ORDER])
+    pairs = store.read_pairs().sort_by("pair_id")
+    emb = np.asarray(pairs.column("embedding").combine_chunks().flatten().to_numpy(), dtype=np.float64)
+    emb = emb.reshape(pairs.num_rows, -1)
+    probes = np.random.default_rng(0).standard_normal((emb.shape[1], PROBES))
+    return {
+        "rows": rows.num_rows,
+        "columns": {name: _column_digest(rows.column(name)) for name in sorted(rows.column_names)},
+        "pairs": {name: _column_digest(pairs.column(name)) for name in PAIR_COLUMNS},
+        "embedding_norms": np.linalg.norm(emb, axis=1).round(6).tolist(),
+        "embedding_probes": (emb @ probes).round(6).tolist(),
+    }
+
+
+CASES = {"AAPL": ["AAPL"], "all": sorted(COMPANIES)}
+
+
+def _ingest_case(case: str, store: str) -> None:
+    from pipeline.ingest import ingest
+
+    data = require_us_gaap()
+    paths = [str(data / f"{t}_companyfacts.json.gz") for t in CASES[case]]
+    ingest(paths, store, embedder="hashed", progress=False)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_first_ingest_matches_the_recorded_store(case, tmp_path, us_gaap_store):
+    golden = json.loads(GOLDEN.read_text())[case]
+    if case == "all":
+        store = us_gaap_store  # the session's store: the three documents ingested at once
+    else:
+        store = str(tmp_path / "s")
+        _ingest_case(case, store)
+    got = store_digest(store)
+    assert got["rows"] == golden["rows"] == sum(COMPANIES[t] for t in CASES[case])
+    assert got["columns"] == golden["columns"]
+    assert got["pairs"] == golden["pairs"]
+    # Embeddings: PCA of float32 vectors; a different (equally valid) summation order moves them in
+    # the 6th decimal, never more than 1e-4 on these unit-scale numbers.
+    np.testing.assert_allclose(got["embedding_norms"], golden["embedding_norms"], atol=1e-4)
+    np.testing.assert_allclose(got["embedding_probes"], golden["embedding_probes"], atol=1e-4)
+
+
+def _write() -> None:
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in CASES:
+            store = f"{tmp}/{case}"
+            _ingest_case(case, store)
+            out[case] = store_digest(store)
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(out) + "\n")
+    print(f"wrote {GOLDEN}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(__doc__)
+    _write()
