@@ -26,6 +26,8 @@ def _cmd_ingest(args) -> int:
             embedder=args.embedder,
             embed_dim=args.embed_dim,
             progress=None,
+            address=args.address,
+            workers=args.workers,
         )
     except (IngestError, StoreError, OSError) as e:  # OSError: writing the store failed (a full disk, …)
         print(f"tunestack ingest: {e}", file=sys.stderr)
@@ -33,6 +35,7 @@ def _cmd_ingest(args) -> int:
         return 2
     d = report.as_dict()
     print(json.dumps(d, indent=2))
+    print(report.summary(), file=sys.stderr)
     if report.skipped_documents or report.skipped_records:
         print(
             f"skipped {len(report.skipped_documents)} document(s) and {report.skipped_records} record(s)",
@@ -49,6 +52,12 @@ def _cmd_synth(args) -> int:
 
         path = write_digits_npz(args.out or os.path.join(home.home(), "digits.npz"), seed=args.seed)
         print(json.dumps({"digits": path}))
+        return 0
+    if args.kind == "companyfacts":
+        from pipeline.synth_companyfacts import synth_companyfacts
+
+        out = args.out or os.path.join(home.home(), "companyfacts.zip")
+        print(json.dumps(synth_companyfacts(out, args.companies, seed=args.seed), indent=2))
         return 0
     if args.kind == "gaap":
         out = synth.synth_gaap(
@@ -127,6 +136,16 @@ def _cmd_demo(args) -> int:
     return run_demo()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive integer")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tunestack",
@@ -153,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="pair embedder: MiniLM with the 'embed' extra, else hashed n-grams (auto)",
     )
     s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to parse on (default: $RAY_ADDRESS; else this machine, see --workers)",
+    )
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="parse on a local Ray with this many CPUs (1: in this process, no Ray). Default: every "
+        "core for inputs of 256 MB or more, else in this process",
+    )
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser(
@@ -162,12 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "kind",
-        choices=["gaap", "routing", "digits"],
+        choices=["gaap", "routing", "digits", "companyfacts"],
         help="gaap: synthetic store; routing: logs with a known rule; digits: the real 8x8 digits "
-        "as 8 steps x 8 features (.npz, stratified 75/25 split)",
+        "as 8 steps x 8 features (.npz, stratified 75/25 split); companyfacts: a bulk zip of "
+        "synthetic companies in the format of SEC's companyfacts.zip (input for `tunestack ingest`)",
     )
     s.add_argument("--triplets", type=int, default=1_000_000, help="gaap: number of triplets")
     s.add_argument("--rows", type=int, default=100_000, help="routing: number of log rows")
+    s.add_argument(
+        "--companies", type=_positive_int, default=100, help="companyfacts: number of companies (default 100)"
+    )
     s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
     s.add_argument(
         "--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)"
@@ -176,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out",
         help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder "
-        "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz)",
+        "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz); "
+        "companyfacts: zip file (default $TUNESTACK_HOME/companyfacts.zip)",
     )
     s.set_defaults(func=_cmd_synth)
 
