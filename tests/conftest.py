@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SEC data beside the repo, and a store ingested from it once per session."""
+"""Shared fixtures: the real SEC data beside the repo, a store ingested from it once per session, and
+a real S3-protocol server (moto's, over HTTP) started once per session on first use."""
 
 from __future__ import annotations
 
@@ -42,3 +43,22 @@ def tree_digest(root: str | os.PathLike) -> dict[str, bytes]:
     """Every file under root with its bytes: equal digests mean a byte-identical tree."""
     root = Path(root)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server process on a free loopback port, with the bucket `tunestack-test`."""
+    from tests.s3server import start_s3_server
+
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_prefix(s3_server, monkeypatch) -> str:
+    """A fresh `s3://tunestack-test/<prefix>` for this test, with AWS_ENDPOINT_URL and credentials set
+    (so pyarrow and botocore in this process reach the test server)."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server.uri(s3_server.fresh_prefix())

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.home import Location, resolve
+from pipeline.storage import Location, resolve
 
 CHUNK = 4 << 20
 MANIFEST = "manifest.json"  # = layout.MANIFEST (layout imports this module)

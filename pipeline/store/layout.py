@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.home import Location, resolve
+from pipeline.storage import Location, resolve
 from pipeline.store.scaler import PairScaler
 
 SCHEMA_VERSION = 1

@@ -15,10 +15,10 @@ import shutil
 import pytest
 import torch
 
-from pipeline.home import Location
 from pipeline.ingest import ingest
 from pipeline.registry import Registry
 from pipeline.registry import registry as registry_module
+from pipeline.storage import Location
 from pipeline.store import layout
 from pipeline.store.integrity import verify_store
 from pipeline.train import checkpoint as checkpoint_module
@@ -66,7 +66,9 @@ def _docs(folder, first_cik: int, n: int) -> list[str]:
 
 def _use_fs(monkeypatch, budget: ByteBudget):
     fs = failing_filesystem(budget)
-    monkeypatch.setattr(layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri))
+    monkeypatch.setattr(
+        layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri, local=True)
+    )
 
 
 def _ingest(paths, uri):
