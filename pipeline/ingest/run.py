@@ -1,7 +1,9 @@
 """`tunestack ingest`: parse → de-duplicate → fit scalers → embed pairs → swap in a new store version.
 
 Bounded memory, whatever the number of inputs:
-  A. each document is parsed on its own and appended to one of K hash buckets (by entity) on disk;
+  A. the input is cut into units (runs of zip members, files) that are parsed independently, in this
+     process or as Ray tasks (pipeline/ingest/stage.py, tasks.py); each writes its rows into K hash
+     buckets (by entity) on disk;
   B. bucket by bucket, new rows and the live store's rows of that bucket are de-duplicated
      (one fact per entity/taxonomy/concept/unit/start/end — or accession when a row has no
      period — the latest filing wins); per-pair counts and a bounded value sample are kept;
@@ -12,8 +14,6 @@ Everything is written into a staged version that replaces the live one only at t
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -22,10 +22,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.home import default_store_uri
-from pipeline.ingest.sources import IngestError, expand_inputs, iter_documents
+from pipeline.ingest.progress import Progress
+from pipeline.ingest.sources import expand_inputs, split_inputs
+from pipeline.ingest.stage import merge_pair_meta, stage_unit
+from pipeline.ingest.tasks import TaskRunner
 from pipeline.store.embed import get_embedder, pair_text, pca_reduce
 from pipeline.store.layout import (
     DEFAULT_BUCKETS,
@@ -40,7 +42,7 @@ from pipeline.store.layout import (
 from pipeline.store.scaler import fit_scaler, scale_by_pair
 
 SCALER_SAMPLE = 20_000  # values kept per pair for fitting (a uniform sample beyond that)
-FLUSH_ROWS = 100_000
+UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work
 DEDUP_KEYS = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn_key"]
 
 
@@ -60,14 +62,25 @@ class IngestReport:
     skipped_documents: list[str] = field(default_factory=list)
     skipped_records: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    workers: dict = field(default_factory=dict)  # where parsing ran: {"nodes", "units", "parallel"}
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def bucket_of(entity_id: str, buckets: int) -> int:
-    return zlib.crc32(entity_id.encode()) % buckets
+    def summary(self) -> str:
+        """One line: what was read and kept, how fast, where."""
+        rate = self.rows_read / self.seconds if self.seconds else 0.0
+        where = (
+            f"{self.workers.get('units', 0)} units on {self.workers.get('nodes', 1)} Ray node(s)"
+            if self.workers.get("parallel")
+            else "in one process"
+        )
+        return (
+            f"ingest: {self.documents:,} documents, {self.rows_read:,} facts read ({rate:,.0f} facts/s, "
+            f"{where}); store version {self.store_version}: {self.rows_after:,} facts, {self.pairs:,} pairs, "
+            f"{self.entities:,} entities; {self.seconds:.1f} s"
+        )
 
 
 def ingest(
@@ -78,22 +91,29 @@ def ingest(
     embed_dim: int = 64,
     row_group_size: int = DEFAULT_ROW_GROUP,
     progress: bool | None = None,
+    address: str | None = None,
+    workers: int | None = None,
 ) -> IngestReport:
     """Ingest `paths` into the store at `store_uri` (default under TUNESTACK_HOME).
 
-    Raises IngestError on bad input unless `skip_bad`; on any failure the live store is untouched.
+    Parsing runs on the Ray cluster at `address` (or $RAY_ADDRESS) when given; else on a local Ray
+    with `workers` CPUs, or, by default, on every core for a large input and in this process for a
+    small one (pipeline/ingest/tasks.py). Raises IngestError on bad input unless `skip_bad`; on any
+    failure the live store is untouched.
     """
     t0 = time.perf_counter()
     store = TripletStore(store_uri or default_store_uri())
     report = IngestReport(store=store.uri)
     files = expand_inputs(paths)  # unreadable paths fail here, before anything is written
+    units = split_inputs(files, UNIT_BYTES)
     report.files = len(files)
     old = store.manifest
     buckets = old["buckets"] if old else DEFAULT_BUCKETS
+    runner = TaskRunner.start(address, workers, work_bytes=sum(p.bytes for u in units for p in u))
     staged = store.stage()
     try:
-        meta = _stage_raw(files, staged, buckets, skip_bad, report, progress)
-        counts, samples, entities = _dedupe(store, staged, buckets, report)
+        meta, raw_files = _stage_raw(units, staged, buckets, skip_bad, report, progress, runner)
+        counts, samples, entities = _dedupe(store, staged, buckets, raw_files, report)
         pairs, scalers, embedder_info = _build_pairs(store, meta, counts, samples, embedder, embed_dim)
         triplet_files = _write_final(staged, buckets, pairs, scalers, row_group_size)
         write_pairs(staged.join("pairs.parquet"), pairs, embed_dim, store.loc.fs)
@@ -119,59 +139,41 @@ def ingest(
         if old is None and not store.loc.list_files():
             store.loc.delete_dir("")  # a store that did not exist before does not exist after
         raise
+    finally:
+        runner.close()
     report.store_version = manifest["version"]
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
 
-def _stage_raw(files, staged: StagedVersion, buckets: int, skip_bad, report, progress) -> dict:
-    """Phase A: parse every document into per-bucket raw Parquet files; return pair labels."""
-    writers: dict[int, pq.ParquetWriter] = {}
-    pending: dict[int, list[pa.Table]] = {}
-    meta: dict[tuple[str, str], tuple] = {}
-    show = sys.stderr.isatty() if progress is None else progress
-    closing = contextlib.ExitStack()  # closes every writer, even when one close fails (a full disk)
-
-    def flush(b: int) -> None:
-        if b not in writers:
-            writers[b] = pq.ParquetWriter(
-                staged.join("raw", f"bucket-{b:02d}.parquet"), RAW_SCHEMA, filesystem=staged.loc.fs
-            )
-            closing.callback(writers[b].close)
-        writers[b].write_table(pa.concat_tables(pending.pop(b)))
-
-    with closing:
-        for path in tqdm(files, desc="ingest", unit="file", disable=not show):
-            try:
-                for doc in iter_documents(path, skip_bad):
-                    report.skipped_records += 0 if doc.failed else len(doc.skipped)
-                    report.skipped_examples += [
-                        str(e) for e in doc.skipped[: max(0, 5 - len(report.skipped_examples))]
-                    ]
-                    if doc.failed:
-                        report.skipped_documents.append(str(doc.skipped[0]))
-                        continue
-                    report.documents += 1
-                    if doc.table.num_rows == 0:
-                        continue
-                    report.rows_read += doc.table.num_rows
-                    for key, (label, desc) in doc.pair_meta.items():
-                        if key not in meta or (meta[key][0] is None and label):
-                            meta[key] = (label, desc)
-                    b = bucket_of(doc.table.column("entity_id")[0].as_py(), buckets)
-                    pending.setdefault(b, []).append(doc.table)
-                    if sum(t.num_rows for t in pending[b]) >= FLUSH_ROWS:
-                        flush(b)
-            except IngestError as e:
-                if not skip_bad:
-                    raise
-                report.skipped_documents.append(str(e))
-        for b in list(pending):
-            flush(b)
-    return meta
+def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, progress, runner: TaskRunner):
+    """Phase A: parse every unit into per-bucket raw Parquet files; return pair labels and, per
+    bucket, the raw files written."""
+    calls = [
+        {"parts": u, "loc": staged.loc, "version_dir": staged.name, "unit": i, "buckets": buckets,
+         "skip_bad": skip_bad}
+        for i, u in enumerate(units)
+    ]  # fmt: skip
+    with Progress(sum(p.bytes for u in units for p in u), progress) as bar:
+        results = runner.map(stage_unit, calls, on_result=lambda i, r: bar.advance(r.bytes, r.rows))
+    raw_files: dict[int, list[str]] = {}
+    for r in results:  # in input order: the report lists skips as one pass would
+        report.documents += r.documents
+        report.rows_read += r.rows
+        report.skipped_records += r.skipped_records
+        report.skipped_documents += r.skipped_documents
+        report.skipped_examples += r.skipped_examples[: max(0, 5 - len(report.skipped_examples))]
+        for b, f in r.files.items():
+            raw_files.setdefault(b, []).append(f)
+    report.workers = {
+        "parallel": runner.parallel,
+        "units": len(results),
+        "nodes": len({r.node for r in results}),
+    }
+    return merge_pair_meta(results), raw_files
 
 
-def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, report):
+def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, raw_files: dict, report):
     """Phase B: merge each bucket's new rows with the live store's, keep the latest filing."""
     fs = store.loc.fs
     counts: dict[tuple[str, str], int] = {}
@@ -179,10 +181,7 @@ def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, report):
     entities: set[str] = set()
     old_files = set(store.manifest["triplet_files"]) if store.manifest else set()
     for b in range(buckets):
-        parts = []
-        raw = staged.join("raw", f"bucket-{b:02d}.parquet")
-        if staged.loc.exists(f"{staged.name}/raw/bucket-{b:02d}.parquet"):
-            parts.append(pq.read_table(raw, filesystem=fs))
+        parts = [pq.read_table(staged.join(f), filesystem=fs) for f in raw_files.get(b, [])]
         old_name = f"triplets/bucket-{b:02d}.parquet"
         if old_name in old_files:
             old_rows = pq.read_table(

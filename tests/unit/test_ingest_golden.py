@@ -108,3 +108,13 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit(__doc__)
     _write()
+
+
+def test_units_of_work_do_not_change_the_store(tmp_path, monkeypatch):
+    from pipeline.ingest import run as ingest_run
+
+    monkeypatch.setattr(ingest_run, "UNIT_BYTES", 1)  # one unit of parsing work per document
+    store = str(tmp_path / "s")
+    _ingest_case("all", store)
+    got, golden = store_digest(store), json.loads(GOLDEN.read_text())["all"]
+    assert (got["rows"], got["columns"], got["pairs"]) == (golden["rows"], golden["columns"], golden["pairs"])
