@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from bench.runner import add_bench_parser
@@ -28,6 +29,7 @@ def _cmd_ingest(args) -> int:
             progress=None,
             address=args.address,
             workers=args.workers,
+            memory_limit=args.memory_limit,
         )
     except (IngestError, StoreError, OSError) as e:  # OSError: writing the store failed (a full disk, …)
         print(f"tunestack ingest: {e}", file=sys.stderr)
@@ -146,6 +148,18 @@ def _positive_int(text: str) -> int:
     return n
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
+
+
+def _size(text: str) -> int:
+    """A size such as 2GB, 512MB, 1.5G or 300000000 (bytes; K/M/G are powers of 1024)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if m is None or unit not in _SIZE_UNITS or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2GB, 512MB or 1.5G")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tunestack",
@@ -183,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="parse on a local Ray with this many CPUs (1: in this process, no Ray). Default: every "
         "core for inputs of 256 MB or more, else in this process",
+    )
+    s.add_argument(
+        "--memory-limit",
+        type=_size,
+        default="2GB",
+        help="rows held at once by one machine's de-duplication (default 2GB); a larger store "
+        "is de-duplicated in more chunks of whole companies, never all at once",
     )
     s.set_defaults(func=_cmd_ingest)
 

@@ -15,15 +15,17 @@ Everything is written into a staged version that replaces the live one only at t
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from pipeline.home import default_store_uri
+from pipeline.ingest.partition import (
+    DEFAULT_MEMORY_LIMIT,
+    DedupeResult,
+    chunk_rows_for,
+    dedupe_partition,
+    merge_samples,
+    write_partition,
+)
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.sources import expand_inputs, split_inputs
 from pipeline.ingest.stage import merge_pair_meta, stage_unit
@@ -32,18 +34,14 @@ from pipeline.store.embed import get_embedder, pair_text, pca_reduce
 from pipeline.store.layout import (
     DEFAULT_BUCKETS,
     DEFAULT_ROW_GROUP,
-    RAW_SCHEMA,
-    TRIPLET_SCHEMA,
     VAL_FOLDS,
     StagedVersion,
     TripletStore,
     write_pairs,
 )
-from pipeline.store.scaler import fit_scaler, scale_by_pair
+from pipeline.store.scaler import fit_scaler
 
-SCALER_SAMPLE = 20_000  # values kept per pair for fitting (a uniform sample beyond that)
 UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work
-DEDUP_KEYS = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn_key"]
 
 
 @dataclass
@@ -93,13 +91,15 @@ def ingest(
     progress: bool | None = None,
     address: str | None = None,
     workers: int | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
 ) -> IngestReport:
     """Ingest `paths` into the store at `store_uri` (default under TUNESTACK_HOME).
 
     Parsing runs on the Ray cluster at `address` (or $RAY_ADDRESS) when given; else on a local Ray
     with `workers` CPUs, or, by default, on every core for a large input and in this process for a
-    small one (pipeline/ingest/tasks.py). Raises IngestError on bad input unless `skip_bad`; on any
-    failure the live store is untouched.
+    small one (pipeline/ingest/tasks.py). De-duplication holds at most `memory_limit` bytes of rows
+    at once over a machine's tasks (pipeline/ingest/partition.py). Raises IngestError on bad input
+    unless `skip_bad`; on any failure the live store is untouched.
     """
     t0 = time.perf_counter()
     store = TripletStore(store_uri or default_store_uri())
@@ -113,19 +113,22 @@ def ingest(
     staged = store.stage()
     try:
         meta, raw_files = _stage_raw(units, staged, buckets, skip_bad, report, progress, runner)
-        counts, samples, entities = _dedupe(store, staged, buckets, raw_files, report)
+        chunk_rows = chunk_rows_for(memory_limit, runner.slots())
+        counts, samples, entities, parts = _dedupe(
+            store, staged, buckets, raw_files, report, runner, chunk_rows
+        )
         pairs, scalers, embedder_info = _build_pairs(store, meta, counts, samples, embedder, embed_dim)
-        triplet_files = _write_final(staged, buckets, pairs, scalers, row_group_size)
+        triplet_files = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
         write_pairs(staged.join("pairs.parquet"), pairs, embed_dim, store.loc.fs)
         store.loc.delete_dir(f"{staged.name}/raw")
         store.loc.delete_dir(f"{staged.name}/dedup")
-        report.pairs, report.entities, report.embedder = len(pairs), len(entities), embedder_info["name"]
+        report.pairs, report.entities, report.embedder = len(pairs), entities, embedder_info["name"]
         inputs = (old["inputs"] if old else []) + [
             {"path": f, "ingested": time.strftime("%Y-%m-%dT%H:%M:%S")} for f in files
         ]
         manifest = staged.commit(
             {
-                "counts": {"triplets": report.rows_after, "pairs": len(pairs), "entities": len(entities)},
+                "counts": {"triplets": report.rows_after, "pairs": len(pairs), "entities": entities},
                 "embedder": embedder_info,
                 "buckets": buckets,
                 "row_group_size": row_group_size,
@@ -173,59 +176,39 @@ def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, pro
     return merge_pair_meta(results), raw_files
 
 
-def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, raw_files: dict, report):
-    """Phase B: merge each bucket's new rows with the live store's, keep the latest filing."""
-    fs = store.loc.fs
-    counts: dict[tuple[str, str], int] = {}
-    samples = pd.DataFrame({"concept": [], "unit": [], "value": [], "prio": []})
-    entities: set[str] = set()
-    old_files = set(store.manifest["triplet_files"]) if store.manifest else set()
-    for b in range(buckets):
-        parts = [pq.read_table(staged.join(f), filesystem=fs) for f in raw_files.get(b, [])]
-        old_name = f"triplets/bucket-{b:02d}.parquet"
-        if old_name in old_files:
-            old_rows = pq.read_table(
-                store.loc.join(store.version_dir, old_name), filesystem=fs, columns=RAW_SCHEMA.names
-            )
-            report.rows_before += old_rows.num_rows
-            parts.append(old_rows)
-        if not parts:
-            continue
-        t = pa.concat_tables(parts)
-        t = _latest_per_fact(t)
-        pq.write_table(t, staged.join("dedup", f"bucket-{b:02d}.parquet"), filesystem=fs)
-        report.rows_after += t.num_rows
-        entities.update(pc.unique(t.column("entity_id")).to_pylist())
-        for row in t.group_by(["concept", "unit"]).aggregate([("value", "count")]).to_pylist():
-            key = (row["concept"], row["unit"])
-            counts[key] = counts.get(key, 0) + row["value_count"]
-        samples = _update_sample(samples, t)
-    report.duplicates_dropped = report.rows_read + report.rows_before - report.rows_after
-    return counts, samples, entities
-
-
-def _latest_per_fact(t: pa.Table) -> pa.Table:
-    accn_key = pc.if_else(pc.is_null(t.column("period_end")), pc.fill_null(t.column("accn"), ""), "")
-    t = t.append_column("accn_key", accn_key)
-    t = t.sort_by([(k, "ascending") for k in DEDUP_KEYS] + [("filed", "descending"), ("accn", "descending")])
-    dup = t.select(DEDUP_KEYS).to_pandas().duplicated(keep="first").to_numpy()
-    return t.filter(pa.array(~dup)).drop_columns(["accn_key"])
-
-
-def _update_sample(samples: pd.DataFrame, t: pa.Table) -> pd.DataFrame:
-    """Keep, per pair, the SCALER_SAMPLE rows with the smallest hash priority: a uniform sample
-    that does not depend on input order, so refits are reproducible."""
-    df = t.select(["concept", "unit", "value"]).to_pandas()
-    key = t.select(["entity_id", "concept", "unit", "period_start", "period_end", "accn"]).to_pandas()
-    df["prio"] = pd.util.hash_pandas_object(key, index=False).to_numpy()
-    df = pd.concat([samples, df], ignore_index=True) if len(samples) else df
-    df = df.sort_values("prio", kind="stable")
-    return df.groupby(["concept", "unit"], sort=False).head(SCALER_SAMPLE)
-
-
-def _build_pairs(
-    store: TripletStore, meta, counts, samples: pd.DataFrame, embedder_name: str, embed_dim: int
+def _dedupe(
+    store: TripletStore, staged: StagedVersion, buckets: int, raw_files: dict, report, runner, chunk_rows
 ):
+    """Phase B: each bucket's new rows merged with the live store's, the latest filing kept (one
+    task per bucket); returns per-pair counts, the scalers' value sample and the entity count."""
+    old_files = set(store.manifest["triplet_files"]) if store.manifest else set()
+    calls = []
+    for b in range(buckets):
+        old_name = f"triplets/bucket-{b:02d}.parquet"
+        old = f"{store.version_dir}/{old_name}" if old_name in old_files else None
+        if raw_files.get(b) or old:
+            calls.append({"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, []),
+                          "old_file": old, "out_file": f"dedup/bucket-{b:02d}.parquet", "chunk_rows": chunk_rows})  # fmt: skip
+    counts: dict[tuple[str, str], int] = {}
+    samples: dict = {}
+    entities = 0
+
+    def take(i, r: DedupeResult) -> None:  # merged as results arrive: the driver keeps one sample
+        nonlocal entities
+        report.rows_before += r.rows_old
+        report.rows_after += r.rows_after
+        entities += r.entities
+        for key, n in r.counts.items():
+            counts[key] = counts.get(key, 0) + n
+        merge_samples(samples, r.sample)
+        r.sample = None
+
+    done = runner.map(dedupe_partition, calls, on_result=take)
+    report.duplicates_dropped = report.rows_read + report.rows_before - report.rows_after
+    return counts, samples, entities, {r.part: list(r.counts) for r in done}
+
+
+def _build_pairs(store: TripletStore, meta, counts, samples: dict, embedder_name: str, embed_dim: int):
     """Phase C: stable pair ids, refitted scalers, embeddings reduced by PCA."""
     old = {}
     if store.manifest:
@@ -234,7 +217,7 @@ def _build_pairs(
         ):
             old[(row["concept"], row["unit"])] = row
     next_id = max((r["pair_id"] for r in old.values()), default=-1) + 1
-    by_pair = {k: g["value"].to_numpy() for k, g in samples.groupby(["concept", "unit"], sort=False)}
+    by_pair = {k: value for k, (_, value) in samples.items()}
     rows, scalers = [], {}
     for key in sorted(counts):
         label, desc = meta.get(key, (None, None))
@@ -264,40 +247,16 @@ def _build_pairs(
     return rows, scalers, info
 
 
-def _write_final(
-    staged: StagedVersion, buckets: int, pairs: list[dict], scalers, row_group_size: int
-) -> list[str]:
-    """Phase D: attach pair id, scaled value and fold; write row groups sorted by entity/pair/period."""
-    fs = staged.loc.fs
-    ids = pa.table(
-        {
-            "concept": [p["concept"] for p in pairs],
-            "unit": [p["unit"] for p in pairs],
-            "pair_id": pa.array([p["pair_id"] for p in pairs], pa.int32()),
-        }
-    )
-    written = []
-    for b in range(buckets):
-        rel = f"dedup/bucket-{b:02d}.parquet"
-        if not staged.loc.exists(f"{staged.name}/{rel}"):
-            continue
-        t = pq.read_table(staged.join(rel), filesystem=fs).join(
-            ids, keys=["concept", "unit"], join_type="inner"
-        )
-        pair_id = t.column("pair_id").to_numpy()
-        scaled = scale_by_pair(pair_id, t.column("value").to_numpy(), scalers)
-        t = t.append_column("scaled_value", pa.array(scaled)).append_column("fold", _fold(t.column("accn")))
-        t = t.select(TRIPLET_SCHEMA.names).cast(TRIPLET_SCHEMA)
-        t = t.sort_by([("entity_id", "ascending"), ("pair_id", "ascending"), ("period_end", "ascending")])
-        name = f"triplets/bucket-{b:02d}.parquet"
-        pq.write_table(t, staged.join(name), filesystem=fs, row_group_size=row_group_size)
-        written.append(name)
-    return written
-
-
-def _fold(accn: pa.ChunkedArray) -> pa.Array:
-    """crc32(accession) % VAL_FOLDS: every fact of one filing lands in the same fold."""
-    accn = pc.fill_null(accn, "")
-    uniq = pc.unique(accn)
-    folds = pa.array([zlib.crc32(a.encode()) % VAL_FOLDS for a in uniq.to_pylist()], pa.int16())
-    return pc.take(folds, pc.index_in(accn, value_set=uniq))
+def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers, row_group_size: int, runner):
+    """Phase D: each de-duplicated bucket gets pair id, scaled value and fold, sorted by
+    entity/pair/period, written in row groups (one task per bucket, given the ids and scalers of
+    its own pairs only); returns the files written."""
+    ids = {(p["concept"], p["unit"]): p["pair_id"] for p in pairs}
+    calls = []
+    for b, keys in parts.items():
+        own = {k: ids[k] for k in keys}
+        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": f"dedup/bucket-{b:02d}.parquet",
+                      "out_file": f"{staged.name}/triplets/bucket-{b:02d}.parquet", "pair_ids": own,
+                      "scalers": {i: scalers[i] for i in own.values()}, "row_group_size": row_group_size})  # fmt: skip
+    runner.map(write_partition, calls)
+    return [f"triplets/bucket-{b:02d}.parquet" for b in parts]

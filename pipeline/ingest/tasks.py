@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pipeline.ingest.companyfacts import IngestError
 
 AUTO_RAY_BYTES = 256 * 1024 * 1024  # inputs at least this large (uncompressed) go parallel by default
+# Ray gives a new node's raylet 30 s to register: a machine loaded by other work can miss that once.
+START_ATTEMPTS = 2
 
 
 def _guarded(fn: Callable, kwargs: dict):
@@ -78,13 +80,16 @@ class TaskRunner:
         if address is not None:
             ray.init(address=address, log_to_driver=False)
             return cls(ray, owns_ray=True)
-        try:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        except Exception as e:  # Ray's start-up failures are plain Exceptions (a timed-out raylet, …)
-            ray.shutdown()
-            raise OSError(f"could not start a local Ray with {workers} CPUs ({e}); --workers 1 parses "
-                          "in this process") from e  # fmt: skip
-        return cls(ray, owns_ray=True)
+        for attempt in range(START_ATTEMPTS):
+            try:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                return cls(ray, owns_ray=True)
+            except Exception as e:  # Ray's start-up failures are plain Exceptions (a timed-out raylet, …)
+                ray.shutdown()
+                if attempt == START_ATTEMPTS - 1:
+                    raise OSError(f"could not start a local Ray with {workers} CPUs ({e}); --workers 1 "
+                                  "parses in this process") from e  # fmt: skip
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self.owns_ray:
@@ -97,8 +102,11 @@ class TaskRunner:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def nodes(self) -> int:
-        return len([n for n in self.ray.nodes() if n["Alive"]]) if self.ray else 1
+    def slots(self) -> int:
+        """How many tasks may run at once on one machine (the most CPUs of any node)."""
+        if not self.ray:
+            return 1
+        return max([int(n["Resources"].get("CPU", 1)) for n in self.ray.nodes() if n["Alive"]] or [1])
 
     def map(self, fn: Callable, calls: list[dict], on_result: Callable | None = None) -> list:
         """fn(**kwargs) for each kwargs in `calls`; results in call order. `on_result(i, result)` is
