@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.store.embed import get_embedder, pair_text, pca_reduce
+from pipeline.store.embed import get_embedder, pair_text
+from pipeline.store.features import fit_feature_space
 from pipeline.store.layout import RAW_SCHEMA, TRIPLET_SCHEMA, VAL_FOLDS
 from pipeline.store.scaler import fit_scaler, scale_by_pair
 
@@ -194,7 +195,8 @@ def _build_pairs(meta, counts, samples: pd.DataFrame, embedder_name: str, embed_
         rows.append({"pair_id": pid, "concept": key[0], "unit": key[1], "label": label, "description": desc})
     embedder = get_embedder(embedder_name)
     raw = embedder.embed([pair_text(r["concept"], r["unit"], r["label"], r["description"]) for r in rows])
-    for r, e in zip(rows, pca_reduce(raw, embed_dim)):
+    space = fit_feature_space(raw, embed_dim, embedder.info(), version=1)  # the PCA the old ingest fitted
+    for r, e in zip(rows, space.project(raw)):
         r["embedding"] = e.tolist()
     return rows, scalers
 

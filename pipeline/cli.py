@@ -27,6 +27,8 @@ def _cmd_ingest(args) -> int:
             embedder=args.embedder,
             embed_dim=args.embed_dim,
             progress=None,
+            lock_wait=args.wait,
+            keep=args.keep,
             address=args.address,
             workers=args.workers,
             memory_limit=args.memory_limit,
@@ -37,6 +39,8 @@ def _cmd_ingest(args) -> int:
         return 2
     d = report.as_dict()
     print(json.dumps(d, indent=2))
+    for note in report.notes:
+        print(f"tunestack ingest: note: {note}", file=sys.stderr)
     print(report.summary(), file=sys.stderr)
     if report.skipped_documents or report.skipped_records:
         print(
@@ -86,15 +90,52 @@ def _cmd_store(args) -> int:
             return 2
         print("\n".join(check.lines()))
         return 0 if check.ok else 1
+    if args.action == "refit":
+        from pipeline.ingest.run import refit
+
+        try:
+            report = refit(
+                args.store,
+                embedder=args.embedder,
+                embed_dim=args.embed_dim,
+                lock_wait=args.wait,
+                keep=args.keep,
+            )
+        except (StoreError, OSError) as e:
+            print(f"tunestack store: {e}", file=sys.stderr)
+            print("tunestack store: nothing was written; the store is as it was", file=sys.stderr)
+            return 2
+        print(json.dumps(report.as_dict(), indent=2))
+        for note in report.notes:
+            print(f"tunestack store: note: {note}", file=sys.stderr)
+        return 0
     try:
         store = TripletStore(args.store or home.default_store_uri())
         m = store.require()
-    except StoreError as e:
+        if args.action == "gc":
+            with store.writing(args.wait):
+                removed = store.gc(args.keep)
+                print(
+                    json.dumps(
+                        {
+                            "live": store.manifest["version"],
+                            "removed": removed,
+                            "kept": store.previous_versions(),
+                        }
+                    )
+                )
+            return 0
+    except (StoreError, OSError) as e:
         print(f"tunestack store: {e}", file=sys.stderr)
         return 2
     print(
         json.dumps(
-            {k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")}, indent=2
+            {
+                **{k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")},
+                "feature_version": store.feature_version,
+                "feature_versions": store.feature_versions(),
+            },
+            indent=2,
         )
     )
     return 0
@@ -160,6 +201,25 @@ def _size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
+def _add_writer_args(s: argparse.ArgumentParser) -> None:
+    from pipeline.store.layout import DEFAULT_KEEP
+    from pipeline.store.lock import DEFAULT_WAIT
+
+    s.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help=f"how long to wait for another writer of the store (default {DEFAULT_WAIT:g}; 0: fail at once)",
+    )
+    s.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"previous store versions kept for readers; older ones are deleted (default {DEFAULT_KEEP})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tunestack",
@@ -172,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         help="ingest SEC companyfacts JSON/.json.gz/folders/bulk zip and narrative CSV",
         description="Validate, de-duplicate (latest filing wins), scale per pair, embed pairs, "
-        "and swap a new version into the triplet store. On bad input nothing is written.",
+        "and swap a new version into the triplet store. On bad input nothing is written. One "
+        "writer at a time per store: another ingest waits for the first (--wait).",
     )
     s.add_argument("paths", nargs="+", help="files or folders (.json, .json.gz, .zip, .csv)")
     s.add_argument("--store", help="store path or pyarrow filesystem URI (default $TUNESTACK_HOME/store)")
@@ -181,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--embedder",
-        default="auto",
         choices=["auto", "minilm", "hashed"],
-        help="pair embedder: MiniLM with the 'embed' extra, else hashed n-grams (auto)",
+        help="pair embedder of a new store (auto: MiniLM with the 'embed' extra, else hashed n-grams); "
+        "default: the store's recorded one, auto for a new store; another than the recorded one is "
+        "refused (see `store refit`)",
     )
     s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
     s.add_argument(
@@ -205,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows held at once by one machine's de-duplication (default 2GB); a larger store "
         "is de-duplicated in more chunks of whole companies, never all at once",
     )
+
+    s.add_argument(
+        "--embed-dim", type=int, help="embedding width of a new store after PCA (default: the store's, 64)"
+    )
+    _add_writer_args(s)
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser(
@@ -239,12 +306,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "store",
-        help="show the triplet store's manifest summary, or verify its files",
+        help="show the triplet store's manifest summary, verify its files, refit its features, or "
+        "delete old versions",
         description="show: the manifest summary. verify: check the manifest and every file of the "
-        "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage.",
+        "live version (present, size, sha256, Parquet footer, row counts); exit 1 on damage. "
+        "refit: fit a new embedding basis and new per-pair scalers on the whole store and start a "
+        "new feature version (ingest never refits them; models trained on an older feature version "
+        "keep theirs). gc: delete previous store versions but the newest --keep (readers that "
+        "opened one may still be streaming it).",
     )
-    s.add_argument("action", nargs="?", default="show", choices=["show", "verify"])
+    s.add_argument("action", nargs="?", default="show", choices=["show", "verify", "refit", "gc"])
     s.add_argument("--store", help="store path or URI (default $TUNESTACK_HOME/store)")
+    s.add_argument(
+        "--embedder",
+        choices=["auto", "minilm", "hashed"],
+        help="refit: the pair embedder of the new feature version (default: the recorded one)",
+    )
+    s.add_argument("--embed-dim", type=int, help="refit: its width (default: the recorded one)")
+    _add_writer_args(s)
     s.set_defaults(func=_cmd_store)
 
     s = sub.add_parser("models", help="the model registry: list, show, promote, rollback, verify")

@@ -20,20 +20,25 @@ import math
 import os
 import re
 import time
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.embed import get_embedder, pair_text, pca_reduce
+from pipeline.store.embed import get_embedder, pair_text
+from pipeline.store.features import FeatureSpace, fit_feature_space
 from pipeline.store.layout import (
     DEFAULT_BUCKETS,
     DEFAULT_ROW_GROUP,
+    PAIRS_FILE,
     TRIPLET_SCHEMA,
     VAL_FOLDS,
     TripletStore,
+    bucket_file,
+    bucket_of,
+    fold_of,
+    manifest_embedder,
     write_pairs,
 )
 from pipeline.store.scaler import PairScaler, fit_scaler, scale_by_pair
@@ -263,8 +268,9 @@ class _Pairs:
         return out
 
 
-def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) -> tuple[_Pairs, dict]:
-    """~500 plausible us-gaap pairs with distributions of their kind, embedded like ingest does."""
+def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) -> tuple[_Pairs, FeatureSpace]:
+    """~500 plausible us-gaap pairs with distributions of their kind, embedded like ingest does
+    (a feature space fitted on them, numbered 1 until the writer numbers it)."""
     stock = [(c + q, "USD", True) for c in _STOCK_CORES for q in _STOCK_QUALIFIERS]
     flow = [(c + q, "USD", False) for c in _FLOW_CORES for q in _FLOW_QUALIFIERS]
     usd = [stock[i] for i in rng.permutation(len(stock))[:200]] + [
@@ -327,7 +333,7 @@ def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) ->
     freq = np.minimum(0.95, 1.2 * rank**-0.5)
     emb = get_embedder(embedder)
     raw = emb.embed([pair_text(c, u, lab, d) for c, u, lab, d in zip(concept, unit, label, description)])
-    info = {"name": emb.name, "source_dim": int(raw.shape[1]), "dim": embed_dim, "reduction": "pca"}
+    space = fit_feature_space(raw, embed_dim, emb.info(), version=1)
     pairs = _Pairs(
         pair_id=np.arange(n, dtype=np.int32),
         concept=concept,
@@ -335,7 +341,7 @@ def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) ->
         taxonomy=["us-gaap"] * n,
         label=label,
         description=description,
-        embedding=pca_reduce(raw, embed_dim),
+        embedding=space.project(raw),
         freq=freq,
         instant=instant,
         kind=kind,
@@ -346,14 +352,15 @@ def _generated_pairs(rng: np.random.Generator, embedder: str, embed_dim: int) ->
         quantum=quantum,
         source=[None] * n,
     )
-    return pairs, info
+    return pairs, space
 
 
-def _pairs_from_store(uri: str) -> tuple[_Pairs, dict]:
-    """Reuse a store's pairs (names, labels, embeddings); each pair's values follow the source
-    scaler read backwards (its quantile function), its frequency the source's pair counts."""
+def _pairs_from_store(uri: str) -> tuple[_Pairs, FeatureSpace]:
+    """Reuse a store's pairs (names, labels, embeddings, feature space); each pair's values follow
+    the source scaler read backwards (its quantile function), its frequency the source's pair counts."""
     src = TripletStore(uri)
-    manifest = src.require()
+    src.require()
+    space = src.feature_space()
     table = src.read_pairs().sort_by("pair_id")
     rows = table.to_pylist()
     n = len(rows)
@@ -397,7 +404,7 @@ def _pairs_from_store(uri: str) -> tuple[_Pairs, dict]:
         quantum=quantum,
         source=scalers,
     )
-    return pairs, dict(manifest["embedder"])
+    return pairs, space
 
 
 # ---- entities ---------------------------------------------------------------------------------
@@ -438,7 +445,7 @@ def _entity_table(i: int, keep: int, seed: int, pairs: _Pairs) -> pa.Table:
     filed = end + np.where(annual, rng.integers(55, 91, n_filings), rng.integers(25, 46, n_filings))
     filed_year = filed.astype("datetime64[Y]").astype(int) + 1970
     accn = [f"{cik:010d}-{y % 100:02d}-{j + 1:06d}" for j, y in enumerate(filed_year)]
-    fold = np.array([zlib.crc32(a.encode()) % VAL_FOLDS for a in accn], dtype=np.int16)
+    fold = np.array([fold_of(a) for a in accn], dtype=np.int16)
     # Values: z = company size (shared by all pairs) + entity-pair level + fact noise, N(0, 1) overall.
     z_entity, z_pair = rng.standard_normal(), rng.standard_normal(len(pairs))
     z = 0.6 * z_entity + 0.5 * z_pair[pos] + math.sqrt(1 - 0.36 - 0.25) * rng.standard_normal(n)
@@ -550,9 +557,9 @@ def synth_gaap(
     t0 = time.perf_counter()
     rng = np.random.default_rng([seed, 0])
     if from_store:
-        pairs, embedder_info = _pairs_from_store(from_store)
+        pairs, space = _pairs_from_store(from_store)
     else:
-        pairs, embedder_info = _generated_pairs(rng, embedder, embed_dim)
+        pairs, space = _generated_pairs(rng, embedder, embed_dim)
     fitted = pairs.fit_scalers(rng)
     scalers = {int(pid): s for pid, s in zip(pairs.pair_id, fitted)}
 
@@ -564,66 +571,68 @@ def synth_gaap(
         if count:
             keep = min(count, triplets - total)
             entity_id = f"{_cik(i, seed):010d}"
-            plan.setdefault(zlib.crc32(entity_id.encode()) % buckets, []).append((entity_id, i, keep))
+            plan.setdefault(bucket_of(entity_id, buckets), []).append((entity_id, i, keep))
             total += keep
         i += 1
 
     store = TripletStore(out_uri)
-    staged = store.stage()
-    try:
-        files, counts = [], np.zeros(len(pairs), dtype=np.int64)
-        for b in sorted(plan):
-            name = f"triplets/bucket-{b:02d}.parquet"
-            w = _BucketWriter(staged.join(name), staged.loc.fs, pairs, scalers, row_group_size)
-            try:
-                for _, ent, keep in sorted(plan[b]):  # by entity id: the store's sort order
-                    w.add(_entity_table(ent, keep, seed, pairs))
-            finally:
-                w.close()
-            counts += w.counts
-            files.append(name)
-        rows = []
-        for k in np.flatnonzero(counts):
-            rows.append(
-                {
-                    "pair_id": int(pairs.pair_id[k]),
-                    "concept": pairs.concept[k],
-                    "unit": pairs.unit[k],
-                    "label": pairs.label[k],
-                    "description": pairs.description[k],
-                    "count": int(counts[k]),
-                    **fitted[k].to_row(),
-                    "embedding": pairs.embedding[k].tolist(),
-                }
-            )
-        dim = pairs.embedding.shape[1]
-        write_pairs(staged.join("pairs.parquet"), rows, dim, store.loc.fs)
-        store.loc.delete_dir(f"{staged.name}/raw")
-        store.loc.delete_dir(f"{staged.name}/dedup")
-        entities = sum(len(v) for v in plan.values())
-        params = {
-            "kind": "gaap",
-            "triplets": triplets,
-            "from_store": from_store,
-            "seed": seed,
-            "row_group_size": row_group_size,
-            "embedder": embedder_info["name"],
-            "buckets": buckets,
-        }
-        manifest = staged.commit(
-            {
-                "counts": {"triplets": int(counts.sum()), "pairs": len(rows), "entities": entities},
-                "embedder": embedder_info,
-                "buckets": buckets,
+    with store.writing():  # one writer at a time; the previous versions stay for readers
+        # The written store's own feature version: after any it already keeps (it is replaced whole).
+        space = replace(space, version=max(store.feature_versions(), default=0) + 1)
+        staged = store.stage()
+        try:
+            files, counts = [], np.zeros(len(pairs), dtype=np.int64)
+            for b in sorted(plan):
+                name = bucket_file("triplets", b)
+                w = _BucketWriter(staged.join(name), staged.loc.fs, pairs, scalers, row_group_size)
+                try:
+                    for _, ent, keep in sorted(plan[b]):  # by entity id: the store's sort order
+                        w.add(_entity_table(ent, keep, seed, pairs))
+                finally:
+                    w.close()
+                counts += w.counts
+                files.append(name)
+            rows = []
+            for k in np.flatnonzero(counts):
+                rows.append(
+                    {
+                        "pair_id": int(pairs.pair_id[k]),
+                        "concept": pairs.concept[k],
+                        "unit": pairs.unit[k],
+                        "label": pairs.label[k],
+                        "description": pairs.description[k],
+                        "count": int(counts[k]),
+                        **fitted[k].to_row(),
+                        "embedding": pairs.embedding[k].tolist(),
+                    }
+                )
+            write_pairs(staged.join(PAIRS_FILE), rows, space.embed_dim, store.loc.fs)
+            staged.drop_scratch()
+            entities = sum(len(v) for v in plan.values())
+            params = {
+                "kind": "gaap",
+                "triplets": triplets,
+                "from_store": from_store,
+                "seed": seed,
                 "row_group_size": row_group_size,
-                "val_folds": VAL_FOLDS,
-                "triplet_files": files,
-                "inputs": [{"synth": params, "generated": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+                "embedder": space.embedder["name"],
+                "buckets": buckets,
             }
-        )
-    except BaseException:
-        staged.abort()
-        raise
+            manifest = staged.commit(
+                {
+                    "counts": {"triplets": int(counts.sum()), "pairs": len(rows), "entities": entities},
+                    "embedder": manifest_embedder(space),
+                    "buckets": buckets,
+                    "row_group_size": row_group_size,
+                    "val_folds": VAL_FOLDS,
+                    "triplet_files": files,
+                    "inputs": [{"synth": params, "generated": time.strftime("%Y-%m-%dT%H:%M:%S")}],
+                },
+                space,
+            )
+        except BaseException:
+            staged.abort()
+            raise
     seconds = time.perf_counter() - t0
     return {
         "store": out_uri,

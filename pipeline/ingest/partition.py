@@ -17,7 +17,6 @@ one at a time, so neither phase ever holds more than a chunk, whatever the parti
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.storage import Location
-from pipeline.store.layout import RAW_SCHEMA, TRIPLET_SCHEMA, VAL_FOLDS
+from pipeline.store.layout import RAW_SCHEMA, TRIPLET_SCHEMA, fold_of
 from pipeline.store.scaler import PairScaler, scale_by_pair
 
 DEDUP_KEYS = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn_key"]
@@ -219,10 +218,10 @@ def write_partition(
 
 
 def fold(accn: pa.ChunkedArray) -> pa.Array:
-    """crc32(accession) % VAL_FOLDS: every fact of one filing lands in the same fold."""
+    """Each row's fold (layout.fold_of of its accession), computed once per distinct accession."""
     accn = pc.fill_null(accn, "")
     uniq = pc.unique(accn)
-    folds = pa.array([zlib.crc32(a.encode()) % VAL_FOLDS for a in uniq.to_pylist()], pa.int16())
+    folds = pa.array([fold_of(a) for a in uniq.to_pylist()], pa.int16())
     return pc.take(folds, pc.index_in(accn, value_set=uniq))
 
 

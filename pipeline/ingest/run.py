@@ -1,14 +1,17 @@
 """`tunestack ingest`: parse → de-duplicate → fit scalers → embed pairs → swap in a new store version.
 
-Bounded memory, whatever the number of inputs:
-  A. the input is cut into units (runs of zip members, files) that are parsed independently, in this
-     process or as Ray tasks (pipeline/ingest/stage.py, tasks.py); each writes its rows into K hash
-     buckets (by entity) on disk;
-  B. bucket by bucket, new rows and the live store's rows of that bucket are de-duplicated
-     (one fact per entity/taxonomy/concept/unit/start/end — or accession when a row has no
-     period — the latest filing wins); per-pair counts and a bounded value sample are kept;
-  C. pairs get stable ids, a scaler fitted on their sample, and an embedding;
-  D. bucket by bucket, rows get pair id, scaled value and fold, and are written in row groups.
+Bounded memory, whatever the size of the input or of the store:
+  A. the input is cut into units (runs of zip members, files) parsed independently, in this process
+     or as Ray tasks (stage.py, tasks.py); each unit writes its rows into K hash buckets (by entity);
+  B. bucket by bucket (one task each), new rows and the live store's rows of that bucket are
+     de-duplicated (one fact per entity/taxonomy/concept/unit/start/end — or accession when a row
+     has no period — the latest filing wins), in chunks of whole companies within the memory limit
+     (partition.py); per-pair counts and a bounded value sample come back;
+  C. pairs get stable ids; a pair new to the store gets a scaler fitted on its sample and an
+     embedding through the store's frozen feature space, a known pair keeps both (the feature space
+     is fitted only by the first ingest and by `refit`, which also refits every scaler);
+  D. bucket by bucket (one task each), rows get pair id, scaled value and fold, and are written in
+     row groups.
 Everything is written into a staged version that replaces the live one only at the very end.
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from pipeline.home import default_store_uri
 from pipeline.ingest.partition import (
@@ -30,17 +35,25 @@ from pipeline.ingest.progress import Progress
 from pipeline.ingest.sources import expand_inputs, split_inputs
 from pipeline.ingest.stage import merge_pair_meta, stage_unit
 from pipeline.ingest.tasks import TaskRunner
-from pipeline.store.embed import get_embedder, pair_text, pca_reduce
+from pipeline.store.embed import embedder_name, get_embedder, pair_text
+from pipeline.store.errors import StoreError
+from pipeline.store.features import FeatureSpace, fit_feature_space, load_embedder
 from pipeline.store.layout import (
     DEFAULT_BUCKETS,
+    DEFAULT_KEEP,
     DEFAULT_ROW_GROUP,
+    PAIRS_FILE,
     VAL_FOLDS,
     StagedVersion,
     TripletStore,
+    bucket_file,
+    manifest_embedder,
     write_pairs,
 )
-from pipeline.store.scaler import fit_scaler
+from pipeline.store.lock import DEFAULT_WAIT
+from pipeline.store.scaler import PairScaler, fit_scaler
 
+DEFAULT_EMBED_DIM = 64
 UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work
 
 
@@ -57,9 +70,12 @@ class IngestReport:
     entities: int = 0
     embedder: str = ""
     store_version: int = 0
+    feature_version: int = 0
+    new_pairs: int = 0
     skipped_documents: list[str] = field(default_factory=list)
     skipped_records: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     workers: dict = field(default_factory=dict)  # where parsing ran: {"nodes", "units", "parallel"}
     seconds: float = 0.0
 
@@ -85,31 +101,77 @@ def ingest(
     paths: list[str],
     store_uri: str | None = None,
     skip_bad: bool = False,
-    embedder: str = "auto",
-    embed_dim: int = 64,
+    embedder: str | None = None,
+    embed_dim: int | None = None,
     row_group_size: int = DEFAULT_ROW_GROUP,
     progress: bool | None = None,
+    lock_wait: float = DEFAULT_WAIT,
+    keep: int = DEFAULT_KEEP,
     address: str | None = None,
     workers: int | None = None,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
 ) -> IngestReport:
     """Ingest `paths` into the store at `store_uri` (default under TUNESTACK_HOME).
 
-    Parsing runs on the Ray cluster at `address` (or $RAY_ADDRESS) when given; else on a local Ray
-    with `workers` CPUs, or, by default, on every core for a large input and in this process for a
-    small one (pipeline/ingest/tasks.py). De-duplication holds at most `memory_limit` bytes of rows
-    at once over a machine's tasks (pipeline/ingest/partition.py). Raises IngestError on bad input
-    unless `skip_bad`; on any failure the live store is untouched.
+    `embedder` ('auto', 'minilm', 'hashed') and `embed_dim` default to the store's recorded ones
+    ('auto' and 64 for a new store); naming others for an existing store is refused (StoreError):
+    its feature space is frozen, and only `refit` changes it. One writer at a time: another's
+    lock is waited for up to `lock_wait` seconds (then StoreLocked). The `keep` newest previous
+    versions stay for readers; older ones are deleted after the commit.
+    Parsing and buckets run on the Ray cluster at `address` (or $RAY_ADDRESS) when given; else on a
+    local Ray with `workers` CPUs, or, by default, on every core for a large input and in this
+    process for a small one (tasks.py). De-duplication holds at most `memory_limit` bytes of rows
+    at once over a machine's tasks (partition.py).
+    Raises IngestError on bad input unless `skip_bad`; on any failure the live store is untouched.
     """
     t0 = time.perf_counter()
     store = TripletStore(store_uri or default_store_uri())
-    report = IngestReport(store=store.uri)
     files = expand_inputs(paths)  # unreadable paths fail here, before anything is written
     units = split_inputs(files, UNIT_BYTES)
-    report.files = len(files)
+    work = sum(p.bytes for u in units for p in u)
+    with TaskRunner.start(address, workers, work_bytes=work) as runner, store.writing(lock_wait):
+        report = _write_version(
+            store, files, skip_bad, embedder, embed_dim, row_group_size, progress, False, keep, runner,
+            memory_limit, units,
+        )  # fmt: skip
+    report.seconds = round(time.perf_counter() - t0, 3)  # Ray's start included: what a user waits
+    return report
+
+
+def refit(
+    store_uri: str | None = None,
+    embedder: str | None = None,
+    embed_dim: int | None = None,
+    row_group_size: int | None = None,
+    lock_wait: float = DEFAULT_WAIT,
+    keep: int = DEFAULT_KEEP,
+    address: str | None = None,
+    workers: int | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+) -> IngestReport:
+    """`tunestack store refit`: a new feature version (basis fitted on every pair of the store,
+    with `embedder`/`embed_dim`, default the recorded ones) and every pair's scaler refitted on
+    all its rows, written as a new store version. Pair ids stay; older feature versions stay
+    readable by number."""
+    store = TripletStore(store_uri or default_store_uri())
+    store.require()
+    with TaskRunner.start(address, workers) as runner, store.writing(lock_wait):
+        rgs = row_group_size or store.require().get("row_group_size", DEFAULT_ROW_GROUP)
+        return _write_version(
+            store, [], False, embedder, embed_dim, rgs, False, True, keep, runner, memory_limit
+        )
+
+
+def _write_version(
+    store, files, skip_bad, embedder, embed_dim, row_group_size, progress, refit, keep, runner, memory_limit,
+    units=(),
+):  # fmt: skip
+    """Stage, fill and commit one new store version (the caller holds the store's lock)."""
+    t0 = time.perf_counter()
+    report = IngestReport(store=store.uri, files=len(files))
     old = store.manifest
     buckets = old["buckets"] if old else DEFAULT_BUCKETS
-    runner = TaskRunner.start(address, workers, work_bytes=sum(p.bytes for u in units for p in u))
+    space = _live_feature_space(store, embedder, embed_dim, refit)  # refusals come before any write
     staged = store.stage()
     try:
         meta, raw_files = _stage_raw(units, staged, buckets, skip_bad, report, progress, runner)
@@ -117,34 +179,33 @@ def ingest(
         counts, samples, entities, parts = _dedupe(
             store, staged, buckets, raw_files, report, runner, chunk_rows
         )
-        pairs, scalers, embedder_info = _build_pairs(store, meta, counts, samples, embedder, embed_dim)
+        pairs, scalers, space = _build_pairs(store, meta, counts, samples, space, embedder, embed_dim, report)
         triplet_files = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
-        write_pairs(staged.join("pairs.parquet"), pairs, embed_dim, store.loc.fs)
-        store.loc.delete_dir(f"{staged.name}/raw")
-        store.loc.delete_dir(f"{staged.name}/dedup")
-        report.pairs, report.entities, report.embedder = len(pairs), entities, embedder_info["name"]
+        write_pairs(staged.join(PAIRS_FILE), pairs, space.embed_dim, store.loc.fs)
+        staged.drop_scratch()
+        report.pairs, report.entities, report.embedder = len(pairs), entities, space.embedder["name"]
         inputs = (old["inputs"] if old else []) + [
             {"path": f, "ingested": time.strftime("%Y-%m-%dT%H:%M:%S")} for f in files
         ]
+        if refit:
+            inputs.append({"refit": space.version, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         manifest = staged.commit(
             {
                 "counts": {"triplets": report.rows_after, "pairs": len(pairs), "entities": entities},
-                "embedder": embedder_info,
+                "embedder": manifest_embedder(space),
                 "buckets": buckets,
                 "row_group_size": row_group_size,
                 "val_folds": VAL_FOLDS,
                 "triplet_files": triplet_files,
                 "inputs": inputs,
-            }
+            },
+            space,
+            keep,
         )
     except BaseException:
         staged.abort()
-        if old is None and not store.loc.list_files():
-            store.loc.delete_dir("")  # a store that did not exist before does not exist after
         raise
-    finally:
-        runner.close()
-    report.store_version = manifest["version"]
+    report.store_version, report.feature_version = manifest["version"], space.version
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
@@ -184,11 +245,11 @@ def _dedupe(
     old_files = set(store.manifest["triplet_files"]) if store.manifest else set()
     calls = []
     for b in range(buckets):
-        old_name = f"triplets/bucket-{b:02d}.parquet"
+        old_name = bucket_file("triplets", b)
         old = f"{store.version_dir}/{old_name}" if old_name in old_files else None
         if raw_files.get(b) or old:
             calls.append({"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, []),
-                          "old_file": old, "out_file": f"dedup/bucket-{b:02d}.parquet", "chunk_rows": chunk_rows})  # fmt: skip
+                          "old_file": old, "out_file": bucket_file("dedup", b), "chunk_rows": chunk_rows})  # fmt: skip
     counts: dict[tuple[str, str], int] = {}
     samples: dict = {}
     entities = 0
@@ -208,43 +269,96 @@ def _dedupe(
     return counts, samples, entities, {r.part: list(r.counts) for r in done}
 
 
-def _build_pairs(store: TripletStore, meta, counts, samples: dict, embedder_name: str, embed_dim: int):
-    """Phase C: stable pair ids, refitted scalers, embeddings reduced by PCA."""
+def _live_feature_space(store: TripletStore, embedder: str | None, embed_dim: int | None, refit: bool):
+    """The feature space this write keeps (None: the write fits one). Refuses an embedder or
+    width other than the recorded ones, unless refitting."""
+    if store.manifest is None or refit or store.feature_version is None:
+        return None
+    space = store.feature_space()
+    recorded = space.embedder["name"]
+    if embedder is not None and embedder_name(embedder) != recorded:
+        raise StoreError(
+            f"store {store.uri} records embedder {recorded} (feature version {space.version}); "
+            f"--embedder {embedder} means {embedder_name(embedder)} here: omit --embedder to append "
+            f"with the recorded one, or change it with `tunestack store refit --embedder {embedder}`"
+        )
+    if embed_dim is not None and embed_dim != space.embed_dim:
+        raise StoreError(
+            f"store {store.uri} has {space.embed_dim}-d pair embeddings (feature version {space.version}); "
+            f"--embed-dim {embed_dim} would need `tunestack store refit --embed-dim {embed_dim}`"
+        )
+    load_embedder(space.embedder)  # EmbedderUnavailable now, before anything is staged
+    return space
+
+
+def _build_pairs(
+    store: TripletStore,
+    meta,
+    counts,
+    samples: dict,
+    space: FeatureSpace | None,
+    embedder: str | None,
+    embed_dim: int | None,
+    report: IngestReport,
+):
+    """Phase C: stable pair ids; kept scalers and embeddings for known pairs (when `space` is the
+    live feature space), fitted ones for new pairs; with `space` None, a new feature space fitted
+    on every pair and every scaler refitted (first ingest, refit)."""
     old = {}
     if store.manifest:
-        for row in (
-            store.read_pairs().select(["pair_id", "concept", "unit", "label", "description"]).to_pylist()
-        ):
+        for row in store.read_pairs().to_pylist():
             old[(row["concept"], row["unit"])] = row
     next_id = max((r["pair_id"] for r in old.values()), default=-1) + 1
     by_pair = {k: value for k, (_, value) in samples.items()}
-    rows, scalers = [], {}
+    rows, scalers, new = [], {}, []
     for key in sorted(counts):
+        if space is not None and key in old:  # frozen: the pair's scaler, embedding and text stay
+            row = {**old[key], "count": counts[key]}
+            scalers[row["pair_id"]] = PairScaler.from_row(row)
+            rows.append(row)
+            continue
         label, desc = meta.get(key, (None, None))
         if key in old:
             pid = old[key]["pair_id"]
-            label, desc = label or old[key]["label"], desc or old[key]["description"]
+            label, desc = old[key]["label"] or label, old[key]["description"] or desc
         else:
             pid, next_id = next_id, next_id + 1
         scaler = fit_scaler(by_pair[key])
         scalers[pid] = scaler
-        rows.append(
-            {
-                "pair_id": pid,
-                "concept": key[0],
-                "unit": key[1],
-                "label": label,
-                "description": desc,
-                "count": counts[key],
-                **scaler.to_row(),
-            }
-        )
-    embedder = get_embedder(embedder_name)
-    raw = embedder.embed([pair_text(r["concept"], r["unit"], r["label"], r["description"]) for r in rows])
-    for r, e in zip(rows, pca_reduce(raw, embed_dim)):
+        row = {"pair_id": pid, "concept": key[0], "unit": key[1], "label": label, "description": desc}
+        rows.append({**row, "count": counts[key], **scaler.to_row()})
+        new.append(rows[-1])
+    report.new_pairs = sum(1 for r in new if (r["concept"], r["unit"]) not in old)
+    texts = [pair_text(r["concept"], r["unit"], r["label"], r["description"]) for r in new]
+    if space is None:
+        space, raw = _fit_space(store, texts, embedder, embed_dim, report)
+        emb = space.project(raw)
+    else:
+        emb = space.embed(texts)
+    for r, e in zip(new, emb):
         r["embedding"] = e.tolist()
-    info = {"name": embedder.name, "source_dim": int(raw.shape[1]), "dim": embed_dim, "reduction": "pca"}
-    return rows, scalers, info
+    return rows, scalers, space
+
+
+def _fit_space(store: TripletStore, texts: list[str], embedder: str | None, embed_dim: int | None, report):
+    """A new feature version fitted on `texts` (every pair of the store), and their raw embeddings."""
+    recorded = (store.manifest or {}).get("embedder") or {}
+    if embedder is None and recorded.get("name"):
+        emb = load_embedder({"name": recorded["name"]})
+    else:
+        emb = get_embedder(embedder or "auto")
+    width = embed_dim or recorded.get("dim") or DEFAULT_EMBED_DIM
+    raw = emb.embed(texts) if texts else np.zeros((0, emb.dim), dtype=np.float32)
+    kept = store.feature_versions() if store.manifest else []
+    space = fit_feature_space(raw, width, emb.info(), version=max(kept, default=0) + 1)
+    if space.fit["random_directions"]:
+        report.notes.append(
+            f"feature version {space.version} was fitted on {len(texts)} pair(s): "
+            f"{space.fit['principal_directions']} principal and {space.fit['random_directions']} fixed "
+            f"random direction(s); run `tunestack store refit` once the store holds more than "
+            f"{width} pairs for a full PCA basis"
+        )
+    return space, raw
 
 
 def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers, row_group_size: int, runner):
@@ -255,8 +369,8 @@ def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers,
     calls = []
     for b, keys in parts.items():
         own = {k: ids[k] for k in keys}
-        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": f"dedup/bucket-{b:02d}.parquet",
+        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": bucket_file("dedup", b),
                       "out_file": f"{staged.name}/triplets/bucket-{b:02d}.parquet", "pair_ids": own,
                       "scalers": {i: scalers[i] for i in own.values()}, "row_group_size": row_group_size})  # fmt: skip
     runner.map(write_partition, calls)
-    return [f"triplets/bucket-{b:02d}.parquet" for b in parts]
+    return [bucket_file("triplets", b) for b in parts]

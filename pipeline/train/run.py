@@ -77,6 +77,27 @@ class PreparedData:
     dims: dict  # model options implied by the data (input_size / num_classes / input_dim)
 
 
+FINGERPRINT_KEYS = ("kind", "version", "sha256", "manifest_sha256")
+
+
+def triplet_fingerprint(store, val_fraction: float) -> dict:
+    """What identifies a triplet store's training data: its live version and manifest digest."""
+    manifest = store.require()
+    return {
+        "kind": "triplet_store",
+        "uri": store.uri,
+        "version": manifest["version"],
+        "manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
+        "val_fraction": val_fraction,
+    }
+
+
+def same_training_data(saved: dict, now: dict) -> bool:
+    """Whether two data fingerprints name the same data: the same kind and the same digest (a
+    sequences file's `sha256`; a triplet store's `version` and `manifest_sha256`)."""
+    return all(saved.get(k) == now.get(k) for k in FINGERPRINT_KEYS)
+
+
 def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData:
     """Ray Datasets for the config's data section, and what the checkpoint must remember."""
     d = cfg.data
@@ -92,7 +113,6 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
             "train": triplet_dataset(uri, "train", d.val_fraction),
             "val": triplet_dataset(uri, "val", d.val_fraction),
         }
-        manifest_digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         meta = {
             "normalization": None,  # values are scaled per pair by the store's scalers
             "store": {
@@ -101,13 +121,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
                 "data_dir": manifest["data_dir"],
                 "scalers": f"{manifest['data_dir']}/pairs.parquet",
             },
-            "fingerprint": {
-                "kind": "triplet_store",
-                "uri": uri,
-                "version": manifest["version"],
-                "manifest_sha256": manifest_digest,
-                "val_fraction": d.val_fraction,
-            },
+            "fingerprint": triplet_fingerprint(store, d.val_fraction),
         }
         return PreparedData(datasets, None, meta, {"input_dim": store.embeddings().shape[1] + 1})
 
@@ -217,9 +231,7 @@ def resume(run: str) -> TrainResult:
     ensure_ray()
     cfg = config_from_dict(loop_config["config"], config_file)
     data = prepare_data(cfg, loop_config["meta"].get("normalization"))
-    if data.meta["fingerprint"].get("sha256", "") != loop_config["meta"]["fingerprint"].get(
-        "sha256", ""
-    ) or data.meta["fingerprint"].get("version") != loop_config["meta"]["fingerprint"].get("version"):
+    if not same_training_data(loop_config["meta"]["fingerprint"], data.meta["fingerprint"]):
         raise ValueError(
             f"{run}: the training data changed since the run started "
             f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})"

@@ -217,6 +217,13 @@ def test_autoencoder_on_us_gaap_beats_pca_of_same_width(ray_cluster, home):
         "pairs.parquet"
     )
     assert_no_pickles(result.path)
+    # The store moves on (a re-ingest commits a new version): resuming the run is refused, as the
+    # triplet fingerprint's manifest digest no longer matches (issue 12: it once compared "" to "").
+    from pipeline.train.run import resume
+
+    ingest([str(gaap[0])], store_uri, progress=False)
+    with pytest.raises(ValueError, match="the training data changed since the run started"):
+        resume("autoencoder")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,7 +122,14 @@ def test_second_ingest_of_same_files_adds_nothing_and_append_adds_company(tmp_pa
     lookup = store.pair_lookup()
     assert all(lookup[k] == v for k, v in first_pairs.items())  # pair ids are stable across appends
     assert len(lookup) > len(first_pairs)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["manifest.json", "v000003"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        ".lock",
+        "features",
+        "manifest.json",
+        "v000001",
+        "v000002",
+        "v000003",  # two previous versions kept
+    ]
 
 
 def test_narrative_csv_dedupes_on_accession(tmp_path):
