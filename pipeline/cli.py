@@ -247,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the store's recorded one, auto for a new store; another than the recorded one is "
         "refused (see `store refit`)",
     )
-    s.add_argument("--embed-dim", type=int, default=64, help="embedding width after PCA (default 64)")
+    s.add_argument(
+        "--embed-dim", type=int, help="embedding width of a new store after PCA (default: the store's, 64)"
+    )
+    _add_writer_args(s)
     s.add_argument(
         "--address",
         default=None,
@@ -267,11 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows held at once by one machine's de-duplication (default 2GB); a larger store "
         "is de-duplicated in more chunks of whole companies, never all at once",
     )
-
-    s.add_argument(
-        "--embed-dim", type=int, help="embedding width of a new store after PCA (default: the store's, 64)"
-    )
-    _add_writer_args(s)
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser(
