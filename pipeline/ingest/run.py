@@ -48,6 +48,7 @@ from pipeline.store.layout import (
     TripletStore,
     bucket_file,
     manifest_embedder,
+    manifest_files,
     write_pairs,
 )
 from pipeline.store.lock import DEFAULT_WAIT
@@ -175,12 +176,17 @@ def _write_version(
     staged = store.stage()
     try:
         meta, raw_files = _stage_raw(units, staged, buckets, skip_bad, report, progress, runner)
+        # Only the buckets that get new rows are rewritten; a new feature space (first ingest, refit,
+        # a store predating feature versions) refits every scaler, so then every bucket is.
+        touched = (
+            set(raw_files) if space is not None else set(raw_files) | set(store.bucket_files() if old else ())
+        )
         chunk_rows = chunk_rows_for(memory_limit, runner.slots())
         counts, samples, entities, parts = _dedupe(
-            store, staged, buckets, raw_files, report, runner, chunk_rows
+            store, staged, touched, raw_files, report, runner, chunk_rows
         )
         pairs, scalers, space = _build_pairs(store, meta, counts, samples, space, embedder, embed_dim, report)
-        triplet_files = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
+        written = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
         write_pairs(staged.join(PAIRS_FILE), pairs, space.embed_dim, store.loc.fs)
         staged.drop_scratch()
         report.pairs, report.entities, report.embedder = len(pairs), entities, space.embedder["name"]
@@ -189,6 +195,10 @@ def _write_version(
         ]
         if refit:
             inputs.append({"refit": space.version, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        reused = {}
+        if old:
+            records = manifest_files(old)
+            reused = {f: records.get(f) for b, f in store.bucket_files().items() if b not in parts}
         manifest = staged.commit(
             {
                 "counts": {"triplets": report.rows_after, "pairs": len(pairs), "entities": entities},
@@ -196,11 +206,13 @@ def _write_version(
                 "buckets": buckets,
                 "row_group_size": row_group_size,
                 "val_folds": VAL_FOLDS,
-                "triplet_files": triplet_files,
+                "triplet_files": list(written),
+                "files": written,
                 "inputs": inputs,
             },
             space,
             keep,
+            reused=reused,
         )
     except BaseException:
         staged.abort()
@@ -238,27 +250,33 @@ def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, pro
 
 
 def _dedupe(
-    store: TripletStore, staged: StagedVersion, buckets: int, raw_files: dict, report, runner, chunk_rows
+    store: TripletStore, staged: StagedVersion, touched: set, raw_files: dict, report, runner, chunk_rows
 ):
-    """Phase B: each bucket's new rows merged with the live store's, the latest filing kept (one
-    task per bucket); returns per-pair counts, the scalers' value sample and the entity count."""
-    old_files = set(store.manifest["triplet_files"]) if store.manifest else set()
-    calls = []
-    for b in range(buckets):
-        old_name = bucket_file("triplets", b)
-        old = f"{store.version_dir}/{old_name}" if old_name in old_files else None
-        if raw_files.get(b) or old:
-            calls.append({"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, []),
-                          "old_file": old, "out_file": bucket_file("dedup", b), "chunk_rows": chunk_rows})  # fmt: skip
+    """Phase B: each touched bucket's new rows merged with its live rows, the latest filing kept
+    (one task per bucket). Returns the store's per-pair counts and entity count after the merge (the
+    live totals, less what the touched buckets held, plus what they hold now), the touched buckets'
+    value sample per pair (all rows of any new pair are in them), and each touched bucket's pairs."""
+    old = store.manifest
+    live = store.bucket_files() if old else {}
+    calls = [
+        {"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, []),
+         "old_file": live.get(b), "out_file": bucket_file("dedup", b), "chunk_rows": chunk_rows}
+        for b in sorted(touched)
+    ]  # fmt: skip
     counts: dict[tuple[str, str], int] = {}
+    if old:
+        pairs = store.read_pairs().select(["concept", "unit", "count"]).to_pylist()
+        counts = {(r["concept"], r["unit"]): r["count"] or 0 for r in pairs}
+    report.rows_before = old["counts"]["triplets"] if old else 0
+    report.rows_after = report.rows_before
+    totals = {"entities": old["counts"]["entities"] if old else 0}
     samples: dict = {}
-    entities = 0
 
     def take(i, r: DedupeResult) -> None:  # merged as results arrive: the driver keeps one sample
-        nonlocal entities
-        report.rows_before += r.rows_old
-        report.rows_after += r.rows_after
-        entities += r.entities
+        report.rows_after += r.rows_after - r.rows_old
+        totals["entities"] += r.entities - r.entities_old
+        for key, n in r.counts_old.items():
+            counts[key] -= n
         for key, n in r.counts.items():
             counts[key] = counts.get(key, 0) + n
         merge_samples(samples, r.sample)
@@ -266,7 +284,8 @@ def _dedupe(
 
     done = runner.map(dedupe_partition, calls, on_result=take)
     report.duplicates_dropped = report.rows_read + report.rows_before - report.rows_after
-    return counts, samples, entities, {r.part: list(r.counts) for r in done}
+    counts = {k: n for k, n in counts.items() if n > 0}
+    return counts, samples, totals["entities"], {r.part: list(r.counts) for r in done}
 
 
 def _live_feature_space(store: TripletStore, embedder: str | None, embed_dim: int | None, refit: bool):
@@ -363,14 +382,15 @@ def _fit_space(store: TripletStore, texts: list[str], embedder: str | None, embe
 
 def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers, row_group_size: int, runner):
     """Phase D: each de-duplicated bucket gets pair id, scaled value and fold, sorted by
-    entity/pair/period, written in row groups (one task per bucket, given the ids and scalers of
-    its own pairs only); returns the files written."""
+    entity/pair/period, written in row groups into the new version's folder (one task per bucket,
+    given the ids and scalers of its own pairs only). Returns {file (relative to the version's
+    folder): its size, sha256 and rows, taken as it was written}."""
     ids = {(p["concept"], p["unit"]): p["pair_id"] for p in pairs}
     calls = []
-    for b, keys in parts.items():
+    for b, keys in sorted(parts.items()):
         own = {k: ids[k] for k in keys}
         calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": bucket_file("dedup", b),
-                      "out_file": f"{staged.name}/triplets/bucket-{b:02d}.parquet", "pair_ids": own,
+                      "out_file": f"{staged.data_dir}/{bucket_file('triplets', b)}", "pair_ids": own,
                       "scalers": {i: scalers[i] for i in own.values()}, "row_group_size": row_group_size})  # fmt: skip
-    runner.map(write_partition, calls)
-    return [bucket_file("triplets", b) for b in parts]
+    records = runner.map(write_partition, calls)
+    return {bucket_file("triplets", b): rec for b, rec in zip(sorted(parts), records)}
