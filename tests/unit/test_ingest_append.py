@@ -37,7 +37,8 @@ def _ingest(paths, uri, **kw):
 
 
 def _rows(uri, columns=RAW):
-    t = pq.read_table(TripletStore(str(uri)).triplet_files(), columns=columns)
+    store = TripletStore(str(uri))
+    t = pq.read_table(store.triplet_files(), columns=columns, filesystem=store.loc.fs)
     return t.sort_by([(c, "ascending") for c in columns])
 
 
