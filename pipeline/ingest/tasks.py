@@ -15,6 +15,7 @@ ones running are awaited first, so nothing writes after the caller starts cleani
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 from pipeline.ingest.companyfacts import IngestError
@@ -44,13 +45,11 @@ def _reraise(out: dict):
 
 
 def _node() -> str:
-    """The Ray node this runs on ('local' outside Ray)."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    except Exception:  # a node name is only reported, never needed
+    """The Ray node this runs on ('local' outside Ray, without importing it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
         return "local"
+    return ray.get_runtime_context().get_node_id()
 
 
 class TaskRunner:

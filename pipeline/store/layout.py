@@ -342,11 +342,16 @@ class TripletStore:
         return out
 
     def previous_versions(self) -> list[int]:
-        """Versions older than the live one still in the store (a record or a folder), oldest first."""
+        """Versions older than the live one still in the store, oldest first: those with a record,
+        and (schema 1) folders holding their own pairs table. A dropped version's folder may still
+        hold bucket files a kept version reuses, never its pairs table."""
         live = self.require()["version"]
-        found = {parse_version_dir(posixpath.basename(i.path.rstrip("/"))) for i in self._top()}
-        found |= set(self._records())
-        return sorted(v for v in found if v is not None and v < live)
+        found = set(self._records())
+        for info in self._top():
+            v = parse_version_dir(posixpath.basename(info.path.rstrip("/")))
+            if v is not None and self.loc.exists(f"{version_dir_name(v)}/{PAIRS_FILE}"):
+                found.add(v)
+        return sorted(v for v in found if v < live)
 
     def gc(self, keep: int = DEFAULT_KEEP) -> list[str]:
         """Drop previous versions but the newest `keep` (under `writing()`): their records, and every
