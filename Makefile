@@ -29,8 +29,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Line coverage of pipeline/ and serve/ (pytest-cov) and the 20 slowest tests are reported every run.
 test: venv lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests --cov --cov-report= --durations=20
+	@echo "line coverage: pipeline/ $$($(BIN)/coverage report --include='pipeline/*' --format=total)%," \
+	  "serve/ $$($(BIN)/coverage report --include='serve/*' --format=total)%"
 
 test-fast: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/unit

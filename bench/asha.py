@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.report import bench_cli
+from bench.report import bench_cli, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tune_configs"
@@ -233,7 +233,7 @@ def _plot(a: dict, path: str) -> str:
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     import ray
 
-    from pipeline.train.run import ensure_ray
+    from pipeline.runtime import ensure_ray
 
     t0 = time.perf_counter()
     folder = tempfile.mkdtemp(prefix="tunestack-bench-asha-")
@@ -321,9 +321,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         "method": _method(a, d, n),
         "details": {"asha_vs_grid": a, "tuned_vs_default": d, "goals": GOALS},
     }
-    with open(os.path.join(out_dir, "asha.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_result(result, out_dir)
 
 
 def _method(a: dict, d: dict, n: int) -> str:

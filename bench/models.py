@@ -20,7 +20,6 @@ INT8 model ≤ 2 KB; batched FastGRNN ≤ 10 µs/sample on CPU (tiny-dancer's de
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import bench_cli
+from bench.report import bench_cli, write_result
+from bench.report import figure as _fig
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "tune_configs" / "digits.yaml"
@@ -234,20 +234,6 @@ def plot(models: dict, path: str) -> str:
     return path
 
 
-def _figure(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None):
-    ratio = value / baseline_value if baseline_value else None
-    return {
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "goal": goal,
-        "pass": ok,
-    }
-
-
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     t0 = time.perf_counter()
     epochs = 60 if quick else None
@@ -258,7 +244,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     lat, gru_lat = fg["latency_us_per_sample"], gru["latency_us_per_sample"]
     acc_goal = f">= {100 * GOALS['accuracy_min']:.0f}%"
     figures = [
-        _figure(
+        _fig(
             "FastGRNN INT8 test accuracy",
             100 * fg["int8_test_accuracy"],
             "%",
@@ -267,7 +253,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             acc_goal,
             fg["int8_test_accuracy"] >= GOALS["accuracy_min"],
         ),
-        _figure(
+        _fig(
             "FastGRNN float32 test accuracy",
             100 * fg["test_accuracy"],
             "%",
@@ -276,7 +262,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             acc_goal,
             fg["test_accuracy"] >= GOALS["accuracy_min"],
         ),
-        _figure(
+        _fig(
             "FastGRNN INT8 model size",
             fg["int8_bytes"],
             "bytes",
@@ -285,14 +271,14 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             f"<= {GOALS['int8_bytes_max']} B",
             fg["int8_bytes"] <= GOALS["int8_bytes_max"],
         ),
-        _figure(
+        _fig(
             "FastGRNN float32 model size (non-zeros)",
             fg["float_bytes"],
             "bytes",
             "GRU float32 size",
             gru["float_bytes"],
         ),
-        _figure(
+        _fig(
             "FastGRNN INT8 vs float32: largest probability difference (test set)",
             fg["int8_max_probability_diff"],
             "probability",
@@ -302,7 +288,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         if name != "fastgrnn":
             b = models[name]
             figures.append(
-                _figure(
+                _fig(
                     f"{name.upper()} (hidden {b['config']['hidden_size']}) float32 test accuracy",
                     100 * b["test_accuracy"],
                     "%",
@@ -311,7 +297,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     for threads in m["thread_counts"]:
         key = f"batch{batch}_threads{threads}"
         figures.append(
-            _figure(
+            _fig(
                 f"FastGRNN latency, batch {batch}, {threads} thread(s)",
                 lat[key],
                 "µs/sample",
@@ -324,7 +310,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     for threads in m["thread_counts"]:
         key = f"batch1_threads{threads}"
         figures.append(
-            _figure(
+            _fig(
                 f"FastGRNN latency, single sample (batch 1), {threads} thread(s)",
                 lat[key],
                 "µs/sample",
@@ -361,10 +347,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         ),
         "details": m,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "models.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_result(result, out_dir)
 
 
 def render(result: dict) -> str:

@@ -44,6 +44,32 @@ FIGURE_KEYS = ("figure", "value", "unit", "baseline", "baseline_value", "ratio",
 HEADER = ("benchmark", "figure", "value", "baseline", "ratio", "goal", "result")
 
 
+def figure(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None) -> dict:
+    """One entry of a result's `figures`; ratio = value / baseline_value (None without a baseline)."""
+    ratio = value / baseline_value if value is not None and baseline_value else None
+    return {
+        "figure": figure,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+        "goal": goal,
+        "pass": ok,
+    }
+
+
+def write_result(result: dict, out_dir: str) -> dict:
+    """Check `result` against the contract and write it as <out_dir>/<name>.json; returns it."""
+    problems = check_result(result)
+    if problems:
+        raise ValueError(f"benchmark result {result.get('name')!r}: {'; '.join(problems)}")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{result['name']}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
 def check_result(result) -> list[str]:
     """What `result` gets wrong against the contract above (empty: nothing)."""
     if not isinstance(result, dict):

@@ -37,6 +37,7 @@ BENCHMARKS = [
     ("models", "bench.models"),
     ("asha", "bench.asha"),
     ("serve", "bench.serve"),
+    ("score", "bench.score"),
 ]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_RUN = 3  # the child's exit status when the module has no run()

@@ -1,27 +1,30 @@
-"""Serve benchmark: POST /v1/route over real HTTP, batched vs unbatched, vs the predictor in-process.
+"""Serve benchmark: POST /v1/route over real HTTP in one hop, against Ray Serve's own floor.
 
     python -m bench.serve [--quick] [--out-dir bench/results]
 
 A small router (the FastGRNN of tune_configs/router.yaml, trained for a few hundred steps on the
-synthetic routing rule) is registered and promoted in a temporary registry, and the app of
-serve/config.yaml is deployed on a fresh local Ray (2 CPUs): the HTTP proxy, one Gateway replica
-(FastAPI: validation, breaker, metrics) and one model-router replica, with the config's settings
-except the one under test:
+synthetic routing rule, its threshold calibrated as training does) is registered and promoted in a
+temporary registry, and the app of serve/config.yaml is deployed on a fresh local Ray (2 CPUs):
 
-  - batched:   max_batch_size from serve/config.yaml: the Gateway gathers concurrent requests
-               (@serve.batch, the config's wait timeout) into one call of the model replica;
-  - unbatched: max_batch_size = 1 (every request is its own gateway -> model call).
-
-Ray Serve's floor: a constant-answer FastAPI app (no validation, no model, no second hop) behind
-the same proxy, loaded the same way — what any Serve app can reach on this machine.
+  - one hop (the shipped default): the HTTP proxy and ONE Gateway replica that validates, checks
+    the breaker, gathers concurrent requests with @serve.batch and runs the model itself;
+  - two hops (model_deployments: [router], the option for a GPU family or a heavy model): the
+    Gateway gathers requests and sends each batch to a model-router replica;
+  - Ray Serve's floor: a constant-answer FastAPI app (no validation, no model, no second hop)
+    behind the same proxy, deployed beside the app — what any Serve app can reach here.
 
 The load comes from a separate process (bench/serve_load.py: aiohttp, a closed loop of
 `concurrency` workers with keep-alive connections) on loopback, at concurrency 1, 16 and 64; each
-point has a warm-up that is not counted. The in-process baseline calls the same predictor
-(serve.models.ModelHost.predict: prepare → model → route decision) directly in this process, one
-thread, one instance per call, and in calls of 16 and 64 instances (the best batching can do).
-Goals (2-core machine): batched p50 <= 5 ms and p99 <= 25 ms at concurrency 16; batched
-throughput >= 3x unbatched at concurrency 64.
+point has a warm-up that is not counted, and the app's and the floor's points alternate (ROUNDS
+rounds; the median round is reported) so that a change in the machine's load hits both alike.
+During the one-hop points the CPU time of the proxy and of the Gateway replica is read from their
+processes: the proxy's share of the server's CPU.
+
+In-process, in this process, one thread: the embedded router (serve.embedded.EmbeddedRouter.route:
+the same request schema, model, threshold and answer format as /v1/route) per decision, and the
+bare predictor (serve.models.ModelHost.predict) per call of 1, 16 and 64 instances.
+Goals (relative to the floor, measured in the same run): one-hop p50 at concurrency 1 <= 1.15x the
+floor's; one-hop throughput at concurrency 16 and 64 >= 0.95x the floor's; 0 errors.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,11 +41,16 @@ import time
 
 import numpy as np
 
+from bench.report import figure as _fig
+from bench.report import write_result
+from pipeline.data.sequences import ROUTING_FEATURES
+from pipeline.runtime import free_port
+
 NAME = "serve"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCURRENCY = (1, 16, 64)
-GOALS = {"p50_ms_c16_max": 5.0, "p99_ms_c16_max": 25.0, "batched_over_unbatched_c64_min": 3.0}
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+GOALS = {"p50_c1_over_floor_max": 1.15, "rps_over_floor_min": 0.95}
+FEATURES = ROUTING_FEATURES  # the router's input order
 ONE_REQUEST = {
     "features": {
         "similarity": 0.6,
@@ -81,6 +88,7 @@ def register_router(home: str, steps: int = 300) -> str:
     from pipeline.data.sequences import fit_zscore
     from pipeline.models import build_model
     from pipeline.registry import Registry
+    from pipeline.router_metrics import calibrate
     from pipeline.synth import routing_rule
     from pipeline.train.checkpoint import save_checkpoint
 
@@ -103,12 +111,13 @@ def register_router(home: str, steps: int = 300) -> str:
     model.eval()
     with torch.no_grad():
         acc = float((model(xt).argmax(-1) == y).float().mean())
+        xv = routing_features(4096, 1)  # held out: the calibration, as training does it
+        pv = torch.softmax(model(torch.from_numpy(norm.apply(xv))), -1)[:, 1].numpy()
+    yv = routing_rule({k: xv[:, i] for i, k in enumerate(FEATURES)})
     ckpt = os.path.join(home, "router-ckpt")
-    save_checkpoint(
-        ckpt,
-        model,
-        meta={"config": cfg, "normalization": norm.to_dict(), "metrics": {"val_accuracy": acc}, "epoch": 0},
-    )
+    meta = {"config": cfg, "normalization": norm.to_dict(), "metrics": {"val_accuracy": acc}, "epoch": 0}
+    meta["route_calibration"] = {**calibrate(pv, yv, 0.02), "split": "val", "rows": len(yv)}
+    save_checkpoint(ckpt, model, meta=meta)
     rec = Registry(os.path.join(home, "registry")).register(
         "router", ckpt, config=cfg, metrics={"val_accuracy": acc}, promote=True
     )
@@ -120,27 +129,33 @@ def register_router(home: str, steps: int = 300) -> str:
 
 
 def in_process(registry_root: str, calls: int) -> dict:
-    """The served predictor called directly: latency per call of 1 instance; instances/s in calls of 16, 64."""
+    """In this process, one thread: the embedded router per decision (as /v1/route decides), and
+    the bare predictor per call of 1, 16 and 64 instances."""
     import torch
 
+    from serve.embedded import EmbeddedRouter
     from serve.models import ModelHost
 
-    torch.set_num_threads(1)  # as in the model replica
+    torch.set_num_threads(1)  # as in the Serve replica
     host = ModelHost("router", "route", registry_root)
     host.sync()
-    out = {}
-    for size in (1,) + CONCURRENCY[1:]:
-        batch = [ONE_REQUEST] * size
+
+    def timed(fn, n: int) -> tuple[np.ndarray, float]:
         for _ in range(50):
-            host.predict(batch)
-        n = max(20, calls // size)
+            fn()
         lat = np.empty(n)
         t_all = time.perf_counter()
         for i in range(n):
             t0 = time.perf_counter()
-            host.predict(batch)
+            fn()
             lat[i] = time.perf_counter() - t0
-        elapsed = time.perf_counter() - t_all
+        return lat, time.perf_counter() - t_all
+
+    out = {}
+    for size in (1,) + CONCURRENCY[1:]:
+        batch = [ONE_REQUEST] * size
+        n = max(20, calls // size)
+        lat, elapsed = timed(lambda batch=batch: host.predict(batch), n)
         out[size] = {
             "instances_per_call": size,
             "calls": n,
@@ -148,21 +163,25 @@ def in_process(registry_root: str, calls: int) -> dict:
             "p99_ms": float(np.percentile(lat, 99) * 1e3),
             "instances_per_s": n * size / elapsed,
         }
-    return {"answer": host.predict([ONE_REQUEST])[0], "by_size": out}
+    with EmbeddedRouter(registry_root, follow=False) as router:
+        lat, elapsed = timed(lambda: router.route(ONE_REQUEST), calls)
+        embedded = {
+            "decisions": calls,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "decisions_per_s": calls / elapsed,
+            "answer": router.route(ONE_REQUEST),
+        }
+    return {"answer": host.predict([ONE_REQUEST])[0], "by_size": out, "embedded": embedded}
 
 
 # ---------------------------------------------------------------------------------------------
 # The served app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _deploy(registry_root: str, port: int, max_batch_size: int | None, overrides: dict | None = None) -> dict:
-    """serve/config.yaml's app (router only, one replica per deployment), max_batch_size set when given."""
+def _deploy(registry_root: str, port: int, two_hops: bool, overrides: dict | None = None) -> dict:
+    """serve/config.yaml's app (router only, one replica per deployment); `two_hops`: the router in
+    its own deployment (model_deployments)."""
     import requests
 
     from serve.cli import DEFAULT_CONFIG, deploy, serve_config_dict
@@ -171,21 +190,14 @@ def _deploy(registry_root: str, port: int, max_batch_size: int | None, overrides
     app = config["applications"][0]
     args = app["args"]
     args.update(registry_root=registry_root, families={"router": "route"}, **(overrides or {}))
-    if max_batch_size is not None:
-        args["max_batch_size"] = max_batch_size
-    cpus = {
-        d["name"]: (d.get("ray_actor_options") or {}).get("num_cpus", 0.25)
-        for d in app.get("deployments", [])
-    }
-    app["deployments"] = [
-        {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": cpus.get("Gateway", 0.25)}},
-        {
-            "name": "model-router",
-            "num_replicas": 1,
-            "ray_actor_options": {"num_cpus": cpus.get("model-router", 0.25)},
-        },
-    ]
-    deploy(config, timeout=240)
+    args["model_deployments"] = ["router"] if two_hops else []
+    cpus = (app["deployments"][0].get("ray_actor_options") or {}).get("num_cpus", 0.25)
+    app["deployments"] = [{"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": cpus}}]
+    if two_hops:
+        app["deployments"].append(
+            {"name": "model-router", "num_replicas": 1, "ray_actor_options": {"num_cpus": cpus}}
+        )
+    deploy(config, timeout=300)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while requests.get(url + "/readyz", timeout=30).status_code != 200:
@@ -236,179 +248,230 @@ def _floor_app(answer: dict):
     return Floor.bind()
 
 
-def _batching_stats() -> dict:
+def _server_pids() -> dict[str, int]:
+    """{"proxy": pid, "gateway": pid, ...} of this Serve instance's processes (asked of each actor)."""
+    import ray
+
+    def pid(_actor) -> int:
+        return os.getpid()
+
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = a["name"]
+        role = (
+            "proxy"
+            if name.startswith("SERVE_PROXY_ACTOR")
+            else "gateway"
+            if "tunestack#Gateway#" in name
+            else "model"
+            if "tunestack#model-router#" in name
+            else None
+        )
+        if role:
+            actor = ray.get_actor(name, namespace=a["namespace"])
+            out[role] = ray.get(actor.__ray_call__.remote(pid), timeout=60)
+    return out
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    import psutil
+
+    out = {}
+    for role, pid in pids.items():
+        t = psutil.Process(pid).cpu_times()
+        out[role] = t.user + t.system
+    return out
+
+
+def _batching(two_hops: bool) -> dict:
+    """The router's @serve.batch counters (the Gateway's gathering, one replica)."""
     from ray import serve
 
-    info = (
-        serve.get_deployment_handle("model-router", app_name="tunestack").info.remote().result(timeout_s=30)
-    )
-    return info.get("batching", {})
+    h = serve.get_deployment_handle("Gateway", app_name="tunestack")
+    info = h.serving_info.remote().result(timeout_s=30)["families"]["router"]
+    return info.get("gateway_batching" if two_hops else "batching", {})
 
 
-def served(
-    registry_root: str,
-    body_file: str,
-    warmup: float,
-    duration: float,
-    env: dict | None = None,
-    overrides: dict | None = None,
-) -> dict:
-    """Both modes on one fresh local Ray started with `env` (Serve reads its flags when it starts)."""
+def _median_round(rounds: list[dict]) -> dict:
+    """The round with the median throughput (its latencies and counts travel with it)."""
+    return sorted(rounds, key=lambda p: p["rps"])[len(rounds) // 2]
+
+
+def served(registry_root: str, body_file: str, warmup: float, duration: float, rounds: int) -> dict:
+    """One hop (with the floor beside it, alternating), then two hops, on one fresh local Ray."""
     import ray
     import requests
     from ray import serve
 
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     results = {}
-    port = _free_port()  # Serve's proxy keeps the port it started with: one for both apps
+    port = free_port()  # Serve's proxy keeps the port it started with
     try:
-        for mode, mbs in (("batched", None), ("unbatched", 1)):
-            app = _deploy(registry_root, port, mbs, overrides)
-            answer = requests.post(app["url"] + "/v1/route", json=ONE_REQUEST, timeout=30).json()
-            before = _batching_stats()
-            points = {c: _load(app["url"], body_file, c, warmup, duration) for c in CONCURRENCY}
-            after = _batching_stats()
-            calls = after.get("batches", 0) - before.get("batches", 0)
-            reqs = after.get("requests", 0) - before.get("requests", 0)
-            results[mode] = {
-                "settings": app["args"],
-                "answer": answer,
-                "points": points,
-                "model_calls": calls,
-                "requests_batched": reqs,
-                "mean_batch": reqs / calls if calls else None,
-                "largest_batch": after.get("largest"),
-            }
-            serve.delete("tunestack")
-        serve.run(_floor_app(results["batched"]["answer"]), name="floor", route_prefix="/floor")
-        url = f"http://127.0.0.1:{port}/floor"
-        results["floor"] = {"points": {c: _load(url, body_file, c, warmup, duration) for c in CONCURRENCY}}
+        app = _deploy(registry_root, port, two_hops=False)
+        answer = requests.post(app["url"] + "/v1/route", json=ONE_REQUEST, timeout=30).json()
+        serve.run(_floor_app(answer), name="floor", route_prefix="/floor")
+        floor_url = f"http://127.0.0.1:{port}/floor"
+        pids = _server_pids()
+        one, floor, cpu = {}, {}, {}
+        before = _batching(False)
+        for c in CONCURRENCY:
+            app_rounds, floor_rounds, shares = [], [], []
+            for _ in range(rounds):
+                t0 = _cpu_seconds(pids)
+                app_rounds.append(_load(app["url"], body_file, c, warmup, duration))
+                t1 = _cpu_seconds(pids)
+                used = {r: t1[r] - t0[r] for r in ("proxy", "gateway")}
+                shares.append(used["proxy"] / max(sum(used.values()), 1e-9))
+                floor_rounds.append(_load(floor_url, body_file, c, warmup, duration))
+            one[c], floor[c] = _median_round(app_rounds), _median_round(floor_rounds)
+            cpu[c] = {"proxy_share_of_server_cpu": float(np.median(shares)), "rounds": shares}
+        after = _batching(False)
+        results["one_hop"] = {
+            "settings": app["args"],
+            "answer": answer,
+            "points": one,
+            "cpu": cpu,
+            **_batch_summary(before, after),
+        }
+        results["floor"] = {"points": floor}
         serve.delete("floor")
+        serve.delete("tunestack")
+        app = _deploy(registry_root, port, two_hops=True)
+        answer = requests.post(app["url"] + "/v1/route", json=ONE_REQUEST, timeout=30).json()
+        before = _batching(True)
+        two = {c: _load(app["url"], body_file, c, warmup, duration) for c in CONCURRENCY}
+        results["two_hops"] = {
+            "settings": app["args"],
+            "answer": answer,
+            "points": two,
+            **_batch_summary(before, _batching(True)),
+        }
+        serve.delete("tunestack")
     finally:
         serve.shutdown()
         ray.shutdown()
     return results
 
 
+def _batch_summary(before: dict, after: dict) -> dict:
+    calls = after.get("batches", 0) - before.get("batches", 0)
+    reqs = after.get("requests", 0) - before.get("requests", 0)
+    return {
+        "model_calls": calls,
+        "requests_batched": reqs,
+        "mean_batch": reqs / calls if calls else None,
+        "largest_batch": after.get("largest"),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
 
-def _fig(figure, value, unit, baseline=None, baseline_value=None, ratio=None, goal=None, ok=None) -> dict:
-    return {
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "goal": goal,
-        "pass": ok,
-    }
-
-
 def _figures(srv: dict, local: dict) -> list[dict]:
-    b, u, fl = srv["batched"]["points"], srv["unbatched"]["points"], srv["floor"]["points"]
-    one = local["by_size"][1]
+    one, two, fl = srv["one_hop"]["points"], srv["two_hops"]["points"], srv["floor"]["points"]
     figs = []
     for c in CONCURRENCY:
-        bp, up = b[c], u[c]
-        goal_p50 = GOALS["p50_ms_c16_max"] if c == 16 else None
-        goal_p99 = GOALS["p99_ms_c16_max"] if c == 16 else None
+        ratio = _ratio(one[c]["p50_ms"], fl[c]["p50_ms"])
+        goal = GOALS["p50_c1_over_floor_max"] if c == 1 else None
         figs.append(
             _fig(
-                f"batched p50 latency, concurrency {c}",
-                bp["p50_ms"],
+                f"one-hop p50 latency, concurrency {c}",
+                one[c]["p50_ms"],
                 "ms",
-                f"unbatched p50, c={c}",
-                up["p50_ms"],
-                _ratio(bp["p50_ms"], up["p50_ms"]),
-                f"<= {goal_p50} ms" if goal_p50 else None,
-                bp["p50_ms"] <= goal_p50 if goal_p50 else None,
+                f"Ray Serve floor p50, c={c}",
+                fl[c]["p50_ms"],
+                f"<= {goal}x" if goal else None,
+                (ratio is not None and ratio <= goal) if goal else None,
             )
         )
         figs.append(
             _fig(
-                f"batched p99 latency, concurrency {c}",
-                bp["p99_ms"],
+                f"one-hop p99 latency, concurrency {c}",
+                one[c]["p99_ms"],
                 "ms",
-                f"unbatched p99, c={c}",
-                up["p99_ms"],
-                _ratio(bp["p99_ms"], up["p99_ms"]),
-                f"<= {goal_p99} ms" if goal_p99 else None,
-                bp["p99_ms"] <= goal_p99 if goal_p99 else None,
+                f"Ray Serve floor p99, c={c}",
+                fl[c]["p99_ms"],
             )
         )
-        goal_x = GOALS["batched_over_unbatched_c64_min"] if c == 64 else None
-        ratio = _ratio(bp["rps"], up["rps"])
+        ratio = _ratio(one[c]["rps"], fl[c]["rps"])
+        goal = GOALS["rps_over_floor_min"] if c > 1 else None
         figs.append(
             _fig(
-                f"batched throughput, concurrency {c}",
-                bp["rps"],
+                f"one-hop throughput, concurrency {c}",
+                one[c]["rps"],
                 "requests/s",
-                f"unbatched, c={c}",
-                up["rps"],
-                ratio,
-                f">= {goal_x}x" if goal_x else None,
-                (ratio is not None and ratio >= goal_x) if goal_x else None,
+                f"Ray Serve floor, c={c}",
+                fl[c]["rps"],
+                f">= {goal}x" if goal else None,
+                (ratio is not None and ratio >= goal) if goal else None,
             )
         )
+    for c in CONCURRENCY:
+        figs.append(
+            _fig(
+                f"two-hop p50 latency, concurrency {c}",
+                two[c]["p50_ms"],
+                "ms",
+                f"one-hop p50, c={c}",
+                one[c]["p50_ms"],
+            )
+        )
+        figs.append(
+            _fig(
+                f"two-hop throughput, concurrency {c}",
+                two[c]["rps"],
+                "requests/s",
+                f"one-hop, c={c}",
+                one[c]["rps"],
+            )
+        )
+    for c in CONCURRENCY[1:]:
+        share = srv["one_hop"]["cpu"][c]["proxy_share_of_server_cpu"]
+        figs.append(
+            _fig(
+                f"proxy's share of the server's CPU, one hop, concurrency {c}",
+                100.0 * share,
+                "%",
+                "the Gateway replica's share",
+                100.0 * (1.0 - share),
+            )
+        )
+    emb = local["embedded"]
     figs.append(
         _fig(
-            "HTTP p50 latency, concurrency 1 (batched)",
-            b[1]["p50_ms"],
+            "embedded router p50 per decision (in-process)",
+            emb["p50_ms"],
             "ms",
-            "in-process predictor call, 1 instance",
-            one["p50_ms"],
-            _ratio(b[1]["p50_ms"], one["p50_ms"]),
+            "one-hop HTTP p50, c=1",
+            one[1]["p50_ms"],
         )
     )
-    for c in CONCURRENCY[1:]:
-        figs.append(
-            _fig(
-                f"Ray Serve floor p50 latency, concurrency {c}",
-                fl[c]["p50_ms"],
-                "ms",
-                "the app's batched p50",
-                b[c]["p50_ms"],
-                _ratio(fl[c]["p50_ms"], b[c]["p50_ms"]),
-            )
-        )
-        figs.append(
-            _fig(
-                f"batched throughput vs Ray Serve floor, concurrency {c}",
-                b[c]["rps"],
-                "requests/s",
-                f"constant-answer Serve app, c={c}",
-                fl[c]["rps"],
-                _ratio(b[c]["rps"], fl[c]["rps"]),
-            )
-        )
-    best = max(CONCURRENCY, key=lambda c: b[c]["rps"])
-    inproc = local["by_size"][64]
     figs.append(
         _fig(
-            f"HTTP throughput, best (batched, c={best})",
-            b[best]["rps"],
+            "embedded router decisions/s (one thread)",
+            emb["decisions_per_s"],
+            "decisions/s",
+            "bare predictor call, 1 instance, calls/s",
+            local["by_size"][1]["instances_per_s"],
+        )
+    )
+    best = max(CONCURRENCY, key=lambda c: one[c]["rps"])
+    figs.append(
+        _fig(
+            f"HTTP throughput, best (one hop, c={best})",
+            one[best]["rps"],
             "requests/s",
             "in-process predictor, 64 instances per call",
-            inproc["instances_per_s"],
-            _ratio(b[best]["rps"], inproc["instances_per_s"]),
+            local["by_size"][64]["instances_per_s"],
         )
     )
-    errors = sum(p["errors"] for m in ("batched", "unbatched") for p in srv[m]["points"].values())
+    errors = sum(p["errors"] for m in ("one_hop", "two_hops") for p in srv[m]["points"].values())
     figs.append(
         _fig(
-            "HTTP errors (non-200 or dropped) over all points",
+            "HTTP errors (non-200 or dropped) over all app points",
             float(errors),
             "requests",
-            None,
             None,
             None,
             "== 0",
@@ -429,26 +492,19 @@ def _plot(srv: dict, local: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode, color in (("batched", "tab:blue"), ("unbatched", "tab:orange"), ("floor", "tab:gray")):
+    for mode, color in (("one_hop", "tab:blue"), ("two_hops", "tab:orange"), ("floor", "tab:gray")):
         pts = srv[mode]["points"]
+        label = mode.replace("_", " ")
         for q, style in (("p50_ms", "-o"), ("p99_ms", "--s")):
             ax.plot(
                 CONCURRENCY,
                 [pts[c][q] for c in CONCURRENCY],
                 style,
                 color=color,
-                label=f"{mode} {q.split('_')[0]}",
+                label=f"{label} {q.split('_')[0]}",
             )
-        ax2.plot(CONCURRENCY, [pts[c]["rps"] for c in CONCURRENCY], "-o", color=color, label=mode)
-    ax.axhline(local["by_size"][1]["p50_ms"], color="gray", lw=1, ls=":", label="in-process p50 (1 instance)")
-    ax.scatter(
-        [16, 16],
-        [GOALS["p50_ms_c16_max"], GOALS["p99_ms_c16_max"]],
-        marker="x",
-        color="red",
-        label="goals at c=16",
-        zorder=5,
-    )
+        ax2.plot(CONCURRENCY, [pts[c]["rps"] for c in CONCURRENCY], "-o", color=color, label=label)
+    ax.axhline(local["embedded"]["p50_ms"], color="tab:green", lw=1, ls=":", label="embedded router p50")
     ax.set(
         xscale="log",
         yscale="log",
@@ -480,7 +536,7 @@ def _print(result: dict) -> None:
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     t_start = time.perf_counter()
-    warmup, duration = (1.0, 4.0) if quick else (3.0, 15.0)
+    warmup, duration, rounds = (1.0, 3.0, 1) if quick else (2.0, 8.0, 3)
     os.makedirs(out_dir, exist_ok=True)
     home = tempfile.mkdtemp(prefix="tunestack-bench-serve-")
     try:
@@ -490,81 +546,60 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         body_file = os.path.join(home, "body.json")
         with open(body_file, "w") as f:
             json.dump(ONE_REQUEST, f)
-        srv = served(root, body_file, warmup, duration)
+        srv = served(root, body_file, warmup, duration, rounds)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    want = {k: v for k, v in local["embedded"]["answer"].items() if k != "latency_us"}
     mismatch = [
         m
-        for m, r in srv.items()
-        if m != "floor"
-        if abs(r["answer"].get("probability", math.nan) - local["answer"]["probability"]) > 1e-6
+        for m in ("one_hop", "two_hops")
+        if {k: v for k, v in srv[m]["answer"].items() if k != "latency_us"} != want
+        or abs(srv[m]["answer"]["probability"] - local["answer"]["probability"]) > 1e-6
     ]
     if mismatch:
-        raise RuntimeError(f"served answers differ from the in-process predictor: {mismatch}")
+        raise RuntimeError(f"served answers differ from the embedded router's: {mismatch}")
     plot = os.path.join(out_dir, "serve_latency.png")
     _plot(srv, local, plot)
     result = {
         "name": NAME,
-        "title": "Ray Serve POST /v1/route: latency and throughput over HTTP",
+        "title": "Ray Serve POST /v1/route in one hop: latency and throughput over HTTP vs Serve's floor",
         "seconds": time.perf_counter() - t_start,
         "quick": quick,
         "figures": _figures(srv, local),
         "plots": [plot],
         "method": (
-            f"Router {version} (FastGRNN, tune_configs/router.yaml) in a temporary registry; serve/config.yaml's "
-            "app deployed on a fresh local Ray with 2 CPUs (HTTP proxy, 1 Gateway replica, 1 model-router "
-            "replica). Load from a separate process (bench/serve_load.py, aiohttp, closed loop, keep-alive) "
-            f"on loopback, one single-instance request per call; each point {warmup:g}s warm-up then "
-            f"{duration:g}s measured, at concurrency {', '.join(map(str, CONCURRENCY))}. Batched = the "
-            "config's @serve.batch settings; unbatched = max_batch_size 1. Latency is client-side (request "
-            "sent to answer read). In-process = ModelHost.predict on the same registered version in the "
-            "benchmark process, one thread. The load generator shares the 2 cores with the server."
+            f"Router {version} (FastGRNN, tune_configs/router.yaml, threshold calibrated) in a temporary "
+            "registry; serve/config.yaml's app on a fresh local Ray with 2 CPUs: one hop (HTTP proxy, 1 "
+            "Gateway replica holding the model, @serve.batch) and, deployed after it, two hops "
+            "(model_deployments: [router]: 1 Gateway + 1 model-router replica). Floor: a constant-answer "
+            "FastAPI Serve app behind the same proxy, deployed beside the one-hop app; their points "
+            f"alternate, {rounds} round(s) each, the median round reported. Load from a separate process "
+            "(bench/serve_load.py, aiohttp, closed loop, keep-alive) on loopback, one single-instance "
+            f"request per call; each point {warmup:g}s warm-up then {duration:g}s measured, at concurrency "
+            f"{', '.join(map(str, CONCURRENCY))}. Latency is client-side (request sent to answer read). CPU "
+            "share: user+system CPU seconds of the proxy and the Gateway replica processes over each "
+            "one-hop point. Embedded = serve.embedded.EmbeddedRouter.route (validation, model, threshold, "
+            "answer) in the benchmark process, one thread; predictor = ModelHost.predict. The load "
+            "generator shares the 2 cores with the server."
         ),
         "details": {
             "served": {
                 m: {**r, "points": {str(c): p for c, p in r["points"].items()}} for m, r in srv.items()
             },
             "in_process": {str(k): v for k, v in local["by_size"].items()},
+            "embedded": {k: v for k, v in local["embedded"].items() if k != "answer"},
             "goals": GOALS,
             "cpu_count": os.cpu_count(),
         },
     }
-    with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_result(result, out_dir)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="short points (about 1-2 minutes in all)")
+    p.add_argument("--quick", action="store_true", help="short points (about 2 minutes in all)")
     p.add_argument("--out-dir", default="bench/results")
-    p.add_argument(
-        "--only-served",
-        metavar="ENV=VALUE",
-        nargs="*",
-        help="(profiling) only the HTTP points, on a Ray started with these environment variables",
-    )
-    p.add_argument("--batch-wait-ms", type=float, help="(profiling, with --only-served) batch_wait_timeout_s")
     a = p.parse_args(argv)
-    if a.only_served is not None:
-        home = tempfile.mkdtemp(prefix="tunestack-bench-serve-")
-        register_router(home, steps=50)
-        body = os.path.join(home, "body.json")
-        with open(body, "w") as f:
-            json.dump(ONE_REQUEST, f)
-        env = dict(kv.split("=", 1) for kv in a.only_served)
-        over = {} if a.batch_wait_ms is None else {"batch_wait_timeout_s": a.batch_wait_ms / 1e3}
-        srv = served(os.path.join(home, "registry"), body, 1.0, 4.0, env, over)
-        for m, r in srv.items():
-            print(
-                m,
-                r.get("mean_batch"),
-                {
-                    c: (round(p["p50_ms"], 2), round(p["p99_ms"], 2), round(p["rps"]))
-                    for c, p in r["points"].items()
-                },
-            )
-        return 0
     _print(run(quick=a.quick, out_dir=a.out_dir))
     return 0
 

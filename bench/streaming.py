@@ -45,6 +45,8 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
+from bench.report import figure as _fig
+from bench.report import write_result
 from pipeline.data.triplets import READ_COLUMNS, iter_triplet_batches, triplet_batch
 from pipeline.store.layout import TripletStore
 from pipeline.synth import synth_gaap
@@ -61,11 +63,12 @@ SAMPLE_EVERY_S = 0.05
 
 # ---- the three ways to read a store ------------------------------------------------------------
 def _ray_init() -> None:
-    import ray
     from ray.data import DataContext
 
-    # address="local": always a fresh instance, never someone's `ray start` cluster on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.runtime import start_local
+
+    # a fresh instance, never someone's `ray start` cluster on this machine; 2 CPUs as CI has
+    start_local(num_cpus=2, include_dashboard=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     DataContext.get_current().enable_progress_bars = False
 
@@ -329,20 +332,6 @@ def memory_pass(store: str) -> dict:
 
 
 # ---- the run --------------------------------------------------------------------------------------
-def _fig(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None) -> dict:
-    ratio = value / baseline_value if baseline_value else None
-    return {
-        "figure": figure,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "baseline_value": baseline_value,
-        "ratio": ratio,
-        "goal": goal,
-        "pass": ok,
-    }
-
-
 def figures(r: dict) -> list[dict]:
     small, large = (str(n) for n in r["details"]["sizes"])
     out = []
@@ -511,9 +500,7 @@ def run(
     }
     result["figures"] = figures(result)
     result["seconds"] = time.perf_counter() - t_start
-    with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    return write_result(result, out_dir)
 
 
 def render(r: dict) -> str:

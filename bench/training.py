@@ -22,7 +22,6 @@ next one's for Ray â€” train, validation, checkpoint, persisting it, reporting â
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import bench_cli
+from bench.report import bench_cli, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER_CONFIG = ROOT / "tune_configs" / "router.yaml"
@@ -59,12 +58,9 @@ class _ReportLog:
 def _start_ray() -> None:
     """A fresh local cluster as `tunestack train` starts one (never someone's `ray start`);
     RAY_ADDRESS, when set, is used as ensure_ray uses it."""
-    import ray
 
-    from pipeline.train.run import LOCAL_RAY, ensure_ray
+    from pipeline.runtime import ensure_ray
 
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(address="local", **LOCAL_RAY)
     ensure_ray()
 
 
@@ -83,13 +79,8 @@ def worker_threads(cpus: float) -> int:
 
 def ray_train_path(cfg, workdir: str) -> dict:
     """Train `cfg` through the real Ray Train path; per-epoch reports with their times."""
-    from pipeline.train.run import (
-        build_trainer,
-        fill_model_dims,
-        job_placement_groups,
-        prepare_data,
-        release_placement_groups,
-    )
+    from pipeline.runtime import releasing_placement_groups
+    from pipeline.train.run import build_trainer, fill_model_dims, prepare_data
 
     data = prepare_data(cfg)
     cfg = fill_model_dims(cfg, data.dims)
@@ -105,12 +96,9 @@ def ray_train_path(cfg, workdir: str) -> dict:
     }
     log = os.path.join(workdir, "reports.jsonl")
     trainer = build_trainer(cfg, name, workdir, loop_config, data, callbacks=[_ReportLog.make(log)])
-    before = job_placement_groups()
     t0 = time.time()
-    try:
+    with releasing_placement_groups():
         trainer.fit()
-    finally:
-        release_placement_groups(job_placement_groups() - before)
     fit_seconds = time.time() - t0
     with open(log) as f:
         reports = [json.loads(line) for line in f]
@@ -208,7 +196,7 @@ def measure(rows: int = 50_000, epochs: int = 4, workdir: str | None = None, ove
         "torch_threads": threads,
         "cpus_per_worker": cfg.train.cpus_per_worker,
         "model": cfg.to_dict()["model"],
-        "optim": dataclasses.asdict(cfg.optim),
+        "optim": cfg.optim.model_dump(),
         "ray": {
             "train_samples_per_s": _steady(ray_train),
             "epoch_samples_per_s": _steady(ray_epoch),
@@ -295,14 +283,8 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
         ),
         "details": m,
     }
-    _write(result, out_dir)
+    write_result(result, out_dir)
     return result
-
-
-def _write(result: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{result['name']}.json"), "w") as f:
-        json.dump(result, f, indent=2)
 
 
 def render(result: dict) -> str:

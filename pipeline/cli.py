@@ -1,4 +1,10 @@
-"""The `tunestack` command. Every subcommand honours TUNESTACK_HOME and prints --help."""
+"""The `tunestack` command. Every subcommand honours TUNESTACK_HOME and prints --help.
+
+A user error (pipeline.errors.UserError: a config key, missing data, no store, an unknown
+registry version, …) from any command is printed as one line naming what is wrong and what to
+do, exit status 2, no traceback; `tunestack --debug COMMAND` (or TUNESTACK_DEBUG=1) shows it.
+Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import sys
 
 from bench.runner import add_bench_parser
 from pipeline import home
+from pipeline.errors import UserError
 from pipeline.train.cli import add_train_parsers
 from pipeline.tune.cli import add_tune_parser
 from serve.cli import add_serve_parser
+from serve.score import add_score_parser
 
 
 def _cmd_ingest(args) -> int:
@@ -70,9 +78,17 @@ def _cmd_synth(args) -> int:
             args.out or home.default_store_uri(), args.triplets, from_store=args.from_store, seed=args.seed
         )
     else:
-        out = synth.synth_routing(
-            args.out or os.path.join(home.home(), "routing"), args.rows, seed=args.seed, noise=args.noise
-        )
+        try:
+            out = synth.synth_routing(
+                args.out or os.path.join(home.home(), "routing"),
+                args.rows,
+                seed=args.seed,
+                noise=args.noise,
+                difficulty=args.difficulty,
+            )
+        except ValueError as e:
+            print(f"tunestack synth routing: {e}", file=sys.stderr)
+            return 2
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -134,6 +150,7 @@ def _cmd_store(args) -> int:
                 **{k: m[k] for k in ("version", "data_dir", "counts", "embedder", "buckets", "updated")},
                 "feature_version": store.feature_version,
                 "feature_versions": store.feature_versions(),
+                "previous_versions": store.previous_versions(),
             },
             indent=2,
         )
@@ -142,7 +159,7 @@ def _cmd_store(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from pipeline.registry import Registry, RegistryError
+    from pipeline.registry import Registry
 
     reg = Registry()
     try:
@@ -167,10 +184,49 @@ def _cmd_models(args) -> int:
             problems = reg.verify(args.family)
             print("\n".join(problems) or f"registry {reg.root}: every file matches its sha256")
             return 1 if problems else 0
-    except (RegistryError, OSError) as e:  # OSError: a registry write failed; the registry is as it was
+        if args.action in ("list", "promote", "rollback") and reg.conditional_writes is None:
+            print(
+                f"note: {reg.root} has no conditional writes: concurrent promotions or rollbacks are not "
+                "detected there (the last writer wins); promote from one place at a time"
+            )
+    except OSError as e:  # a registry write failed; the registry is as it was
         print(f"tunestack models: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_config(args) -> int:
+    from pipeline.config import json_schema, load_tune_config, read_yaml
+    from pipeline.errors import ConfigError
+    from serve.config import load_serve_config, serve_json_schema
+
+    if args.action == "schema":
+        kinds = ["train", "tune", "serve"] if args.kind == "all" else [args.kind]
+        schemas = {k: serve_json_schema() if k == "serve" else json_schema(k) for k in kinds}
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            for kind, schema in schemas.items():
+                path = os.path.join(args.out, f"{kind}.schema.json")
+                with open(path, "w") as f:
+                    json.dump(schema, f, indent=2)
+                print(path)
+        else:
+            print(json.dumps(schemas[kinds[0]] if len(kinds) == 1 else schemas, indent=2))
+        return 0
+    if not args.files:
+        raise ConfigError("tunestack config check", "FILE", "name one or more config files to check")
+    failed = 0
+    for path in args.files:  # every file checked; each bad one listed with all its problems
+        try:
+            if "applications" in read_yaml(path):
+                load_serve_config(path)
+            else:
+                load_tune_config(path, args.overrides)
+            print(f"{path}: ok")
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
 
 
 def _cmd_demo(args) -> int:
@@ -226,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, tune and serve small neural models on Ray. "
         f"Data, runs and the registry live under TUNESTACK_HOME (now {home.home()}).",
     )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get("TUNESTACK_DEBUG")),
+        help="show the traceback of an error (default: one line; also TUNESTACK_DEBUG=1)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser(
@@ -280,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "kind",
         choices=["gaap", "routing", "digits", "companyfacts"],
-        help="gaap: synthetic store; routing: logs with a known rule; digits: the real 8x8 digits "
+        help="gaap: synthetic store; routing: logs with a known P(lightweight suffices) and the oracle "
+        "router's cost-quality curve; digits: the real 8x8 digits "
         "as 8 steps x 8 features (.npz, stratified 75/25 split); companyfacts: a bulk zip of "
         "synthetic companies in the format of SEC's companyfacts.zip (input for `tunestack ingest`)",
     )
@@ -291,7 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
     s.add_argument(
-        "--noise", type=float, default=0.1, help="routing: label noise (best accuracy = 1 - noise)"
+        "--difficulty",
+        choices=["features", "uniform"],
+        default=None,
+        help="routing: features (default): each label drawn from a feature-dependent probability, easy "
+        "and hard requests; uniform (the default when --noise is given): a rule with labels flipped "
+        "uniformly at random",
+    )
+    s.add_argument(
+        "--noise", type=float, default=None, help="routing, uniform: label noise (best accuracy = 1 - noise)"
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
@@ -330,9 +401,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("version", nargs="?", help="version (v0001, …); show: default production")
     s.set_defaults(func=_cmd_models)
 
+    s = sub.add_parser(
+        "config",
+        help="check config files in full, or print the JSON Schema of each config kind",
+        description="check: validate training/tune files (tune_configs/*.yaml) and Serve configs "
+        "(serve/config.yaml) in full, every problem named with its key; exit 2 if any is bad. "
+        "schema: the JSON Schema of a kind (train, tune, serve) for editors and CI.",
+    )
+    s.add_argument("action", choices=["check", "schema"])
+    s.add_argument("files", nargs="*", metavar="FILE", help="check: the files to validate")
+    s.add_argument(
+        "--kind", default="all", choices=["all", "train", "tune", "serve"], help="schema: which (default all)"
+    )
+    s.add_argument("--out", help="schema: write DIR/KIND.schema.json instead of printing")
+    s.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="check: overrides"
+    )
+    s.set_defaults(func=_cmd_config)
+
     add_train_parsers(sub)
     add_tune_parser(sub)
     add_serve_parser(sub)
+    add_score_parser(sub)
     add_bench_parser(sub)
 
     s = sub.add_parser("demo", help="run the main job end to end on generated or bundled data")
@@ -342,7 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        if args.debug:
+            raise
+        print(error_line(args.command, e), file=sys.stderr)
+        return 2
+
+
+def error_line(command: str, e: UserError) -> str:
+    """`tunestack COMMAND: what is wrong (what to do)`: the message, and the hint when it has one."""
+    return f"tunestack {command}: {e}" + (f" ({e.hint})" if e.hint else "")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -51,20 +50,14 @@ def demo_inputs(workdir: Path) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_demo() -> int:
     import requests
     from ray import serve
 
     from pipeline.data import triplet_dataset
     from pipeline.ingest import ingest
+    from pipeline.runtime import ensure_ray, free_port
     from pipeline.synth import synth_routing
-    from pipeline.train.run import ensure_ray
     from pipeline.tune.run import run_tune
     from serve.cli import deploy, serve_config_dict
 
@@ -92,10 +85,11 @@ def run_demo() -> int:
         _say("stream", f"FAILED: streamed {n} rows, the store holds {r.rows_after}")
         return 1
 
-    info = synth_routing(str(root / "routing"), rows=20_000, seed=0, noise=0.1)
+    info = synth_routing(str(root / "routing"), rows=20_000, seed=0)
     _say(
         "synth",
-        f"20000 routing-log rows at {root / 'routing'} (best possible accuracy {info['bayes_accuracy']})",
+        f"20000 routing-log rows at {root / 'routing'} (labels drawn from a feature-dependent "
+        f"P(lightweight suffices); the oracle router's APGR {info['oracle_apgr']:.3f})",
     )
     for family, overrides in DEMO_TUNES.items():
         t = time.perf_counter()
@@ -110,8 +104,16 @@ def run_demo() -> int:
             f"{out.best['metric']:.4f} → registered {family} {out.registered['version']} (production) "
             f"in {time.perf_counter() - t:.0f}s; report {out.report['table']}",
         )
+        cal = out.best.get("route_calibration")
+        if cal:
+            _say(
+                "calibrate",
+                f"{family}: threshold {cal['threshold']:.3f} routes {cal['share_lightweight']:.1%} of the "
+                f"validation requests lightweight, {cal['error_among_lightweight']:.2%} of them wrong "
+                f"(target {cal['max_lightweight_error']:.0%}); APGR {cal['apgr']:.3f}",
+            )
 
-    port = _free_port()
+    port = free_port()
     deploy(serve_config_dict(str(REPO / "serve" / "config.yaml"), "127.0.0.1", port))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -144,8 +146,9 @@ def _a_known_pair(store_uri: str) -> dict:
 
     from pipeline.store import TripletStore
 
+    store = TripletStore(store_uri)
     row = (
-        pq.ParquetFile(TripletStore(store_uri).triplet_files()[0])
+        pq.ParquetFile(store.triplet_files()[0], filesystem=store.loc.fs)
         .read_row_group(0, columns=["concept", "unit", "value"])
         .slice(0, 1)
         .to_pylist()[0]

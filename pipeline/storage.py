@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import posixpath
 import threading
@@ -228,6 +229,13 @@ class Location:
                 self.write_bytes_atomic(rel, data)
             return
         self.write_bytes_atomic(rel, data)
+
+
+def write_json_atomic(location: str | os.PathLike, rel: str, obj) -> None:
+    """Write `obj` as JSON to `rel` under `location` (a local path or URI) whole or not at all;
+    what is not JSON (a date, a path) is written as its str()."""
+    data = (json.dumps(obj, indent=2, default=str) + "\n").encode()
+    resolve(location).write_bytes_atomic(rel, data)
 
 
 def resolve(location: str | os.PathLike) -> Location:

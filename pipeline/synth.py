@@ -8,8 +8,9 @@ distribution — heavy-tailed, sometimes mostly positive, share counts integral 
 fitted on a sample drawn from that distribution *before* any row is written, so every row's
 `scaled_value` is consistent with the pairs table whatever the store size.
 
-`synth_routing` writes routing logs whose clean label is a deterministic rule of the features,
-flipped with probability `noise`: the best any router can do on them is exactly 1 − noise.
+`synth_routing` writes routing logs whose labels are drawn from a known, feature-dependent
+P(lightweight suffices | features) (easy and hard requests), and the cost-quality curve of the
+oracle router beside them; the old logs (a rule with labels flipped uniformly) stay available.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.sequences import ROUTING_FEATURES
 from pipeline.store.embed import get_embedder, pair_text
 from pipeline.store.features import FeatureSpace, fit_feature_space
 from pipeline.store.layout import (
@@ -647,7 +649,6 @@ def synth_gaap(
 
 
 # ---- routing logs -----------------------------------------------------------------------------
-ROUTING_FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
 ROUTING_WEIGHTS = {
     "similarity": 4.0,
     "recency": 1.0,
@@ -656,28 +657,63 @@ ROUTING_WEIGHTS = {
     "metadata_match": 1.0,
 }
 ROUTING_THRESHOLD = 5.4  # about half the clean labels are 1
+ROUTING_SHARPNESS = 4.0  # logistic slope per unit of score at metadata_match 0.5 (see routing_probability)
+DIFFICULTIES = ("features", "uniform")
 ROUTING_RULE = (
-    "clean label = 1 (lightweight model suffices) iff 4.0*similarity + 1.0*recency + 0.5*ln(1+frequency)"
-    " + 2.0*success_rate + 1.0*metadata_match > 5.4, else 0 (powerful model needed); the stored label is"
-    " the clean label flipped with probability `noise`, independently of the features"
+    "score = 4.0*similarity + 1.0*recency + 0.5*ln(1+frequency) + 2.0*success_rate + 1.0*metadata_match"
 )
+ROUTING_LABELS = {
+    "features": "label ~ Bernoulli(P), P(lightweight suffices | features) = sigmoid(4.0*(0.5 + "
+    "metadata_match)*(score - 5.4)): far from 5.4 a request is easy, near it hard, and the more metadata "
+    "matches the cached request, the more predictable its outcome",
+    "uniform": "label = 1 iff score > 5.4, flipped with probability `noise` independently of the features",
+}
 ROUTING_CHUNK = 1_000_000
+ORACLE_FILE = "routing_oracle.json"
 
 
-def routing_rule(features: dict[str, np.ndarray]) -> np.ndarray:
-    """The clean label (int8) of synth_routing's rule, from the float32 features as stored."""
+def _routing_score(features: dict[str, np.ndarray]) -> np.ndarray:
     f = {k: np.asarray(features[k], dtype=np.float64) for k in ROUTING_FEATURES}
-    score = (
+    return (
         ROUTING_WEIGHTS["similarity"] * f["similarity"]
         + ROUTING_WEIGHTS["recency"] * f["recency"]
         + ROUTING_WEIGHTS["log1p_frequency"] * np.log1p(f["frequency"])
         + ROUTING_WEIGHTS["success_rate"] * f["success_rate"]
         + ROUTING_WEIGHTS["metadata_match"] * f["metadata_match"]
     )
-    return (score > ROUTING_THRESHOLD).astype(np.int8)
 
 
-def _routing_chunk(rng: np.random.Generator, n: int, noise: float) -> pa.Table:
+def routing_rule(features: dict[str, np.ndarray]) -> np.ndarray:
+    """The clean label (int8) of the uniform-noise logs, from the float32 features as stored."""
+    return (_routing_score(features) > ROUTING_THRESHOLD).astype(np.int8)
+
+
+def routing_probability(features: dict[str, np.ndarray]) -> np.ndarray:
+    """P(the lightweight model suffices | features) of the default logs (float64): what an oracle
+    router knows. Difficulty depends on the features: a request whose score is far from the
+    threshold is easy, one near it is a coin flip, and the logistic's slope grows with
+    metadata_match (a request matching the cached one's metadata behaves predictably)."""
+    slope = ROUTING_SHARPNESS * (0.5 + np.asarray(features["metadata_match"], dtype=np.float64))
+    z = np.clip(slope * (_routing_score(features) - ROUTING_THRESHOLD), -60.0, 60.0)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def oracle_probability(features: dict[str, np.ndarray], meta: dict) -> np.ndarray | None:
+    """The true P(lightweight suffices | features) of logs that synth_routing wrote (`meta`: their
+    routing.json), or None when the logs are not ours."""
+    if meta.get("rule") != ROUTING_RULE or meta.get("threshold") != ROUTING_THRESHOLD:
+        return None
+    if meta.get("difficulty") == "features" and meta.get("sharpness") == ROUTING_SHARPNESS:
+        return routing_probability(features)
+    if meta.get("difficulty") == "uniform" and meta.get("noise") is not None:
+        return np.where(routing_rule(features) == 1, 1.0 - meta["noise"], meta["noise"])
+    return None
+
+
+def _routing_chunk(
+    rng: np.random.Generator, n: int, difficulty: str, noise: float
+) -> tuple[pa.Table, np.ndarray]:
+    """(the chunk's table, the oracle probability of each row)."""
     age_hours = rng.exponential(72.0, n)
     f = {
         "similarity": rng.beta(2.0, 2.0, n),  # cosine-like similarity of the request to the cached one
@@ -687,45 +723,85 @@ def _routing_chunk(rng: np.random.Generator, n: int, noise: float) -> pa.Table:
         "metadata_match": rng.binomial(4, 0.5, n) / 4.0,  # fraction of matching metadata fields
     }
     f = {k: v.astype(np.float32) for k, v in f.items()}
-    clean = routing_rule(f)
-    flip = rng.random(n) < noise
+    draw = rng.random(n)
+    if difficulty == "features":
+        p = routing_probability(f)
+        label = (draw < p).astype(np.int8)
+    else:
+        clean = routing_rule(f)
+        p = np.where(clean == 1, 1.0 - noise, noise)
+        label = np.where(draw < noise, 1 - clean, clean).astype(np.int8)
     cols = {k: pa.array(f[k]) for k in ROUTING_FEATURES}
-    cols["label"] = pa.array(np.where(flip, 1 - clean, clean).astype(np.int8))
-    return pa.table(cols)
+    cols["label"] = pa.array(label)
+    return pa.table(cols), p
 
 
-def synth_routing(out_dir: str, rows: int, seed: int = 0, noise: float = 0.1) -> dict:
-    """Write `out_dir/routing.parquet` (five float32 features, int8 label) and `routing.json`
-    describing the rule; the Bayes-optimal accuracy on these rows is 1 − noise."""
-    if not 0.0 <= noise < 0.5:
+def synth_routing(
+    out_dir: str, rows: int, seed: int = 0, noise: float | None = None, difficulty: str | None = None
+) -> dict:
+    """Write `out_dir/routing.parquet` (five float32 features, int8 label), `routing.json` (how the
+    labels were drawn) and `routing_oracle.json` (the cost-quality curve of the oracle router,
+    which routes by the true P(lightweight suffices | features)).
+
+    difficulty "features" (the default): each label is drawn from that feature-dependent
+    probability (routing_probability), so some requests are easy and some hard. "uniform" (the
+    default when `noise` is given): the old logs, a deterministic rule with labels flipped with
+    probability `noise` independently of the features (no request is confidently easy)."""
+    from pipeline.router_metrics import cost_quality_curve
+
+    difficulty = difficulty or ("uniform" if noise is not None else "features")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    if difficulty == "features" and noise is not None:
+        raise ValueError("noise applies to difficulty 'uniform' only (the default logs draw each label)")
+    noise = 0.1 if noise is None and difficulty == "uniform" else noise
+    if difficulty == "uniform" and not 0.0 <= noise < 0.5:
         raise ValueError(f"noise must be in [0, 0.5), got {noise}")
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "routing.parquet")
-    positives = 0
     writer = None
+    labels, oracle = [], []  # 9 bytes a row: the oracle's curve needs every row's probability
     try:
         for c, start in enumerate(range(0, rows, ROUTING_CHUNK)):
-            t = _routing_chunk(np.random.default_rng([seed, 7, c]), min(ROUTING_CHUNK, rows - start), noise)
+            n = min(ROUTING_CHUNK, rows - start)
+            t, p = _routing_chunk(np.random.default_rng([seed, 7, c]), n, difficulty, noise or 0.0)
             writer = writer or pq.ParquetWriter(path, t.schema)
             writer.write_table(t)
-            positives += int(np.asarray(t.column("label")).sum())
+            labels.append(np.asarray(t.column("label")))
+            oracle.append(p)
     finally:
         if writer is not None:
             writer.close()
+    y, p = np.concatenate(labels), np.concatenate(oracle)
+    curve = cost_quality_curve(p, y)
+    with open(os.path.join(out_dir, ORACLE_FILE), "w") as f:
+        json.dump(
+            {
+                "router": "oracle: routes by the true P(lightweight suffices | features)",
+                "rows": rows,
+                **curve,
+            },
+            f,
+            indent=2,
+        )
     meta = {
         "features": ROUTING_FEATURES,
         "label": "label: 1 = lightweight model suffices, 0 = powerful model needed",
+        "difficulty": difficulty,
         "rule": ROUTING_RULE,
+        "labels": ROUTING_LABELS[difficulty],
         "weights": ROUTING_WEIGHTS,
         "threshold": ROUTING_THRESHOLD,
-        "noise": noise,
-        "bayes_accuracy": 1.0 - noise,
+        "sharpness": ROUTING_SHARPNESS if difficulty == "features" else None,
+        "noise": noise if difficulty == "uniform" else None,
+        "bayes_accuracy": float(np.maximum(p, 1.0 - p).mean()),
+        "oracle_apgr": curve["apgr"],
         "rows": rows,
         "seed": seed,
-        "label_positive_rate": positives / rows,
-        "files": {"data": "routing.parquet"},
+        "label_positive_rate": float(y.mean()),
+        "files": {"data": "routing.parquet", "oracle": ORACLE_FILE},
     }
     with open(os.path.join(out_dir, "routing.json"), "w") as f:
         json.dump(meta, f, indent=2)

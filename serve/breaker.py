@@ -5,18 +5,34 @@
        └──────────────(the probe succeeds)────────────────┼──────────────────────────────┤
                                                           └──────(the probe fails)───────┘
 
-While OPEN the caller does not call the router at all and answers with its fallback. After
-`reset_timeout_s` exactly one request is let through as a probe (HALF_OPEN); every other request
-keeps getting the fallback until the probe's verdict is recorded. A probe whose verdict never
-arrives (the caller was cancelled) expires after `reset_timeout_s`, so the breaker cannot stick.
+`allow()` hands out a `Permit` (or None: answer with the fallback, do not call the router). The
+caller reports the call's verdict WITH its permit, so a verdict only moves the state it was issued
+in: while OPEN or HALF_OPEN only the probe's verdict counts (a slow call allowed before the circuit
+opened cannot close it by finishing late), and a failure allowed in an earlier CLOSED spell does not
+count towards the next one.
+
+While OPEN the caller does not call the router at all. After `reset_timeout_s` exactly one request
+is let through as the probe (HALF_OPEN); every other request keeps getting the fallback until the
+probe's verdict is recorded. A probe whose verdict never arrives (the caller was cancelled) expires
+after `reset_timeout_s`, so the breaker cannot stick.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass(frozen=True, eq=False)
+class Permit:
+    """One allowed router call: `probe` when it is the half-open probe; `spell` the CLOSED spell
+    (a counter bumped at every state change) it was issued in."""
+
+    probe: bool
+    spell: int
 
 
 class CircuitBreaker:
@@ -34,9 +50,11 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._state = CLOSED
+        self._spell = 0  # bumped at every state change
         self._failures = 0  # consecutive failures while CLOSED
         self._opened_at = 0.0
-        self._probe_started: float | None = None
+        self._probe: Permit | None = None
+        self._probe_started = 0.0
         self.times_opened = 0
 
     @property
@@ -44,43 +62,46 @@ class CircuitBreaker:
         with self._lock:
             return self._state
 
-    def allow(self) -> bool:
-        """May the caller call the router now? False means: answer with the fallback."""
+    def allow(self) -> Permit | None:
+        """A permit to call the router now, or None: answer with the fallback."""
         with self._lock:
             now = self._clock()
             if self._state == CLOSED:
-                return True
+                return Permit(False, self._spell)
             if self._state == OPEN:
                 if now - self._opened_at < self.reset_timeout_s:
-                    return False
-                self._state = HALF_OPEN
-                self._probe_started = now
-                return True
+                    return None
+                self._set(HALF_OPEN)
             # HALF_OPEN: one probe at a time; a forgotten probe expires
-            if self._probe_started is None or now - self._probe_started >= self.reset_timeout_s:
-                self._probe_started = now
-                return True
-            return False
+            if self._probe is None or now - self._probe_started >= self.reset_timeout_s:
+                self._probe, self._probe_started = Permit(True, self._spell), now
+                return self._probe
+            return None
 
-    def record_success(self) -> None:
+    def record_success(self, permit: Permit) -> None:
+        """The router answered. Closes a half-open circuit only when `permit` is its probe."""
         with self._lock:
-            self._state = CLOSED
-            self._failures = 0
-            self._probe_started = None
+            if permit is self._probe and self._state == HALF_OPEN:
+                self._set(CLOSED)
+            elif self._state == CLOSED and permit.spell == self._spell:
+                self._failures = 0
 
-    def record_failure(self) -> None:
+    def record_failure(self, permit: Permit) -> None:
+        """The router failed or timed out. Re-opens on the probe's failure; counts while CLOSED."""
         with self._lock:
-            if self._state == HALF_OPEN:
+            if permit is self._probe and self._state == HALF_OPEN:
                 self._open()
-                return
-            self._failures += 1
-            if self._state == CLOSED and self._failures >= self.failure_threshold:
-                self._open()
+            elif self._state == CLOSED and permit.spell == self._spell:
+                self._failures += 1
+                if self._failures >= self.failure_threshold:
+                    self._open()
 
-    def release(self) -> None:
-        """The allowed call ended without a verdict on the router's health: free the probe slot."""
+    def release(self, permit: Permit) -> None:
+        """The allowed call ended without a verdict on the router's health (bad input, no model
+        loaded): nothing changes, except that a probe's slot is free again."""
         with self._lock:
-            self._probe_started = None
+            if permit is self._probe:
+                self._probe = None
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -92,9 +113,10 @@ class CircuitBreaker:
                 "times_opened": self.times_opened,
             }
 
+    def _set(self, state: str) -> None:
+        self._state, self._spell, self._failures, self._probe = state, self._spell + 1, 0, None
+
     def _open(self) -> None:
-        self._state = OPEN
+        self._set(OPEN)
         self._opened_at = self._clock()
-        self._failures = 0
-        self._probe_started = None
         self.times_opened += 1

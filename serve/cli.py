@@ -1,7 +1,9 @@
 """`tunestack serve`: deploy serve/config.yaml (or --config) on Ray Serve and keep it up.
 
 It does what `serve run CONFIG` does — start Serve with the config's HTTP options, deploy its
-applications, block until Ctrl-C — with three additions: --host/--port override the config,
+applications, block until Ctrl-C — with four additions: it refuses to listen beyond loopback
+while the management endpoints are open (no TUNESTACK_ADMIN_TOKEN; --insecure-no-admin-token
+insists), --host/--port override the config,
 every application's `registry_root` is pinned to this process's $TUNESTACK_HOME/registry (the app
 is built inside the cluster, whose working directory and environment may differ), and the admin
 token's sha256 (never the token) is passed the same way when TUNESTACK_ADMIN_TOKEN is set.
@@ -14,6 +16,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from serve.schemas import TOKEN_ENV
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
@@ -36,18 +40,56 @@ def add_serve_parser(subparsers) -> None:
         help="Ray cluster to deploy on (default: $RAY_ADDRESS, else a new local Ray)",
     )
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the app to be running")
+    s.add_argument(
+        "--insecure-no-admin-token",
+        action="store_true",
+        help="listen on a non-loopback interface without TUNESTACK_ADMIN_TOKEN (anyone who reaches the "
+        "port can promote, roll back and submit jobs)",
+    )
     s.set_defaults(func=run_serve)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost": only this machine can connect."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def exposure_refusal(config: dict) -> str | None:
+    """Why serving `config` would be unsafe (None: it is not): listening beyond loopback while the
+    management endpoints (promote, rollback, POST /v1/jobs: code run on the cluster) need no token."""
+    host = config["http_options"]["host"]
+    tokenless = [
+        a.get("name", "?")
+        for a in config.get("applications", [])
+        if a.get("import_path", "").startswith("serve.app:")
+        and not (a.get("args") or {}).get("admin_token_sha256")
+    ]
+    if is_loopback(host) or not tokenless:
+        return None
+    return (
+        f"refusing to listen on {host} without an admin token: anyone who reaches the port could promote "
+        f"or roll back models and submit jobs that run code on the cluster (application(s) {tokenless}). "
+        f"Set one first, e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')` "
+        "(clients send it as `Authorization: Bearer <token>`), or pass --insecure-no-admin-token to serve "
+        "without one."
+    )
 
 
 def serve_config_dict(path: str, host: str | None = None, port: int | None = None) -> dict:
     """The Serve config at `path` as a dict, with CLI overrides and the pinned registry root / token hash."""
-    import yaml
-
     from pipeline.home import registry_dir
-    from serve.app import TOKEN_ENV, token_sha256
+    from pipeline.storage import absolute
+    from serve.config import load_serve_config
+    from serve.gateway import token_sha256
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = load_serve_config(path)  # every key checked, Ray's and the app's args: ConfigError
     raw["http_options"] = dict(raw.get("http_options") or {})
     raw["http_options"]["host"] = host or raw["http_options"].get("host") or "127.0.0.1"
     if port is not None:
@@ -56,7 +98,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
         if app.get("import_path", "").startswith("serve.app:"):
             args = dict(app.get("args") or {})
             if not args.get("registry_root"):
-                args["registry_root"] = os.path.abspath(registry_dir())
+                args["registry_root"] = absolute(registry_dir())
             if os.environ.get(TOKEN_ENV) and not args.get("admin_token_sha256"):
                 args["admin_token_sha256"] = token_sha256(os.environ[TOKEN_ENV])
             app["args"] = args
@@ -96,17 +138,23 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
 
 
 def run_serve(args) -> int:
-    import ray
     from pydantic import ValidationError
     from ray import serve
 
-    try:
-        config = serve_config_dict(args.config, args.host, args.port)
-    except (OSError, ValueError) as e:
-        print(f"tunestack serve: {args.config}: {e}", file=sys.stderr)
+    from pipeline.runtime import ensure_ray
+
+    config = serve_config_dict(args.config, args.host, args.port)  # a bad file: ConfigError, before Ray
+    refusal = exposure_refusal(config)
+    if refusal and not args.insecure_no_admin_token:
+        print(f"tunestack serve: {refusal}", file=sys.stderr)
         return 2
-    if not ray.is_initialized():
-        ray.init(address=args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+    if refusal:
+        print(
+            f"tunestack serve: WARNING: {config['http_options']['host']} without an admin token",
+            file=sys.stderr,
+        )
+    ensure_ray(args.address, namespace="serve", include_dashboard=False, log_to_driver=True)
+
     try:
         deploy(config, args.timeout)
     except ValidationError as e:

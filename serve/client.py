@@ -135,17 +135,6 @@ class TunestackClient:
         """A job's status and, once it SUCCEEDED, the version it registered."""
         return self._request("GET", f"/v1/jobs/{job_id}")
 
-    def wait_job(self, job_id: str, timeout: float = 3600.0, interval: float = 2.0) -> dict:
-        """Poll until the job ends (SUCCEEDED, FAILED or STOPPED); TunestackError when time runs out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-                return job
-            if time.monotonic() > deadline:
-                raise TunestackError(None, f"job {job_id} still {job['status']} after {timeout:.0f}s")
-            time.sleep(interval)
-
     # -- health ---------------------------------------------------------------------------------
     def healthz(self) -> dict:
         return self._request("GET", "/healthz")

@@ -59,6 +59,14 @@ def job_home(registry_root: str, home: str | None) -> Path:
     """The TUNESTACK_HOME a job runs with: `home`, or the folder holding `registry_root`
     (`tunestack serve` serves <home>/registry). The job registers into <home>/registry, so that
     must be the registry this app serves."""
+    from pipeline.storage import is_uri
+
+    if is_uri(registry_root):
+        raise JobError(
+            409,
+            f"this app serves the registry at {registry_root}; submitting tuning jobs through the app "
+            "needs a registry on a path (run `tunestack tune` as a Ray job with TUNESTACK_STORAGE instead)",
+        )
     root = Path(registry_root).resolve()
     h = Path(home).resolve() if home else root.parent
     if (h / "registry").resolve() != root:

@@ -9,45 +9,56 @@ Router (arch "sequence_classifier", 2 classes; class 1 = the lightweight model s
   - the normalization saved with the checkpoint (pipeline.data.sequences.Normalization: the z-score,
     after log1p of heavy-tailed features when it lists any) is applied to every feature vector;
   - probability = softmax(logits)[1] of the model in eval mode;
-  - uncertainty, always in [0, 1]:
-      * model trained with dropout > 0: MC dropout. The classifier applies dropout only to the last
-        hidden state h before its linear head, so h is computed once and the head is applied under
-        K = 32 dropout masks drawn once per loaded version from a fixed seed; uncertainty =
-        2 · std_k(p_k) (the std of numbers in [0, 1] is at most 0.5). Fixed masks make it
-        deterministic: the same input always gets the same answer, on any replica.
-      * otherwise: the binary entropy of p in bits, H(p) = −p·log2 p − (1−p)·log2(1−p), which is 0
-        at p ∈ {0, 1} and 1 at p = 0.5. It is a function of p alone, so with the defaults
-        (threshold 0.85, max uncertainty 0.15) "lightweight" needs p ≥ 0.979 (H(0.979) ≈ 0.147).
-  - route = "lightweight" iff probability >= confidence_threshold and uncertainty <= max_uncertainty.
+  - the threshold: the deployment's `confidence_threshold` when it sets one ("deployment"), else
+    the one calibrated when the version was trained ("calibrated": the lowest threshold whose error
+    among the validation requests routed lightweight stays within route.max_lightweight_error; see
+    pipeline.train.router_eval), else DEFAULT_THRESHOLD ("default": an uncalibrated version);
+  - uncertainty: a second opinion only when it carries information the probability does not.
+    A model trained with dropout > 0 gets MC dropout: the classifier applies dropout only to the
+    last hidden state h before its linear head, so h is computed once and the head is applied under
+    K = 32 dropout masks drawn once per loaded version from a fixed seed; uncertainty =
+    2 · std_k(p_k), in [0, 1] (the std of numbers in [0, 1] is at most 0.5). Fixed masks make it
+    deterministic: the same input always gets the same answer, on any replica. A model without
+    dropout has no such estimate: uncertainty is null (a function of p alone, such as its entropy,
+    would only restate the probability as a stricter threshold);
+  - route = "lightweight" iff probability >= threshold and, when the deployment sets
+    `max_uncertainty` and the model has an MC-dropout uncertainty, uncertainty <= max_uncertainty.
+    Each answer says which threshold decided (threshold, threshold_source) and whether the
+    probability or the uncertainty did (decided_by).
 
 Autoencoder (arch "autoencoder"): x = [embedding of (concept, unit) ‖ value scaled by the pair's
-scaler], both from the triplet store, exactly as in training. Output: the latent vector, the
-reconstruction error (the model's `per_sample_error`, the quantity it was trained to minimise) and
-anomaly_score = (error − mean) / std of the same error over the pair's TRAINING rows of the store
-(the folds the model trained on), computed once when the version loads. A pair with fewer than
-MIN_PAIR_ROWS training rows is scored against all training rows instead (baseline scope
-"global"). An anomaly score of 3 means: the error is 3 standard deviations above what the model
-typically makes on that pair.
+scaler], both from the model's own feature transform (saved in its checkpoint: no store is read),
+exactly as in training. A pair the model never saw is embedded from its text with the recorded
+embedder through the model's projection, and its value scaled with its unit's fallback scaler (the
+answer says `pair_known: false` and names the fallback); when that embedder is not installed here,
+a 503 names it. Output: the latent vector, the reconstruction error (the model's
+`per_sample_error`, the quantity it was trained to minimise) and anomaly_score = (error − mean) /
+std of the same error over the pair's TRAINING rows, fitted once when training ended. A pair with
+fewer than MIN_PAIR_ROWS training rows (or none) is scored against all training rows instead
+(baseline scope "global"). An anomaly score of 3 means: the error is 3 standard deviations above
+what the model typically makes on that pair.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 
+from pipeline.data.features import MIN_PAIR_ROWS, anomaly_scores
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
-from pipeline.registry.registry import Registry, RegistryError, sha256_file
+from pipeline.registry.registry import Registry, RegistryError
 
 MC_SAMPLES = 32
 MC_SEED = 0
-MIN_PAIR_ROWS = 5
-STD_FLOOR = 1e-6
-MAX_STAT_ROWS = 2_000_000  # training rows read for the error baseline (enough for any pair's moments)
+MAX_EMBEDDED = 10_000  # unseen pairs whose embedding a replica keeps
 LIGHTWEIGHT, POWERFUL = "lightweight", "powerful"
+DEFAULT_THRESHOLD = 0.85  # an uncalibrated version (trained before calibration existed)
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # a version that failed to load is tried again after these
 
 
 class InputError(ValueError):
@@ -66,39 +77,42 @@ class NotLoaded(Exception):
     """The family has no servable version right now (HTTP 503, with the reason)."""
 
 
+class Unavailable(NotLoaded):
+    """The loaded version cannot answer this request here, through no fault of the request (HTTP
+    503, with the reason): e.g. an unseen pair, whose embedder is not installed on this machine."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces with a definition worth testing on their own
 
 
-def binary_entropy(p) -> np.ndarray:
-    """H(p) in bits, in [0, 1]: 0 at p ∈ {0, 1}, 1 at p = 0.5."""
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
 def decide_route(
-    probability: float, uncertainty: float, confidence_threshold: float, max_uncertainty: float
+    probability: float, uncertainty: float | None, threshold: float, max_uncertainty: float | None = None
 ) -> str:
-    """ "lightweight" only when the router is confident enough and certain enough."""
-    ok = probability >= confidence_threshold and uncertainty <= max_uncertainty
-    return LIGHTWEIGHT if ok else POWERFUL
+    """ "lightweight" only when the probability clears the threshold and, where an independent
+    uncertainty and a limit for it exist, the uncertainty is within it."""
+    return (
+        LIGHTWEIGHT if _decided_by(probability, uncertainty, threshold, max_uncertainty) is None else POWERFUL
+    )
 
 
-def verify_files(record: dict) -> None:
-    """Every file of a registry record matches the sha256 recorded when it was registered."""
-    from pathlib import Path
+def _decided_by(probability, uncertainty, threshold, max_uncertainty) -> str | None:
+    """Which condition sends the request to the powerful model (None: neither)."""
+    if probability < threshold:
+        return "threshold"
+    if max_uncertainty is not None and uncertainty is not None and uncertainty > max_uncertainty:
+        return "uncertainty"
+    return None
 
-    problems = []
-    for name, digest in record.get("files", {}).items():
-        p = Path(record["path"]) / name
-        if not p.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256_file(p) != digest:
-            problems.append(f"{name} fails its sha256")
-    if not record.get("files"):
-        problems.append("version.json lists no files")
-    if problems:
-        raise LoadError(f"{record.get('family')} {record.get('version')}: " + "; ".join(problems))
+
+def route_threshold(predictor, settings) -> tuple[float, str]:
+    """(threshold, where it comes from): the deployment's, the version's calibrated one, or the default."""
+    if settings.confidence_threshold is not None:
+        return settings.confidence_threshold, "deployment"
+    calibration = getattr(predictor, "calibration", None)
+    if calibration and calibration.get("threshold") is not None:
+        return float(calibration["threshold"]), "calibrated"
+    return DEFAULT_THRESHOLD, "default"
 
 
 def _finite32(x: np.ndarray, what: str) -> np.ndarray:
@@ -134,20 +148,21 @@ class RoutePredictor:
                 f"{family} {self.version}: {len(names)} feature names for {self.input_size} inputs"
             )
         self.features = names
+        self.calibration = ckpt.meta.get("route_calibration")  # stored by training/tuning
         self.masks = None
         if c.dropout > 0:
             g = torch.Generator().manual_seed(MC_SEED)
             keep = (torch.rand(MC_SAMPLES, c.hidden_size, generator=g) >= c.dropout).float()
             self.masks = keep / (1.0 - c.dropout)
-        self._head_input = None
+        self._seen = threading.local()  # the head's input, per thread: predict may run concurrently
         self.model.head.register_forward_pre_hook(self._capture_head_input)
 
     def _capture_head_input(self, _module, args):
-        self._head_input = args[0]
+        self._seen.head_input = args[0]
 
     @property
     def uncertainty_kind(self) -> str:
-        return f"mc_dropout(k={MC_SAMPLES})" if self.masks is not None else "binary_entropy"
+        return f"mc_dropout(k={MC_SAMPLES})" if self.masks is not None else "none"
 
     def prepare(self, instance: dict) -> np.ndarray:
         """One instance → its normalized input [T, D] float32 (InputError when it does not fit)."""
@@ -196,19 +211,18 @@ class RoutePredictor:
         for idx in by_len.values():
             logits = self.model(torch.from_numpy(np.stack([xs[i] for i in idx])))
             p = torch.softmax(logits, dim=-1)[:, 1]
+            unc = [None] * len(idx)
             if self.masks is not None:
-                h = self._head_input  # [B, H]: dropout is the identity in eval mode
+                h = self._seen.head_input  # [B, H]: dropout is the identity in eval mode
                 pk = torch.softmax(self.model.head(h.unsqueeze(0) * self.masks.unsqueeze(1)), dim=-1)[..., 1]
-                unc = (2.0 * pk.double().std(dim=0, unbiased=False)).clamp(0, 1).numpy()
-            else:
-                unc = binary_entropy(p.numpy())
+                unc = (2.0 * pk.double().std(dim=0, unbiased=False)).clamp(0, 1).tolist()
             for j, i in enumerate(idx):
-                out[i] = {"probability": float(p[j]), "uncertainty": float(unc[j])}
+                out[i] = {"probability": float(p[j]), "uncertainty": unc[j]}
         return out
 
     def smoke_test(self) -> None:
         r = self.predict([np.zeros((1, self.input_size), np.float32)])[0]
-        if not (math.isfinite(r["probability"]) and math.isfinite(r["uncertainty"])):
+        if not (math.isfinite(r["probability"]) and math.isfinite(r["uncertainty"] or 0.0)):
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
     def info(self) -> dict:
@@ -217,6 +231,7 @@ class RoutePredictor:
             "input_size": self.input_size,
             "normalization": self.normalization.to_dict() if self.normalization else None,
             "uncertainty": self.uncertainty_kind,
+            "calibration": self.calibration,
         }
 
 
@@ -225,163 +240,110 @@ class RoutePredictor:
 
 
 class EncodePredictor:
+    """The autoencoder behind /v1/encode, answering from its own feature transform only (the
+    checkpoint's pipeline.data.features.FeatureTransform: no store is read)."""
+
     task = "encode"
 
-    def __init__(
-        self,
-        family: str,
-        record: dict,
-        ckpt,
-        store_uri: str | None = None,
-        max_stat_rows: int = MAX_STAT_ROWS,
-    ):
-        from pipeline.home import default_store_uri
-        from pipeline.store.layout import StoreError, TripletStore
-
+    def __init__(self, family: str, record: dict, ckpt):
         self.family, self.version, self.record = family, record["version"], record
         self.model = ckpt.build_model()
-        trained_on = ckpt.meta.get("store") or {}
-        uri = store_uri or trained_on.get("uri") or default_store_uri()
-        try:
-            self.store = TripletStore(uri)
-            manifest = self.store.require()
-            pairs = self.store.read_pairs()
-        except (StoreError, OSError) as e:
-            raise LoadError(f"{family} {self.version}: cannot read the triplet store: {e}") from e
-        self.lookup = self.store.pair_lookup(pairs)
-        self.embeddings = self.store.embeddings(pairs)
-        self.scalers = self.store.scalers(pairs)
-        if self.embeddings.shape[1] + 1 != self.model.config.input_dim:
+        self.features = ckpt.features()
+        if self.features is None or self.features.baseline is None:
+            what = "no feature transform" if self.features is None else "no error baseline"
             raise LoadError(
-                f"{family} {self.version}: the model takes {self.model.config.input_dim} inputs, the "
-                f"store's embeddings are {self.embeddings.shape[1]}-d (+1 value)"
+                f"{family} {self.version}: the checkpoint carries {what} (saved before models kept "
+                "their own features): train and register it again"
             )
-        self.store_info = {
-            "uri": uri,
-            "version": manifest["version"],
-            "trained_on_version": trained_on.get("version"),
-            "pairs": len(self.lookup),
-        }
-        val_fraction = (ckpt.config.get("data") or {}).get("val_fraction") or 0.1
-        self._fit_baseline(val_fraction, max_stat_rows)
+        if self.features.embed_dim + 1 != self.model.config.input_dim:
+            raise LoadError(
+                f"{family} {self.version}: the model takes {self.model.config.input_dim} inputs, its "
+                f"feature transform gives {self.features.embed_dim} (+1 value)"
+            )
+        self._embedded: dict[tuple[str, str], np.ndarray] = {}  # unseen pairs, embedded once each
 
-    # -- the per-pair error baseline over the training rows ------------------------------------
-    def _fit_baseline(self, val_fraction: float, max_rows: int) -> None:
-        import pyarrow.parquet as pq
+    def _embedding(self, concept: str, unit: str) -> np.ndarray:
+        """An unseen pair's embedding (FeatureTransform.embed_unseen; Unavailable — a 503 naming
+        the embedder — when the recorded embedder is not installed here)."""
+        from pipeline.store.features import EmbedderUnavailable
 
-        from pipeline.data.triplets import split_folds
-
-        lo, hi = split_folds("train", val_fraction)
-        n_pairs = len(self.embeddings)
-        count, total, total_sq = np.zeros(n_pairs), np.zeros(n_pairs), np.zeros(n_pairs)
-        seen = 0
-        for path in self.store.triplet_files():
-            with self.store.loc.fs.open_input_file(path) as f:
-                for rb in pq.ParquetFile(f).iter_batches(
-                    batch_size=65_536, columns=["pair_id", "scaled_value", "fold"]
-                ):
-                    fold = rb.column("fold").to_numpy()
-                    keep = (fold >= lo) & (fold < hi)
-                    pid = rb.column("pair_id").to_numpy()[keep].astype(np.int64)
-                    value = rb.column("scaled_value").to_numpy()[keep]
-                    pid, value = pid[: max_rows - seen], value[: max_rows - seen]
-                    if len(pid):
-                        err = self._errors(self._rows(pid, value)).astype(np.float64)
-                        count += np.bincount(pid, minlength=n_pairs)
-                        total += np.bincount(pid, weights=err, minlength=n_pairs)
-                        total_sq += np.bincount(pid, weights=err * err, minlength=n_pairs)
-                        seen += len(pid)
-                    if seen >= max_rows:
-                        break
-            if seen >= max_rows:
-                break
-        if seen == 0:
-            raise LoadError(f"{self.family} {self.version}: the store has no training rows to score against")
-        self.pair_count = count.astype(np.int64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.pair_mean = total / count
-            self.pair_std = np.sqrt(np.maximum(total_sq / count - self.pair_mean**2, 0.0))
-        self.global_mean = total.sum() / seen
-        self.global_std = math.sqrt(max(total_sq.sum() / seen - self.global_mean**2, 0.0))
-        self.global_count = seen
-
-    def _rows(self, pid: np.ndarray, scaled: np.ndarray) -> np.ndarray:
-        x = np.empty((len(pid), self.embeddings.shape[1] + 1), dtype=np.float32)
-        x[:, :-1] = self.embeddings[pid]
-        x[:, -1] = scaled
-        return x
-
-    @torch.no_grad()
-    def _errors(self, x: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(x), 8192):
-            xb = torch.from_numpy(x[i : i + 8192])
-            recon, _ = self.model(xb)
-            out.append(self.model.per_sample_error(xb, recon).numpy())
-        return np.concatenate(out)
-
-    def baseline(self, pid: int) -> dict:
-        if self.pair_count[pid] >= MIN_PAIR_ROWS:
-            return {
-                "scope": "pair",
-                "count": int(self.pair_count[pid]),
-                "mean": float(self.pair_mean[pid]),
-                "std": float(self.pair_std[pid]),
-            }
-        return {
-            "scope": "global",
-            "count": int(self.global_count),
-            "mean": float(self.global_mean),
-            "std": float(self.global_std),
-        }
+        key = (concept, unit)
+        if key not in self._embedded:
+            try:
+                emb = self.features.embed_unseen([key])[0]
+            except EmbedderUnavailable as e:
+                raise Unavailable(
+                    f"{self.family} {self.version}: ({concept!r}, {unit!r}) is a pair the model never saw, "
+                    f"and embedding it needs the model's embedder: {e}"
+                ) from None
+            if len(self._embedded) >= MAX_EMBEDDED:
+                self._embedded.pop(next(iter(self._embedded)))
+            self._embedded[key] = emb
+        return self._embedded[key]
 
     # -- serving ------------------------------------------------------------------------------
-    def prepare(self, instance: dict) -> tuple[int, np.ndarray]:
-        key = (instance["concept"], instance["unit"])
-        pid = self.lookup.get(key)
-        if pid is None:
-            raise InputError(
-                f"unknown (concept, unit) pair ({key[0]!r}, {key[1]!r}): the store "
-                f"{self.store_info['uri']} does not know it"
-            )
-        scaled = self.scalers[pid].transform(np.asarray([instance["value"]], dtype=np.float64))
-        row = self._rows(np.asarray([pid]), _finite32(scaled, f"value {instance['value']!r} once scaled"))[0]
-        return pid, row
+    def prepare(self, instance: dict) -> tuple[int, str | None, np.ndarray]:
+        """(model pair row or -1, fallback name or None, input row float32 [embed_dim + 1])."""
+        f = self.features
+        concept, unit = instance["concept"], instance["unit"]
+        k = f.row_of(concept, unit)
+        if k >= 0:
+            emb, scaler_row, fallback = f.embeddings[k], k, None
+        else:
+            emb = self._embedding(concept, unit)
+            scaler_row, fallback = f.fallback_of(unit)
+        scaled = f.scale(np.asarray([scaler_row]), np.asarray([instance["value"]], np.float64))
+        row = np.empty(f.embed_dim + 1, dtype=np.float32)
+        row[:-1] = emb
+        row[-1:] = _finite32(scaled, f"value {instance['value']!r} once scaled")
+        return k, fallback, row
 
     @torch.no_grad()
-    def predict(self, items: list[tuple[int, np.ndarray]]) -> list[dict]:
-        x = torch.from_numpy(np.stack([row for _, row in items]))
+    def predict(self, items: list[tuple[int, str | None, np.ndarray]]) -> list[dict]:
+        x = torch.from_numpy(np.stack([row for _, _, row in items]))
         recon, latent = self.model(x)
         err = self.model.per_sample_error(x, recon).numpy()
+        baseline = self.features.baseline
         out = []
-        for (pid, _), e, z in zip(items, err, latent.numpy()):
-            base = self.baseline(pid)
-            score = (float(e) - base["mean"]) / max(base["std"], STD_FLOOR)
+        for (k, fallback, _), e, z in zip(items, err, latent.numpy()):
+            base = baseline.row(k)
+            score = anomaly_scores(np.asarray([e]), np.asarray([base["mean"]]), np.asarray([base["std"]]))[0]
             out.append(
                 {
                     "latent": z.astype(np.float64).tolist(),
                     "reconstruction_error": float(e),
-                    "anomaly_score": score,
+                    "anomaly_score": float(score),
                     "baseline": base,
+                    "pair_known": k >= 0,
+                    "fallback": fallback,
                 }
             )
         return out
 
     def smoke_test(self) -> None:
-        pid = next(iter(self.lookup.values()))
-        r = self.predict([(pid, self._rows(np.asarray([pid]), np.zeros(1))[0])])[0]
+        r = self.predict(
+            [(0, None, np.concatenate([self.features.embeddings[0], [0.0]]).astype(np.float32))]
+        )[0]
         if not (math.isfinite(r["reconstruction_error"]) and all(map(math.isfinite, r["latent"]))):
             raise LoadError(f"{self.family} {self.version}: the model answers NaN")
 
     def info(self) -> dict:
+        f = self.features
+        b = f.baseline.overall
         return {
-            "store": self.store_info,
+            "features": {
+                "pairs": len(f),
+                "embedder": f.space.embedder.get("name"),
+                "feature_version": f.source.get("feature_version"),
+                "trained_on": {"store": f.source.get("uri"), "version": f.source.get("version")},
+                "fallback_units": len(f.fallback_units) - 1,
+            },
             "latent_dim": self.model.config.latent_dim,
             "baseline": {
-                "rows": int(self.global_count),
+                "rows": int(b[0]),
                 "min_pair_rows": MIN_PAIR_ROWS,
-                "global_mean": float(self.global_mean),
-                "global_std": float(self.global_std),
+                "global_mean": float(b[1]),
+                "global_std": float(b[2]),
             },
         }
 
@@ -397,25 +359,27 @@ def load_predictor(
     task: str | None = None,
     store_uri: str | None = None,
 ):
-    """The family's version (production when None), verified, loaded and smoke-tested."""
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    """The family's version (production when None), verified, loaded and smoke-tested. The files
+    are read once through the registry's storage (any backend) and checked against their sha256."""
+    from pipeline.train.checkpoint import CheckpointError, checkpoint_from_files
 
     try:
-        record = registry.get(family, version)
+        record, files = registry.read_files(family, version)
     except RegistryError as e:
         raise LoadError(str(e), not_found="not registered" in str(e) or "no production" in str(e)) from e
-    verify_files(record)
+    except OSError as e:
+        raise LoadError(f"{family} {version or 'production'}: cannot read the registry: {e}") from e
+    except (ValueError, TypeError) as e:  # a malformed version.json
+        raise LoadError(f"{family} {version or 'production'}: unreadable registry record: {e}") from e
     try:
-        ckpt = load_checkpoint(record["checkpoint"])
+        ckpt = checkpoint_from_files(record["checkpoint"], files)
         arch = ckpt.config["model"]["arch"]
         cls = PREDICTORS.get(arch)
         if cls is None:
             raise LoadError(f"{family} {record['version']}: no predictor for arch {arch!r}")
         if task is not None and cls.task != task:
             raise LoadError(f"{family} {record['version']}: arch {arch!r} cannot serve {task!r}")
-        predictor = (
-            cls(family, record, ckpt, store_uri) if cls is EncodePredictor else cls(family, record, ckpt)
-        )
+        predictor = cls(family, record, ckpt)
         predictor.smoke_test()
     except LoadError:
         raise
@@ -432,8 +396,9 @@ class ModelHost:
     """The live predictor of one family, a staged candidate, and the registry pointer it follows.
 
     `sync()` makes the live predictor the registry's production version; a version that fails to
-    load is remembered and not retried (until the pointer moves), and the old predictor keeps
-    serving. Swapping is one attribute assignment, so a request that already holds the old
+    load is remembered and retried with exponential backoff (RETRY_FIRST_S doubling up to
+    RETRY_MAX_S: a file that was still being written, a store that was briefly unreachable), while
+    the old predictor keeps serving. Swapping is one attribute assignment, so a request that already holds the old
     predictor finishes on it: every answer comes wholly from one version."""
 
     def __init__(
@@ -453,6 +418,9 @@ class ModelHost:
         self.staged = None
         self.error: str | None = None
         self.failed_version: str | None = None
+        self.failed_loads = 0  # consecutive failed loads of failed_version
+        self.retry_at = 0.0  # when failed_version may be tried again (clock())
+        self.clock = time.monotonic
         self._load_lock = threading.Lock()
 
     def load(self, version: str | None = None):
@@ -471,15 +439,21 @@ class ModelHost:
                 if current is None:
                     self.error = f"{self.family} has no production version"
                 return False
-            if target == current or target == self.failed_version:
+            if target == current:
                 return False
+            if target == self.failed_version and self.clock() < self.retry_at:
+                return False  # backing off
             staged = self.staged
             try:
                 predictor = staged if staged is not None and staged.version == target else self.load(target)
             except LoadError as e:
+                self.failed_loads = self.failed_loads + 1 if target == self.failed_version else 1
                 self.failed_version, self.error = target, str(e)
+                backoff = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failed_loads - 1))
+                self.retry_at = self.clock() + backoff
                 return False
             self.predictor, self.staged, self.error, self.failed_version = predictor, None, None, None
+            self.failed_loads = 0
             return True
 
     def stage(self, version: str) -> dict:
@@ -533,21 +507,25 @@ class ModelHost:
     def finish(self, predictor, outputs: list[dict]) -> list[dict]:
         """Add the route decision (router) and the version to raw predictions."""
         s = self.settings
+        if predictor.task == "route":
+            threshold, source = route_threshold(predictor, s)
         done = []
         for o in outputs:
             values = (
-                [o["probability"], o["uncertainty"]]
+                [o["probability"], o["uncertainty"] or 0.0]
                 if predictor.task == "route"
                 else [o["reconstruction_error"], o["anomaly_score"], *o["latent"]]
             )
             if not all(math.isfinite(v) for v in values):
                 raise InputError("the input is out of the model's numeric range (its answer is not finite)")
             if predictor.task == "route":
+                vetoed = _decided_by(o["probability"], o["uncertainty"], threshold, s.max_uncertainty)
                 o = {
-                    "route": decide_route(
-                        o["probability"], o["uncertainty"], s.confidence_threshold, s.max_uncertainty
-                    ),
+                    "route": POWERFUL if vetoed else LIGHTWEIGHT,
                     **o,
+                    "threshold": threshold,
+                    "threshold_source": source,
+                    "decided_by": vetoed or "threshold",
                 }
             done.append({**o, "model_version": predictor.version})
         return done

@@ -1,8 +1,8 @@
 """Pydantic models: HTTP requests and responses, the application's args and the model settings.
 
 Numbers are strict and finite: a string, a bool, NaN or ±Infinity where a number belongs is a 422
-naming the field. What only the loaded model knows (its feature count and names, the store's
-(concept, unit) pairs) is checked by serve.models and is a 422 too.
+naming the field. What only the loaded model knows (its feature count and names) is checked by
+serve.models and is a 422 too.
 """
 
 import functools
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_FEATURES = 1024  # per step: far above any model here; only bounds the work a request can ask for
 TASKS = ("route", "encode")
+TOKEN_ENV = "TUNESTACK_ADMIN_TOKEN"  # the management endpoints' bearer token (its sha256 reaches the app)
 
 
 class _Strict(BaseModel):
@@ -128,10 +129,34 @@ class JobRequest(_Strict):
 # Responses (documented in the OpenAPI schema)
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: the reason in `detail` (a validation error: the list of problems)."""
+
+    detail: str | list[dict] = Field(description="why the request was refused")
+    reason: str | None = Field(None, description="validation errors in one line")
+
+
 class RouteResult(BaseModel):
     route: Literal["lightweight", "powerful"]
     probability: float | None = Field(description="P(the lightweight model suffices); null on fallback")
-    uncertainty: float | None = Field(description="in [0, 1]; see GET /v1/models/{family} for its kind")
+    uncertainty: float | None = Field(
+        description="MC-dropout spread in [0, 1] when the model was trained with dropout; null otherwise "
+        "(and on fallback). GET /v1/models/{family} says which"
+    )
+    threshold: float | None = Field(
+        None, description="the probability threshold that decided (lightweight iff probability >= it)"
+    )
+    threshold_source: Literal["calibrated", "deployment", "default"] | None = Field(
+        None,
+        description="calibrated: the model version's own (training calibrated it for "
+        "route.max_lightweight_error); deployment: the app's confidence_threshold; default: an "
+        "uncalibrated version's 0.85",
+    )
+    decided_by: Literal["threshold", "uncertainty"] | None = Field(
+        None,
+        description="threshold: the probability against the threshold decided; uncertainty: the "
+        "probability cleared it, but the uncertainty exceeded the deployment's max_uncertainty",
+    )
     model_version: str | None
     latency_us: int = Field(description="microseconds from request receipt to answer")
     fallback: bool = Field(
@@ -159,6 +184,13 @@ class EncodeResult(BaseModel):
     reconstruction_error: float
     anomaly_score: float = Field(description="(error − mean) / std of the pair's training errors")
     baseline: Baseline
+    pair_known: bool = Field(
+        description="false: the model never saw this (concept, unit); it was embedded from its text "
+        "with the model's embedder and its value scaled with `fallback`"
+    )
+    fallback: str | None = Field(
+        None, description='the scaler used for an unseen pair: "unit:USD" (its unit\'s) or "global"'
+    )
     model_version: str
     latency_us: int
 
@@ -178,19 +210,35 @@ class BreakerSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    """A model deployment's user_config (live-updatable with `serve deploy`, no restart)."""
+    """A model deployment's user_config (live-updatable with `serve deploy`, no restart). These
+    fields are also keys of AppArgs (serve/config.yaml `args`), which passes them to every model."""
 
-    confidence_threshold: float = Field(0.85, ge=0, le=1)
-    max_uncertainty: float = Field(0.15, ge=0, le=1)
-    max_batch_size: int = Field(32, ge=1, le=4096, description="requests per dynamic batch")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    confidence_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="routing threshold for every router version; null (default): each version's own, "
+        "calibrated in training for route.max_lightweight_error",
+    )
+    max_uncertainty: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a second condition for routers with an MC-dropout uncertainty (trained with "
+        "dropout): lightweight only when the uncertainty is at most this; null: off",
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="requests per dynamic batch (@serve.batch)")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, le=10, description="a lone request waits this long for company (0: never)"
+    )
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="how often the production pointer is read")
 
 
-class AppArgs(_Strict):
-    """`args` of serve.app:build_app (the `args:` block of serve/config.yaml)."""
+class AppArgs(ModelSettings):
+    """`args` of serve.app:build_app (the `args:` block of serve/config.yaml): ModelSettings' keys
+    (passed to every model deployment) plus the application's own."""
 
-    registry_root: str | None = Field(None, description="default: $TUNESTACK_HOME/registry")
+    registry_root: str | None = Field(None, description="a path or URI; default: $TUNESTACK_STORAGE/registry")
     store_uri: str | None = Field(
         None, description="triplet store for encode; default: the one the autoencoder was trained on"
     )
@@ -198,14 +246,14 @@ class AppArgs(_Strict):
         default_factory=lambda: {"router": "route", "autoencoder": "encode"},
         description="family -> the endpoint it serves (one family per endpoint)",
     )
-    confidence_threshold: float = Field(0.85, ge=0, le=1)
-    max_uncertainty: float = Field(0.15, ge=0, le=1)
+    model_deployments: list[str] = Field(
+        default_factory=list,
+        description="families served by their own ModelServer deployment (model-FAMILY; a GPU family, "
+        "a heavy model) instead of inside the ingress replica (the default: one hop)",
+    )
     max_instances: int = Field(256, ge=1, le=100_000, description="instances per request")
     max_sequence_length: int = Field(512, ge=1, le=100_000)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger bodies get 413 unread")
-    max_batch_size: int = Field(32, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
-    poll_interval_s: float = Field(0.5, gt=0, le=60)
     reload_wait_s: float = Field(10.0, ge=0, description="promote/rollback wait this long for replicas")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     admin_token_sha256: str | None = Field(
@@ -235,13 +283,11 @@ class AppArgs(_Strict):
             fams = [f for f, t in self.families.items() if t == task]
             if len(fams) > 1:
                 raise ValueError(f"families: {fams} all serve {task!r}; one family per endpoint")
+        unknown = sorted(set(self.model_deployments) - set(self.families))
+        if unknown:
+            raise ValueError(f"model_deployments: {unknown} are not in families {sorted(self.families)}")
         return self
 
     def model_settings(self) -> dict:
-        return ModelSettings(
-            confidence_threshold=self.confidence_threshold,
-            max_uncertainty=self.max_uncertainty,
-            max_batch_size=self.max_batch_size,
-            batch_wait_timeout_s=self.batch_wait_timeout_s,
-            poll_interval_s=self.poll_interval_s,
-        ).model_dump()
+        """The model deployments' user_config: this app's values of ModelSettings' keys."""
+        return self.model_dump(include=set(ModelSettings.model_fields))

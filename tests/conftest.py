@@ -3,21 +3,9 @@ a real S3-protocol server (moto's, over HTTP) started once per session on first 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-US_GAAP = SHARED_DATA / "us-gaap"
-COMPANIES = {"AAPL": 12_154, "GOOG": 10_639, "MSFT": 15_957}  # unique facts, from shared/data/README.md
-
-
-def require_us_gaap() -> Path:
-    if not US_GAAP.is_dir():
-        pytest.skip(f"real SEC data not found at {US_GAAP} (a fresh clone has no ../shared/data)")
-    return US_GAAP
+from tests.support import require_us_gaap
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +27,14 @@ def us_gaap_store(tmp_path_factory) -> str:
     return uri
 
 
-def tree_digest(root: str | os.PathLike) -> dict[str, bytes]:
-    """Every file under root with its bytes: equal digests mean a byte-identical tree."""
-    root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server process on a free loopback port, with the bucket `tunestack-test`."""
-    from tests.s3server import start_s3_server
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        pytest.fail("moto's S3 server is part of the dev extra: pip install -e '.[dev]'")
+    from tests.support.s3server import start_s3_server
 
     server = start_s3_server()
     yield server

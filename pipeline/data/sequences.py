@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import DataError
+
 ROUTING_FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
 ROUTING_FILE = "routing.parquet"
 LABEL_COLUMNS = ("y", "label")
@@ -82,6 +84,7 @@ def fit_zscore(x: np.ndarray, features: list[str] | None = None, log1p: list[int
 class Split:
     x: np.ndarray  # float32 [N, T, D] or [N, D]
     y: np.ndarray  # int64 [N]
+    rows: np.ndarray | None = None  # the examples' row numbers in the source
 
     def __len__(self) -> int:
         return len(self.y)
@@ -108,17 +111,19 @@ def read_arrays(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, l
     if os.path.isdir(path):
         path = os.path.join(path, ROUTING_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no sequence data at {path}")
+        raise DataError(
+            f"no sequence data at {path} (write some with `tunestack synth digits` or `synth routing`)"
+        )
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
             missing = {"X", "y"} - set(z.files)
             if missing:
-                raise ValueError(f"{path}: missing array(s) {sorted(missing)} (need X [N, T, D], y [N])")
+                raise DataError(f"{path}: missing array(s) {sorted(missing)} (need X [N, T, D], y [N])")
             split = z["split"] if "split" in z.files else None
             return z["X"].astype(np.float32), z["y"].astype(np.int64), split, None
     if path.endswith(".parquet"):
         return _read_parquet(path)
-    raise ValueError(f"{path}: sequence data must be .npz, .parquet or a folder with {ROUTING_FILE}")
+    raise DataError(f"{path}: sequence data must be .npz, .parquet or a folder with {ROUTING_FILE}")
 
 
 def _read_parquet(path: str):
@@ -128,7 +133,7 @@ def _read_parquet(path: str):
     names = table.column_names
     label = next((c for c in LABEL_COLUMNS if c in names), None)
     if label is None:
-        raise ValueError(f"{path}: needs a label column named one of {LABEL_COLUMNS}")
+        raise DataError(f"{path}: needs a label column named one of {LABEL_COLUMNS}")
     y = table.column(label).to_numpy().astype(np.int64)
     split = table.column("split").to_numpy() if "split" in names else None
     if "x" in names:
@@ -175,7 +180,7 @@ def load_sequence_data(
 
     x, y, split, features = read_arrays(path)
     if x.ndim not in (2, 3) or len(x) != len(y):
-        raise ValueError(f"{path}: X must be [N, D] or [N, T, D] with len(y) rows, got {x.shape}, {y.shape}")
+        raise DataError(f"{path}: X must be [N, D] or [N, T, D] with len(y) rows, got {x.shape}, {y.shape}")
     idx = np.arange(len(y))
     if split is not None:
         train_idx, test_idx = idx[split == 0], idx[split == 1]
@@ -189,13 +194,13 @@ def load_sequence_data(
     if normalization is None and normalize:
         unknown = [f for f in log1p if f not in (features or [])]
         if unknown:
-            raise ValueError(f"{path}: log1p feature(s) {unknown} not among the named features {features}")
+            raise DataError(f"{path}: log1p feature(s) {unknown} not among the named features {features}")
         normalization = fit_zscore(x[train_idx], features, [features.index(f) for f in log1p])
     if normalization is not None:
         x = normalization.apply(x)
 
     def take(rows):
-        return Split(np.ascontiguousarray(x[rows], dtype=np.float32), y[rows])
+        return Split(np.ascontiguousarray(x[rows], dtype=np.float32), y[rows], rows)
 
     return SequenceData(
         train=take(train_idx),

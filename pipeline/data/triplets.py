@@ -18,6 +18,13 @@ consumer, optionally shuffling within a window of rows. `TripletCollate` does th
 
 The train/validation split is by filing: a row's `fold` is crc32(accession) % 100, so a filing
 never lands on both sides.
+
+Values: by default the store's own `scaled_value`, bounded as the model's transform bounds them
+(pipeline.data.features.VALUE_BOUND). With a `scale` (a model's
+pipeline.data.features.ValueScaler), the raw `value` is read and scaled with the model's scalers in
+the read task instead — evaluation, batch scoring and fine-tuning on a store whose scalers differ
+from the model's. `columns` adds store columns to every block (the fact's key, for scoring; the
+entity, for per-company metrics); the raw value comes out as `raw_value`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from pipeline.data.features import bound_values
 from pipeline.home import default_store_uri
 from pipeline.store.layout import TripletStore
 
@@ -44,24 +52,42 @@ def split_folds(split: str | None, val_fraction: float) -> tuple[int, int]:
     return {"train": (cut, 100), "val": (0, cut), None: (0, 100), "all": (0, 100)}[split]
 
 
-def compact_rows(table: pa.Table, folds: tuple[int, int]) -> pa.Table:
-    """The rows of `table` whose fold lies in [lo, hi), as {pair_id int32, value float32}."""
+def read_columns(scale=None, columns: tuple[str, ...] = ()) -> list[str]:
+    """The store columns a read with this `scale` and these extra `columns` decodes."""
+    base = ["pair_id", "value" if scale is not None else "scaled_value", "fold"]
+    return base + [c for c in columns if c not in base]
+
+
+def compact_rows(
+    table: pa.Table, folds: tuple[int, int], scale=None, columns: tuple[str, ...] = ()
+) -> pa.Table:
+    """The rows of `table` whose fold lies in [lo, hi), as {pair_id int32, value float32} (the
+    value scaled by `scale` from the raw one when given), plus the extra `columns` ("value" as
+    "raw_value")."""
     fold = table.column("fold").to_numpy()
     keep = (fold >= folds[0]) & (fold < folds[1])
-    return pa.table(
-        {
-            "pair_id": table.column("pair_id").to_numpy()[keep].astype(np.int32),
-            "value": table.column("scaled_value").to_numpy()[keep].astype(np.float32),
-        }
-    )
+    pair_id = table.column("pair_id").to_numpy()[keep].astype(np.int32)
+    if scale is None:
+        value = bound_values(table.column("scaled_value").to_numpy()[keep])
+    else:
+        value = scale(pair_id, table.column("value").to_numpy()[keep])
+    out = {"pair_id": pair_id, "value": value.astype(np.float32)}
+    if columns:
+        mask = pa.array(keep)
+        for c in columns:
+            out["raw_value" if c == "value" else c] = table.column(c).filter(mask)
+    return pa.table(out)
 
 
 class TripletDatasource(Datasource):
-    """The live store version's triplets, one block per Parquet row group, for one fold range."""
+    """The live store version's triplets, one block per Parquet row group, for one fold range
+    (values scaled by `scale` when given, extra `columns` carried along)."""
 
-    def __init__(self, store: TripletStore, folds: tuple[int, int]):
+    def __init__(
+        self, store: TripletStore, folds: tuple[int, int], scale=None, columns: tuple[str, ...] = ()
+    ):
         super().__init__()
-        self.fs, self.folds = store.loc.fs, folds
+        self.fs, self.folds, self.scale, self.columns = store.loc.fs, folds, scale, tuple(columns)
         self.units: list[tuple[str, int, int]] = []  # (file, row group, rows)
         for path in store.triplet_files():
             meta = pq.ParquetFile(path, filesystem=self.fs).metadata
@@ -78,7 +104,12 @@ class TripletDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         if not self.units:
             return []
-        fs, folds = self.fs, self.folds
+        fs, folds, scale, columns = self.fs, self.folds, self.scale, self.columns
+        if scale is not None:  # a model's scalers (MBs of knots): once in the object store, not per task
+            import ray
+
+            scale = _Shared(ray.put(scale))
+        names = read_columns(scale, columns)
         tasks = []
         for chunk in np.array_split(np.arange(len(self.units)), max(1, min(parallelism, len(self.units)))):
             units = [self.units[i] for i in chunk]
@@ -87,7 +118,7 @@ class TripletDatasource(Datasource):
                 opened: dict[str, pq.ParquetFile] = {}
                 for path, rg, _ in units:
                     f = opened.get(path) or opened.setdefault(path, pq.ParquetFile(path, filesystem=fs))
-                    yield compact_rows(f.read_row_group(rg, columns=READ_COLUMNS), folds)
+                    yield compact_rows(f.read_row_group(rg, columns=names), folds, scale, columns)
 
             rows = sum(r for _, _, r in units)
             files = tuple(dict.fromkeys(p for p, _, _ in units))
@@ -100,6 +131,26 @@ class TripletDatasource(Datasource):
                 )
             )
         return tasks
+
+
+class _Shared:
+    """A callable held in the object store, fetched (once per worker process) when first called."""
+
+    def __init__(self, ref):
+        self.ref, self._fn = ref, None
+
+    def __getstate__(self):
+        return {"ref": self.ref}
+
+    def __setstate__(self, state):
+        self.ref, self._fn = state["ref"], None
+
+    def __call__(self, *args):
+        if self._fn is None:
+            import ray
+
+            self._fn = ray.get(self.ref)
+        return self._fn(*args)
 
 
 ROWS_PER_READ_TASK = 2_000_000
@@ -124,9 +175,13 @@ def triplet_dataset(
     val_fraction: float = 0.1,
     num_cpus: float = 0.25,
     read_tasks: int | None = None,
+    scale=None,
+    columns: tuple[str, ...] = (),
 ):
     """A lazy Ray Dataset of {"pair_id", "value"} rows of the live store version for `split`
-    ("train", "val" or None = all); build feature batches with `iter_triplet_batches`.
+    ("train", "val" or None = all); build feature batches with `iter_triplet_batches`. `scale`:
+    scale the raw values with a model's scalers (see the module docstring); `columns`: extra store
+    columns in every row.
 
     Read tasks ask for `num_cpus` each (a fraction by default): inside Ray Train or Tune the
     workers hold most CPUs, and data tasks that wanted a whole CPU would never start."""
@@ -134,7 +189,7 @@ def triplet_dataset(
 
     store = TripletStore(store_uri or default_store_uri())
     store.require()
-    source = TripletDatasource(store, split_folds(split, val_fraction))
+    source = TripletDatasource(store, split_folds(split, val_fraction), scale, columns)
     return ray.data.read_datasource(
         source, num_cpus=num_cpus, override_num_blocks=read_tasks or default_read_tasks(source.rows)
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from pipeline.errors import UserError
 from pipeline.store.layout import RAW_SCHEMA
 
 MAX_TEXT_CHARS = 64 * 1024  # longest entity name, label or description
@@ -39,7 +40,7 @@ FACT_FIELDS = ("start", "end", "fy", "fp", "form", "filed", "accn")
 _NUMBER = (int, float)
 
 
-class IngestError(Exception):
+class IngestError(UserError):
     """Bad input: names the file, and the line or concept when known."""
 
     def __init__(self, source: str, detail: str, where: str | None = None):

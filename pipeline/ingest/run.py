@@ -185,7 +185,9 @@ def _write_version(
         counts, samples, entities, parts = _dedupe(
             store, staged, touched, raw_files, report, runner, chunk_rows
         )
-        pairs, scalers, space = _build_pairs(store, meta, counts, samples, space, embedder, embed_dim, report)
+        pairs, scalers, space = _build_pairs(
+            store, meta, counts, samples, space, embedder, embed_dim, report, refit
+        )
         written = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
         write_pairs(staged.join(PAIRS_FILE), pairs, space.embed_dim, store.loc.fs)
         staged.drop_scratch()
@@ -319,6 +321,7 @@ def _build_pairs(
     embedder: str | None,
     embed_dim: int | None,
     report: IngestReport,
+    refit_all: bool = False,
 ):
     """Phase C: stable pair ids; kept scalers and embeddings for known pairs (when `space` is the
     live feature space), fitted ones for new pairs; with `space` None, a new feature space fitted
@@ -350,6 +353,11 @@ def _build_pairs(
     report.new_pairs = sum(1 for r in new if (r["concept"], r["unit"]) not in old)
     texts = [pair_text(r["concept"], r["unit"], r["label"], r["description"]) for r in new]
     if space is None:
+        if old and not refit_all:
+            report.notes.append(
+                f"the store predated feature versions: feature version 1 was fitted on all {len(rows)} "
+                "pairs and their scalers refitted (from now on appends keep both)"
+            )
         space, raw = _fit_space(store, texts, embedder, embed_dim, report)
         emb = space.project(raw)
     else:

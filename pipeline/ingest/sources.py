@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # largest (uncompressed) document read: zip/gzip-bomb guard
-MAX_MEMBER_BYTES = MAX_DOCUMENT_BYTES  # older name
 MAX_LINE_BYTES = 8 * 1024 * 1024  # longest CSV line
 CSV_META = ("fy", "fp", "form", "filed", "accn")
 

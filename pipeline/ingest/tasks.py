@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pipeline.ingest.companyfacts import IngestError
 
 AUTO_RAY_BYTES = 256 * 1024 * 1024  # inputs at least this large (uncompressed) go parallel by default
-# Ray gives a new node's raylet 30 s to register: a machine loaded by other work can miss that once.
-START_ATTEMPTS = 2
 
 
 def _guarded(fn: Callable, kwargs: dict):
@@ -74,21 +72,19 @@ class TaskRunner:
                 return cls()
         import ray
 
+        from pipeline.runtime import join, start_local
+
         if ray.is_initialized():
             return cls(ray)
         if address is not None:
-            ray.init(address=address, log_to_driver=False)
+            join(address)  # RayConnectError (a UserError) says what to check when it refuses
             return cls(ray, owns_ray=True)
-        for attempt in range(START_ATTEMPTS):
-            try:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-                return cls(ray, owns_ray=True)
-            except Exception as e:  # Ray's start-up failures are plain Exceptions (a timed-out raylet, …)
-                ray.shutdown()
-                if attempt == START_ATTEMPTS - 1:
-                    raise OSError(f"could not start a local Ray with {workers} CPUs ({e}); --workers 1 "
-                                  "parses in this process") from e  # fmt: skip
-        raise AssertionError("unreachable")
+        try:  # a fresh local cluster, never someone's `ray start`; a timed-out start is retried once
+            start_local(num_cpus=workers, include_dashboard=False)
+        except Exception as e:  # Ray's start-up failures are plain Exceptions (a timed-out raylet, …)
+            raise OSError(f"could not start a local Ray with {workers} CPUs ({e}); --workers 1 "
+                          "parses in this process") from e  # fmt: skip
+        return cls(ray, owns_ray=True)
 
     def close(self) -> None:
         if self.owns_ray:

@@ -178,45 +178,9 @@ def pca_from_moments(count, sum_x, sum_xx, width):
 # Evaluation metrics (NumPy; pass tensors through .cpu().numpy() first)
 
 
-def r2_score(y_true, y_pred):
-    """Coefficient of determination over all elements: 1 − SS_res / SS_tot.
-
-    A constant target gives 1.0 for a perfect prediction and 0.0 otherwise (sklearn's rule)."""
-    y_true = np.asarray(y_true, dtype=np.float64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-    ss_res = np.sum((y_true - y_pred) ** 2)
-    ss_tot = np.sum((y_true - y_true.mean()) ** 2)
-    if ss_tot == 0:
-        return 1.0 if ss_res == 0 else 0.0
-    return float(1.0 - ss_res / ss_tot)
-
-
 def embedding_cosine_similarity(x, recon, eps=1e-8):
     """Cosine similarity per row [B] between the embedding parts (all but the last column)."""
     a = np.asarray(x, dtype=np.float64)[:, :-1]
     b = np.asarray(recon, dtype=np.float64)[:, :-1]
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), eps)
     return np.sum(a * b, axis=1) / norms
-
-
-def relative_mae_by_pair(pair_ids, true_values, pred_values, eps=1e-8, worst_quantile=0.95):
-    """Relative error |v̂ − v| / max(|v|, eps) on RAW (inverse-scaled) values, averaged per pair.
-
-    Returns {"median": median over pairs, "p95": the `worst_quantile` quantile over pairs (the
-    worst 5% of pairs lie above it), "num_pairs": number of pairs}.
-    """
-    pair_ids = np.asarray(pair_ids)
-    true_values = np.asarray(true_values, dtype=np.float64)
-    pred_values = np.asarray(pred_values, dtype=np.float64)
-    if not (pair_ids.shape == true_values.shape == pred_values.shape) or pair_ids.ndim != 1:
-        raise ValueError("pair_ids, true_values and pred_values must be 1-D arrays of one length")
-    if pair_ids.size == 0:
-        raise ValueError("relative_mae_by_pair needs at least one row")
-    rel = np.abs(pred_values - true_values) / np.maximum(np.abs(true_values), eps)
-    _, inverse = np.unique(pair_ids, return_inverse=True)
-    per_pair = np.bincount(inverse, weights=rel) / np.bincount(inverse)
-    return {
-        "median": float(np.median(per_pair)),
-        "p95": float(np.quantile(per_pair, worst_quantile)),
-        "num_pairs": int(per_pair.size),
-    }

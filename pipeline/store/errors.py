@@ -1,7 +1,9 @@
 """The store's errors (a module of its own so every store module can raise them without cycles)."""
 
+from pipeline.errors import UserError
 
-class StoreError(Exception):
+
+class StoreError(UserError):
     """A store that cannot be read or written as asked."""
 
 

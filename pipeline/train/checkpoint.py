@@ -4,11 +4,15 @@
       model.safetensors        # the model's state_dict (what the registry and Serve load)
       train_state.safetensors  # optimizer/scheduler/AMP tensors, flattened to "optim.state.3.exp_avg" …
       checkpoint.json          # resolved config, metrics, epoch, normalization, store/scaler
-                               # references, data fingerprint, early-stopping state and the
-                               # non-tensor parts of the optimizer/scheduler state
+                               # references, data fingerprint, early-stopping state, the
+                               # non-tensor parts of the optimizer/scheduler state and, under
+                               # "features", the feature transform's keys (autoencoder)
+      features.safetensors     # the autoencoder's own feature transform: projection, per-pair
+                               # embeddings and scalers, unit fallbacks, error baseline
+                               # (pipeline.data.features; absent for other families)
 
 `load_checkpoint` refuses a folder holding any other file (a pickle named `model.pt`, say), and
-reads the two safetensors files with safetensors — which cannot execute code.
+reads the safetensors files with safetensors — which cannot execute code.
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ import uuid
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
+
+from pipeline.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "checkpoint.json"
+FEATURES_FILE = "features.safetensors"  # = pipeline.data.features.FEATURES_FILE
 FORMAT = "tunestack-checkpoint-v1"
-ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE}
+ALLOWED = {MODEL_FILE, STATE_FILE, META_FILE, FEATURES_FILE}
 RUN_FILE = "run.json"  # written by pipeline.train.run in the run folder: best checkpoint + metrics
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A folder that is not a readable tunestack checkpoint."""
 
 
@@ -100,9 +107,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(
-    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None
+    directory: str, model, meta: dict, optimizer=None, scheduler=None, grad_scaler=None, features=None
 ) -> str:
-    """Write the checkpoint files as `directory`. Returns `directory`.
+    """Write the checkpoint files as `directory`. Returns `directory`. `features`: the model's
+    FeatureTransform (pipeline.data.features), saved beside the weights.
 
     The files are written into a hidden sibling folder that is renamed to `directory` only once
     complete (an existing empty folder is replaced; a non-empty one is swapped out, then removed), so
@@ -119,6 +127,10 @@ def save_checkpoint(
     files = {MODEL_FILE: save(weights, metadata={"format": FORMAT})}
     if tensors or train_state:
         files[STATE_FILE] = save(tensors, metadata={"format": FORMAT})
+    meta = dict(meta)
+    if features is not None:
+        files[FEATURES_FILE] = _features_bytes(features)
+        meta["features"] = features.meta()
     files[META_FILE] = json.dumps(
         {"format": FORMAT, **_encode(meta), "train_state": train_state}, indent=2
     ).encode()
@@ -149,12 +161,39 @@ def save_checkpoint(
     return directory
 
 
+def _features_bytes(features) -> bytes:
+    from safetensors.numpy import save as save_numpy
+
+    return save_numpy(features.tensors(), metadata={"format": FORMAT})
+
+
+def replace_features(directory: str, features) -> None:
+    """Replace the feature transform of a saved checkpoint (e.g. to add the error baseline at the
+    end of training), local or at a storage URI, in one atomic write. Only the arrays may change:
+    the JSON part must stay as saved."""
+    from pipeline.storage import resolve
+
+    ckpt = load_checkpoint(directory)
+    if ckpt.meta.get("features") != _decode(json.loads(json.dumps(_encode(features.meta())))):
+        raise CheckpointError(f"{ckpt.path}: the new feature transform's keys differ from the saved ones")
+    resolve(ckpt.path).write_bytes_atomic(FEATURES_FILE, _features_bytes(features))
+
+
 @dataclass
 class LoadedCheckpoint:
     path: str
     meta: dict  # checkpoint.json (config, metrics, epoch, normalization, …)
     weights: dict[str, torch.Tensor]
     _state_tensors: dict[str, torch.Tensor]
+    _feature_tensors: dict | None = None
+
+    def features(self):
+        """The model's FeatureTransform (pipeline.data.features), or None (a family without one)."""
+        if self._feature_tensors is None or "features" not in self.meta:
+            return None
+        from pipeline.data.features import FeatureTransform
+
+        return FeatureTransform.from_parts(self._feature_tensors, self.meta["features"])
 
     @property
     def config(self) -> dict:
@@ -186,57 +225,85 @@ class LoadedCheckpoint:
         return model.eval()
 
 
-def _check_safetensors(path: str) -> None:
+def _check_safetensors(where: str, data: bytes) -> None:
     # safetensors = 8-byte little-endian header length, then a JSON header. A pickle starts
     # with 0x80; anything that does not parse this way is refused before any loader sees it.
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file")
+    if len(data) < 9 or data[8:9] != b"{":
+        raise CheckpointError(f"{where}: not a safetensors file")
 
 
 def load_checkpoint(path: str) -> LoadedCheckpoint:
-    """Load a checkpoint folder (or a run folder: its best checkpoint). Only safetensors + JSON."""
+    """Load a checkpoint folder (or a run folder: its best checkpoint), local or at a storage URI.
+    Only safetensors + JSON."""
+    from pipeline.storage import resolve
+
     directory = resolve_checkpoint(path)
-    names = sorted(os.listdir(directory))
+    loc = resolve(directory)
+    names = sorted(loc.list_dir())
     extra = [n for n in names if n not in ALLOWED]
     if extra:
         raise CheckpointError(
             f"{directory}: refusing to load a checkpoint with unexpected file(s) {extra}; "
             f"a tunestack checkpoint holds only {sorted(ALLOWED)}"
         )
-    if MODEL_FILE not in names or META_FILE not in names:
+    return checkpoint_from_files(directory, {n: loc.read_bytes(n) for n in names})
+
+
+def checkpoint_from_files(directory: str, files: dict[str, bytes]) -> LoadedCheckpoint:
+    """A checkpoint from its files' bytes (what the registry hands over once their sha256 checked)."""
+    extra = sorted(n for n in files if n not in ALLOWED)
+    if extra:
+        raise CheckpointError(f"{directory}: unexpected file(s) {extra}; only {sorted(ALLOWED)}")
+    if MODEL_FILE not in files or META_FILE not in files:
         raise CheckpointError(f"{directory}: missing {MODEL_FILE} or {META_FILE}")
     try:
-        with open(os.path.join(directory, META_FILE)) as f:
-            meta = _decode(json.load(f))
+        meta = _decode(json.loads(files[META_FILE]))
     except ValueError as e:
         raise CheckpointError(f"{directory}/{META_FILE}: not valid JSON ({e})") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    _check_safetensors(os.path.join(directory, MODEL_FILE))
-    weights = load_file(os.path.join(directory, MODEL_FILE))
+    _check_safetensors(f"{directory}/{MODEL_FILE}", files[MODEL_FILE])
+    weights = load(files[MODEL_FILE])
     state = {}
-    if STATE_FILE in names:
-        _check_safetensors(os.path.join(directory, STATE_FILE))
-        state = load_file(os.path.join(directory, STATE_FILE))
-    return LoadedCheckpoint(path=directory, meta=meta, weights=weights, _state_tensors=state)
+    if STATE_FILE in files:
+        _check_safetensors(f"{directory}/{STATE_FILE}", files[STATE_FILE])
+        state = load(files[STATE_FILE])
+    features = None
+    if FEATURES_FILE in files:
+        from safetensors.numpy import load as load_numpy
+
+        _check_safetensors(f"{directory}/{FEATURES_FILE}", files[FEATURES_FILE])
+        features = load_numpy(files[FEATURES_FILE])
+    return LoadedCheckpoint(directory, meta, weights, state, features)
+
+
+def update_meta(path: str, **fields) -> None:
+    """Add (or replace) top-level fields of a checkpoint's checkpoint.json (a local folder or a
+    storage URI), written whole or not at all: what is learned about a checkpoint after training
+    (the router's calibration) travels with it."""
+    from pipeline.storage import resolve
+
+    loc = resolve(path)
+    meta = json.loads(loc.read_bytes(META_FILE))
+    meta.update(_encode(fields))
+    loc.write_bytes_atomic(META_FILE, json.dumps(meta, indent=2).encode())
 
 
 def resolve_checkpoint(ref: str) -> str:
-    """A checkpoint folder from: a checkpoint folder, a run folder (its best checkpoint), a run
-    name under $TUNESTACK_HOME/runs, or a registry version "FAMILY:vNNNN" ("FAMILY:production")."""
+    """A checkpoint folder (a local path or a storage URI) from: a checkpoint folder, a run folder
+    (its best checkpoint), a run name under the runs location ($TUNESTACK_STORAGE/runs), or a
+    registry version "FAMILY:vNNNN" ("FAMILY:production")."""
     from pipeline.home import runs_dir
+    from pipeline.storage import absolute, is_uri, join_uri, resolve
 
-    candidates = [ref, os.path.join(runs_dir(), ref)]
+    candidates = [ref] if is_uri(ref) or os.path.isabs(ref) else [ref, join_uri(runs_dir(), ref)]
     for cand in candidates:
-        if os.path.isfile(os.path.join(cand, META_FILE)):
-            return os.path.abspath(cand)
-        run_file = os.path.join(cand, RUN_FILE)
-        if os.path.isfile(run_file):
-            with open(run_file) as f:
-                best = json.load(f).get("best_checkpoint")
-            if best and os.path.isfile(os.path.join(best, META_FILE)):
+        loc = resolve(cand)
+        if loc.is_file(META_FILE):
+            return absolute(cand)
+        if loc.is_file(RUN_FILE):
+            best = json.loads(loc.read_bytes(RUN_FILE)).get("best_checkpoint")
+            if best and resolve(best).is_file(META_FILE):
                 return best
             raise CheckpointError(f"{cand}: run has no best checkpoint recorded")
     if ":" in ref and "/" not in ref:
@@ -247,6 +314,6 @@ def resolve_checkpoint(ref: str) -> str:
             path = Registry().get(family, None if version == "production" else version)["checkpoint"]
         except RegistryError as e:
             raise CheckpointError(f"{ref}: {e}") from e
-        if os.path.isfile(os.path.join(path, META_FILE)):
+        if resolve(path).is_file(META_FILE):
             return path
     raise CheckpointError(f"{ref}: not a checkpoint folder, run folder or run name")

@@ -41,12 +41,22 @@ def add_train_parsers(subparsers) -> None:
 
     s = subparsers.add_parser(
         "evaluate",
-        help="print a checkpoint's metrics on a data source as JSON",
-        description="Evaluate a checkpoint (folder, run folder or run name). SOURCE: "
-        ".npz/.parquet sequences, a routing-log folder, or a triplet store; default: "
-        "the data it was trained on.",
+        help="print a checkpoint's metrics on a data source as JSON (routers: cost and quality too)",
+        description="Evaluate a checkpoint (folder, run folder, run name or registry version "
+        "FAMILY:vNNNN / FAMILY:production). SOURCE: .npz/.parquet sequences, a routing-log folder, or a "
+        "triplet store; default: the data it was trained on. An autoencoder reads the store through its "
+        "own feature transform and reports pairs it knows and pairs it does not apart. A router also "
+        'gets its cost-quality figures under "router": the share it routes lightweight at its calibrated '
+        "threshold and the error among them, the curve's key points and APGR (beside the oracle's on "
+        "synth's logs), and the plot of the curve (--plot).",
     )
     s.add_argument("--model", required=True, metavar="CHECKPOINT")
+    s.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="routers: where to write the cost-quality plot (default "
+        "$TUNESTACK_HOME/reports/<model>-<split>-cost-quality.png)",
+    )
     s.add_argument("--data", metavar="SOURCE")
     s.add_argument(
         "--split",
@@ -54,12 +64,17 @@ def add_train_parsers(subparsers) -> None:
         choices=["test", "val", "train", "all"],
         help="which split of SOURCE (as split in training; triplets: test = val folds)",
     )
+    s.add_argument(
+        "--by",
+        choices=["entity", "pair"],
+        help="triplets: metrics per company or per (concept, unit) pair, each beside a PCA of the "
+        "model's latent width fitted on the training companies",
+    )
     s.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_train(args) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.config import load_config
     from pipeline.train.run import resume, train
 
     if bool(args.config) == bool(args.resume):
@@ -70,15 +85,12 @@ def _cmd_train(args) -> int:
             "tunestack train: --resume continues a run as it was; --set/--from do not apply", file=sys.stderr
         )
         return 2
-    try:
-        if args.resume:
-            result = resume(args.resume)
-        else:
-            cfg = load_config(args.config, args.overrides)
-            result = train(cfg, run_name=args.name, init_from=args.init_from)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack train: {e}", file=sys.stderr)
-        return 2
+    # A bad config, missing data or no store is a UserError: the CLI prints one line, exit 2.
+    if args.resume:
+        result = resume(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)  # the whole file, before Ray starts
+        result = train(cfg, run_name=args.name, init_from=args.init_from)
     print(
         json.dumps(
             {
@@ -96,13 +108,46 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from pipeline.train.checkpoint import CheckpointError
+    import os
+    import re
+
+    from pipeline.home import home
+    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.train.router_eval import evaluate_router, is_router
     from pipeline.train.run import evaluate_checkpoint
 
-    try:
-        metrics = evaluate_checkpoint(args.model, args.data, split=args.split)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack evaluate: {e}", file=sys.stderr)
-        return 2
+    metrics = evaluate_checkpoint(
+        args.model, args.data, split=args.split, by=args.by
+    )  # UserError: one line, exit 2
+    if is_router(load_checkpoint(args.model).config):
+        plot = args.plot or os.path.join(
+            home(), "reports", f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}-{args.split}-cost-quality.png"
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
+        metrics["router"] = r = evaluate_router(args.model, args.data, args.split, plot=plot)
+        _print_router(r)
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _print_router(r: dict) -> None:
+    """The router's figures in words (stderr: stdout stays one JSON document)."""
+    lines = [f"router on the {r['split']} split ({r['rows']} rows):"]
+    if r["threshold"] is not None:
+        lines.append(
+            f"  calibrated threshold {r['threshold']:.4f} (target: at most {r['max_lightweight_error']:.1%} "
+            f"wrong among lightweight; calibrated on the {r['calibrated_on']})"
+        )
+        lines.append(
+            f"  routes {r['share_lightweight']:.1%} lightweight, {r['error_among_lightweight']:.2%} of them wrong"
+        )
+    else:
+        lines.append("  no calibrated threshold (" + r["threshold_source"] + ")")
+    apgr = f"  APGR {r['apgr']:.4f}"
+    if "oracle_apgr" in r:
+        apgr += f" (oracle {r['oracle_apgr']:.4f}: {r['apgr_vs_oracle']:.1%} of it)"
+    lines.append(apgr)
+    for k in r["key_points"]:
+        lines.append(f"  at {k['share']:.0%} lightweight: {k['error_among_routed']:.2%} of them wrong")
+    lines.append(f"  plot: {r['plot']}")
+    print("\n".join(lines), file=sys.stderr)

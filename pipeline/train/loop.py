@@ -12,6 +12,7 @@ code either way. A worker group restarted after a failure finds the latest check
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 
@@ -76,12 +77,19 @@ def make_scheduler(cfg: Config, optimizer):
     return None
 
 
-def make_task(cfg: Config, loop_config: dict, device):
-    """The task of the config's arch, with what it needs (teacher model, store scalers)."""
-    if cfg.model.arch == "autoencoder":
-        from pipeline.store.layout import TripletStore
+def load_features(loop_config: dict):
+    """The run's feature transform (triplets), as the driver saved it; None for other sources."""
+    if not loop_config.get("features"):
+        return None
+    from pipeline.data.features import FeatureTransform
 
-        return TASKS["autoencoder"].for_store(TripletStore(loop_config["meta"]["store"]["uri"]))
+    return FeatureTransform.load(loop_config["features"])
+
+
+def make_task(cfg: Config, loop_config: dict, device, features=None):
+    """The task of the config's arch, with what it needs (teacher model, the feature transform)."""
+    if cfg.model.arch == "autoencoder":
+        return TASKS["autoencoder"].for_features(features)
     teacher = None
     if cfg.distill is not None:
         teacher = load_checkpoint(loop_config["teacher"]).build_model().to(device).eval()
@@ -142,7 +150,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     use_amp = t.amp and device.type == "cuda"
     torch.manual_seed(t.seed)
 
-    task = make_task(cfg, loop_config, device)
+    features = load_features(loop_config)  # the model's own transform, whatever the store holds now
+    task = make_task(cfg, loop_config, device, features)
     model = cfg_model(cfg)
     start_epoch, attempts = 0, []
     early = EarlyStopping(t.mode, t.patience, t.min_delta)
@@ -197,11 +206,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         sparsity = SparsitySchedule(t.epochs, cfg.sparsity.dense_frac, cfg.sparsity.iht_frac)
     final_phase = sparsity.phase(t.epochs - 1) if sparsity else "dense"
 
-    writer = None
+    writer = tensorboard = None
     if rank == 0 and loop_config.get("tensorboard_dir"):
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(loop_config["tensorboard_dir"], purge_step=start_epoch)
+        tensorboard = TensorBoardDir(loop_config["tensorboard_dir"])
+        writer = SummaryWriter(tensorboard.local, purge_step=start_epoch)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -292,6 +302,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         k.replace("_", "/", 1) if k.startswith(("val_", "train_")) else k, v, epoch
                     )
             writer.flush()
+            tensorboard.sync()
 
         meta = {
             **loop_config["meta"],
@@ -306,13 +317,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                save_checkpoint(tmp, model, meta, optimizer, scheduler, grad_scaler)
+                save_checkpoint(tmp, model, meta, optimizer, scheduler, grad_scaler, features=features)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}")
         if stop:
             break
     if writer is not None:
         writer.close()
+        tensorboard.close()
+
+
+class TensorBoardDir:
+    """Where rank 0 writes TensorBoard events: the run's own folder on a local disk; on a storage URI
+    (s3://…) a local folder whose files are copied up after every epoch."""
+
+    def __init__(self, target: str):
+        from pipeline.storage import is_uri
+
+        self.target = target if is_uri(target) else None
+        self.local = tempfile.mkdtemp(prefix="tunestack-tb-") if self.target else target
+
+    def sync(self) -> None:
+        if self.target:
+            from pipeline.storage import resolve
+
+            resolve(self.target).upload(self.local)
+
+    def close(self) -> None:
+        self.sync()
+        if self.target:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def cfg_model(cfg: Config):

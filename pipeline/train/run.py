@@ -1,68 +1,45 @@
 """Driver side of a training run: data → TorchTrainer → best checkpoint → test metrics.
 
-    $TUNESTACK_HOME/runs/<run>/
+    RUNS/<run>/       RUNS = $TUNESTACK_STORAGE/runs: a local folder or a storage URI (s3://…)
       run_config.json           # what `--resume` needs: resolved config + loop config
+      features/                 # triplets: the model's feature transform (pipeline.data.features)
       run.json                  # written at the end: best checkpoint, its metrics, test metrics
+                                # (routers: the threshold calibrated on the validation split, also
+                                # stored in the best checkpoint; pipeline.train.router_eval)
       checkpoint_epoch0007/     # the top-k checkpoints (pipeline.train.checkpoint format)
       tensorboard/              # event files: `tensorboard --logdir $TUNESTACK_HOME/runs`
       checkpoint_manager_snapshot.json   # Ray Train's own bookkeeping (JSON)
 
 Re-running a run name makes Ray Train restore its checkpoint manager and hand the latest
-checkpoint to the workers; that is how `resume` continues an interrupted run.
+checkpoint to the workers; that is how `resume` continues an interrupted run. Runs on a storage
+URI go through Ray's own `storage_filesystem` and pipeline.storage, so `--resume` and `--from`
+work from any node.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
-import shutil
+import posixpath
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.config import Config, ConfigError, config_from_dict
+from pipeline.errors import DataError
 from pipeline.home import default_store_uri, expand, runs_dir
-from pipeline.train.checkpoint import RUN_FILE, load_checkpoint, resolve_checkpoint
+from pipeline.runtime import ensure_ray, releasing_placement_groups
+from pipeline.storage import absolute, is_uri, join_uri, resolve, write_json_atomic
+from pipeline.train.checkpoint import RUN_FILE, CheckpointError, load_checkpoint, resolve_checkpoint
+from pipeline.train.router_eval import calibrate_checkpoint, is_router
 
 RUN_CONFIG_FILE = "run_config.json"
+FEATURES_DIR = "features"  # the run's feature transform (triplets), what its workers load
+
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it committed
-
-
-# A local Ray for one machine. The dashboard stays on 127.0.0.1, and it must run: Ray Train's
-# PlacementGroupCleaner asks the state API (served by the dashboard) whether a run's controller
-# is alive, and without it the worker group of every finished Tune trial keeps its CPUs.
-LOCAL_RAY = dict(
-    num_cpus=os.cpu_count() or 2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False
-)
-# Ray Train's controller takes a worker's epoch report only when it polls (every 2 s by default)
-# and a worker can be at most one report ahead, so epochs shorter than the poll (a router on 100k
-# rows trains one in well under a second) waited for it (bench/training.py). A local cluster's
-# processes, the controller included, inherit this from the driver that starts it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-AUTH_MODE_ENV = "RAY_AUTH_MODE"  # "token": every Ray API (GCS, dashboard, jobs) needs the cluster's token
-
-
-def ensure_ray():
-    """Connect to RAY_ADDRESS when set, else start a local cluster sized to this machine."""
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            # Token auth: Ray >= 2.59 turns it on for a new local cluster itself (RAY_AUTH_MODE unset:
-            # it sets the variable and reloads its cached config; an explicit value is respected).
-            # Setting the variable here instead comes after `import ray` cached "disabled": the
-            # driver then cannot authenticate to the GCS it just started ("Failed to start GCS").
-            ray.init(**LOCAL_RAY)
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +52,8 @@ class PreparedData:
     test: object  # a sequences Split, or None (triplets: the val split is the evaluation split)
     meta: dict  # normalization, store, fingerprint: saved in every checkpoint
     dims: dict  # model options implied by the data (input_size / num_classes / input_dim)
+    features: object = None  # triplets: the model's FeatureTransform (pipeline.data.features)
+    features_dir: str | None = None  # where it is saved for the workers (loop_config["features"])
 
 
 FINGERPRINT_KEYS = ("kind", "version", "sha256", "manifest_sha256")
@@ -98,32 +77,57 @@ def same_training_data(saved: dict, now: dict) -> bool:
     return all(saved.get(k) == now.get(k) for k in FINGERPRINT_KEYS)
 
 
-def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData:
-    """Ray Datasets for the config's data section, and what the checkpoint must remember."""
+def prepare_data(
+    cfg: Config,
+    normalization: dict | None = None,
+    *,
+    features=None,
+    parent_features=None,
+    features_dir: str | None = None,
+) -> PreparedData:
+    """Ray Datasets for the config's data section, and what the checkpoint must remember.
+
+    Triplets: the model's feature transform is `features` when given (a resumed run's), else the
+    store's (`parent_features` — a fine-tuned model's parent — extended with the store's new pairs),
+    saved in `features_dir`; rows are scaled as it scales them."""
     d = cfg.data
     if d.source == "triplets":
+        from pipeline.data.features import FeatureTransform
         from pipeline.data.triplets import triplet_dataset
         from pipeline.store.layout import TripletStore
 
         uri = expand(d.path) if d.path else default_store_uri()
-        uri = uri if "://" in uri else os.path.abspath(uri)  # workers run in another directory
+        uri = absolute(uri)  # workers run in another directory
         store = TripletStore(uri)
-        manifest = store.require()
+        manifest = store.require()  # no store: StoreError, before Ray starts
+        fresh = features is None
+        if fresh:
+            features = (
+                parent_features.extend(store) if parent_features else FeatureTransform.from_store(store)
+            )
+        dims = {"input_dim": features.embed_dim + 1}
+        fill_model_dims(cfg, dims).family_config(f"data {uri}")  # a model that cannot take this data
+        if fresh and features_dir:  # the data and the model checked: only now write anything
+            features.save(features_dir)
+        # The store's scaled_value column when it is what the model's scalers give (always, for a
+        # transform just taken from the store); else the raw values, scaled by the model's scalers.
+        scale = None if features.store_scaling_matches(store) else features.view().value_scaler()
+        ensure_ray()
         datasets = {
-            "train": triplet_dataset(uri, "train", d.val_fraction),
-            "val": triplet_dataset(uri, "val", d.val_fraction),
+            "train": triplet_dataset(uri, "train", d.val_fraction, scale=scale),
+            "val": triplet_dataset(uri, "val", d.val_fraction, scale=scale),
         }
         meta = {
-            "normalization": None,  # values are scaled per pair by the store's scalers
+            "normalization": None,  # values are scaled per pair by the model's feature transform
             "store": {
                 "uri": uri,
                 "version": manifest["version"],
                 "data_dir": manifest["data_dir"],
-                "scalers": f"{manifest['data_dir']}/pairs.parquet",
+                "feature_version": features.source.get("feature_version"),
             },
             "fingerprint": triplet_fingerprint(store, d.val_fraction),
         }
-        return PreparedData(datasets, None, meta, {"input_dim": store.embeddings().shape[1] + 1})
+        return PreparedData(datasets, None, meta, dims, features, features_dir)
 
     from pipeline.data.sequences import Normalization, load_sequence_data, to_dataset
 
@@ -137,6 +141,9 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         normalization=Normalization.from_dict(normalization),
     )
     val = data.val if data.val is not None else data.test  # val_fraction 0: the test split stops early
+    dims = {"input_size": data.input_size, "num_classes": data.num_classes}
+    fill_model_dims(cfg, dims).family_config(f"data {d.path}")  # a model that cannot take this data
+    ensure_ray()  # the data loaded and checked: only now start (or join) Ray
     meta = {
         "normalization": data.normalization.to_dict() if data.normalization else None,
         "store": None,
@@ -146,7 +153,7 @@ def prepare_data(cfg: Config, normalization: dict | None = None) -> PreparedData
         {"train": to_dataset(data.train), "val": to_dataset(val)},
         data.test,
         meta,
-        {"input_size": data.input_size, "num_classes": data.num_classes},
+        dims,
     )
 
 
@@ -155,11 +162,16 @@ def fill_model_dims(cfg: Config, dims: dict) -> Config:
     params = dict(cfg.model.params)
     for key, value in dims.items():
         if key in params and key != "num_classes" and params[key] != value:
-            raise ConfigError("<data>", f"model.{key}", f"config says {params[key]}, the data has {value}")
+            where = f"data {cfg.data.path or default_store_uri()}"
+            raise ConfigError(
+                where,
+                f"model.{key}",
+                f"the config says {params[key]}, the data has {value} (leave model.{key} out to take the data's)",
+            )
         if key == "num_classes" and params.get(key, 0) >= value:
             continue  # a test split may lack the top class; more classes than seen is fine
         params[key] = value
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, params=params))
+    return cfg.with_model(params=params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +185,7 @@ class TrainResult:
     best_checkpoint: str | None
     best_metrics: dict
     test_metrics: dict
+    route_calibration: dict | None = None  # routers: the threshold stored in the best checkpoint
 
 
 def _use_gpu(cfg: Config) -> bool:
@@ -184,68 +197,79 @@ def _use_gpu(cfg: Config) -> bool:
 
 
 def train(cfg: Config, *, run_name: str | None = None, init_from: str | None = None) -> TrainResult:
-    """Train once with `cfg` (no search). `init_from`: a checkpoint/run to fine-tune from."""
-    ensure_ray()
-    normalization = None
+    """Train once with `cfg` (no search). `init_from`: a checkpoint/run to fine-tune from.
+    Everything that can be checked locally (the checkpoint, the teacher, the data) is, before
+    prepare_data starts Ray."""
+    normalization = parent_features = None
     if init_from:
         parent = load_checkpoint(init_from)
         init_from = parent.path
         parent_model = dict(parent.config["model"])
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, arch=parent_model.pop("arch"), params=parent_model)
-        )
+        cfg = cfg.with_model(arch=parent_model.pop("arch"), params=parent_model)
         normalization = parent.meta.get("normalization")  # the model was trained on these inputs
-    teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
-    data = prepare_data(cfg, normalization)
-    cfg = fill_model_dims(cfg, data.dims)
-    cfg.model_config()  # validate the completed model config before any worker starts
+        parent_features = parent.features()  # and the autoencoder on these features
+        if cfg.model.arch == "autoencoder" and parent_features is None:
+            from pipeline.train.evaluate import NO_FEATURES
 
+            raise CheckpointError(f"{parent.path}: {NO_FEATURES}")
+    teacher = resolve_checkpoint(cfg.distill.teacher) if cfg.distill else None
     name = run_name or f"{cfg.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_path = os.path.abspath(os.path.join(runs_dir(), name))
-    os.makedirs(run_path, exist_ok=True)
+    run_path = join_uri(absolute(runs_dir()), name)
+    data = prepare_data(
+        cfg, normalization, parent_features=parent_features, features_dir=join_uri(run_path, FEATURES_DIR)
+    )
+    cfg = fill_model_dims(cfg, data.dims)
+    cfg.family_config("<config + data>")  # the completed model config, before any worker starts
+
     loop_config = {
         "config": cfg.to_dict(),
         "meta": {**data.meta, "run": name},
-        "tensorboard_dir": os.path.join(run_path, "tensorboard"),
+        "tensorboard_dir": join_uri(run_path, "tensorboard"),
         "init_from": init_from,
         "teacher": teacher,
+        "features": data.features_dir,
     }
-    _write_json(os.path.join(run_path, RUN_CONFIG_FILE), loop_config)
+    write_json_atomic(run_path, RUN_CONFIG_FILE, loop_config)
     return _fit(cfg, name, run_path, loop_config, data)
 
 
 def resume(run: str) -> TrainResult:
-    """Continue an interrupted run (a name under runs_dir() or a run folder) from its latest checkpoint."""
-    run_path = os.path.abspath(run if os.path.isdir(run) else os.path.join(runs_dir(), run))
-    config_file = os.path.join(run_path, RUN_CONFIG_FILE)
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
-    with open(config_file) as f:
-        loop_config = json.load(f)
+    """Continue an interrupted run (a name under runs_dir(), a run folder or its URI) from its
+    latest checkpoint."""
+    run_path = absolute(run if resolve(run).is_file(RUN_CONFIG_FILE) else join_uri(runs_dir(), run))
+    loc = resolve(run_path)
+    if not loc.is_file(RUN_CONFIG_FILE):
+        raise CheckpointError(f"{run}: no {RUN_CONFIG_FILE} (not a tunestack run folder)")
+    config_file = loc.uri_of(RUN_CONFIG_FILE)
+    loop_config = json.loads(loc.read_bytes(RUN_CONFIG_FILE))
     dropped = drop_partial_checkpoints(run_path)
     if dropped:
         print(
             f"tunestack: removed checkpoint folder(s) Ray Train never committed: {', '.join(dropped)}",
             file=sys.stderr,
         )
-    ensure_ray()
     cfg = config_from_dict(loop_config["config"], config_file)
-    data = prepare_data(cfg, loop_config["meta"].get("normalization"))
+    features = None
+    if loop_config.get("features"):  # the transform the run started with, not the store's of today
+        from pipeline.data.features import FeatureTransform
+
+        features = FeatureTransform.load(loop_config["features"])
+    data = prepare_data(cfg, loop_config["meta"].get("normalization"), features=features)
     if not same_training_data(loop_config["meta"]["fingerprint"], data.meta["fingerprint"]):
-        raise ValueError(
+        raise DataError(
             f"{run}: the training data changed since the run started "
             f"({loop_config['meta']['fingerprint']} → {data.meta['fingerprint']})"
         )
-    return _fit(cfg, os.path.basename(os.path.normpath(run_path)), run_path, loop_config, data)
+    return _fit(cfg, posixpath.basename(loc.path), run_path, loop_config, data)
 
 
 def drop_partial_checkpoints(run_path: str) -> list[str]:
     """Remove the checkpoint folders of a run that Ray Train never committed and that do not load:
     uploads cut short (a killed driver, a full disk). Returns their names. Without Ray's snapshot
     nothing is touched; a complete but uncommitted folder is left (the resumed run rewrites it)."""
+    loc = resolve(run_path)
     try:
-        with open(os.path.join(run_path, SNAPSHOT_FILE)) as f:
-            snapshot = json.load(f)
+        snapshot = json.loads(loc.read_bytes(SNAPSHOT_FILE))
     except (OSError, ValueError):
         return []
     results = list(snapshot.get("checkpoint_results") or []) + [
@@ -253,16 +277,24 @@ def drop_partial_checkpoints(run_path: str) -> list[str]:
     ]
     committed = {r.get("checkpoint_dir_name") for r in results if isinstance(r, dict)}
     dropped = []
-    for name in sorted(os.listdir(run_path)):
-        path = os.path.join(run_path, name)
-        if not name.startswith("checkpoint_") or not os.path.isdir(path) or name in committed:
+    for name, is_dir in sorted(loc.list_dir().items()):
+        if not name.startswith("checkpoint_") or not is_dir or name in committed:
             continue
         try:
-            load_checkpoint(path)
+            load_checkpoint(loc.uri_of(name))
         except Exception:  # any way of being unreadable: CheckpointError, a safetensors error, OSError
-            shutil.rmtree(path)
+            loc.delete_dir(name)
             dropped.append(name)
     return dropped
+
+
+def ray_storage(location: str) -> dict:
+    """Ray's `storage_path` (+ `storage_filesystem` for a URI) for a runs location: Ray writes and
+    restores checkpoints through the same filesystem pipeline.storage resolves."""
+    if not is_uri(location):
+        return {"storage_path": os.path.abspath(location)}
+    loc = resolve(location)
+    return {"storage_path": loc.path, "storage_filesystem": loc.fs}
 
 
 def build_trainer(
@@ -287,7 +319,7 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_path,
+            **ray_storage(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.keep_top_k, checkpoint_score_attribute="score", checkpoint_score_order=t.mode
             ),
@@ -298,55 +330,37 @@ def build_trainer(
     )
 
 
-def job_placement_groups() -> set[str]:
-    """Ids of the placement groups this Ray job holds (a group id ends with its job id)."""
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    return {
-        pg
-        for pg, t in ray.util.placement_group_table().items()
-        if t["state"] == "CREATED" and pg.endswith(job)
-    }
-
-
-def release_placement_groups(ids: set[str]) -> None:
-    """Remove placement groups that finished Train runs left behind.
-
-    With Ray 2.60 a finished run's worker group can keep its placement group (the family of Ray
-    issue #54305); on a small cluster the next run, Tune trial or Serve replica in the same job
-    then waits for CPUs forever. Call only once the runs that created `ids` have ended."""
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    for pg in ids:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg))))
-
-
 def _fit(cfg: Config, name: str, run_path: str, loop_config: dict, data: PreparedData) -> TrainResult:
     t = cfg.train
-    trainer = build_trainer(cfg, name, os.path.dirname(run_path), loop_config, data)
-    before = job_placement_groups()
-    try:
+    trainer = build_trainer(cfg, name, parent_of(run_path), loop_config, data)
+    with releasing_placement_groups():
         result = trainer.fit()
-    finally:
-        release_placement_groups(job_placement_groups() - before)
     best = _best_checkpoint(result, t.mode)
-    best_path = best[0].path if best else None
+    # Ray names a checkpoint by its path inside the storage filesystem; keep the URI form
+    best_path = join_uri(run_path, posixpath.basename(best[0].path.rstrip("/"))) if best else None
     best_metrics = best[1] if best else {}
+    if best_path and data.features is not None:
+        from pipeline.train.baseline import attach_error_baseline
+
+        attach_error_baseline(best_path, data.datasets["train"])
     test_metrics = evaluate_checkpoint(best_path, data=data) if best_path else {}
-    _write_json(
-        os.path.join(run_path, RUN_FILE),
+    calibration = None
+    if best_path and is_router(loop_config["config"]):
+        calibration = calibrate_checkpoint(best_path, cfg.route.max_lightweight_error)
+    write_json_atomic(
+        run_path,
+        RUN_FILE,
         {
             "run": name,
             "best_checkpoint": best_path,
             "best_metrics": best_metrics,
             "test_metrics": test_metrics,
+            "route_calibration": calibration,
             "config": loop_config["config"],
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    return TrainResult(name, run_path, best_path, best_metrics, test_metrics)
+    return TrainResult(name, run_path, best_path, best_metrics, test_metrics, calibration)
 
 
 def _best_checkpoint(result, mode: str):
@@ -368,35 +382,27 @@ def evaluate_checkpoint(
     split: str = "test",
     data: PreparedData | None = None,
     batch_size: int = 4096,
+    by: str | None = None,
 ) -> dict:
     """Metrics of a checkpoint on a data source (default: the one it was trained on).
 
     Sequences/routing: the `split` ("test", "val", "train" or "all") of `source`, split and
     normalized exactly as in training (the checkpoint's seed, fractions and z-score). Triplet
-    store: its validation folds (`split` "val"/"test") or every row ("all")."""
+    store: its validation folds (`split` "val"/"test"), training folds or every row ("all"),
+    through the model's own feature transform (pipeline.train.evaluate; `by`: "entity" or "pair")."""
     import torch
 
     from pipeline.train.tasks import TASKS, accumulate
 
     ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt.config, os.path.join(ckpt.path, "checkpoint.json"))
-    model = ckpt.build_model()
+    cfg = config_from_dict(ckpt.config, join_uri(ckpt.path, "checkpoint.json"))
     if cfg.model.arch == "autoencoder":
-        from pipeline.data.triplets import triplet_dataset
-        from pipeline.store.layout import TripletStore
+        from pipeline.train.evaluate import evaluate_autoencoder
 
-        ensure_ray()
-        uri = (
-            source
-            or (ckpt.meta.get("store") or {}).get("uri")
-            or (expand(cfg.data.path) if cfg.data.path else default_store_uri())
-        )
-        task = TASKS["autoencoder"].for_store(TripletStore(uri))
-        ds = triplet_dataset(uri, None if split == "all" else "val", cfg.data.val_fraction)
-        batches = task.batches(ds, batch_size, "cpu")
-        sums = accumulate(task, model, batches)
-        return {"rows": int(sums.get("n", 0)), **task.finalize(sums)}
-
+        return evaluate_autoencoder(ckpt, source, split, by, cfg.data.val_fraction)
+    if by is not None:
+        raise DataError(f"--by {by}: only for a model of the triplet store (the autoencoder)")
+    model = ckpt.build_model()
     task = TASKS[cfg.model.arch]()
     if data is not None and source is None and split == "test":
         x, y = data.test.x, data.test.y
@@ -419,7 +425,7 @@ def evaluate_checkpoint(
         }[split]
         parts = [p for p in parts if p is not None]
         if not parts:
-            raise ValueError(f"{source}: no {split!r} split (val_fraction is 0)")
+            raise DataError(f"{source}: no {split!r} split (val_fraction is 0)")
         x = np.concatenate([p.x for p in parts])
         y = np.concatenate([p.y for p in parts])
     batches = (
@@ -429,8 +435,9 @@ def evaluate_checkpoint(
     return {"rows": int(len(y)), **task.finalize(accumulate(task, model, batches))}
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+def parent_of(location: str) -> str:
+    """The folder (or URI) holding `location`."""
+    if not is_uri(location):
+        return os.path.dirname(os.path.abspath(location))
+    head, _, tail = location.partition("?")
+    return head.rstrip("/").rsplit("/", 1)[0] + (f"?{tail}" if tail else "")

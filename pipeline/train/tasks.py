@@ -42,7 +42,7 @@ class ClassificationTask:
 
     batch_dtypes = {"x": torch.float32, "y": torch.int64}
     iter_args = {"dtypes": batch_dtypes}  # how iter_torch_batches builds this task's batches
-    default_monitor, default_mode = "val_accuracy", "max"
+    metrics = ("loss", "accuracy")  # what `finalize` returns (reported as val_…; train.monitor checks)
 
     def __init__(self, distill=None, teacher=None):
         self.distill, self.teacher = distill, teacher
@@ -88,40 +88,51 @@ class ClassificationTask:
 class AutoencoderTask:
     """Stage-1 autoencoder: weighted reconstruction loss; metrics on raw values via the scalers.
 
+    The task sees rows through a StoreView (pipeline.data.features): the model's own transform over
+    the store's pair ids, which gives each row its embedding and lets metrics undo its scaling.
+
     relative_mae_median / relative_mae_p95: per pair, the mean of |v̂ − v| / max(|v|, 1e-8) on
-    RAW values (both sides inverse-scaled with the store's per-pair scaler), then the median and
-    the 95th percentile (the worst 5% of pairs lie above it) over pairs — as
-    pipeline.models.autoencoder.relative_mae_by_pair, but as sums. r2: over every reconstructed
+    RAW values (both sides inverse-scaled with the model's scaler of the pair), then the median and
+    the 95th percentile (the worst 5% of pairs lie above it) over pairs, kept as additive sums
+    (tests/unit/test_tasks.py checks them against whole-array formulas). r2: over every reconstructed
     element (embedding ‖ value); value_r2: on the scaled value only. embedding_cosine: mean
     cosine between input and reconstructed embeddings.
     """
 
     batch_dtypes = {"x": torch.float32, "pair_id": torch.int64}
-    default_monitor, default_mode = "val_loss", "min"
+    metrics = (  # what `finalize` returns (reported as val_…; train.monitor is checked against them)
+        "r2",
+        "value_r2",
+        "embedding_cosine",
+        "relative_mae_median",
+        "relative_mae_p95",
+        "num_pairs",
+        "loss",
+        "loss_embed",
+        "loss_value",
+    )
 
-    def __init__(self, scalers: dict, num_pairs: int | None = None, embeddings=None):
-        self.scalers = scalers
-        self.num_pairs = num_pairs or (max(scalers) + 1 if scalers else 0)
-        self.embeddings = None if embeddings is None else np.ascontiguousarray(embeddings, dtype=np.float32)
+    def __init__(self, view=None):
+        self.view = view
+        self.num_pairs = len(view) if view is not None else 0
         self.iter_args = {"dtypes": self.batch_dtypes}  # rows that already hold "x" (no store)
 
     def batches(self, source, batch_size: int, device, seed: int | None = None):
         """Batches {"x", "pair_id"} of a Ray Dataset or shard (with a `seed`: locally shuffled).
         The store's compact rows go through `iter_triplet_batches`: whole blocks from Ray Data,
         the pair embeddings joined and the batches cut in this process."""
-        if self.embeddings is None:
+        if self.view is None:
             return torch_batches(source, batch_size, device, seed, **self.iter_args)
         from pipeline.data.triplets import iter_triplet_batches
 
         return iter_triplet_batches(
-            source, self.embeddings, batch_size, shuffle_rows=SHUFFLE_ROWS, seed=seed, device=device
+            source, self.view.embeddings, batch_size, shuffle_rows=SHUFFLE_ROWS, seed=seed, device=device
         )
 
     @classmethod
-    def for_store(cls, store) -> AutoencoderTask:
-        """The task over a TripletStore's streamed rows: its scalers and pair embeddings."""
-        pairs = store.read_pairs()
-        return cls(store.scalers(pairs), embeddings=store.embeddings(pairs))
+    def for_features(cls, features) -> AutoencoderTask:
+        """The task over the rows a FeatureTransform was trained on (their training-time pair ids)."""
+        return cls(features.view())
 
     def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
         x = batch["x"]
@@ -142,31 +153,37 @@ class AutoencoderTask:
             losses=(total.item(), embed_part.item(), value_part.item()),
         )
 
-    def array_sums(self, x: np.ndarray, recon: np.ndarray, pair_id: np.ndarray, losses=None) -> dict:
-        """Metric sums of one batch of inputs and reconstructions (also used for baselines)."""
+    def row_stats(self, x: np.ndarray, recon: np.ndarray, pair_id: np.ndarray) -> dict[str, np.ndarray]:
+        """Each row's share of the metric sums (float64 [n] each; "rel" = its relative error of
+        the raw value). Summed over rows they are `array_sums`; summed per group, a group's."""
         from pipeline.models.autoencoder import embedding_cosine_similarity
-        from pipeline.store.scaler import unscale_by_pair
 
         x = x.astype(np.float64)
         recon = recon.astype(np.float64)
-        n = len(x)
-        true_raw = unscale_by_pair(pair_id, x[:, -1], self.scalers)
-        pred_raw = unscale_by_pair(pair_id, recon[:, -1], self.scalers)
-        rel = np.abs(pred_raw - true_raw) / np.maximum(np.abs(true_raw), 1e-8)
-        sums = {
-            "n": float(n),
-            "elements": float(x.size),
-            "sum_y": x.sum(),
-            "sum_y2": (x**2).sum(),
-            "ss_res": ((x - recon) ** 2).sum(),
-            "sum_v": x[:, -1].sum(),
-            "sum_v2": (x[:, -1] ** 2).sum(),
-            "ss_res_v": ((x[:, -1] - recon[:, -1]) ** 2).sum(),
-            "cosine": embedding_cosine_similarity(x, recon).sum(),
-            "pair_rel": np.bincount(pair_id, weights=rel, minlength=self.num_pairs).astype(np.float64),
-            "pair_n": np.bincount(pair_id, minlength=self.num_pairs).astype(np.float64),
+        true_raw = self.view.unscale(pair_id, x[:, -1])
+        pred_raw = self.view.unscale(pair_id, recon[:, -1])
+        return {
+            "n": np.ones(len(x)),
+            "elements": np.full(len(x), float(x.shape[1])),
+            "sum_y": x.sum(axis=1),
+            "sum_y2": (x**2).sum(axis=1),
+            "ss_res": ((x - recon) ** 2).sum(axis=1),
+            "sum_v": x[:, -1],
+            "sum_v2": x[:, -1] ** 2,
+            "ss_res_v": (x[:, -1] - recon[:, -1]) ** 2,
+            "cosine": embedding_cosine_similarity(x, recon).astype(np.float64),
+            "rel": np.abs(pred_raw - true_raw) / np.maximum(np.abs(true_raw), 1e-8),
         }
+
+    def array_sums(self, x: np.ndarray, recon: np.ndarray, pair_id: np.ndarray, losses=None) -> dict:
+        """Metric sums of one batch of inputs and reconstructions (also used for baselines)."""
+        stats = self.row_stats(x, recon, pair_id)
+        rel = stats.pop("rel")
+        sums = {k: v.sum() for k, v in stats.items()}
+        sums["pair_rel"] = np.bincount(pair_id, weights=rel, minlength=self.num_pairs).astype(np.float64)
+        sums["pair_n"] = np.bincount(pair_id, minlength=self.num_pairs).astype(np.float64)
         if losses is not None:
+            n = len(x)
             sums.update(loss=losses[0] * n, loss_embed=losses[1] * n, loss_value=losses[2] * n)
         return sums
 

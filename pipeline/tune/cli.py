@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -45,18 +46,15 @@ def add_tune_parser(subparsers) -> None:
 
 
 def _cmd_tune(args) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.registry import RegistryError
     from pipeline.tune.run import run_tune
 
     try:
         out = run_tune(
             args.config, name=args.name, resume=args.resume, promote=args.promote, overrides=args.overrides
         )
-    except (ConfigError, RegistryError, FileNotFoundError, ValueError) as e:
-        print(f"tunestack tune: {e}", file=sys.stderr)
+    except Exception as e:  # the jobs endpoint reads the outcome from the result file; the CLI prints it
         _write_result(args.result_file, {"ok": False, "error": str(e), "registered": None})
-        return 2
+        raise
     widths = [max(len(str(h)), 10) for h in out.report["header"]]
     print("  ".join(str(h).ljust(w) for h, w in zip(out.report["header"], widths)))
     for row in out.report["rows"]:
@@ -69,7 +67,11 @@ def _cmd_tune(args) -> int:
     summary = {
         "experiment": out.experiment,
         "path": out.path,
-        "best": {k: out.best[k] for k in ("trial", "overrides", "metric", "epochs", "checkpoint")}
+        "best": {
+            k: out.best[k]
+            for k in ("trial", "overrides", "metric", "epochs", "checkpoint", "route_calibration")
+            if k in out.best
+        }
         if out.best
         else None,
         "registered": {k: out.registered[k] for k in ("family", "version", "stage")}
@@ -95,13 +97,8 @@ def _cmd_tune(args) -> int:
 
 def _write_result(path: str | None, result: dict) -> None:
     """Write `result` as JSON to `path` atomically (a reader never sees half a file)."""
-    if not path:
-        return
-    import os
-    import uuid
+    if path:
+        from pipeline.storage import write_json_atomic
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    os.replace(tmp, path)
+        folder, name = os.path.split(os.path.abspath(path))
+        write_json_atomic(folder, name, result)

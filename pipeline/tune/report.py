@@ -7,8 +7,11 @@ at the rungs where they happened.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
+import posixpath
+
+from pipeline.storage import resolve
 
 
 def _fmt(v) -> str:
@@ -16,8 +19,8 @@ def _fmt(v) -> str:
 
 
 def write_report(exp_path: str, trials: list[dict], metric: str, mode: str) -> dict:
-    """Write trials.csv, report.md and curves.png under `exp_path`; return their paths."""
-    os.makedirs(exp_path, exist_ok=True)
+    """Write trials.csv, report.md, curves.png and trials.json under `exp_path` (a folder or a
+    storage URI); return their paths."""
     keys = sorted({k for t in trials for k in t["overrides"]})
     ranked = sorted(
         trials,
@@ -37,24 +40,28 @@ def write_report(exp_path: str, trials: list[dict], metric: str, mode: str) -> d
         for t in ranked
     ]
 
-    csv_path = os.path.join(exp_path, "trials.csv")
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    md_path = os.path.join(exp_path, "report.md")
-    with open(md_path, "w") as f:
-        f.write(f"# Experiment {os.path.basename(exp_path)}\n\nBest first by `{metric}` ({mode}).\n\n")
-        f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
-        for r in rows:
-            f.write("| " + " | ".join(_fmt(v) for v in r) + " |\n")
-        f.write("\n![learning curves](curves.png)\n")
-    png_path = os.path.join(exp_path, "curves.png")
-    _plot(png_path, trials, metric)
-    with open(os.path.join(exp_path, "trials.json"), "w") as f:
-        json.dump(trials, f, indent=2, default=str)
-    return {"table": md_path, "csv": csv_path, "plot": png_path, "rows": rows, "header": header}
+    out = resolve(exp_path)  # a local folder or a storage URI
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([header, *rows])
+    out.write_bytes_atomic("trials.csv", table.getvalue().encode())
+    md = [f"# Experiment {posixpath.basename(out.path)}\n\nBest first by `{metric}` ({mode}).\n\n"]
+    md.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+    md += ["| " + " | ".join(_fmt(v) for v in r) + " |\n" for r in rows]
+    md.append("\n![learning curves](curves.png)\n")
+    out.write_bytes_atomic("report.md", "".join(md).encode())
+    out.write_bytes_atomic("curves.png", _plot(trials, metric))
+    out.write_bytes_atomic("trials.json", json.dumps(trials, indent=2, default=str).encode())
+    return {
+        "table": out.uri_of("report.md"),
+        "csv": out.uri_of("trials.csv"),
+        "plot": out.uri_of("curves.png"),
+        "rows": rows,
+        "header": header,
+    }
 
 
-def _plot(path: str, trials: list[dict], metric: str) -> None:
+def _plot(trials: list[dict], metric: str) -> bytes:
+    """The learning curves as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,5 +83,7 @@ def _plot(path: str, trials: list[dict], metric: str) -> None:
     if len(trials) <= 12:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    return png.getvalue()

@@ -5,7 +5,9 @@ and forwards the workers' reports to Tune with TuneReportCallback. A trial's Tra
 the experiment folder under `trials/<trial>`; a restored trial re-creates the Train run under the
 same name, and Train hands the workers its latest checkpoint, so nothing restarts from scratch.
 
-    $TUNESTACK_HOME/runs/tune/<experiment>/      (or the `tune.storage` URI)
+    $TUNESTACK_STORAGE/runs/tune/<experiment>/   (or the `tune.storage` URI; s3://… included: Ray
+                                                 stores through the same filesystem pipeline.storage
+                                                 resolves, so --resume works from any node)
       experiment_state-*.json, …                 Ray Tune's own bookkeeping (for --resume)
       trials/<trial>/checkpoint_epoch…/          each trial's Train checkpoints (safetensors + JSON)
       tune_spec.json                             what was asked: file, overrides, resolved config
@@ -15,12 +17,13 @@ same name, and Train hands the workers its latest checkpoint, so nothing restart
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import os
+import posixpath
 from dataclasses import dataclass
 
-from pipeline.home import runs_dir
+from pipeline.errors import UserError
+from pipeline.home import expand, runs_dir
+from pipeline.storage import absolute, join_uri, resolve, write_json_atomic
 from pipeline.tune.space import overrides_of, param_space
 from pipeline.tune.spec import TuneSpec, load_tune_spec, trial_config
 
@@ -86,19 +89,23 @@ def _trial(trial_params: dict, base: dict, source: str, trials_dir: str, shared_
 
     overrides = overrides_of(trial_params)
     cfg = trial_config(base, source, overrides)
-    data = prepare_data(cfg) if any(k.startswith("data.") for k in overrides) else shared_data
-    cfg = fill_model_dims(cfg, data.dims)
     name = tune.get_context().get_trial_name()
-    done = _finished_run_metrics(os.path.join(trials_dir, name), cfg.train.epochs)
+    if any(k.startswith("data.") for k in overrides):
+        data = prepare_data(cfg, features_dir=join_uri(trials_dir, name, "features"))
+    else:
+        data = shared_data
+    cfg = fill_model_dims(cfg, data.dims)
+    done = _finished_run_metrics(join_uri(trials_dir, name), cfg.train.epochs)
     if done is not None:  # nothing left to train: give Tune the result a killed driver never recorded
         tune.report(done)
         return
     loop_config = {
         "config": cfg.to_dict(),
         "meta": {**data.meta, "run": name, "tune_overrides": overrides},
-        "tensorboard_dir": os.path.join(trials_dir, name, "tensorboard"),
+        "tensorboard_dir": join_uri(trials_dir, name, "tensorboard"),
         "init_from": None,
         "teacher": None,
+        "features": data.features_dir,
     }
     build_trainer(cfg, name, trials_dir, loop_config, data, callbacks=[TuneReportCallback()]).fit()
 
@@ -111,11 +118,9 @@ def _finished_run_metrics(run_dir: str, epochs: int) -> dict | None:
     would report nothing, which Tune treats as an error (the metric is missing)."""
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
-    if not os.path.isdir(run_dir):
-        return None
-    last = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch"))
+    last = _checkpoint_dirs(run_dir, "checkpoint_epoch")
     try:
-        meta = load_checkpoint(os.path.join(run_dir, last[-1])).meta if last else None
+        meta = load_checkpoint(join_uri(run_dir, last[-1])).meta if last else None
     except CheckpointError:  # cut off mid-write: Train restores the one before and trains on
         return None
     if meta is None or not (meta.get("epoch", -1) >= epochs - 1 or meta.get("stopped")):
@@ -135,31 +140,49 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.train.run import ensure_ray, job_placement_groups, prepare_data, release_placement_groups
+    from pipeline.runtime import releasing_placement_groups
+    from pipeline.train.router_eval import calibrate_checkpoint, is_router
+    from pipeline.train.run import prepare_data, ray_storage
     from pipeline.tune.report import write_report
 
-    spec = load_tune_spec(config_path, overrides)
-    ensure_ray()
-    root = spec.tune.storage or os.path.join(runs_dir(), "tune")
+    spec = load_tune_spec(config_path, overrides)  # the whole file checked before Ray starts
+    root = absolute(expand(spec.tune.storage) if spec.tune.storage else join_uri(runs_dir(), "tune"))
     if resume and not name:
-        raise ValueError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
+        raise UserError("--resume needs --name EXPERIMENT (the folder under the tune storage)")
     exp_name = name or f"{spec.config.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    exp_path = os.path.join(root, exp_name)
+    exp_path = join_uri(root, exp_name)
+    storage = ray_storage(root)
+    exp_ray_path = posixpath.join(storage["storage_path"], exp_name)  # what Ray calls it
+    # triplets: the experiment's feature transform; a resumed one keeps the transform it started with
+    features_dir = join_uri(exp_path, "features")
+    features = None
+    if resume and spec.config.data.source == "triplets":
+        from pipeline.data.features import FeatureTransform
+
+        features = FeatureTransform.load_if_saved(features_dir)
+    shared_data = prepare_data(spec.config, features=features, features_dir=features_dir)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
             base=spec.base,
             source=spec.source,
-            trials_dir=os.path.join(exp_path, "trials"),
-            shared_data=prepare_data(spec.config),
+            trials_dir=join_uri(exp_path, "trials"),
+            shared_data=shared_data,
         ),
         {"cpu": spec.tune.trial_cpus},
     )
 
     if resume:
-        if not tune.Tuner.can_restore(exp_path):
-            raise FileNotFoundError(f"no experiment to resume at {exp_path}")
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        fs = storage.get("storage_filesystem")
+        if not tune.Tuner.can_restore(exp_ray_path, storage_filesystem=fs):
+            raise UserError(f"no experiment to resume at {exp_path}")
+        tuner = tune.Tuner.restore(
+            exp_ray_path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=fs,
+        )
     else:
         scheduler = None
         if spec.tune.asha is not None:
@@ -186,30 +209,27 @@ def run_tune(
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
             ),
-            run_config=tune.RunConfig(name=exp_name, storage_path=root, verbose=0),
+            run_config=tune.RunConfig(name=exp_name, verbose=0, **storage),
         )
-    before = job_placement_groups()
-    results = tuner.fit()
-    release_placement_groups(job_placement_groups() - before)  # every trial has ended: leftovers only
-    os.makedirs(exp_path, exist_ok=True)
-    with open(os.path.join(exp_path, SPEC_FILE), "w") as f:
-        json.dump(
-            {
-                "file": config_path,
-                "overrides": list(overrides),
-                "config": spec.config.to_dict(),
-                "search": spec.search,
-                "plan": spec.plan,
-            },
-            f,
-            indent=2,
-            default=str,
-        )
-    trials = _trial_rows(results, spec, os.path.join(exp_path, "trials"))
+    with releasing_placement_groups():  # every trial has ended when it closes: leftovers only
+        results = tuner.fit()
+    asked = {
+        "file": config_path,
+        "overrides": list(overrides),
+        "config": spec.config.to_dict(),
+        "search": spec.search,
+        "plan": spec.plan,
+    }
+    write_json_atomic(exp_path, SPEC_FILE, asked)
+    trials = _trial_rows(results, spec, join_uri(exp_path, "trials"))
     scored = [t for t in trials if t["metric"] is not None]
     best = (max if spec.mode == "max" else min)(scored, key=lambda t: t["metric"]) if scored else None
     report = write_report(exp_path, trials, spec.metric, spec.mode)
-    registered = _register(spec, best, promote) if best else None
+    if best and is_router(spec.config.to_dict()):  # the threshold travels in the best checkpoint
+        best["route_calibration"] = calibrate_checkpoint(
+            best["checkpoint"], spec.config.route.max_lightweight_error
+        )
+    registered = _register(spec, best, promote, shared_data) if best else None
     return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
 
 
@@ -245,12 +265,12 @@ def _trial_rows(results, spec: TuneSpec, trials_dir: str) -> list[dict]:
     for r in results:
         df = r.metrics_dataframe
         history = [] if df is None or spec.metric not in df else [float(v) for v in df[spec.metric].dropna()]
-        name = os.path.basename(r.path)
+        name = posixpath.basename(r.path.rstrip("/"))
         overrides = overrides_of(r.config or {})
-        ckpt, value, _ = _best_checkpoint(os.path.join(trials_dir, name), spec)
+        ckpt, value, _ = _best_checkpoint(join_uri(trials_dir, name), spec)
         # Epochs trained, from the Train run itself: Tune's history of a trial restarted by
         # --resume holds only what it reported after the restart.
-        trained = max(len(history), _epochs_trained(os.path.join(trials_dir, name)))
+        trained = max(len(history), _epochs_trained(join_uri(trials_dir, name)))
         epochs = overrides.get("train.epochs", spec.config.train.epochs)
         max_t = min(spec.tune.asha.max_t or epochs, epochs) if spec.tune.asha else epochs
         patience_stop = bool((r.metrics or {}).get("stopped"))  # the trial's own early stopping
@@ -273,11 +293,14 @@ def _trial_rows(results, spec: TuneSpec, trials_dir: str) -> list[dict]:
     return rows
 
 
+def _checkpoint_dirs(run_dir: str, prefix: str = "checkpoint_") -> list[str]:
+    """The checkpoint folders of a Train run (a local folder or a storage URI), sorted by name."""
+    return sorted(n for n, is_dir in resolve(run_dir).list_dir().items() if is_dir and n.startswith(prefix))
+
+
 def _epochs_trained(run_dir: str) -> int:
     """1 + the epoch of a Train run's latest checkpoint (Train always keeps the latest), or 0."""
-    names = (
-        [d for d in os.listdir(run_dir) if d.startswith("checkpoint_epoch")] if os.path.isdir(run_dir) else []
-    )
+    names = _checkpoint_dirs(run_dir, "checkpoint_epoch")
     return max(
         (int(d[len("checkpoint_epoch") :]) + 1 for d in names if d[len("checkpoint_epoch") :].isdigit()),
         default=0,
@@ -295,14 +318,10 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
     from pipeline.train.loop import INELIGIBLE_SCORE
 
     best, best_key = (None, None, None), None
-    if not os.path.isdir(run_dir):
-        return best
     sign = 1 if spec.mode == "max" else -1
-    for d in sorted(os.listdir(run_dir)):
-        if not d.startswith("checkpoint_"):
-            continue
+    for d in _checkpoint_dirs(run_dir):
         try:
-            meta = load_checkpoint(os.path.join(run_dir, d)).meta
+            meta = load_checkpoint(join_uri(run_dir, d)).meta
         except CheckpointError:
             continue
         metrics = meta.get("metrics") or {}
@@ -311,14 +330,17 @@ def _best_checkpoint(run_dir: str, spec: TuneSpec):
             continue
         key = (sign * float(value), meta.get("epoch", -1))
         if best_key is None or key > best_key:
-            best, best_key = (os.path.join(run_dir, d), float(value), meta), key
+            best, best_key = (join_uri(run_dir, d), float(value), meta), key
     return best
 
 
-def _register(spec: TuneSpec, best: dict, promote: bool) -> dict:
+def _register(spec: TuneSpec, best: dict, promote: bool, data) -> dict:
     from pipeline.registry import Registry
+    from pipeline.train.baseline import attach_error_baseline
     from pipeline.train.checkpoint import load_checkpoint
 
+    if data.features is not None:  # the autoencoder's error baseline, from the training rows, once
+        attach_error_baseline(best["checkpoint"], data.datasets["train"])
     ckpt = load_checkpoint(best["checkpoint"])
     metrics = {k: v for k, v in (ckpt.meta.get("metrics") or {}).items() if isinstance(v, (int, float))}
     return Registry().register(

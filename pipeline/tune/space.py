@@ -20,16 +20,14 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from pipeline.errors import ConfigError
+
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 PLAN_KEY = "plan"
 
 
-class SpaceError(ValueError):
+class SpaceError(ConfigError):
     """A search space that cannot be used; the message names the file and the key."""
-
-    def __init__(self, source: str, key: str, message: str):
-        self.source, self.key = source, key
-        super().__init__(f"{source}: {key}: {message}")
 
 
 def flatten_search(search: Any, source: str, prefix: str = "search") -> dict[str, dict]:

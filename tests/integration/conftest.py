@@ -9,8 +9,9 @@ import pytest
 def ray_cluster():
     import ray
 
-    from pipeline.train.run import LOCAL_RAY
+    from pipeline.runtime import start_local
 
-    ray.init(**{**LOCAL_RAY, "num_cpus": 2}, ignore_reinit_error=True)
+    if not ray.is_initialized():
+        start_local(num_cpus=2)
     yield ray
     ray.shutdown()

@@ -22,9 +22,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline.data.sequences import ROUTING_FEATURES
 from serve.client import TunestackClient, TunestackError
 
-FEATURES = ["similarity", "recency", "frequency", "success_rate", "metadata_match"]
+FEATURES = ROUTING_FEATURES  # the router's input order
 
 
 def run(

@@ -15,9 +15,9 @@ import pytest
 from pipeline.ingest import IngestError, ingest
 from pipeline.ingest import run as ingest_run
 from pipeline.synth_companyfacts import company_document, synth_companyfacts
-from tests.conftest import COMPANIES, require_us_gaap, tree_digest
-from tests.integration.ray_procs import REPO, end_session, free_ports, venv_env
-from tests.unit.test_ingest_golden import GOLDEN, store_digest
+from tests.support import COMPANIES, REPO, free_ports, require_us_gaap, tree_digest
+from tests.support.golden import GOLDEN, store_digest
+from tests.support.procs import end_session, venv_env
 
 pytestmark = pytest.mark.ray
 

@@ -10,7 +10,12 @@ root, with this venv's `tunestack` first on PATH. Tags:
            and rewrites `localhost:8000` / `127.0.0.1:8000` in the block to port P — the only
            change made to a block
   slow     long (minutes of ingest); run only with TUNESTACK_README_SLOW=1
-  cluster  needs a Ray cluster started by hand (`ray start`, `ray job submit`): not run here
+  cluster  starts a Ray cluster (`ray start --head`) and submits a job to it. Run for real, with
+           what a shared test machine needs (cluster_block): free ports and its own Ray temp dir,
+           HOME in a temporary folder (its `ray get-auth-token --generate` never touches the
+           user's token), a small tune (train.epochs=2, one sample), and no `ray stop` (which
+           would end every Ray on the machine): the test ends exactly that cluster's processes,
+           then checks that the cluster refused unauthenticated requests and what the job registered
 
 Blocks depend on the ones before them (a tune registers the model that serve loads), so run the
 whole module, not single blocks.
@@ -21,25 +26,31 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_us_gaap
-from tests.integration.ray_procs import end_session
+from pipeline.registry import Registry
+from tests.support import free_port, free_ports, require_us_gaap
+from tests.support.pickle_scan import pickles_under, ray_tune_bookkeeping
+from tests.support.procs import end_session
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 TAGS = {"ray", "data", "serve", "slow", "cluster"}
 MARK = re.compile(r"^<!--\s*run(?::\s*(?P<tags>[\w\s,-]*))?\s*-->\s*$")
-TIMEOUT_S = {"ray": 900, "serve": 180, "local": 300}
+TIMEOUT_S = {"ray": 900, "serve": 180, "local": 300, "cluster": 900}
+SMALL_TUNE = (
+    "--set train.epochs=2 --set tune.num_samples=1 --set tune.asha.grace_period=1 --set tune.asha.max_t=2"
+)
 
 
 @dataclass
@@ -79,12 +90,6 @@ def readme_blocks(text: str) -> list[Block]:
 BLOCKS = readme_blocks(README.read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def readme_env(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("readme-home")
@@ -108,7 +113,7 @@ class ServeApp:
             return self.port
         import requests
 
-        self.port = _free_port()
+        self.port = free_port()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(self.port)],
@@ -147,6 +152,36 @@ class ServeApp:
         end_session(self.proc)  # whatever of its Ray is left
 
 
+def _replace_once(code: str, old: str, new: str) -> str:
+    assert code.count(old) == 1, f"the cluster block no longer has {old!r} once: update cluster_block"
+    return code.replace(old, new)
+
+
+def cluster_block(code: str, tmp: Path) -> tuple[str, dict]:
+    """The `cluster` block as it runs here, and what the test needs to check it (see the module
+    docstring): its ports, Ray temp dir and HOME are its own, its tune is small, `ray stop` is left
+    to the test."""
+    gcs, dash, client, agent, agent_grpc = free_ports(5)
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    code = _replace_once(code, "--port 6380", f"--port {gcs}")
+    code = _replace_once(
+        code,
+        "--dashboard-port 8266",
+        f"--dashboard-port {dash} --ray-client-server-port {client} --dashboard-agent-listen-port "
+        f"{agent} --dashboard-agent-grpc-port {agent_grpc} --temp-dir {temp} --num-cpus 2 "
+        "--disable-usage-stats",
+    )
+    code = _replace_once(code, "http://127.0.0.1:8266", f"http://127.0.0.1:{dash}")
+    code = _replace_once(code, "\nray stop\n", "\n")
+    code = _replace_once(
+        code,
+        "tunestack tune --config tune_configs/router.yaml --promote",
+        f"tunestack tune --config tune_configs/router.yaml --promote {SMALL_TUNE}",
+    )
+    (tmp / "home").mkdir(parents=True, exist_ok=True)
+    return code, {"dashboard": f"http://127.0.0.1:{dash}", "home": str(tmp / "home"), "temp": temp}
+
+
 @pytest.fixture(scope="module")
 def serve_app(readme_env, tmp_path_factory):
     app = ServeApp(readme_env, tmp_path_factory.mktemp("readme-serve") / "serve.log")
@@ -167,12 +202,9 @@ def test_readme_marks_are_well_formed():
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_readme_block_runs(block, readme_env, serve_app):
+def test_readme_block_runs(block, readme_env, serve_app, tmp_path):
     if "cluster" in block.tags:
-        pytest.skip(
-            "needs a Ray cluster started by hand (ray start --head / ray job submit); "
-            "the job-submit path has its own integration test"
-        )
+        return run_cluster_block(block, readme_env, tmp_path)
     if "slow" in block.tags and not os.environ.get("TUNESTACK_README_SLOW"):
         pytest.skip("slow block: set TUNESTACK_README_SLOW=1 to run it")
     if "data" in block.tags:
@@ -193,3 +225,54 @@ def test_readme_block_runs(block, readme_env, serve_app):
         f"README.md:{block.line} ({block.lang}, {time.monotonic() - t0:.0f}s) exited {proc.returncode}\n"
         f"--- block ---\n{code}--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
     )
+
+
+def run_cluster_block(block: Block, env: dict, tmp: Path) -> None:
+    """Run a `cluster` block (cluster_block) in its own session; end exactly its cluster."""
+    import requests
+
+    code, cluster = cluster_block(block.code, tmp)
+    env = {**env, "HOME": cluster["home"]}
+    before = set(Registry(Path(env["TUNESTACK_HOME"]) / "registry").versions("router"))
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", code],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the cluster's processes stay in this session: end_session ends them
+    )
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S["cluster"])
+        # the cluster still runs (no `ray stop`): its token auth refuses a request without the token
+        refused = requests.get(f"{cluster['dashboard']}/api/jobs/", timeout=30).status_code
+    finally:
+        end_session(proc)
+        shutil.rmtree(cluster["temp"], ignore_errors=True)
+    assert proc.returncode == 0, (
+        f"README.md:{block.line} (cluster, {time.monotonic() - t0:.0f}s) exited {proc.returncode}\n"
+        f"--- block as run ---\n{code}--- output ---\n{out[-6000:]}"
+    )
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-4000:]
+    assert refused in (401, 403), f"the cluster's Jobs API answered {refused} without a token"
+    registry = Registry(Path(env["TUNESTACK_HOME"]) / "registry")
+    new = sorted(set(registry.versions("router")) - before)
+    assert len(new) == 1 and registry.get("router")["version"] == new[0], (new, out[-3000:])
+    assert registry.verify("router") == []
+
+
+def test_the_readme_run_wrote_no_pickle(readme_env):
+    """After every block (digits train and fine-tune, tunes of both families with promotion, a
+    cluster job, Serve): no pickle under TUNESTACK_HOME but Ray Tune's own restore bookkeeping, and
+    the registry holds safetensors and JSON only."""
+    home = Path(readme_env["TUNESTACK_HOME"])
+    registry, tune_root = home / "registry", home / "runs" / "tune"
+    assert any(registry.rglob("*.safetensors")), "the README run registered nothing"
+    found = pickles_under(home)
+    ray_own = {p for p in found if ray_tune_bookkeeping(home / p, tune_root)}
+    assert set(found) == ray_own, {p: why for p, why in found.items() if p not in ray_own}
+    assert not pickles_under(registry)
+    suffixes = {p.suffix for p in registry.rglob("*") if p.is_file()} - {""}
+    assert suffixes <= {".safetensors", ".json"}, suffixes

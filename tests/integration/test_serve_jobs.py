@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from pipeline.synth import synth_routing
-from tests.integration.test_serve import free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.ray
 TOKEN = "jobs-integration-token"
@@ -26,8 +26,8 @@ JOB_TIMEOUT_S = 420
 def jobs_app(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from serve.app import token_sha256
     from serve.cli import DEFAULT_CONFIG, deploy, serve_config_dict
+    from serve.gateway import token_sha256
 
     home = tmp_path_factory.mktemp("jobs-it") / "home"
     (home / "registry").mkdir(parents=True)
@@ -43,11 +43,10 @@ def jobs_app(ray_cluster, tmp_path_factory):
         gateway_num_cpus=0.1,
         poll_interval_s=0.5,
     )
-    config["applications"][0]["deployments"] = [
+    config["applications"][0]["deployments"] = [  # one hop: the Gateway holds the router
         {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
-        {"name": "model-router", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
     ]
-    deploy(config, timeout=240)
+    deploy(config, timeout=480)
     try:
         yield {"url": f"http://127.0.0.1:{port}", "auth": {"Authorization": f"Bearer {TOKEN}"}, "home": home}
     finally:

@@ -91,8 +91,7 @@ def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path, target):
             os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes are orphaned
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
-        time.sleep(2)
-        assert not (run_dir / "run.json").exists()  # the run did not finish
+        assert not (run_dir / "run.json").exists()  # the run did not finish (only the driver writes it)
         killed_at = max(int(p.name[-4:]) for p in run_dir.glob("checkpoint_epoch*"))
         assert killed_at < EPOCHS - 1, "the run finished before the kill: nothing was left to resume"
         survivors = [(p.pid, " ".join(p.cmdline())[:80]) for p in _ray_processes(ray_tmp)]

@@ -7,9 +7,9 @@ import pytest
 from safetensors import safe_open
 
 from pipeline.registry import Registry
+from pipeline.runtime import job_placement_groups
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.train.run import job_placement_groups
 from pipeline.tune.run import max_concurrent, run_tune
 from pipeline.tune.spec import load_tune_spec
 

@@ -1,148 +1,24 @@
-"""`tunestack tune` on clusters a test starts itself: a `ray start --head` cluster that runs the
-experiment as a `ray job submit` job (token auth on), and a two-node `ray.cluster_utils.Cluster`
-whose trials land on both nodes. Both run in their own processes: the session's shared Ray
-(`ray_cluster`) stays connected in this one, and nothing here calls `ray stop`."""
+"""`tunestack tune` on a cluster the test starts itself: a two-node `ray.cluster_utils.Cluster` whose
+trials land on both nodes, in its own process (the session's shared Ray, `ray_cluster`, stays
+connected in this one; nothing here calls `ray stop`). A `ray start --head` cluster running the
+experiment as a `ray job submit` job (token auth on) is the README's `cluster` block, run by
+tests/integration/test_readme.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pipeline.registry import Registry
 from pipeline.synth import synth_routing
-from pipeline.train.checkpoint import load_checkpoint
-from tests.integration.ray_procs import REPO, VENV_BIN, end_session, free_ports, venv_env
+from tests.support import free_ports
+from tests.support.procs import REPO, end_session, venv_env
 
 pytestmark = pytest.mark.ray
-
-SMALL_TUNE = [
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "tune.num_samples=1",
-    "--set",
-    "tune.asha.grace_period=1",
-    "--set",
-    "tune.asha.max_t=2",
-]  # router.yaml: 2 planned hidden sizes -> 2 trials
-
-
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
-@pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head --block` on free ports, dashboard on 127.0.0.1; ended with its whole session."""
-    gcs, dash, client, agent, agent_grpc = free_ports(5)
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    log = open(tmp_path / "ray_head.log", "w")
-    cmd = [
-        str(VENV_BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--port",
-        str(gcs),
-        "--dashboard-port",
-        str(dash),
-        "--dashboard-host",
-        "127.0.0.1",
-        "--num-cpus",
-        "2",
-        "--disable-usage-stats",
-        "--ray-client-server-port",
-        str(client),
-        "--dashboard-agent-listen-port",
-        str(agent),
-        "--dashboard-agent-grpc-port",
-        str(agent_grpc),
-        "--temp-dir",
-        temp_dir,
-    ]
-    proc = subprocess.Popen(cmd, env=venv_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while _http_status(f"{url}/api/version") is None:
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(
-                    f"ray start --head did not come up:\n{(tmp_path / 'ray_head.log').read_text()[-3000:]}"
-                )
-            time.sleep(1)
-        yield {"url": url, "cmd": cmd}
-    finally:
-        end_session(proc)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def test_ray_job_submit_runs_a_tune_config_to_completion(ray_head):
-    home = Path(os.environ["TUNESTACK_HOME"])  # this test's home (tests/conftest.py); the job gets it too
-    synth_routing(str(home / "routing"), rows=4000, seed=1, noise=0.1)
-
-    # Token auth is on: the Jobs API refuses a request without the token ...
-    assert _http_status(f"{ray_head['url']}/api/jobs/") in (401, 403)
-    # ... and the client sends it (~/.ray/auth_token) when RAY_AUTH_MODE=token.
-    submit = [
-        str(VENV_BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        ray_head["url"],
-        "--working-dir",
-        ".",
-        "--runtime-env-json",
-        json.dumps({"env_vars": {"TUNESTACK_HOME": str(home)}}),
-        "--",
-        "tunestack",
-        "tune",
-        "--config",
-        "tune_configs/router.yaml",
-        "--name",
-        "job-router",
-        *SMALL_TUNE,
-    ]
-    done = subprocess.run(
-        submit, cwd=REPO, env=venv_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=480
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    job = re.search(r"Job '(raysubmit_\w+)' succeeded", out)
-    assert job, out[-4000:]
-    status = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "status", "--address", ray_head["url"], job.group(1)],
-        env=venv_env(RAY_AUTH_MODE="token"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert f"Job '{job.group(1)}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
-
-    assert Registry().versions("router") == ["v0001"]
-    rec = Registry().get("router", "v0001")
-    assert rec["version"] == "v0001" and rec["stage"] == "candidate"
-    assert Registry().verify() == []
-    assert rec["source"].startswith(str(home / "runs" / "tune" / "job-router"))  # the job's best trial
-    assert load_checkpoint(rec["checkpoint"]).meta["metrics"]["val_accuracy"] > 0.5
-
 
 TWO_NODES = r"""
 import json, sys

@@ -28,7 +28,7 @@ import yaml
 from pipeline.registry import Registry
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from tests.integration.ray_procs import REPO, end_session, train_worker_pids, venv_env
+from tests.support.procs import REPO, end_session, train_worker_pids, venv_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
 
@@ -138,7 +138,10 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
                 break
             time.sleep(0.5)
     finally:
-        end_session(driver)  # the local Ray it started goes with it
+        # the local Ray it started goes with it at once: given a grace period, its Train workers
+        # went on training (and committing checkpoints) for seconds after the driver died, and a
+        # trial seen midway could finish before the resume
+        end_session(driver, grace=0)
     assert driver.returncode == -signal.SIGKILL
 
     resumed = _tunestack([*args, "--resume"], home, tmp_path / "resume.log")

@@ -17,9 +17,10 @@ from pipeline.store import features as features_module
 from pipeline.store.embed import HashedNgramEmbedder, pair_text
 from pipeline.store.errors import StoreError
 from pipeline.store.features import EmbedderUnavailable, FeatureSpace, fit_feature_space
+from pipeline.store.integrity import verify_store
 from pipeline.store.layout import TripletStore, feature_files
-from tests.conftest import COMPANIES, require_us_gaap, tree_digest
-from tests.unit.test_storage_faults import _docs
+from tests.support import COMPANIES, require_us_gaap, tree_digest
+from tests.support.store_docs import make_docs
 
 HASHED = HashedNgramEmbedder()
 TEXTS = [
@@ -174,7 +175,7 @@ def test_appending_a_company_changes_no_known_pair_and_refit_starts_feature_vers
 
 def test_first_ingest_of_few_pairs_notes_it_and_later_pairs_get_full_vectors(tmp_path):
     uri = str(tmp_path / "s")
-    r = ingest(_docs(tmp_path / "a", 1, 2), uri, embedder="hashed", embed_dim=8, progress=False)
+    r = ingest(make_docs(tmp_path / "a", 1, 2), uri, embedder="hashed", embed_dim=8, progress=False)
     assert r.pairs == 3 and r.feature_version == 1
     assert r.notes and "fitted on 3 pair(s): 2 principal and 6 fixed random direction(s)" in r.notes[0]
     before = _pairs_by_key(TripletStore(uri))
@@ -191,9 +192,9 @@ def test_first_ingest_of_few_pairs_notes_it_and_later_pairs_get_full_vectors(tmp
 
 def test_another_embedder_or_width_is_refused_and_nothing_changes(tmp_path, capsys):
     uri = tmp_path / "s"
-    ingest(_docs(tmp_path / "a", 1, 2), str(uri), embedder="hashed", embed_dim=8, progress=False)
+    ingest(make_docs(tmp_path / "a", 1, 2), str(uri), embedder="hashed", embed_dim=8, progress=False)
     before = tree_digest(uri)
-    docs = _docs(tmp_path / "b", 50, 1)
+    docs = make_docs(tmp_path / "b", 50, 1)
     with pytest.raises(
         StoreError, match="records embedder hashed-ngram-v1 .*--embedder minilm means all-MiniLM"
     ):
@@ -208,7 +209,7 @@ def test_another_embedder_or_width_is_refused_and_nothing_changes(tmp_path, caps
 
 def test_store_refit_and_show_commands(tmp_path, capsys):
     uri = str(tmp_path / "s")
-    ingest(_docs(tmp_path / "a", 1, 2), uri, embedder="hashed", embed_dim=8, progress=False)
+    ingest(make_docs(tmp_path / "a", 1, 2), uri, embedder="hashed", embed_dim=8, progress=False)
     assert main(["store", "refit", "--store", uri, "--embed-dim", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["feature_version"], out["store_version"], out["rows_after"]) == (2, 2, 2 * 27)
@@ -220,3 +221,21 @@ def test_store_refit_and_show_commands(tmp_path, capsys):
         assert (tmp_path / "s" / rel).is_file()
     assert main(["store", "refit", "--store", str(tmp_path / "none")]) == 2
     assert "no triplet store" in capsys.readouterr().err
+
+
+def test_a_store_from_before_feature_versions_gets_one_on_its_next_write(tmp_path, capsys):
+    uri = tmp_path / "s"
+    ingest(make_docs(tmp_path / "a", 1, 2), str(uri), embedder="hashed", embed_dim=8, progress=False)
+    manifest = json.loads((uri / "manifest.json").read_text())
+    del manifest["features"]  # as written before feature versions existed
+    (uri / "manifest.json").write_text(json.dumps(manifest))
+    for p in (uri / "features").iterdir():
+        p.unlink()
+    with pytest.raises(StoreError, match="predates feature versions: run `tunestack store refit`"):
+        TripletStore(str(uri)).feature_space()
+    assert "the store predates feature versions" in " ".join(verify_store(str(uri)).notes)
+    r = ingest(make_docs(tmp_path / "b", 50, 1), str(uri), progress=False)  # the recorded embedder
+    assert r.feature_version == 1 and "predated feature versions" in r.notes[0]
+    assert main(["store", "--store", str(uri)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["feature_version"], shown["previous_versions"], shown["embedder"]["dim"]) == (1, [1], 8)

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.ingest import IngestError, ingest
 from pipeline.store import TripletStore
-from tests.conftest import COMPANIES, require_us_gaap, tree_digest
+from tests.support import COMPANIES, require_us_gaap, tree_digest
 
 
 @pytest.mark.parametrize("ticker", sorted(COMPANIES))

@@ -15,31 +15,13 @@ from pipeline.ingest import ingest
 from pipeline.store import TripletStore
 from pipeline.store.integrity import verify_store
 from pipeline.store.layout import bucket_of
-from pipeline.synth_companyfacts import company_document
-from tests.conftest import tree_digest
-
-RAW = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn", "filed", "value"]
-
-
-def _docs(folder, first: int, n: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(first, first + n):
-        doc = company_document(i, seed=5)
-        path = folder / f"CIK{doc['cik']:010d}.json"
-        path.write_text(json.dumps(doc))
-        out.append(str(path))
-    return out
+from tests.support import tree_digest
+from tests.support.store_docs import store_rows as _rows
+from tests.support.store_docs import synth_docs as _docs
 
 
 def _ingest(paths, uri, **kw):
     return ingest(paths, str(uri), embedder="hashed", progress=False, **kw)
-
-
-def _rows(uri, columns=RAW):
-    store = TripletStore(str(uri))
-    t = pq.read_table(store.triplet_files(), columns=columns, filesystem=store.loc.fs)
-    return t.sort_by([(c, "ascending") for c in columns])
 
 
 @pytest.fixture(scope="module")

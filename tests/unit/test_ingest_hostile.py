@@ -21,8 +21,8 @@ import pytest
 
 from pipeline.ingest import IngestError
 from pipeline.ingest.sources import MAX_DOCUMENT_BYTES, MAX_LINE_BYTES, MAX_TEXT_CHARS
-from tests.conftest import tree_digest
-from tests.unit.test_storage_faults import _docs, _ingest
+from tests.support import tree_digest
+from tests.support.store_docs import make_docs, quick_ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 MB = 1 << 20
@@ -48,7 +48,7 @@ print(json.dumps({"error": err, "growth_mb": status("VmHWM") - start}))
 @pytest.fixture
 def store(tmp_path):
     uri = tmp_path / "store"
-    _ingest(_docs(tmp_path / "docs", 1, 2), str(uri))
+    quick_ingest(make_docs(tmp_path / "docs", 1, 2), str(uri))
     return uri
 
 
@@ -186,7 +186,7 @@ def test_zip_member_that_lies_about_its_size_is_refused(tmp_path, store):
         zf.writestr("CIK0000000003.json", b'{"cik": 3, "facts": {}, "pad": "' + b"0" * (64 * MB) + b'"}')
     _lie_about_size(bomb, 1000)
     with pytest.raises(IngestError) as e:
-        _ingest([str(bomb)], str(store))
+        quick_ingest([str(bomb)], str(store))
     assert str(bomb) in str(e.value) and "CRC" in str(e.value)  # zipfile stops at the declared size
     assert tree_digest(store) == before
 
@@ -206,7 +206,7 @@ def test_gzip_bomb_stops_at_the_cap(tmp_path, store):
     with pytest.raises(
         IngestError, match=f"inflates past the {MAX_DOCUMENT_BYTES}-byte limit|invalid JSON"
     ) as e:
-        _ingest([str(bomb)], str(store))
+        quick_ingest([str(bomb)], str(store))
     assert str(e.value).startswith(str(bomb))
     assert tree_digest(store) == before
 
@@ -234,6 +234,6 @@ def test_zip_member_with_a_traversal_name_is_refused(tmp_path, store, name):
         zf.writestr("CIK0000000001.json", json.dumps({"cik": 1, "facts": {}}))
         zf.writestr(zipfile.ZipInfo(name), json.dumps({"cik": 2, "facts": {}}))
     with pytest.raises(IngestError, match="unsafe member name") as e:
-        _ingest([str(evil)], str(store))
+        quick_ingest([str(evil)], str(store))
     assert str(e.value).startswith(f"{evil}!")
     assert tree_digest(store) == before

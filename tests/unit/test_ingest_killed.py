@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.ingest import ingest
 from pipeline.store.integrity import verify_store
 from pipeline.synth_companyfacts import synth_companyfacts
-from tests.conftest import tree_digest
+from tests.support import tree_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 

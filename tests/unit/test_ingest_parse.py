@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.ingest import companyfacts, sources
 from pipeline.ingest.companyfacts import IngestError, parse_companyfacts, parse_companyfacts_stream
-from tests.conftest import require_us_gaap
+from tests.support import require_us_gaap
 
 
 def _stream(data: bytes, source="doc", skip_bad=False):

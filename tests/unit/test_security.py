@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.pickle_scan import pickle_reason, pickles_under
+from tests.support.pickle_scan import pickle_reason, pickles_under
 
 
 class _RunsCode:
@@ -59,7 +59,7 @@ def test_scanner_finds_every_kind_of_pickle(tmp_path):
 def test_registry_version_with_a_pickle_for_weights_is_refused_unrun(tmp_path):
     from pipeline.registry.registry import Registry, sha256_file
     from serve.models import LoadError, ModelHost
-    from tests.unit.test_serve_models import register, train_router
+    from tests.support.serve_world import register, train_router
 
     reg = Registry(tmp_path / "registry")
     register(reg, "router", train_router(tmp_path / "r1", steps=20), promote=True)

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.registry.registry import Registry
 from serve.models import LoadError, ModelHost
-from tests.unit.test_serve_models import register, train_router
+from tests.support.serve_world import register, train_router
 
 
 def test_canary_passes_on_a_sound_model_and_fails_when_its_model_raises(tmp_path):

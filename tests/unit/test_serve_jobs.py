@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "unit-jobs-token"
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -46,7 +40,7 @@ def api(tmp_path, monkeypatch, request):
             "jobs_configs_dir": str(configs),
             # A dashboard nobody listens on: whatever Ray this process may be connected
             # to (the integration tests' session cluster), nothing is ever submitted.
-            "jobs_dashboard_address": getattr(request, "param", f"http://127.0.0.1:{_closed_port()}"),
+            "jobs_dashboard_address": getattr(request, "param", f"http://127.0.0.1:{free_port()}"),
         }
     )
     with TestClient(app) as c:
@@ -128,6 +122,9 @@ def test_jobs_must_register_into_the_served_registry(tmp_path):
     with pytest.raises(JobError) as e:
         job_home(str(tmp_path / "elsewhere"), None)
     assert e.value.status == 409 and "<home>/registry" in e.value.detail
+    with pytest.raises(JobError) as e:  # a registry in a bucket: said, not a nonsense local path
+        job_home("s3://bucket/tunestack/registry", None)
+    assert e.value.status == 409 and "TUNESTACK_STORAGE" in e.value.detail
 
 
 def test_tune_result_file_reports_a_refused_config(tmp_path):

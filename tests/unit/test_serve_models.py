@@ -2,8 +2,7 @@
 decision, the encoder's anomaly score, hot swapping; and the HTTP API over in-process models
 (FastAPI TestClient), so validation is covered in the fast tier.
 
-The builders at the top (tiny models trained in-process, registered in a registry) are also used by
-tests/integration/test_serve.py.
+The world (tiny models trained in-process, registered) comes from tests.support.serve_world.
 """
 
 from __future__ import annotations
@@ -14,208 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from pipeline.data.sequences import ROUTING_FEATURES, fit_zscore
+from pipeline.data.sequences import ROUTING_FEATURES
 from pipeline.registry.registry import Registry
-from pipeline.train.checkpoint import META_FILE, MODEL_FILE, load_checkpoint, save_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-
-# ---------------------------------------------------------------------------------------------
-# Builders: tiny real models, registered
-
-
-def _one_thread(fn):
-    """Train with one intra-op thread: tiny models on a shared 2-core box run 8x faster so."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-
-    return wrapper
-
-
-def routing_features(n: int, seed: int) -> np.ndarray:
-    """[n, 5] float32 routing features shaped like synth_routing's (raw scale, not normalized)."""
-    rng = np.random.default_rng(seed)
-    return np.stack(
-        [
-            rng.beta(2, 2, n),
-            np.exp(-rng.exponential(72.0, n) / 168.0),
-            np.floor(rng.lognormal(math.log(3.0), 1.2, n)),
-            rng.beta(6, 2, n),
-            rng.binomial(4, 0.5, n) / 4.0,
-        ],
-        axis=1,
-    ).astype(np.float32)
-
-
-@_one_thread
-def train_router(
-    out_dir, *, seed: int = 0, steps: int = 150, hidden: int = 8, dropout: float = 0.0, cell: str = "fastgrnn"
-) -> str:
-    """Train a small router on the synthetic routing rule; save a checkpoint; return its folder."""
-    from pipeline.config import load_config
-    from pipeline.models import build_model
-    from pipeline.synth import routing_rule
-
-    cfg = load_config(
-        ROOT / "tune_configs" / "router.yaml",
-        [
-            f"model.hidden_size={hidden}",
-            f"model.dropout={dropout}",
-            f"model.cell={cell}",
-            f"train.seed={seed}",
-        ],
-    ).to_dict()
-    x = routing_features(2048, seed)
-    y = routing_rule({k: x[:, i] for i, k in enumerate(ROUTING_FEATURES)}).astype(np.int64)
-    norm = fit_zscore(x, list(ROUTING_FEATURES))
-    xt, yt = torch.from_numpy(norm.apply(x)), torch.from_numpy(y)
-    torch.manual_seed(seed)
-    params = {k: v for k, v in cfg["model"].items() if k != "arch"}
-    model = build_model("sequence_classifier", **params)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(yt), (128,), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(xt).argmax(-1) == yt).float().mean())
-    metrics = {"val_accuracy": acc, "steps": steps}
-    save_checkpoint(
-        str(out_dir),
-        model,
-        meta={"config": cfg, "normalization": norm.to_dict(), "metrics": metrics, "epoch": 0},
-    )
-    return str(out_dir)
-
-
-def make_store(uri, *, companies: int = 2) -> str:
-    """A small triplet store from synthetic companyfacts documents (hashed embedder: offline)."""
-    from pipeline.ingest import ingest
-    from pipeline.synth import write_companyfacts_json
-
-    src = Path(str(uri) + "-src")
-    src.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(companies):
-        p = src / f"CIK{1000 + i:010d}.json"
-        write_companyfacts_json(str(p), 1000 + i, f"Company {i}", facts_per_concept=8, seed=i)
-        paths.append(str(p))
-    ingest(paths, str(uri), embedder="hashed", progress=False)
-    return str(uri)
-
-
-def store_rows(uri: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x [n, d+1] float32, pair_id [n]) of every row of the store, as training builds them."""
-    import pyarrow.parquet as pq
-
-    from pipeline.store.layout import TripletStore
-
-    store = TripletStore(uri)
-    emb = store.embeddings()
-    t = pq.read_table(store.triplet_files(), columns=["pair_id", "scaled_value"])
-    pid = t.column("pair_id").to_numpy().astype(np.int64)
-    x = np.concatenate([emb[pid], t.column("scaled_value").to_numpy()[:, None]], axis=1).astype(np.float32)
-    return x, pid
-
-
-@_one_thread
-def train_autoencoder(out_dir, store_uri: str, *, seed: int = 0, steps: int = 200) -> str:
-    from pipeline.config import load_config
-    from pipeline.models import build_model
-    from pipeline.store.layout import TripletStore
-
-    x, _ = store_rows(store_uri)
-    cfg = load_config(
-        ROOT / "tune_configs" / "autoencoder.yaml",
-        [
-            f"data.path={store_uri}",
-            "model.hidden=[32]",
-            "model.latent_dim=8",
-            f"model.input_dim={x.shape[1]}",
-        ],
-    ).to_dict()
-    params = {k: v for k, v in cfg["model"].items() if k != "arch"}
-    torch.manual_seed(seed)
-    model = build_model("autoencoder", **params)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    xt = torch.from_numpy(x)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(xt), (128,), generator=g)
-        recon, _ = model(xt[idx])
-        loss, _, _ = model.reconstruction_loss(xt[idx], recon)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    manifest = TripletStore(store_uri).require()
-    meta = {
-        "config": cfg,
-        "normalization": None,
-        "metrics": {"val_loss": loss.item()},
-        "epoch": 0,
-        "store": {"uri": store_uri, "version": manifest["version"], "data_dir": manifest["data_dir"]},
-    }
-    save_checkpoint(str(out_dir), model, meta=meta)
-    return str(out_dir)
-
-
-def register(registry: Registry, family: str, ckpt_dir: str, promote: bool = False) -> str:
-    ckpt = load_checkpoint(ckpt_dir)
-    rec = registry.register(
-        family, ckpt_dir, config=ckpt.config, metrics=ckpt.meta["metrics"], promote=promote
-    )
-    return rec["version"]
-
-
-def corrupt(registry: Registry, family: str, version: str) -> None:
-    """Flip bytes of the version's weights, after registration: its sha256 no longer matches."""
-    p = Path(registry.get(family, version)["checkpoint"]) / MODEL_FILE
-    data = bytearray(p.read_bytes())
-    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])
-    p.write_bytes(bytes(data))
-
-
-def register_unloadable(registry: Registry, family: str, good_ckpt: str, tmp: Path) -> str:
-    """A version whose files are intact (sha256 fine) but whose weights do not fit its config."""
-    import shutil
-
-    bad = tmp / "unloadable"
-    shutil.copytree(good_ckpt, bad)
-    meta = json.loads((bad / META_FILE).read_text())
-    meta["config"]["model"]["hidden_size"] = meta["config"]["model"]["hidden_size"] + 3
-    (bad / META_FILE).write_text(json.dumps(meta))
-    return register(registry, family, str(bad))
-
-
-def build_world(tmp: Path) -> dict:
-    """A registry at tmp/home/registry (so TUNESTACK_HOME=tmp/home finds it) with router v0001
-    (no dropout, production), v0002 (dropout: MC uncertainty), v0003 (corrupted after
-    registration), v0004 (intact files that do not load); autoencoder v0001 over a small store."""
-    reg = Registry(tmp / "home" / "registry")
-    r1 = train_router(tmp / "r1", seed=0)
-    register(reg, "router", r1, promote=True)
-    register(reg, "router", train_router(tmp / "r2", seed=1, dropout=0.2))
-    register(reg, "router", train_router(tmp / "r3", seed=2, steps=10))
-    corrupt(reg, "router", "v0003")
-    register_unloadable(reg, "router", r1, tmp)
-    store = make_store(tmp / "store")
-    register(reg, "autoencoder", train_autoencoder(tmp / "ae1", store), promote=True)
-    return {"registry": reg, "root": str(reg.root), "home": str(tmp / "home"), "store": store, "tmp": tmp}
+from pipeline.train.checkpoint import load_checkpoint
+from tests.support import REPO as ROOT
+from tests.support.serve_world import (
+    build_world,
+    reference_encode,
+    reference_route,
+    register,
+    routing_features,
+    some_pairs,
+    train_fold_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -224,82 +35,19 @@ def world(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference computations, straight from the checkpoint (what the served answers must equal)
-
-
-def reference_route(registry: Registry, version: str, x_raw: np.ndarray) -> np.ndarray:
-    """P(lightweight) of the checkpoint for raw inputs [B, T, D] or [B, D]."""
-    ckpt = load_checkpoint(registry.get("router", version)["checkpoint"])
-    n = ckpt.meta["normalization"]
-    x = np.array(x_raw, dtype=np.float32)
-    if n.get("log1p"):  # heavy-tailed features are log1p'd before the z-score
-        x[..., n["log1p"]] = np.log1p(np.maximum(x[..., n["log1p"]], 0.0))
-    x = (x - np.asarray(n["mean"], np.float32)) / np.asarray(n["std"], np.float32)
-    with torch.no_grad():
-        return torch.softmax(ckpt.build_model()(torch.from_numpy(x.astype(np.float32))), -1)[:, 1].numpy()
-
-
-def reference_encode(registry: Registry, store_uri: str, triplets: list[tuple[str, str, float]]):
-    """(latent [B, k], error [B]) of the production autoencoder for raw triplets."""
-    from pipeline.store.layout import TripletStore
-
-    ckpt = load_checkpoint(registry.get("autoencoder")["checkpoint"])
-    store = TripletStore(store_uri)
-    lookup, emb, scalers = store.pair_lookup(), store.embeddings(), store.scalers()
-    rows = []
-    for c, u, v in triplets:
-        pid = lookup[(c, u)]
-        rows.append(np.concatenate([emb[pid], scalers[pid].transform(np.asarray([v]))]).astype(np.float32))
-    model = ckpt.build_model()
-    with torch.no_grad():
-        xt = torch.from_numpy(np.stack(rows))
-        recon, latent = model(xt)
-        return latent.numpy(), model.per_sample_error(xt, recon).numpy()
-
-
-def some_pairs(store_uri: str, k: int = 3) -> list[tuple[str, str, float]]:
-    """k (concept, unit, typical value) triplets the store knows."""
-    import pyarrow.parquet as pq
-
-    from pipeline.store.layout import TripletStore
-
-    store = TripletStore(store_uri)
-    t = pq.read_table(store.triplet_files(), columns=["concept", "unit", "value"]).to_pylist()
-    seen, out = set(), []
-    for r in t:
-        if (r["concept"], r["unit"]) not in seen:
-            seen.add((r["concept"], r["unit"]))
-            out.append((r["concept"], r["unit"], float(r["value"])))
-        if len(out) == k:
-            break
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Pure pieces
 
 
-def test_binary_entropy_is_normalized_and_symmetric():
-    from serve.models import binary_entropy
-
-    assert binary_entropy(0.5) == pytest.approx(1.0)
-    assert binary_entropy(0.0) == pytest.approx(0.0, abs=1e-9) and binary_entropy(1.0) == pytest.approx(
-        0.0, abs=1e-9
-    )
-    p = np.linspace(0.01, 0.99, 99)
-    h = binary_entropy(p)
-    assert np.all((h >= 0) & (h <= 1)) and np.allclose(h, binary_entropy(1 - p))
-    assert np.all(np.diff(h[p >= 0.5]) < 0)  # more confident → less uncertain
-    assert binary_entropy(0.979) < 0.15 < binary_entropy(0.977)  # the documented default interplay
-
-
-def test_decide_route_needs_both_confidence_and_certainty():
+def test_decide_route_threshold_then_uncertainty_where_there_is_one():
     from serve.models import decide_route
 
-    assert decide_route(0.9, 0.1, 0.85, 0.15) == "lightweight"
-    assert decide_route(0.85, 0.15, 0.85, 0.15) == "lightweight"  # bounds inclusive
-    assert decide_route(0.84, 0.0, 0.85, 0.15) == "powerful"
-    assert decide_route(0.99, 0.16, 0.85, 0.15) == "powerful"
+    assert decide_route(0.9, None, 0.85) == "lightweight"
+    assert decide_route(0.85, None, 0.85) == "lightweight"  # the threshold is inclusive
+    assert decide_route(0.84, None, 0.85) == "powerful"
+    assert decide_route(0.99, 0.16, 0.85, 0.15) == "powerful"  # an MC-dropout spread over the limit
+    assert decide_route(0.99, 0.15, 0.85, 0.15) == "lightweight"
+    assert decide_route(0.99, None, 0.85, 0.15) == "lightweight"  # no independent uncertainty: no veto
+    assert decide_route(0.99, 0.5, 0.85) == "lightweight"  # no limit set: no veto
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,16 +73,62 @@ def test_router_applies_saved_normalization_and_equals_the_checkpoint(world):
     assert np.abs(raw - want).max() > 1e-3
 
 
-def test_router_entropy_uncertainty_without_dropout(world):
-    from serve.models import binary_entropy, load_predictor
+def test_router_without_dropout_has_no_uncertainty(world):
+    """Entropy of the same probability would only restate it: no independent estimate, null."""
+    from serve.models import load_predictor
 
     pred = load_predictor(world["registry"], "router")
-    assert pred.uncertainty_kind == "binary_entropy"
+    assert pred.uncertainty_kind == "none"
     out = pred.predict(
         [pred.prepare({"features": [float(v) for v in row]}) for row in routing_features(32, 3)]
     )
-    p = np.array([o["probability"] for o in out])
-    np.testing.assert_allclose([o["uncertainty"] for o in out], binary_entropy(p), atol=1e-9)
+    assert all(o["uncertainty"] is None and 0 <= o["probability"] <= 1 for o in out)
+
+
+def test_the_threshold_is_the_versions_calibrated_one_unless_the_deployment_sets_one(world):
+    from serve.models import DEFAULT_THRESHOLD, ModelHost
+
+    reg = world["registry"]
+    calibrated = load_checkpoint(reg.get("router", "v0001")["checkpoint"]).meta["route_calibration"]
+    x = routing_features(200, seed=21)
+    inst = [{"features": [float(v) for v in row]} for row in x]
+    host = ModelHost("router", "route", world["root"])
+    host.sync()
+    out = host.predict(inst)
+    assert {(o["threshold"], o["threshold_source"]) for o in out} == {(calibrated["threshold"], "calibrated")}
+    for o in out:
+        assert o["route"] == ("lightweight" if o["probability"] >= o["threshold"] else "powerful")
+        assert o["decided_by"] == "threshold"
+    assert 0 < sum(o["route"] == "lightweight" for o in out) < len(out)
+    host.settings = host.settings.model_copy(update={"confidence_threshold": 0.5})
+    out = host.predict(inst)
+    assert {(o["threshold"], o["threshold_source"]) for o in out} == {(0.5, "deployment")}
+    assert all(o["route"] == ("lightweight" if o["probability"] >= 0.5 else "powerful") for o in out)
+    host.settings = host.settings.model_copy(update={"confidence_threshold": None})
+    host.predictor.calibration = None  # a version trained before calibration existed
+    assert {(o["threshold"], o["threshold_source"]) for o in host.predict(inst)} == {
+        (DEFAULT_THRESHOLD, "default")
+    }
+
+
+def test_max_uncertainty_vetoes_only_with_an_mc_dropout_model(world, tmp_path):
+    import shutil
+
+    from serve.models import ModelHost
+
+    root = tmp_path / "registry"
+    shutil.copytree(world["root"], root)
+    inst = [{"features": [float(v) for v in row]} for row in routing_features(200, seed=22)]
+    host = ModelHost(
+        "router", "route", str(root), settings={"confidence_threshold": 0.0, "max_uncertainty": 0.0}
+    )
+    host.sync()  # v0001: no dropout, so the limit cannot apply
+    assert all(o["route"] == "lightweight" and o["decided_by"] == "threshold" for o in host.predict(inst))
+    Registry(root).promote("router", "v0002")  # dropout: MC uncertainty
+    assert host.sync()
+    out = host.predict(inst)
+    vetoed = [o for o in out if o["uncertainty"] > 0]
+    assert vetoed and all(o["route"] == "powerful" and o["decided_by"] == "uncertainty" for o in vetoed)
 
 
 def test_router_mc_dropout_uncertainty_is_deterministic_and_bounded(world):
@@ -410,7 +204,7 @@ def test_corrupted_and_unloadable_versions_are_refused(world):
 def test_host_follows_the_pointer_and_keeps_serving_through_a_bad_version(world, tmp_path):
     import shutil
 
-    from serve.models import ModelHost
+    from serve.models import RETRY_FIRST_S, ModelHost
 
     root = tmp_path / "registry"
     shutil.copytree(world["root"], root)
@@ -427,9 +221,13 @@ def test_host_follows_the_pointer_and_keeps_serving_through_a_bad_version(world,
     )
     # a version that passes its sha256 but does not load: the pointer moves (the CLI does not load
     # models), the host refuses it, remembers why, and keeps serving v0002
+    now = [0.0]
+    host.clock = lambda: now[0]
     reg.promote("router", "v0004")
     assert not host.sync() and host.predictor.version == "v0002" and "v0004" in host.error
-    assert not host.sync()  # not retried on every poll
+    assert not host.sync() and host.failed_loads == 1  # not retried on every poll ...
+    now[0] = host.retry_at  # ... but once its backoff has passed, and then after twice as long
+    assert not host.sync() and host.failed_loads == 2 and host.retry_at - now[0] == 2 * RETRY_FIRST_S
     assert host.predict(inst)[0]["model_version"] == "v0002"
     # a request that took the old predictor before the swap finishes on it
     outs = ModelHost.run([(old, [old.prepare(inst[0])]), (host.predictor, [host.predictor.prepare(inst[0])])])
@@ -480,35 +278,72 @@ def test_encode_equals_the_checkpoint_and_scores_against_the_pair(world):
 
 def test_encode_baseline_is_the_training_error_distribution(world):
     """The pair's baseline mean/std are those of the model's errors over its train-fold rows."""
-    import pyarrow.parquet as pq
+    import torch
 
-    from pipeline.data.triplets import split_folds
-    from pipeline.store.layout import TripletStore
     from serve.models import load_predictor
 
-    store = world["store"]
     pred = load_predictor(world["registry"], "autoencoder")
-    s = TripletStore(store)
-    t = pq.read_table(s.triplet_files(), columns=["pair_id", "scaled_value", "fold"])
-    lo, hi = split_folds("train", 0.1)
-    fold = t.column("fold").to_numpy()
-    keep = (fold >= lo) & (fold < hi)
-    pid = t.column("pair_id").to_numpy()[keep].astype(np.int64)
-    val = t.column("scaled_value").to_numpy()[keep]
-    err = pred._errors(pred._rows(pid, val)).astype(np.float64)
+    pid, scaled, _ = train_fold_rows(world["store"])
+    emb = pred.features.view().embeddings
+    x = torch.from_numpy(np.concatenate([emb[pid], scaled[:, None]], axis=1).astype(np.float32))
+    with torch.no_grad():
+        err = pred.model.per_sample_error(x, pred.model(x)[0]).double().numpy()
     p0 = int(np.bincount(pid).argmax())
-    b = pred.baseline(p0)
+    b = pred.features.baseline.row(pred.features.row_of(*pred.features.keys[pred.features.view().rows[p0]]))
     assert b["count"] == int((pid == p0).sum())
     assert b["mean"] == pytest.approx(err[pid == p0].mean(), rel=1e-9)
     assert b["std"] == pytest.approx(err[pid == p0].std(), rel=1e-6, abs=1e-12)
 
 
-def test_encode_unknown_pair_is_named(world):
-    from serve.models import InputError, ModelHost
+def test_encode_unseen_pair_is_embedded_and_scaled_with_its_unit_fallback(world):
+    from serve.models import ModelHost
 
     host = ModelHost("autoencoder", "encode", world["root"])
     host.sync()
-    with pytest.raises(InputError, match=r"unknown \(concept, unit\) pair \('NoSuchConcept', 'USD'\)"):
+    f = host.predictor.features
+    known, unseen, odd_unit = host.predict(
+        [
+            {"concept": f.keys[0][0], "unit": f.keys[0][1], "value": 1.0},
+            {"concept": "NoSuchConcept", "unit": f.keys[0][1], "value": 1.0},
+            {"concept": "NoSuchConcept", "unit": "NoSuchUnit", "value": 1.0},
+        ]
+    )
+    assert known["pair_known"] and known["fallback"] is None
+    assert not unseen["pair_known"] and unseen["fallback"] == f"unit:{f.keys[0][1]}"
+    assert unseen["baseline"]["scope"] == "global"
+    assert odd_unit["fallback"] == "global"
+    assert all(np.isfinite(o["latent"]).all() for o in (unseen, odd_unit))
+    # the unseen pair's input is its text through the recorded embedder and the model's projection
+    from pipeline.store.embed import pair_text
+
+    want = f.space.embed([pair_text("NoSuchConcept", f.keys[0][1], None, None)])[0]
+    np.testing.assert_array_equal(host.predictor._embedding("NoSuchConcept", f.keys[0][1]), want)
+
+
+def test_encode_unseen_pair_without_its_embedder_is_a_503_naming_it(world, tmp_path):
+    """A version whose recorded embedder is not installed here answers known pairs and refuses
+    unseen ones with Unavailable (HTTP 503), naming the embedder — never another embedder."""
+    import dataclasses
+    import shutil
+
+    from pipeline.train.checkpoint import META_FILE, load_checkpoint, replace_features
+    from serve.models import ModelHost, Unavailable
+
+    reg = Registry(tmp_path / "registry")
+    src = tmp_path / "ckpt"
+    shutil.copytree(world["registry"].get("autoencoder")["checkpoint"], src)
+    ckpt = load_checkpoint(str(src))
+    f = ckpt.features()
+    missing = dataclasses.replace(f.space, embedder={**f.space.embedder, "name": "not-installed-embedder"})
+    meta = json.loads((src / META_FILE).read_text())
+    meta["features"]["space"]["embedder"]["name"] = "not-installed-embedder"
+    (src / META_FILE).write_text(json.dumps(meta))
+    replace_features(str(src), dataclasses.replace(f, space=missing))
+    register(reg, "autoencoder", str(src), promote=True)
+    host = ModelHost("autoencoder", "encode", str(reg.root))
+    host.sync()
+    assert host.predict([{"concept": f.keys[0][0], "unit": f.keys[0][1], "value": 1.0}])[0]["pair_known"]
+    with pytest.raises(Unavailable, match="not-installed-embedder"):
         host.predict([{"concept": "NoSuchConcept", "unit": "USD", "value": 1.0}])
 
 
@@ -603,7 +438,9 @@ def test_api_body_limit_is_413_before_parsing(client):
 
 def test_api_encode_rejects_bad_input(client):
     r = client.post("/v1/encode", json={"concept": "NoSuchConcept", "unit": "USD", "value": 1.0})
-    assert r.status_code == 422 and "NoSuchConcept" in r.text
+    assert r.status_code == 200 and r.json()["pair_known"] is False  # unseen pairs are answered
+    r = client.post("/v1/encode", json={"concept": "NoSuchConcept", "unit": "USD", "value": 1e300})
+    assert r.status_code == 200  # far beyond any scaler's range: bounded, answered (and anomalous)
     assert client.post("/v1/encode", json={"concept": "x", "unit": "USD"}).status_code == 422
     assert client.post("/v1/encode", json={"concept": "x", "unit": "USD", "value": "1"}).status_code == 422
 
@@ -665,8 +502,8 @@ def test_api_admin_token(world, monkeypatch):
 def test_shipped_serve_config_is_valid_and_cli_overrides_apply(monkeypatch, tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import token_sha256
     from serve.cli import DEFAULT_CONFIG, serve_config_dict
+    from serve.gateway import token_sha256
     from serve.schemas import AppArgs
 
     monkeypatch.setenv("TUNESTACK_HOME", str(tmp_path / "home"))
@@ -682,8 +519,9 @@ def test_shipped_serve_config_is_valid_and_cli_overrides_apply(monkeypatch, tmp_
     assert app.import_path == "serve.app:build_app"
     args = AppArgs(**app.args)
     assert args.registry_root == str(tmp_path / "home" / "registry") and args.admin_token_sha256 is None
-    assert (args.confidence_threshold, args.max_uncertainty) == (0.85, 0.15)
-    assert {d.name for d in app.deployments} == {"Gateway", *(f"model-{f}" for f in args.families)}
+    assert (args.confidence_threshold, args.max_uncertainty) == (None, None)  # the versions' own thresholds
+    # one hop by default: the Gateway replica holds every model
+    assert args.model_deployments == [] and {d.name for d in app.deployments} == {"Gateway"}
     monkeypatch.setenv("TUNESTACK_ADMIN_TOKEN", "tok")
     raw = serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0", port=9001)
     assert raw["http_options"]["host"] == "0.0.0.0" and raw["http_options"]["port"] == 9001
@@ -746,3 +584,140 @@ def test_client_retries_idempotent_calls_only(monkeypatch):
     with pytest.raises(TunestackError):
         TunestackClient(session=s, token="").rollback("router")  # not idempotent: sent once
     assert s.calls == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded router: /v1/route's answers, in-process
+
+
+def embedded_inputs(n: int, seed: int) -> list[dict]:
+    """n /v1/route instances in every form: named features, a vector, a one-step sequence."""
+    x = routing_features(n, seed)
+    forms = [
+        lambda r: {"features": dict(zip(ROUTING_FEATURES, map(float, r)))},
+        lambda r: {"features": [float(v) for v in r]},
+        lambda r: {"sequence": [[float(v) for v in r]]},
+    ]
+    return [forms[i % 3](r) for i, r in enumerate(x)]
+
+
+def without_latency(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "latency_us"}
+
+
+def test_embedded_router_answers_as_the_http_api(client):
+    from serve.embedded import EmbeddedRouter, InputError
+
+    inputs = embedded_inputs(1000, seed=31)
+    # the same request bodies (batches of 8, the client's limit, and single instances), so the
+    # same forward passes: answers equal to the bit
+    bodies = [{"instances": inputs[i : i + 8]} for i in range(0, 496, 8)] + inputs[496:]
+    with EmbeddedRouter(str(client.root), follow=False) as router:
+        mine, http = [], []
+        for body in bodies:
+            r = client.post("/v1/route", json=body)
+            assert r.status_code == 200, r.text
+            answer = router.route(body)
+            for side, got in ((mine, answer), (http, r.json())):
+                side += [without_latency(a) for a in got.get("predictions", [got])]
+        assert len(mine) == 1000 and mine == http
+        assert {a["route"] for a in mine} == {"lightweight", "powerful"}
+        assert {a["threshold_source"] for a in mine} == {"calibrated"}
+        # bad input: the reason /v1/route gives in its 422
+        for bad in ({"features": [0.5] * 4}, {"features": [0.5, "x", 0.5, 0.5, 0.5]}, {"instances": []}):
+            with pytest.raises(InputError) as e:
+                router.route(bad)
+            r = client.post("/v1/route", json=bad)
+            assert r.status_code == 422
+            assert str(e.value) == (r.json().get("reason") or r.json()["detail"])
+
+
+def test_embedded_router_follows_promotions(world, tmp_path):
+    import shutil
+    import time
+
+    from serve.embedded import EmbeddedRouter
+
+    root = tmp_path / "registry"
+    shutil.copytree(world["root"], root)
+    with EmbeddedRouter(str(root), poll_interval_s=0.05) as router:
+        assert router.version == "v0001" and router.decide([0.5] * 5)["model_version"] == "v0001"
+        Registry(root).promote("router", "v0002")
+        deadline = time.monotonic() + 10
+        while router.version != "v0002":
+            assert time.monotonic() < deadline, "the promotion did not reach the embedded router"
+            time.sleep(0.02)
+        assert router.decide([0.5] * 5)["model_version"] == "v0002"
+
+
+def test_serve_beyond_loopback_without_a_token_refuses_to_start(tmp_path):
+    """`tunestack serve --host 0.0.0.0` with no admin token exits non-zero before starting anything,
+    saying how to set one; loopback, a token, or --insecure-no-admin-token pass the check."""
+    import os
+    import subprocess
+    import sys
+
+    from serve.cli import DEFAULT_CONFIG, exposure_refusal, is_loopback, serve_config_dict
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNESTACK_ADMIN_TOKEN", "RAY_ADDRESS")}
+    env["TUNESTACK_HOME"] = str(tmp_path / "home")
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--host", "0.0.0.0", "--timeout", "1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "refusing to listen on 0.0.0.0 without an admin token" in run.stderr
+    assert "export TUNESTACK_ADMIN_TOKEN=" in run.stderr and "--insecure-no-admin-token" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "home").exists()  # nothing started
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TUNESTACK_ADMIN_TOKEN", raising=False)
+        assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG))) is None  # loopback: fine
+        assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="::1")) is None
+        assert "0.0.0.0" in exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0"))
+        mp.setenv("TUNESTACK_ADMIN_TOKEN", "s3cret")
+        assert exposure_refusal(serve_config_dict(str(DEFAULT_CONFIG), host="0.0.0.0")) is None
+    assert is_loopback("127.0.0.2") and is_loopback("localhost") and not is_loopback("example.com")
+
+
+def test_management_never_500s_on_a_damaged_registry(world, tmp_path):
+    """A malformed version.json, NaN metrics, a stage() that raises: 4xx/503 or a reported error,
+    never a 500, and the live version keeps serving."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from serve.app import make_local_api
+
+    root = tmp_path / "registry"
+    shutil.copytree(world["root"], root)
+    reg = Registry(root)
+    version_json = Path(reg.get("router", "v0002")["path"]) / "version.json"
+    version_json.write_text("{not json")
+    production = Path(reg.get("router")["path"]) / "version.json"
+    record = json.loads(production.read_text())
+    record["metrics"] = {"val_accuracy": math.nan, "val_loss": math.inf}
+    production.write_text(json.dumps(record))  # json.dumps writes NaN/Infinity: what a careless tool does
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TUNESTACK_ADMIN_TOKEN", raising=False)
+        api = make_local_api({"registry_root": str(root), "reload_wait_s": 0.5})
+    with TestClient(api) as c:
+        r = c.get("/v1/models/router")
+        assert r.status_code == 200 and r.json()["metrics"] == {"val_accuracy": None, "val_loss": None}
+        assert c.get("/v1/models").status_code == 200
+        r = c.post("/v1/models/router/promote", json={"version": "v0002"})
+        assert r.status_code == 409 and "unreadable" in r.text, r.text
+        with pytest.MonkeyPatch.context() as mp:
+            from serve.models import ModelHost
+
+            def broken(self, version):
+                raise RuntimeError("the replica died mid-call")
+
+            mp.setattr(ModelHost, "stage", broken)
+            r = c.post("/v1/models/router/promote", json={"version": "v0001"})
+            assert r.status_code == 503 and "the replica died mid-call" in r.text
+        assert reg.pointer("router")["version"] == "v0001"
+        assert c.post("/v1/route", json={"features": [0.5] * 5}).json()["model_version"] == "v0001"

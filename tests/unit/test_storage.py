@@ -4,6 +4,7 @@ calls, the same answers; conditional writes refuse a stale writer on both."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 
@@ -144,3 +145,12 @@ def test_concurrent_swaps_exactly_one_wins(loc):
     won = [i for r, i in results if r == "won"]
     assert len(won) == 1 and len(results) == n, results
     assert loc.read_bytes("ptr.json") == str(won[0] + 1).encode()
+
+
+def test_write_json_atomic_replaces_whole_and_leaves_no_temporary(loc):
+    from pipeline.storage import write_json_atomic
+
+    write_json_atomic(loc.uri, "run.json", {"a": 1})
+    write_json_atomic(loc.uri, "run.json", {"a": 2, "when": loc})  # not JSON: written as str()
+    assert loc.list_files() == ["run.json"]
+    assert json.loads(loc.read_bytes("run.json"))["a"] == 2

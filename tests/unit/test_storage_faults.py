@@ -9,22 +9,20 @@ down to "all but the last byte", so each phase of each writer gets a failure som
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 import torch
 
-from pipeline.ingest import ingest
 from pipeline.registry import Registry
 from pipeline.registry import registry as registry_module
-from pipeline.storage import Location
 from pipeline.store import layout
 from pipeline.store.integrity import verify_store
 from pipeline.train import checkpoint as checkpoint_module
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import tree_digest
-from tests.faults import ByteBudget, failing_filesystem, failing_open
+from tests.support import tree_digest
+from tests.support.faults import ByteBudget, failing_filesystem, failing_open, failing_resolve
+from tests.support.store_docs import make_docs, quick_ingest
 
 FRACTIONS = [0.0, 0.01, 0.1, 0.35, 0.6, 0.9, "last"]
 
@@ -33,46 +31,8 @@ def _budget(total: int, frac) -> ByteBudget:
     return ByteBudget(total - 1 if frac == "last" else int(total * frac))
 
 
-def _docs(folder, first_cik: int, n: int) -> list[str]:
-    """n small companyfacts documents: 3 concepts, a few filings each, some re-reported."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for cik in range(first_cik, first_cik + n):
-        facts = {}
-        for c, concept in enumerate(["Revenues", "Assets", "NetIncomeLoss"]):
-            rows = [
-                {
-                    "start": f"{y}-01-01",
-                    "end": f"{y}-12-31",
-                    "val": (cik * 1000 + c * 100 + y) * 1e3,
-                    "accn": f"000{cik}-{y}",
-                    "fy": y,
-                    "fp": "FY",
-                    "form": "10-K",
-                    "filed": f"{y + 1}-02-01",
-                }
-                for y in range(2015, 2024)
-            ]
-            facts[concept] = {
-                "label": concept,
-                "description": f"{concept} of the entity",
-                "units": {"USD": rows},
-            }
-        p = folder / f"CIK{cik:010d}.json"
-        p.write_text(json.dumps({"cik": cik, "entityName": f"Company {cik}", "facts": {"us-gaap": facts}}))
-        out.append(str(p))
-    return out
-
-
 def _use_fs(monkeypatch, budget: ByteBudget):
-    fs = failing_filesystem(budget)
-    monkeypatch.setattr(
-        layout, "resolve", lambda uri: Location(fs=fs, path=os.path.abspath(uri), uri=uri, local=True)
-    )
-
-
-def _ingest(paths, uri):
-    return ingest(paths, uri, embedder="hashed", embed_dim=8, progress=False)
+    monkeypatch.setattr(layout, "resolve", failing_resolve(budget))
 
 
 # ---- (a) ingest ---------------------------------------------------------------------------------
@@ -82,14 +42,14 @@ def _ingest(paths, uri):
 @pytest.mark.parametrize("frac", FRACTIONS)
 def test_ingest_failing_midway_leaves_store_byte_identical(tmp_path, monkeypatch, frac):
     store = tmp_path / "store"
-    _ingest(_docs(tmp_path / "a", 1, 4), str(store))
-    new = _docs(tmp_path / "b", 100, 4)
+    quick_ingest(make_docs(tmp_path / "a", 1, 4), str(store))
+    new = make_docs(tmp_path / "b", 100, 4)
     probe = tmp_path / "probe"
     shutil.copytree(store, probe)
     counter = ByteBudget(float("inf"))
     with monkeypatch.context() as m:
         _use_fs(m, counter)
-        _ingest(new, str(probe))
+        quick_ingest(new, str(probe))
     assert counter.written > 10_000 and verify_store(str(probe)).ok
 
     before = tree_digest(store)
@@ -97,27 +57,29 @@ def test_ingest_failing_midway_leaves_store_byte_identical(tmp_path, monkeypatch
     with monkeypatch.context() as m:
         _use_fs(m, budget)
         with pytest.raises(OSError, match="injected fault"):
-            _ingest(new, str(store))
+            quick_ingest(new, str(store))
     assert budget.tripped
     assert tree_digest(store) == before, f"store changed after a fault at byte {budget.written}"
     check = verify_store(str(store))
     assert check.ok and not check.notes, check.lines()
-    assert _ingest(new, str(store)).rows_after == 8 * 27  # the same ingest, without the fault, goes through
+    assert (
+        quick_ingest(new, str(store)).rows_after == 8 * 27
+    )  # the same ingest, without the fault, goes through
 
 
 @pytest.mark.chaos
 @pytest.mark.parametrize("frac", [0.0, 0.5, "last"])
 def test_first_ingest_failing_midway_leaves_no_store(tmp_path, monkeypatch, frac):
-    docs = _docs(tmp_path / "a", 1, 3)
+    docs = make_docs(tmp_path / "a", 1, 3)
     counter = ByteBudget(float("inf"))
     with monkeypatch.context() as m:
         _use_fs(m, counter)
-        _ingest(docs, str(tmp_path / "probe"))
+        quick_ingest(docs, str(tmp_path / "probe"))
     budget = _budget(counter.written, frac)
     with monkeypatch.context() as m:
         _use_fs(m, budget)
         with pytest.raises(OSError, match="injected fault"):
-            _ingest(docs, str(tmp_path / "store"))
+            quick_ingest(docs, str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
 
 
@@ -193,7 +155,7 @@ def _registry_bytes(tmp_path, root, op) -> int:
     counter = ByteBudget(float("inf"))
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(registry_module, "open", failing_open(counter), raising=False)
+        mp.setattr(registry_module, "resolve", failing_resolve(counter))
         op(Registry(probe))
     finally:
         mp.undo()
@@ -220,7 +182,7 @@ def test_registry_writes_failing_midway_leave_registry_byte_identical(tmp_path, 
         assert total > 0, name
         budget = _budget(total, frac)
         with monkeypatch.context() as m:
-            m.setattr(registry_module, "open", failing_open(budget), raising=False)
+            m.setattr(registry_module, "resolve", failing_resolve(budget))
             with pytest.raises(OSError, match="injected fault"):
                 op(Registry(root))
         assert budget.tripped, name
@@ -287,11 +249,14 @@ def test_ingest_command_reports_a_failed_write(tmp_path, monkeypatch, capsys):
     from pipeline.cli import main
 
     store = tmp_path / "store"
-    _ingest(_docs(tmp_path / "a", 1, 2), str(store))
+    quick_ingest(make_docs(tmp_path / "a", 1, 2), str(store))
     before = tree_digest(store)
     _use_fs(monkeypatch, ByteBudget(5000))
     capsys.readouterr()
-    assert main(["ingest", *_docs(tmp_path / "b", 50, 2), "--store", str(store), "--embedder", "hashed"]) == 2
+    assert (
+        main(["ingest", *make_docs(tmp_path / "b", 50, 2), "--store", str(store), "--embedder", "hashed"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "injected fault" in err and "nothing was written; the store is as it was" in err, err
     assert tree_digest(store) == before

@@ -22,15 +22,15 @@ from pipeline.store.integrity import verify_store
 from pipeline.store.layout import TripletStore, feature_files
 from pipeline.store.lock import StoreLock, StoreLocked
 from pipeline.train.run import same_training_data, triplet_fingerprint
-from tests.conftest import tree_digest
-from tests.unit.test_storage_faults import _docs
+from tests.support import tree_digest
+from tests.support.store_docs import make_docs
 
 ROOT = Path(__file__).resolve().parents[2]
-ROWS_PER_DOC = 27  # _docs: 3 concepts x 9 years per company
+ROWS_PER_DOC = 27  # make_docs: 3 concepts x 9 years per company
 INGEST = """
 import json, sys
 from pipeline.ingest import ingest
-r = ingest(json.loads(sys.argv[1]), sys.argv[2], embedder="hashed", embed_dim=8, progress=False, lock_wait=120)
+r = ingest(json.loads(sys.argv[1]), sys.argv[2], embedder="hashed", embed_dim=8, progress=False, lock_wait=600)
 print(json.dumps({"version": r.store_version, "rows_after": r.rows_after}))
 """
 
@@ -68,7 +68,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_concurrent_ingests_in_real_processes_land_one_after_the_other(tmp_path):
     uri = tmp_path / "s"
-    a, b = _docs(tmp_path / "a", 1, 3), _docs(tmp_path / "b", 100, 4)
+    a, b = make_docs(tmp_path / "a", 1, 3), make_docs(tmp_path / "b", 100, 4)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     # Hold the lock while both start, so they truly overlap: each must find it taken and wait.
     with StoreLock(resolve(str(uri)), wait=0):
@@ -79,7 +79,7 @@ def test_concurrent_ingests_in_real_processes_land_one_after_the_other(tmp_path)
                     all("is being written by another process" in log.read_text() for log in logs)
                     or any(p.poll() is not None for p in procs)
                 ),
-                120,
+                300,  # two fresh interpreters importing pyarrow and pandas on a loaded machine
                 "both ingests to wait for the lock",
             )
         except BaseException:
@@ -90,7 +90,7 @@ def test_concurrent_ingests_in_real_processes_land_one_after_the_other(tmp_path)
         assert f"pid {os.getpid()}" in logs[0].read_text()  # the waiting message names the holder
     out = []
     for p, log in zip(procs, logs):
-        stdout, _ = p.communicate(timeout=300)
+        stdout, _ = p.communicate(timeout=600)
         assert p.returncode == 0, log.read_text()[-3000:]
         out.append(json.loads(stdout))
     assert sorted(o["version"] for o in out) == [1, 2]  # one after the other, the second on the first
@@ -104,40 +104,40 @@ def test_concurrent_ingests_in_real_processes_land_one_after_the_other(tmp_path)
 
 def test_a_writer_that_will_not_wait_fails_cleanly_and_leaves_the_holders_staging(tmp_path, capsys):
     uri = tmp_path / "s"
-    _ingest(_docs(tmp_path / "a", 1, 2), uri)
+    _ingest(make_docs(tmp_path / "a", 1, 2), uri)
     store = TripletStore(str(uri))
     with store.writing(wait=0):
         holders = store.stage()  # another writer's work in progress
         before = tree_digest(uri)
         with pytest.raises(StoreLocked, match=r"being written by another process \(pid \d+ on .*waited 0 s"):
-            _ingest(_docs(tmp_path / "b", 50, 1), uri, lock_wait=0)
-        assert main(["ingest", *_docs(tmp_path / "b", 50, 1), "--store", str(uri), "--wait", "0.2"]) == 2
+            _ingest(make_docs(tmp_path / "b", 50, 1), uri, lock_wait=0)
+        assert main(["ingest", *make_docs(tmp_path / "b", 50, 1), "--store", str(uri), "--wait", "0.2"]) == 2
         err = capsys.readouterr().err
         assert "waited 0.2 s" in err and "nothing was written; the store is as it was" in err, err
         assert tree_digest(uri) == before and Path(holders.path).is_dir()
         holders.abort()
-    assert _ingest(_docs(tmp_path / "b", 50, 1), uri).rows_after == 3 * ROWS_PER_DOC
+    assert _ingest(make_docs(tmp_path / "b", 50, 1), uri).rows_after == 3 * ROWS_PER_DOC
 
 
 def test_a_killed_writers_leftovers_are_removed_under_the_lock(tmp_path):
     uri = tmp_path / "s"
-    _ingest(_docs(tmp_path / "a", 1, 2), uri)
+    _ingest(make_docs(tmp_path / "a", 1, 2), uri)
     (uri / ".staging-0123456789ab" / "triplets").mkdir(parents=True)
     (uri / "v000007").mkdir()  # renamed, but the manifest swap never happened
     (uri / feature_files(5)[1]).write_text("{}")  # a feature version no manifest names
     (uri / ".manifest.json.tmp-1").write_text("{")
     assert len(verify_store(str(uri)).notes) == 3
-    _ingest(_docs(tmp_path / "b", 50, 1), uri)
+    _ingest(make_docs(tmp_path / "b", 50, 1), uri)
     assert _listing(uri) == [".lock", "features", "manifest.json", "v000001", "v000002", "versions"]
     assert sorted(p.name for p in (uri / "features").iterdir()) == ["f000001.json", "f000001.safetensors"]
 
 
 def test_previous_versions_stay_for_readers_until_gc(tmp_path, capsys):
     uri = tmp_path / "s"
-    _ingest(_docs(tmp_path / "a", 1, 1), uri)
+    _ingest(make_docs(tmp_path / "a", 1, 1), uri)
     reader = TripletStore(str(uri))  # a reader that planned its reads on version 1
     for i in range(2):
-        _ingest(_docs(tmp_path / f"b{i}", 10 + i, 1), uri)
+        _ingest(make_docs(tmp_path / f"b{i}", 10 + i, 1), uri)
     assert _listing(uri) == [
         ".lock",
         "features",
@@ -148,14 +148,14 @@ def test_previous_versions_stay_for_readers_until_gc(tmp_path, capsys):
         "versions",
     ]
     assert pq.read_table(reader.triplet_files()).num_rows == ROWS_PER_DOC  # still readable
-    _ingest(_docs(tmp_path / "c", 20, 1), uri)  # a third previous version: the oldest goes
+    _ingest(make_docs(tmp_path / "c", 20, 1), uri)  # a third previous version: the oldest goes
     assert TripletStore(str(uri)).previous_versions() == [2, 3]
     assert _records(uri) == ["v000002.json", "v000003.json", "v000004.json"]
-    _ingest(_docs(tmp_path / "d", 30, 1), uri, keep=0)
+    _ingest(make_docs(tmp_path / "d", 30, 1), uri, keep=0)
     assert TripletStore(str(uri)).previous_versions() == [] and _records(uri) == ["v000005.json"]
     live = TripletStore(str(uri)).manifest  # what remains of older folders: files v5 reuses, no more
     assert {str(p.relative_to(uri)) for p in uri.glob("v0*/**/*") if p.is_file()} == set(live["files"])
-    _ingest(_docs(tmp_path / "e", 40, 1), uri, keep=5)
+    _ingest(make_docs(tmp_path / "e", 40, 1), uri, keep=5)
     assert main(["store", "gc", "--store", str(uri), "--keep", "0"]) == 0
     assert json.loads(capsys.readouterr().out) == {"live": 6, "removed": ["v000005"], "kept": []}
     assert main(["store", "gc", "--store", str(uri), "--keep", "-1"]) == 2
@@ -167,11 +167,11 @@ def test_previous_versions_stay_for_readers_until_gc(tmp_path, capsys):
 
 def test_every_file_is_fsynced_before_the_manifest_names_it(tmp_path, monkeypatch):
     uri = tmp_path / "s"
-    _ingest(_docs(tmp_path / "a", 1, 1), uri)
+    _ingest(make_docs(tmp_path / "a", 1, 1), uri)
     synced: list[str] = []
     real = files_module._fsync
     monkeypatch.setattr(files_module, "_fsync", lambda path, flags: (synced.append(path), real(path, flags)))
-    _ingest(_docs(tmp_path / "b", 10, 1), uri)
+    _ingest(make_docs(tmp_path / "b", 10, 1), uri)
     swap = next(i for i, p in enumerate(synced) if os.path.basename(p).startswith(".manifest.json.tmp-"))
     before = set(synced[:swap])
     store = TripletStore(str(uri))
@@ -198,12 +198,12 @@ def test_lease_lock_on_an_object_store(s3_prefix):
 
 def test_resume_guard_compares_the_triplet_stores_digest(tmp_path):
     uri = tmp_path / "s"
-    _ingest(_docs(tmp_path / "a", 1, 1), uri)
+    _ingest(make_docs(tmp_path / "a", 1, 1), uri)
     saved = triplet_fingerprint(TripletStore(str(uri)), 0.1)
     assert saved["manifest_sha256"] and same_training_data(
         saved, triplet_fingerprint(TripletStore(str(uri)), 0.1)
     )
-    _ingest(_docs(tmp_path / "b", 10, 1), uri)
+    _ingest(make_docs(tmp_path / "b", 10, 1), uri)
     now = triplet_fingerprint(TripletStore(str(uri)), 0.1)
     assert not same_training_data(saved, now)
     # The digest alone decides, not the version number (a store rebuilt at the same version).

@@ -3,6 +3,7 @@ ingest de-duplicates to the advertised count."""
 
 import gzip
 import json
+import math
 import zlib
 
 import numpy as np
@@ -230,3 +231,37 @@ def test_routing_streams_in_chunks_and_noise_zero_is_the_rule(tmp_path, monkeypa
         routing_rule({k: t.column(k).to_numpy() for k in synth.ROUTING_FEATURES})
         == t.column("label").to_numpy()
     ).all()
+
+
+def test_default_routing_logs_draw_labels_from_a_feature_dependent_probability(tmp_path):
+    """Easy and hard requests: the label rate in each band of the true probability matches it, the
+    band's spread covers both, and the oracle's cost-quality curve is written beside the logs."""
+    meta = synth_routing(str(tmp_path), 100_000, seed=3)
+    assert meta["difficulty"] == "features" and meta["noise"] is None
+    t = pq.read_table(tmp_path / "routing.parquet")
+    cols = {k: t.column(k).to_numpy() for k in t.column_names}
+    p = synth.routing_probability(cols)
+    y = cols["label"]
+    for lo, hi in ((0.0, 0.05), (0.45, 0.55), (0.95, 1.0)):
+        band = (p >= lo) & (p < hi)
+        assert band.mean() > 0.03, (lo, hi)  # easy (both ends) and hard (the middle) requests exist
+        # the drawn labels follow the probability: within 5 standard errors of the band's mean
+        se = math.sqrt(p[band].mean() * (1 - p[band].mean()) / band.sum()) + 1e-3
+        assert abs(y[band].mean() - p[band].mean()) < 5 * se, (lo, hi)
+    # difficulty depends on the features: full metadata match is more predictable than none
+    conf = np.maximum(p, 1 - p)
+    assert conf[cols["metadata_match"] == 1.0].mean() > conf[cols["metadata_match"] == 0.0].mean() + 0.03
+    oracle = json.loads((tmp_path / synth.ORACLE_FILE).read_text())
+    assert oracle["apgr"] == meta["oracle_apgr"] and 0.6 < oracle["apgr"] < 1.0
+    assert oracle["share"][0] == 0.0 and oracle["share"][-1] == 1.0 and oracle["pgr"][0] == 1.0
+    assert meta["bayes_accuracy"] == pytest.approx(conf.mean(), abs=1e-9)
+    assert synth.oracle_probability(cols, meta) == pytest.approx(p)
+
+
+def test_routing_noise_belongs_to_the_uniform_logs_only(tmp_path):
+    with pytest.raises(ValueError, match="noise applies to difficulty 'uniform' only"):
+        synth_routing(str(tmp_path), 100, noise=0.1, difficulty="features")
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        synth_routing(str(tmp_path), 100, difficulty="hard")
+    meta = synth_routing(str(tmp_path), 1000, difficulty="uniform")
+    assert meta["noise"] == 0.1 and meta["difficulty"] == "uniform"

@@ -119,7 +119,7 @@ def test_train_one_epoch_checkpoint_reload_and_evaluate(family, digits, tmp_path
         normalize=cfg.data.normalize,
     )
     cfg = fill_model_dims(cfg, {"input_size": data.input_size, "num_classes": data.num_classes})
-    assert dataclasses.asdict(cfg.model_config()) == {
+    assert dataclasses.asdict(cfg.family_config()) == {
         "input_size": 8,
         "hidden_size": 32,
         "num_classes": 10,

@@ -69,6 +69,8 @@ def test_no_search_is_one_plain_trial(tmp_path):
         ("tune:\n  bogus: 1\n", "tune.bogus"),
         ("tune:\n  asha: {reduction_factor: 1}\n", "tune.asha.reduction_factor"),
         ("tune:\n  search_alg: grid\n", "tune.search_alg"),
+        # each key valid alone, one plan entry not: a GRU with a FastGRNN-only option
+        ("plan: {model.cell: [fastgrnn, gru]}\nsearch: {model.w_rank: {choice: [2, 4]}}\n", "plan"),
         # points_to_evaluate: values of sampled search keys, each valid for its config key
         (
             "search: {optim.lr: {loguniform: [1.0e-3, 1.0e-1]}}\ntune: {points_to_evaluate: {optim.lr: 0.02}}\n",

@@ -11,13 +11,13 @@ from safetensors.torch import save_file
 from pipeline.cli import main
 from pipeline.registry import Registry
 from pipeline.store.integrity import verify_store
-from tests.unit.test_storage_faults import _docs, _ingest
+from tests.support.store_docs import make_docs, quick_ingest
 
 
 @pytest.fixture
 def store(tmp_path):
     uri = tmp_path / "store"
-    _ingest(_docs(tmp_path / "docs", 1, 6), str(uri))
+    quick_ingest(make_docs(tmp_path / "docs", 1, 6), str(uri))
     return uri
 
 
@@ -183,11 +183,11 @@ def test_models_verify_reports_a_broken_production_pointer(registry, capsys, poi
 @pytest.mark.chaos
 def test_models_promote_reports_a_failed_write(registry, capsys, monkeypatch):
     from pipeline.registry import registry as registry_module
-    from tests.conftest import tree_digest
-    from tests.faults import ByteBudget, failing_open
+    from tests.support import tree_digest
+    from tests.support.faults import ByteBudget, failing_resolve
 
     before = tree_digest(registry.root)
-    monkeypatch.setattr(registry_module, "open", failing_open(ByteBudget(10)), raising=False)
+    monkeypatch.setattr(registry_module, "resolve", failing_resolve(ByteBudget(10)))
     capsys.readouterr()
     assert main(["models", "promote", "router", "v0001"]) == 2
     assert "injected fault" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """Storage that fails midway: every write after the first N bytes raises, like a full disk.
 
 Two seams, the ones the code really writes through:
-  - `FailingFileSystem`: a pyarrow filesystem (the triplet store writes only through `Location.fs`);
-  - `failing_open`: a replacement for `open` in a module (the checkpoint writer and the registry
-    write every file through their module's `open`).
+  - `failing_filesystem` / `failing_resolve`: a pyarrow filesystem on the local disk (the triplet
+    store and the registry write only through a storage `Location`, made by their module's `resolve`);
+  - `failing_open`: a replacement for `open` in a module (the checkpoint writer writes every file
+    through its module's `open`).
 Both share a `ByteBudget`: writes go through until the budget is spent, the write that crosses it
 is written in part and then raises OSError(ENOSPC). Reads, renames and deletes are untouched.
 """
@@ -130,6 +131,16 @@ class _FailingHandler(pafs.FileSystemHandler):
 def failing_filesystem(budget: ByteBudget) -> pafs.FileSystem:
     """A local pyarrow filesystem whose output streams fail once `budget` is spent."""
     return pafs.PyFileSystem(_FailingHandler(budget))
+
+
+def failing_resolve(budget: ByteBudget):
+    """A replacement for `resolve` in a module: local paths, on a filesystem that fails once `budget` is spent."""
+    import os
+
+    from pipeline.storage import Location
+
+    fs = failing_filesystem(budget)
+    return lambda uri: Location(fs=fs, path=os.path.abspath(str(uri)), uri=str(uri), local=True)
 
 
 def failing_open(budget: ByteBudget):

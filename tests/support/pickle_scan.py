@@ -46,3 +46,23 @@ def pickles_under(root: str | Path) -> dict[str, str]:
             if why:
                 found[str(p.relative_to(root))] = why
     return found
+
+
+# Ray Tune's own experiment bookkeeping, pickled by Ray (Tuner.restore reads it), never a model and
+# never read by Serve or the registry: <experiment>/tuner.pkl, the search state
+# <experiment>/basic-variant-state-<time>.json (a pickle despite its name) and each of Ray's trial
+# folders' params.pkl (<experiment>/trial_<id>/; tunestack's own Train runs live in <experiment>/trials/).
+RAY_TUNE_BOOKKEEPING = (("tuner.pkl",), ("basic-variant-state-*.json",), ("trial_*", "params.pkl"))
+
+
+def ray_tune_bookkeeping(path: Path, tune_root: Path) -> bool:
+    """Whether `path` is one of Ray Tune's own bookkeeping pickles under the tune root."""
+    from fnmatch import fnmatch
+
+    try:
+        parts = path.relative_to(tune_root).parts[1:]  # below <tune root>/<experiment>/
+    except ValueError:
+        return False
+    return any(
+        len(parts) == len(p) and all(fnmatch(a, b) for a, b in zip(parts, p)) for p in RAY_TUNE_BOOKKEEPING
+    )

@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO  # noqa: F401 (re-exported: where a test's subprocess runs)
+
 VENV_BIN = Path(os.path.abspath(sys.executable)).parent  # the venv running pytest (no realpath: a venv's
 # python is a symlink to the system one)
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (never Ray's defaults 6379/8265/10001)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def session_pids(sid: int) -> list[int]:
