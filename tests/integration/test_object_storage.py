@@ -41,7 +41,11 @@ AE = [
     "model.latent_dim=4",
     "--set",
     "train.batch_size=512",
-]  # the Stage-1 autoencoder, tiny: a 4-d latent over the store's 8-d embedding + value
+    "--set",
+    "data.val_fraction=0.2",
+]  # the Stage-1 autoencoder, tiny: a 4-d latent over the store's 8-d embedding + value. Validation
+# is the first val_fraction of the 100 accession folds: the two companies' 32 filings leave the
+# first 10 folds empty, the first 20 hold 75 of their 480 facts
 LOCAL_AREAS = ("store", "runs", "registry")
 
 
@@ -188,12 +192,15 @@ def test_pipeline_on_object_storage_with_no_shared_disk(world, monkeypatch):
     assert resumed["best_checkpoint"] == train["best_checkpoint"]
 
     # tune with ASHA: 2 trials, experiment and trial checkpoints on s3; the best registered + promoted
+    tune_cfg = yaml.safe_load((REPO / cfg).read_text())  # its latent grid (16, 32) exceeds the 9-d input
+    tune_cfg["search"]["model.latent_dim"] = {"grid": [2, 4]}
+    (tmp / "autoencoder-tune.yaml").write_text(yaml.safe_dump(tune_cfg))
     out = tunestack(
         world,
         "tune",
         "tune",
         "--config",
-        cfg,
+        str(tmp / "autoencoder-tune.yaml"),
         "--name",
         "ae-tune",
         "--promote",
@@ -284,6 +291,7 @@ def test_pipeline_on_object_storage_with_no_shared_disk(world, monkeypatch):
 def _serve_config(port: int) -> dict:
     app_args = {
         "families": {"autoencoder": "encode"},
+        "model_deployments": ["autoencoder"],  # its own deployment, model-autoencoder, on the second node
         "poll_interval_s": 0.5,
         "model_num_cpus": 0.1,
         "gateway_num_cpus": 0.1,
