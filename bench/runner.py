@@ -31,6 +31,7 @@ from bench.report import check_result, machine, print_table, write_benchmarks_md
 
 # The suite, in the order it runs: (name, module).
 BENCHMARKS = [
+    ("ingest", "bench.ingest"),
     ("streaming", "bench.streaming"),
     ("training", "bench.training"),
     ("models", "bench.models"),

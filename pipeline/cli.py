@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from bench.runner import add_bench_parser
@@ -37,6 +38,9 @@ def _cmd_ingest(args) -> int:
             progress=None,
             lock_wait=args.wait,
             keep=args.keep,
+            address=args.address,
+            workers=args.workers,
+            memory_limit=args.memory_limit,
         )
     except (IngestError, StoreError, OSError) as e:  # OSError: writing the store failed (a full disk, …)
         print(f"tunestack ingest: {e}", file=sys.stderr)
@@ -46,6 +50,7 @@ def _cmd_ingest(args) -> int:
     print(json.dumps(d, indent=2))
     for note in report.notes:
         print(f"tunestack ingest: note: {note}", file=sys.stderr)
+    print(report.summary(), file=sys.stderr)
     if report.skipped_documents or report.skipped_records:
         print(
             f"skipped {len(report.skipped_documents)} document(s) and {report.skipped_records} record(s)",
@@ -62,6 +67,12 @@ def _cmd_synth(args) -> int:
 
         path = write_digits_npz(args.out or os.path.join(home.home(), "digits.npz"), seed=args.seed)
         print(json.dumps({"digits": path}))
+        return 0
+    if args.kind == "companyfacts":
+        from pipeline.synth_companyfacts import synth_companyfacts
+
+        out = args.out or os.path.join(home.home(), "companyfacts.zip")
+        print(json.dumps(synth_companyfacts(out, args.companies, seed=args.seed), indent=2))
         return 0
     if args.kind == "gaap":
         out = synth.synth_gaap(
@@ -225,6 +236,28 @@ def _cmd_demo(args) -> int:
     return run_demo()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive integer")
+    return n
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
+
+
+def _size(text: str) -> int:
+    """A size such as 2GB, 512MB, 1.5G or 300000000 (bytes; K/M/G are powers of 1024)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if m is None or unit not in _SIZE_UNITS or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2GB, 512MB or 1.5G")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
 def _add_writer_args(s: argparse.ArgumentParser) -> None:
     from pipeline.store.layout import DEFAULT_KEEP
     from pipeline.store.lock import DEFAULT_WAIT
@@ -281,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--embed-dim", type=int, help="embedding width of a new store after PCA (default: the store's, 64)"
     )
     _add_writer_args(s)
+    s.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to parse on (default: $RAY_ADDRESS; else this machine, see --workers)",
+    )
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="parse on a local Ray with this many CPUs (1: in this process, no Ray). Default: every "
+        "core for inputs of 256 MB or more, else in this process",
+    )
+    s.add_argument(
+        "--memory-limit",
+        type=_size,
+        default="2GB",
+        help="rows held at once by one machine's de-duplication (default 2GB); a larger store "
+        "is de-duplicated in more chunks of whole companies, never all at once",
+    )
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser(
@@ -290,13 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "kind",
-        choices=["gaap", "routing", "digits"],
+        choices=["gaap", "routing", "digits", "companyfacts"],
         help="gaap: synthetic store; routing: logs with a known P(lightweight suffices) and the oracle "
         "router's cost-quality curve; digits: the real 8x8 digits "
-        "as 8 steps x 8 features (.npz, stratified 75/25 split)",
+        "as 8 steps x 8 features (.npz, stratified 75/25 split); companyfacts: a bulk zip of "
+        "synthetic companies in the format of SEC's companyfacts.zip (input for `tunestack ingest`)",
     )
     s.add_argument("--triplets", type=int, default=1_000_000, help="gaap: number of triplets")
     s.add_argument("--rows", type=int, default=100_000, help="routing: number of log rows")
+    s.add_argument(
+        "--companies", type=_positive_int, default=100, help="companyfacts: number of companies (default 100)"
+    )
     s.add_argument("--from-store", help="gaap: draw (concept, unit) pairs from this existing store")
     s.add_argument(
         "--difficulty",
@@ -313,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out",
         help="gaap: store URI (default $TUNESTACK_HOME/store); routing: folder "
-        "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz)",
+        "(default $TUNESTACK_HOME/routing); digits: file (default $TUNESTACK_HOME/digits.npz); "
+        "companyfacts: zip file (default $TUNESTACK_HOME/companyfacts.zip)",
     )
     s.set_defaults(func=_cmd_synth)
 

@@ -1,33 +1,40 @@
 """`tunestack ingest`: parse → de-duplicate → fit scalers → embed pairs → swap in a new store version.
 
-Bounded memory, whatever the number of inputs:
-  A. each document is parsed on its own and appended to one of K hash buckets (by entity) on disk;
-  B. bucket by bucket, new rows and the live store's rows of that bucket are de-duplicated
-     (one fact per entity/taxonomy/concept/unit/start/end — or accession when a row has no
-     period — the latest filing wins); per-pair counts and a bounded value sample are kept;
+Bounded memory, whatever the size of the input or of the store:
+  A. the input is cut into units (runs of zip members, files) parsed independently, in this process
+     or as Ray tasks (stage.py, tasks.py); each unit writes its rows into K hash buckets (by entity);
+  B. bucket by bucket (one task each), new rows and the live store's rows of that bucket are
+     de-duplicated (one fact per entity/taxonomy/concept/unit/start/end — or accession when a row
+     has no period — the latest filing wins), in chunks of whole companies within the memory limit
+     (partition.py); per-pair counts and a bounded value sample come back;
   C. pairs get stable ids; a pair new to the store gets a scaler fitted on its sample and an
      embedding through the store's frozen feature space, a known pair keeps both (the feature space
      is fitted only by the first ingest and by `refit`, which also refits every scaler);
-  D. bucket by bucket, rows get pair id, scaled value and fold, and are written in row groups.
+  D. bucket by bucket (one task each), rows get pair id, scaled value and fold, and are written in
+     row groups.
 Everything is written into a staged version that replaces the live one only at the very end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.home import default_store_uri
-from pipeline.ingest.sources import IngestError, expand_inputs, iter_documents
+from pipeline.ingest.partition import (
+    DEFAULT_MEMORY_LIMIT,
+    DedupeResult,
+    chunk_rows_for,
+    dedupe_partition,
+    merge_samples,
+    write_partition,
+)
+from pipeline.ingest.progress import Progress
+from pipeline.ingest.sources import expand_inputs, split_inputs
+from pipeline.ingest.stage import merge_pair_meta, stage_unit
+from pipeline.ingest.tasks import TaskRunner
 from pipeline.store.embed import embedder_name, get_embedder, pair_text
 from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace, fit_feature_space, load_embedder
@@ -36,24 +43,19 @@ from pipeline.store.layout import (
     DEFAULT_KEEP,
     DEFAULT_ROW_GROUP,
     PAIRS_FILE,
-    RAW_SCHEMA,
-    TRIPLET_SCHEMA,
     VAL_FOLDS,
     StagedVersion,
     TripletStore,
     bucket_file,
-    bucket_of,
-    fold_of,
     manifest_embedder,
+    manifest_files,
     write_pairs,
 )
 from pipeline.store.lock import DEFAULT_WAIT
-from pipeline.store.scaler import PairScaler, fit_scaler, scale_by_pair
+from pipeline.store.scaler import PairScaler, fit_scaler
 
 DEFAULT_EMBED_DIM = 64
-SCALER_SAMPLE = 20_000  # values kept per pair for fitting (a uniform sample beyond that)
-FLUSH_ROWS = 100_000
-DEDUP_KEYS = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn_key"]
+UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work
 
 
 @dataclass
@@ -75,10 +77,25 @@ class IngestReport:
     skipped_records: int = 0
     skipped_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    workers: dict = field(default_factory=dict)  # where parsing ran: {"nodes", "units", "parallel"}
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> str:
+        """One line: what was read and kept, how fast, where."""
+        rate = self.rows_read / self.seconds if self.seconds else 0.0
+        where = (
+            f"{self.workers.get('units', 0)} units on {self.workers.get('nodes', 1)} Ray node(s)"
+            if self.workers.get("parallel")
+            else "in one process"
+        )
+        return (
+            f"ingest: {self.documents:,} documents, {self.rows_read:,} facts read ({rate:,.0f} facts/s, "
+            f"{where}); store version {self.store_version}: {self.rows_after:,} facts, {self.pairs:,} pairs, "
+            f"{self.entities:,} entities; {self.seconds:.1f} s"
+        )
 
 
 def ingest(
@@ -91,6 +108,9 @@ def ingest(
     progress: bool | None = None,
     lock_wait: float = DEFAULT_WAIT,
     keep: int = DEFAULT_KEEP,
+    address: str | None = None,
+    workers: int | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
 ) -> IngestReport:
     """Ingest `paths` into the store at `store_uri` (default under TUNESTACK_HOME).
 
@@ -99,14 +119,24 @@ def ingest(
     its feature space is frozen, and only `refit` changes it. One writer at a time: another's
     lock is waited for up to `lock_wait` seconds (then StoreLocked). The `keep` newest previous
     versions stay for readers; older ones are deleted after the commit.
+    Parsing and buckets run on the Ray cluster at `address` (or $RAY_ADDRESS) when given; else on a
+    local Ray with `workers` CPUs, or, by default, on every core for a large input and in this
+    process for a small one (tasks.py). De-duplication holds at most `memory_limit` bytes of rows
+    at once over a machine's tasks (partition.py).
     Raises IngestError on bad input unless `skip_bad`; on any failure the live store is untouched.
     """
+    t0 = time.perf_counter()
     store = TripletStore(store_uri or default_store_uri())
     files = expand_inputs(paths)  # unreadable paths fail here, before anything is written
-    with store.writing(lock_wait):
-        return _write_version(
-            store, files, skip_bad, embedder, embed_dim, row_group_size, progress, False, keep
-        )
+    units = split_inputs(files, UNIT_BYTES)
+    work = sum(p.bytes for u in units for p in u)
+    with TaskRunner.start(address, workers, work_bytes=work) as runner, store.writing(lock_wait):
+        report = _write_version(
+            store, files, skip_bad, embedder, embed_dim, row_group_size, progress, False, keep, runner,
+            memory_limit, units,
+        )  # fmt: skip
+    report.seconds = round(time.perf_counter() - t0, 3)  # Ray's start included: what a user waits
+    return report
 
 
 def refit(
@@ -116,6 +146,9 @@ def refit(
     row_group_size: int | None = None,
     lock_wait: float = DEFAULT_WAIT,
     keep: int = DEFAULT_KEEP,
+    address: str | None = None,
+    workers: int | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
 ) -> IngestReport:
     """`tunestack store refit`: a new feature version (basis fitted on every pair of the store,
     with `embedder`/`embed_dim`, default the recorded ones) and every pair's scaler refitted on
@@ -123,12 +156,17 @@ def refit(
     readable by number."""
     store = TripletStore(store_uri or default_store_uri())
     store.require()
-    with store.writing(lock_wait):
+    with TaskRunner.start(address, workers) as runner, store.writing(lock_wait):
         rgs = row_group_size or store.require().get("row_group_size", DEFAULT_ROW_GROUP)
-        return _write_version(store, [], False, embedder, embed_dim, rgs, False, True, keep)
+        return _write_version(
+            store, [], False, embedder, embed_dim, rgs, False, True, keep, runner, memory_limit
+        )
 
 
-def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, progress, refit, keep):
+def _write_version(
+    store, files, skip_bad, embedder, embed_dim, row_group_size, progress, refit, keep, runner, memory_limit,
+    units=(),
+):  # fmt: skip
     """Stage, fill and commit one new store version (the caller holds the store's lock)."""
     t0 = time.perf_counter()
     report = IngestReport(store=store.uri, files=len(files))
@@ -137,32 +175,46 @@ def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, 
     space = _live_feature_space(store, embedder, embed_dim, refit)  # refusals come before any write
     staged = store.stage()
     try:
-        meta = _stage_raw(files, staged, buckets, skip_bad, report, progress)
-        counts, samples, entities = _dedupe(store, staged, buckets, report)
+        meta, raw_files = _stage_raw(units, staged, buckets, skip_bad, report, progress, runner)
+        # Only the buckets that get new rows are rewritten; a new feature space (first ingest, refit,
+        # a store predating feature versions) refits every scaler, so then every bucket is.
+        touched = (
+            set(raw_files) if space is not None else set(raw_files) | set(store.bucket_files() if old else ())
+        )
+        chunk_rows = chunk_rows_for(memory_limit, runner.slots())
+        counts, samples, entities, parts = _dedupe(
+            store, staged, touched, raw_files, report, runner, chunk_rows
+        )
         pairs, scalers, space = _build_pairs(
             store, meta, counts, samples, space, embedder, embed_dim, report, refit
         )
-        triplet_files = _write_final(staged, buckets, pairs, scalers, row_group_size)
+        written = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
         write_pairs(staged.join(PAIRS_FILE), pairs, space.embed_dim, store.loc.fs)
         staged.drop_scratch()
-        report.pairs, report.entities, report.embedder = len(pairs), len(entities), space.embedder["name"]
+        report.pairs, report.entities, report.embedder = len(pairs), entities, space.embedder["name"]
         inputs = (old["inputs"] if old else []) + [
             {"path": f, "ingested": time.strftime("%Y-%m-%dT%H:%M:%S")} for f in files
         ]
         if refit:
             inputs.append({"refit": space.version, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        reused = {}
+        if old:
+            records = manifest_files(old)
+            reused = {f: records.get(f) for b, f in store.bucket_files().items() if b not in parts}
         manifest = staged.commit(
             {
-                "counts": {"triplets": report.rows_after, "pairs": len(pairs), "entities": len(entities)},
+                "counts": {"triplets": report.rows_after, "pairs": len(pairs), "entities": entities},
                 "embedder": manifest_embedder(space),
                 "buckets": buckets,
                 "row_group_size": row_group_size,
                 "val_folds": VAL_FOLDS,
-                "triplet_files": triplet_files,
+                "triplet_files": list(written),
+                "files": written,
                 "inputs": inputs,
             },
             space,
             keep,
+            reused=reused,
         )
     except BaseException:
         staged.abort()
@@ -172,104 +224,70 @@ def _write_version(store, files, skip_bad, embedder, embed_dim, row_group_size, 
     return report
 
 
-def _stage_raw(files, staged: StagedVersion, buckets: int, skip_bad, report, progress) -> dict:
-    """Phase A: parse every document into per-bucket raw Parquet files; return pair labels."""
-    writers: dict[int, pq.ParquetWriter] = {}
-    pending: dict[int, list[pa.Table]] = {}
-    meta: dict[tuple[str, str], tuple] = {}
-    show = sys.stderr.isatty() if progress is None else progress
-    closing = contextlib.ExitStack()  # closes every writer, even when one close fails (a full disk)
-
-    def flush(b: int) -> None:
-        if b not in writers:
-            writers[b] = pq.ParquetWriter(
-                staged.join(bucket_file("raw", b)), RAW_SCHEMA, filesystem=staged.loc.fs
-            )
-            closing.callback(writers[b].close)
-        writers[b].write_table(pa.concat_tables(pending.pop(b)))
-
-    with closing:
-        for path in tqdm(files, desc="ingest", unit="file", disable=not show):
-            try:
-                for doc in iter_documents(path, skip_bad):
-                    report.skipped_records += 0 if doc.failed else len(doc.skipped)
-                    report.skipped_examples += [
-                        str(e) for e in doc.skipped[: max(0, 5 - len(report.skipped_examples))]
-                    ]
-                    if doc.failed:
-                        report.skipped_documents.append(str(doc.skipped[0]))
-                        continue
-                    report.documents += 1
-                    if doc.table.num_rows == 0:
-                        continue
-                    report.rows_read += doc.table.num_rows
-                    for key, (label, desc) in doc.pair_meta.items():
-                        if key not in meta or (meta[key][0] is None and label):
-                            meta[key] = (label, desc)
-                    b = bucket_of(doc.table.column("entity_id")[0].as_py(), buckets)
-                    pending.setdefault(b, []).append(doc.table)
-                    if sum(t.num_rows for t in pending[b]) >= FLUSH_ROWS:
-                        flush(b)
-            except IngestError as e:
-                if not skip_bad:
-                    raise
-                report.skipped_documents.append(str(e))
-        for b in list(pending):
-            flush(b)
-    return meta
+def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, progress, runner: TaskRunner):
+    """Phase A: parse every unit into per-bucket raw Parquet files; return pair labels and, per
+    bucket, the raw files written."""
+    calls = [
+        {"parts": u, "loc": staged.loc, "version_dir": staged.name, "unit": i, "buckets": buckets,
+         "skip_bad": skip_bad}
+        for i, u in enumerate(units)
+    ]  # fmt: skip
+    with Progress(sum(p.bytes for u in units for p in u), progress) as bar:
+        results = runner.map(stage_unit, calls, on_result=lambda i, r: bar.advance(r.bytes, r.rows))
+    raw_files: dict[int, list[str]] = {}
+    for r in results:  # in input order: the report lists skips as one pass would
+        report.documents += r.documents
+        report.rows_read += r.rows
+        report.skipped_records += r.skipped_records
+        report.skipped_documents += r.skipped_documents
+        report.skipped_examples += r.skipped_examples[: max(0, 5 - len(report.skipped_examples))]
+        for b, f in r.files.items():
+            raw_files.setdefault(b, []).append(f)
+    report.workers = {
+        "parallel": runner.parallel,
+        "units": len(results),
+        "nodes": len({r.node for r in results}),
+    }
+    return merge_pair_meta(results), raw_files
 
 
-def _dedupe(store: TripletStore, staged: StagedVersion, buckets: int, report):
-    """Phase B: merge each bucket's new rows with the live store's, keep the latest filing."""
-    fs = store.loc.fs
+def _dedupe(
+    store: TripletStore, staged: StagedVersion, touched: set, raw_files: dict, report, runner, chunk_rows
+):
+    """Phase B: each touched bucket's new rows merged with its live rows, the latest filing kept
+    (one task per bucket). Returns the store's per-pair counts and entity count after the merge (the
+    live totals, less what the touched buckets held, plus what they hold now), the touched buckets'
+    value sample per pair (all rows of any new pair are in them), and each touched bucket's pairs."""
+    old = store.manifest
+    live = store.bucket_files() if old else {}
+    calls = [
+        {"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, []),
+         "old_file": live.get(b), "out_file": bucket_file("dedup", b), "chunk_rows": chunk_rows}
+        for b in sorted(touched)
+    ]  # fmt: skip
     counts: dict[tuple[str, str], int] = {}
-    samples = pd.DataFrame({"concept": [], "unit": [], "value": [], "prio": []})
-    entities: set[str] = set()
-    old_files = set(store.manifest["triplet_files"]) if store.manifest else set()
-    for b in range(buckets):
-        parts = []
-        raw = bucket_file("raw", b)
-        if staged.exists(raw):
-            parts.append(pq.read_table(staged.join(raw), filesystem=fs))
-        old_name = bucket_file("triplets", b)
-        if old_name in old_files:
-            old_rows = pq.read_table(
-                store.loc.join(store.version_dir, old_name), filesystem=fs, columns=RAW_SCHEMA.names
-            )
-            report.rows_before += old_rows.num_rows
-            parts.append(old_rows)
-        if not parts:
-            continue
-        t = pa.concat_tables(parts)
-        t = _latest_per_fact(t)
-        pq.write_table(t, staged.join(bucket_file("dedup", b)), filesystem=fs)
-        report.rows_after += t.num_rows
-        entities.update(pc.unique(t.column("entity_id")).to_pylist())
-        for row in t.group_by(["concept", "unit"]).aggregate([("value", "count")]).to_pylist():
-            key = (row["concept"], row["unit"])
-            counts[key] = counts.get(key, 0) + row["value_count"]
-        samples = _update_sample(samples, t)
+    if old:
+        pairs = store.read_pairs().select(["concept", "unit", "count"]).to_pylist()
+        counts = {(r["concept"], r["unit"]): r["count"] or 0 for r in pairs}
+    report.rows_before = old["counts"]["triplets"] if old else 0
+    report.rows_after = report.rows_before
+    totals = {"entities": old["counts"]["entities"] if old else 0}
+    samples: dict = {}
+
+    def take(i, r: DedupeResult) -> None:  # merged as results arrive: the driver keeps one sample
+        report.rows_after += r.rows_after - r.rows_old
+        totals["entities"] += r.entities - r.entities_old
+        for key, n in r.counts_old.items():
+            counts[key] -= n
+        for key, n in r.counts.items():
+            counts[key] = counts.get(key, 0) + n
+        merge_samples(samples, r.sample)
+        r.sample = None
+
+    done = runner.map(dedupe_partition, calls, on_result=take)
     report.duplicates_dropped = report.rows_read + report.rows_before - report.rows_after
-    return counts, samples, entities
-
-
-def _latest_per_fact(t: pa.Table) -> pa.Table:
-    accn_key = pc.if_else(pc.is_null(t.column("period_end")), pc.fill_null(t.column("accn"), ""), "")
-    t = t.append_column("accn_key", accn_key)
-    t = t.sort_by([(k, "ascending") for k in DEDUP_KEYS] + [("filed", "descending"), ("accn", "descending")])
-    dup = t.select(DEDUP_KEYS).to_pandas().duplicated(keep="first").to_numpy()
-    return t.filter(pa.array(~dup)).drop_columns(["accn_key"])
-
-
-def _update_sample(samples: pd.DataFrame, t: pa.Table) -> pd.DataFrame:
-    """Keep, per pair, the SCALER_SAMPLE rows with the smallest hash priority: a uniform sample
-    that does not depend on input order, so refits are reproducible."""
-    df = t.select(["concept", "unit", "value"]).to_pandas()
-    key = t.select(["entity_id", "concept", "unit", "period_start", "period_end", "accn"]).to_pandas()
-    df["prio"] = pd.util.hash_pandas_object(key, index=False).to_numpy()
-    df = pd.concat([samples, df], ignore_index=True) if len(samples) else df
-    df = df.sort_values("prio", kind="stable")
-    return df.groupby(["concept", "unit"], sort=False).head(SCALER_SAMPLE)
+    counts = {k: n for k, n in counts.items() if n > 0}
+    return counts, samples, totals["entities"], {r.part: list(r.counts) for r in done}
 
 
 def _live_feature_space(store: TripletStore, embedder: str | None, embed_dim: int | None, refit: bool):
@@ -298,7 +316,7 @@ def _build_pairs(
     store: TripletStore,
     meta,
     counts,
-    samples: pd.DataFrame,
+    samples: dict,
     space: FeatureSpace | None,
     embedder: str | None,
     embed_dim: int | None,
@@ -313,7 +331,7 @@ def _build_pairs(
         for row in store.read_pairs().to_pylist():
             old[(row["concept"], row["unit"])] = row
     next_id = max((r["pair_id"] for r in old.values()), default=-1) + 1
-    by_pair = {k: g["value"].to_numpy() for k, g in samples.groupby(["concept", "unit"], sort=False)}
+    by_pair = {k: value for k, (_, value) in samples.items()}
     rows, scalers, new = [], {}, []
     for key in sorted(counts):
         if space is not None and key in old:  # frozen: the pair's scaler, embedding and text stay
@@ -370,40 +388,17 @@ def _fit_space(store: TripletStore, texts: list[str], embedder: str | None, embe
     return space, raw
 
 
-def _write_final(
-    staged: StagedVersion, buckets: int, pairs: list[dict], scalers, row_group_size: int
-) -> list[str]:
-    """Phase D: attach pair id, scaled value and fold; write row groups sorted by entity/pair/period."""
-    fs = staged.loc.fs
-    ids = pa.table(
-        {
-            "concept": [p["concept"] for p in pairs],
-            "unit": [p["unit"] for p in pairs],
-            "pair_id": pa.array([p["pair_id"] for p in pairs], pa.int32()),
-        }
-    )
-    written = []
-    for b in range(buckets):
-        rel = bucket_file("dedup", b)
-        if not staged.exists(rel):
-            continue
-        t = pq.read_table(staged.join(rel), filesystem=fs).join(
-            ids, keys=["concept", "unit"], join_type="inner"
-        )
-        pair_id = t.column("pair_id").to_numpy()
-        scaled = scale_by_pair(pair_id, t.column("value").to_numpy(), scalers)
-        t = t.append_column("scaled_value", pa.array(scaled)).append_column("fold", _fold(t.column("accn")))
-        t = t.select(TRIPLET_SCHEMA.names).cast(TRIPLET_SCHEMA)
-        t = t.sort_by([("entity_id", "ascending"), ("pair_id", "ascending"), ("period_end", "ascending")])
-        name = bucket_file("triplets", b)
-        pq.write_table(t, staged.join(name), filesystem=fs, row_group_size=row_group_size)
-        written.append(name)
-    return written
-
-
-def _fold(accn: pa.ChunkedArray) -> pa.Array:
-    """crc32(accession) % VAL_FOLDS: every fact of one filing lands in the same fold."""
-    accn = pc.fill_null(accn, "")
-    uniq = pc.unique(accn)
-    folds = pa.array([fold_of(a) for a in uniq.to_pylist()], pa.int16())
-    return pc.take(folds, pc.index_in(accn, value_set=uniq))
+def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers, row_group_size: int, runner):
+    """Phase D: each de-duplicated bucket gets pair id, scaled value and fold, sorted by
+    entity/pair/period, written in row groups into the new version's folder (one task per bucket,
+    given the ids and scalers of its own pairs only). Returns {file (relative to the version's
+    folder): its size, sha256 and rows, taken as it was written}."""
+    ids = {(p["concept"], p["unit"]): p["pair_id"] for p in pairs}
+    calls = []
+    for b, keys in sorted(parts.items()):
+        own = {k: ids[k] for k in keys}
+        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": bucket_file("dedup", b),
+                      "out_file": f"{staged.data_dir}/{bucket_file('triplets', b)}", "pair_ids": own,
+                      "scalers": {i: scalers[i] for i in own.values()}, "row_group_size": row_group_size})  # fmt: skip
+    records = runner.map(write_partition, calls)
+    return {bucket_file("triplets", b): rec for b, rec in zip(sorted(parts), records)}

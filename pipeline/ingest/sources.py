@@ -8,8 +8,9 @@ never by the number of inputs.
 Hostile input is refused before it can exhaust memory:
   - a document (a .json file, a .json.gz or zip member once inflated, a .csv) is read only up to
     MAX_DOCUMENT_BYTES; one past that fails (a gzip or zip bomb stops there, a zip member whose
-    header says more is refused unread). A JSON document is parsed whole: peak memory is about
-    twice its size (its bytes while they are decoded, then the text and the parsed objects);
+    header says more is refused unread). A JSON document up to STREAM_BYTES is parsed whole (peak
+    memory about twice its size); a larger one as a stream, one concept at a time
+    (pipeline/ingest/companyfacts.py);
   - a CSV is read line by line, each line at most MAX_LINE_BYTES (a 100 MB line fails after 8 MiB);
   - labels, descriptions and names longer than MAX_TEXT_CHARS, and JSON nested too deeply, fail;
   - zip member names that are absolute, hold a drive letter or a '..' part are refused (nothing
@@ -28,35 +29,35 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import UserError
+from pipeline.ingest.companyfacts import (
+    MAX_TEXT_CHARS,
+    STREAM_BYTES,
+    Document,
+    IngestError,
+    parse_companyfacts,
+    parse_companyfacts_stream,
+)
+from pipeline.ingest.companyfacts import short as _short
+from pipeline.ingest.companyfacts import text_field as _text
 from pipeline.store.layout import RAW_SCHEMA
+
+__all__ = [
+    "Document",
+    "IngestError",
+    "MAX_TEXT_CHARS",
+    "expand_inputs",
+    "iter_documents",
+    "parse_companyfacts",
+]
 
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # largest (uncompressed) document read: zip/gzip-bomb guard
 MAX_LINE_BYTES = 8 * 1024 * 1024  # longest CSV line
-MAX_TEXT_CHARS = 64 * 1024  # longest entity name, label or description
 CSV_META = ("fy", "fp", "form", "filed", "accn")
-
-
-class IngestError(UserError):
-    """Bad input: names the file, and the line or concept when known."""
-
-    def __init__(self, source: str, detail: str, where: str | None = None):
-        self.source, self.detail, self.where = source, detail, where
-        super().__init__(f"{source}{f' ({where})' if where else ''}: {detail}")
-
-
-@dataclass
-class Document:
-    source: str
-    table: pa.Table
-    pair_meta: dict[tuple[str, str], tuple[str | None, str | None]]
-    skipped: list[IngestError] = field(default_factory=list)
-    failed: bool = False  # the whole document was skipped (--skip-bad)
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
@@ -77,27 +78,103 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return out
 
 
-def iter_documents(path: str, skip_bad: bool) -> Iterator[Document]:
-    """Parse one input file into documents (a zip yields one per member)."""
+@dataclass(frozen=True)
+class Part:
+    """A slice of the input: a whole file, or the members [start, stop) of a zip archive."""
+
+    path: str
+    start: int | None = None
+    stop: int | None = None
+    bytes: int = 0  # its documents' size (uncompressed when known): for planning and progress
+
+
+def split_inputs(files: list[str], unit_bytes: int) -> list[list[Part]]:
+    """The inputs cut into units of about `unit_bytes` of documents each, in input order: a zip's
+    members are spread over as many units as they fill, small files share a unit."""
+    units: list[list[Part]] = [[]]
+    size = 0
+
+    def add(part: Part) -> None:
+        nonlocal size
+        if units[-1] and size + part.bytes > unit_bytes:
+            units.append([])
+            size = 0
+        units[-1].append(part)
+        size += part.bytes
+
+    for path in files:
+        if _kind(path) != "zip":
+            factor = 8 if _kind(path) == "json.gz" else 1  # gzip: a guess until it is inflated
+            add(Part(path, bytes=factor * os.path.getsize(path)))
+            continue
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise IngestError(path, f"cannot read: {e}") from e
+        start, acc = 0, 0
+        for i, info in enumerate(infos):
+            # Only documents that will be read count (one over the cap is refused unread).
+            if info.filename.lower().endswith(".json") and info.file_size <= MAX_DOCUMENT_BYTES:
+                acc += info.file_size
+            if acc >= unit_bytes or i == len(infos) - 1:
+                add(Part(path, start, i + 1, acc))
+                start, acc = i + 1, 0
+        if not infos:
+            add(Part(path, 0, 0, 0))
+    return [u for u in units if u]
+
+
+def iter_documents(path: str, skip_bad: bool, members: tuple[int, int] | None = None) -> Iterator[Document]:
+    """Parse one input file into documents (a zip yields one per member, of `members` [start, stop)
+    only when given)."""
     kind = _kind(path)
     try:
         if kind == "zip":
-            yield from _iter_zip(path, skip_bad)
+            yield from _iter_zip(path, skip_bad, members)
         elif kind == "csv":
             _check_size(path)
             with open(path, "rb") as f:
                 yield parse_narrative_csv(f, path, skip_bad)
         else:
-            if kind == "json":
-                _check_size(path)
-            opener = gzip.open if kind == "json.gz" else open
-            with opener(path, "rb") as f:
-                text = _json_text(_read_bounded(f, path), path)  # the bytes are freed here
-            yield parse_companyfacts(text, path, skip_bad)
+            yield _json_document(path, kind, skip_bad)
     except IngestError:
         raise
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
         raise IngestError(path, f"cannot read: {e}") from e
+
+
+def _json_document(path: str, kind: str, skip_bad: bool) -> Document:
+    """A .json or .json.gz document: parsed whole up to STREAM_BYTES, as a stream beyond."""
+    if kind == "json":
+        _check_size(path)
+    opener = gzip.open if kind == "json.gz" else open
+    with opener(path, "rb") as f:
+        data = f.read(STREAM_BYTES + 1)
+        if len(data) <= STREAM_BYTES:
+            return parse_companyfacts(_json_text(data, path), path, skip_bad)
+    del data
+    with opener(path, "rb") as f:
+        return parse_companyfacts_stream(_Bounded(f, path), path, skip_bad)
+
+
+class _Bounded:
+    """A binary file that fails once more than MAX_DOCUMENT_BYTES were read from it."""
+
+    def __init__(self, f, source: str):
+        self.f, self.source, self.read_bytes = f, source, 0
+
+    def peek(self, n: int) -> bytes:
+        return self.f.peek(n)
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        data = self.f.read(min(n, MAX_DOCUMENT_BYTES + 1) if n and n > 0 else MAX_DOCUMENT_BYTES + 1)
+        self.read_bytes += len(data)
+        if self.read_bytes > MAX_DOCUMENT_BYTES:
+            raise IngestError(self.source, f"document inflates past the {MAX_DOCUMENT_BYTES}-byte limit")
+        return data
 
 
 def _check_size(path: str) -> None:
@@ -135,9 +212,10 @@ def _kind(path: str) -> str | None:
     return None
 
 
-def _iter_zip(path: str, skip_bad: bool) -> Iterator[Document]:
+def _iter_zip(path: str, skip_bad: bool, members: tuple[int, int] | None) -> Iterator[Document]:
     with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
+        infos = zf.infolist()
+        for info in infos[slice(*members)] if members else infos:
             if info.is_dir():
                 continue
             name = info.filename
@@ -154,8 +232,13 @@ def _iter_zip(path: str, skip_bad: bool) -> Iterator[Document]:
                 )
             try:
                 with zf.open(info) as f:  # zipfile stops at the declared size and checks the CRC
-                    text = _json_text(_read_bounded(f, source), source)
-                yield parse_companyfacts(text, source, skip_bad)
+                    if info.file_size > STREAM_BYTES:
+                        doc = parse_companyfacts_stream(_Bounded(f, source), source, skip_bad)
+                    else:
+                        doc = parse_companyfacts(
+                            _json_text(_read_bounded(f, source), source), source, skip_bad
+                        )
+                yield doc
             except IngestError as e:
                 if not skip_bad:
                     raise
@@ -164,7 +247,7 @@ def _iter_zip(path: str, skip_bad: bool) -> Iterator[Document]:
 
 
 class _Columns:
-    """Column-wise accumulation of raw rows for one document."""
+    """Row-by-row accumulation of raw rows (narrative CSV)."""
 
     def __init__(self) -> None:
         self.cols: dict[str, list] = {f.name: [] for f in RAW_SCHEMA}
@@ -185,96 +268,6 @@ class _Columns:
             return pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise IngestError(source, f"bad field value: {e}") from e
-
-
-def _number(val, source: str, where: str) -> float:
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
-        raise IngestError(source, f"value {val!r} is not a number", where)
-    x = float(val)
-    if not math.isfinite(x):
-        raise IngestError(source, f"value {val!r} is not finite", where)
-    return x
-
-
-def parse_companyfacts(data: bytes | str, source: str, skip_bad: bool = False) -> Document:
-    """One SEC companyfacts document: {"cik", "entityName", "facts": {taxonomy: {concept: …}}}."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise IngestError(source, f"invalid JSON: {_short(e)}") from e
-    except RecursionError:
-        raise IngestError(source, "invalid JSON: nested too deeply") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("facts"), dict) or "cik" not in doc:
-        raise IngestError(source, "not a companyfacts document (needs 'cik' and a 'facts' object)")
-    try:
-        entity_id = f"{int(doc['cik']):010d}"
-    except (TypeError, ValueError) as e:
-        raise IngestError(source, f"cik {doc['cik']!r} is not an integer") from e
-    name = _text(doc.get("entityName"), source, "entityName")
-    cols, meta, skipped = _Columns(), {}, []
-    for taxonomy, concepts in doc["facts"].items():
-        if not isinstance(concepts, dict):
-            raise IngestError(source, "taxonomy is not an object", f"taxonomy {taxonomy}")
-        for concept, body in concepts.items():
-            units = body.get("units") if isinstance(body, dict) else None
-            if not isinstance(units, dict):
-                raise IngestError(source, "concept has no 'units' object", f"concept {taxonomy}:{concept}")
-            if (concept, None) not in meta:  # check each concept's texts once
-                where = f"concept {taxonomy}:{concept}"
-                meta[(concept, None)] = (
-                    _text(body.get("label"), source, f"{where} label"),
-                    _text(body.get("description"), source, f"{where} description"),
-                )
-                _text(concept, source, where)
-            for unit, facts in units.items():
-                _text(unit, source, f"concept {taxonomy}:{concept} unit")
-                meta.setdefault((concept, unit), meta[(concept, None)])
-                for i, fact in enumerate(facts if isinstance(facts, list) else [None]):
-                    where = f"concept {taxonomy}:{concept} unit {unit} fact {i}"
-                    try:
-                        if not isinstance(fact, dict) or "end" not in fact or "val" not in fact:
-                            raise IngestError(source, "fact needs 'end' and 'val'", where)
-                        value = _number(fact["val"], source, where)
-                    except IngestError as e:
-                        if not skip_bad:
-                            raise
-                        skipped.append(e)
-                        continue
-                    cols.add(
-                        entity_id=entity_id,
-                        entity_name=name,
-                        taxonomy=taxonomy,
-                        concept=concept,
-                        unit=unit,
-                        value=value,
-                        period_start=fact.get("start"),
-                        period_end=fact["end"],
-                        fy=fact.get("fy"),
-                        fp=fact.get("fp"),
-                        form=fact.get("form"),
-                        filed=fact.get("filed"),
-                        accn=fact.get("accn"),
-                    )
-    meta = {k: v for k, v in meta.items() if k[1] is not None}
-    return Document(source, cols.table(source), meta, skipped)
-
-
-def _short(e: Exception, limit: int = 300) -> str:
-    text = str(e)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _text(value, source: str, where: str):
-    """A name/label/description: a string (or absent) of at most MAX_TEXT_CHARS characters."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise IngestError(source, f"expected text, found {type(value).__name__}", where)
-    if len(value) > MAX_TEXT_CHARS:
-        raise IngestError(
-            source, f"{len(value)} characters long, over the {MAX_TEXT_CHARS}-character limit", where
-        )
-    return value
 
 
 def _lines(f, source: str):

@@ -26,8 +26,11 @@ from pipeline.store.layout import (
     LOCK_FILE,
     MANIFEST,
     PAIRS_FILE,
-    SCHEMA_VERSION,
+    READABLE_SCHEMAS,
+    VERSIONS_DIR,
     feature_files,
+    manifest_files,
+    manifest_triplet_files,
     parse_version_dir,
 )
 
@@ -76,10 +79,11 @@ def verify_store(uri: str) -> StoreCheck:
     if missing:
         check.damage.append((MANIFEST, f"lacks {', '.join(missing)}"))
         return check
-    if m["schema_version"] != SCHEMA_VERSION:
+    if m["schema_version"] not in READABLE_SCHEMAS:
         check.damage.append(
-            (MANIFEST, f"schema_version {m['schema_version']!r}, this tunestack reads {SCHEMA_VERSION}")
-        )
+            (MANIFEST, f"schema_version {m['schema_version']!r}, this tunestack reads "
+                       f"{', '.join(map(str, READABLE_SCHEMAS))}")
+        )  # fmt: skip
         return check
     check.version = m["version"]
     data_dir = m["data_dir"]
@@ -87,37 +91,28 @@ def verify_store(uri: str) -> StoreCheck:
         check.damage.append((data_dir, "the live version's folder is missing"))
         return check
 
-    records = m.get("files")
-    if records is None:
+    if m.get("files") is None:
         check.notes.append("manifest predates per-file checksums: Parquet files decoded in full instead")
-        records = {}
-    names = sorted(set(m["triplet_files"]) | {PAIRS_FILE} | set(records))
-    rows = {}
-    for name in names:
-        rel = f"{data_dir}/{name}"
-        rows[name] = _check_file(loc, rel, records.get(name), check)
-    on_disk = {posixpath.relpath(f, data_dir) for f in loc.list_files(data_dir)}
-    for extra in sorted(on_disk - set(names)) if records else []:
-        check.damage.append((f"{data_dir}/{extra}", "file not in the manifest"))
+    records = manifest_files(m)  # every file of the version, wherever it was written
+    rows = {rel: _check_file(loc, rel, record, check) for rel, record in records.items()}
+    on_disk = set(loc.list_files(data_dir))  # what the version wrote: all of it recorded
+    for extra in sorted(on_disk - set(records)) if m.get("files") is not None else []:
+        check.damage.append((extra, "file not in the manifest"))
 
     counts = m["counts"]
-    triplet_rows = [rows[n] for n in m["triplet_files"]]
+    triplet_rows = [rows[n] for n in manifest_triplet_files(m)]
     if None not in triplet_rows and sum(triplet_rows) != counts.get("triplets"):
         check.damage.append(
             (MANIFEST, f"counts.triplets is {counts.get('triplets')}, the files hold {sum(triplet_rows)}")
         )
-    if rows.get(PAIRS_FILE) is not None and rows[PAIRS_FILE] != counts.get("pairs"):
-        check.damage.append(
-            (
-                f"{data_dir}/{PAIRS_FILE}",
-                f"{rows[PAIRS_FILE]} rows, manifest counts {counts.get('pairs')} pairs",
-            )
-        )
+    pairs = f"{data_dir}/{PAIRS_FILE}"
+    if rows.get(pairs) is not None and rows[pairs] != counts.get("pairs"):
+        check.damage.append((pairs, f"{rows[pairs]} rows, manifest counts {counts.get('pairs')} pairs"))
     _check_features(loc, m, check)
     for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=False)):
         name = posixpath.basename(info.path.rstrip("/"))
         version = parse_version_dir(name)
-        if name in (MANIFEST, LOCK_FILE, FEATURES_DIR, data_dir) or (
+        if name in (MANIFEST, LOCK_FILE, FEATURES_DIR, VERSIONS_DIR, data_dir) or (
             version is not None and version < m["version"]
         ):
             continue  # the store's own files, and earlier versions kept for readers (`store gc`)

@@ -1,23 +1,33 @@
-"""The one place that knows the store's layout on disk.
+"""The one place that knows the store's layout on disk (or in a bucket).
 
     STORE/
-      manifest.json                    # points at the live version and feature version (+ size/sha256/rows of
-                                       # their files); swapped atomically
+      manifest.json                    # the pointer: the live version's record (its files with size, sha256
+                                       # and rows; counts; feature version). Replaced whole: one PUT on an
+                                       # object store, a temporary file renamed over it on a local disk
       .lock                            # the writers' lock (pipeline/store/lock.py); names its holder while held
+      versions/v000003.json            # the record of every kept version (what manifest.json held while live)
       features/
         f000001.safetensors            # feature version 1: mean [raw_dim], components [raw_dim, embed_dim]
         f000001.json                   # its embedder (name, raw_dim, ...) and how it was fitted
-      v000003/
-        triplets/bucket-00.parquet ... # triplets, hash-partitioned by entity, in row groups
-        pairs.parquet                  # pair id, concept, unit, label, scaler numbers, embedding
-      v000002/, v000001/               # the previous versions, kept for readers still streaming them
+      v000003/                         # the files version 3 wrote, never modified afterwards:
+        triplets/bucket-07.parquet ... #   the buckets it changed (triplets hash-partitioned by entity, in row groups)
+        pairs.parquet                  #   pair id, concept, unit, label, scaler numbers, embedding
+      v000002/triplets/bucket-01.parquet  # a bucket version 3 left as it was: its record names this file
 
-A writer takes the lock, stages a whole new version beside the live one, fsyncs it, and only then
-swaps `manifest.json`, so a failed or interrupted ingest leaves the live store exactly as it was.
-The previous versions stay (readers such as a Ray Data pipeline open their files lazily, long
-after they read the manifest) until more than `keep` (default 2) are older than the live one:
-each commit then deletes the oldest, as does `tunestack store gc`. Feature versions are never
-rewritten or deleted: appends reuse the live one, `tunestack store refit` adds the next.
+A version is the list of files its record names, wherever they were first written: an append
+rewrites only the buckets it adds rows to and reuses every other bucket file as it is. Nothing is
+ever renamed: a writer takes the lock, writes the new version's files under its own fresh prefix
+(`v000003/`), fsyncs them (local disks), writes the version's record, and only then replaces
+`manifest.json`, which readers follow and nothing else. A failed or interrupted write leaves the
+live store exactly as it was (its leftovers, under a prefix no record names, are removed by the
+next writer under the lock). The previous versions stay (readers such as a Ray Data pipeline open
+their files lazily, long after they read the manifest) until more than `keep` (default 2) are
+older than the live one: each commit then drops the oldest records and deletes every file no kept
+version names, as does `tunestack store gc`. Feature versions are never rewritten or deleted:
+appends reuse the live one, `tunestack store refit` adds the next.
+
+Schema 2 names files relative to the store; schema 1 (before reuse) named them relative to its
+version's folder, and is still read.
 """
 
 from __future__ import annotations
@@ -38,12 +48,14 @@ import pyarrow.parquet as pq
 from pipeline.storage import Location, resolve
 from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace
-from pipeline.store.files import file_record, fsync_dir, fsync_tree, inventory, write_atomic
+from pipeline.store.files import file_record, fsync_tree, write_atomic
 from pipeline.store.lock import DEFAULT_WAIT, LOCK_FILE, StoreLock
 from pipeline.store.scaler import PairScaler
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1: file names relative to the version's folder, no version records
 MANIFEST = "manifest.json"
+VERSIONS_DIR = "versions"
 PAIRS_FILE = "pairs.parquet"
 FEATURES_DIR = "features"
 STAGING_PREFIX = ".staging-"
@@ -122,6 +134,36 @@ def bucket_file(kind: str, bucket: int) -> str:
     return f"{kind}/bucket-{bucket:02d}.parquet"
 
 
+def bucket_of_file(path: str) -> int:
+    """The bucket a triplets file holds (from its name, `…/bucket-XX.parquet`)."""
+    m = re.search(r"bucket-(\d+)\.parquet$", path)
+    if m is None:
+        raise StoreError(f"{path}: not a bucket file")
+    return int(m.group(1))
+
+
+def version_record(version: int) -> str:
+    """A kept version's record, relative to the store."""
+    return f"{VERSIONS_DIR}/{version_dir_name(version)}.json"
+
+
+def manifest_triplet_files(m: dict) -> list[str]:
+    """A version's triplet files, relative to the store (whatever its schema)."""
+    if m.get("schema_version", 1) == 1:
+        return [f"{m['data_dir']}/{f}" for f in m["triplet_files"]]
+    return list(m["triplet_files"])
+
+
+def manifest_files(m: dict) -> dict[str, dict | None]:
+    """Every file of a version, relative to the store, with its record (None: not recorded)."""
+    records = m.get("files") or {}
+    if m.get("schema_version", 1) == 1:
+        names = set(m["triplet_files"]) | {PAIRS_FILE} | set(records)
+        return {f"{m['data_dir']}/{n}": records.get(n) for n in sorted(names)}
+    names = set(m["triplet_files"]) | {f"{m['data_dir']}/{PAIRS_FILE}"} | set(records)
+    return {n: records.get(n) for n in sorted(names)}
+
+
 def manifest_embedder(space: FeatureSpace) -> dict:
     """The manifest's summary of a version's embedder (what `tunestack store show` prints)."""
     return {
@@ -155,10 +197,10 @@ class TripletStore:
                 self.manifest = json.loads(self.loc.read_bytes(MANIFEST))
             except ValueError as e:
                 raise StoreError(f"{self.loc.join(MANIFEST)}: manifest is not valid JSON ({e})") from e
-            if self.manifest.get("schema_version") != SCHEMA_VERSION:
+            if self.manifest.get("schema_version") not in READABLE_SCHEMAS:
                 raise StoreError(
                     f"{self.loc.join(MANIFEST)}: schema_version {self.manifest.get('schema_version')!r}, "
-                    f"this tunestack reads {SCHEMA_VERSION}"
+                    f"this tunestack reads {', '.join(map(str, READABLE_SCHEMAS))}"
                 )
 
     # ---- reading -------------------------------------------------------------------------
@@ -179,8 +221,11 @@ class TripletStore:
 
     def triplet_files(self) -> list[str]:
         """Absolute (filesystem) paths of the live triplet Parquet files."""
-        m = self.require()
-        return [self.loc.join(m["data_dir"], f) for f in m["triplet_files"]]
+        return [self.loc.join(f) for f in manifest_triplet_files(self.require())]
+
+    def bucket_files(self) -> dict[int, str]:
+        """The live version's file of each bucket (relative to the store)."""
+        return {bucket_of_file(f): f for f in manifest_triplet_files(self.require())}
 
     def read_pairs(self) -> pa.Table:
         return pq.read_table(self.loc.join(self.version_dir, PAIRS_FILE), filesystem=self.loc.fs)
@@ -280,59 +325,117 @@ class TripletStore:
             m = re.fullmatch(r"f(\d{6})\.(json|safetensors)", name)
             if name.startswith(".") or (m and int(m.group(1)) > live_features):
                 self.loc.fs.delete_file(self.loc.join(rel))
+        for version, rel in self._records().items():
+            if version > live:  # a record written, but the manifest swap never happened
+                self.loc.delete_file(rel)
+        for rel in self.loc.list_files(VERSIONS_DIR):
+            if posixpath.basename(rel).startswith("."):
+                self.loc.delete_file(rel)
+
+    def _records(self) -> dict[int, str]:
+        """The version records kept in the store: {version: path relative to the store}."""
+        out = {}
+        for rel in self.loc.list_files(VERSIONS_DIR):
+            m = re.fullmatch(r"v(\d{6})\.json", posixpath.basename(rel))
+            if m:
+                out[int(m.group(1))] = rel
+        return out
 
     def previous_versions(self) -> list[int]:
-        """Version folders older than the live one still in the store, oldest first."""
+        """Versions older than the live one still in the store, oldest first: those with a record,
+        and (schema 1) folders holding their own pairs table. A dropped version's folder may still
+        hold bucket files a kept version reuses, never its pairs table."""
         live = self.require()["version"]
-        found = (parse_version_dir(posixpath.basename(i.path.rstrip("/"))) for i in self._top())
-        return sorted(v for v in found if v is not None and v < live)
+        found = set(self._records())
+        for info in self._top():
+            v = parse_version_dir(posixpath.basename(info.path.rstrip("/")))
+            if v is not None and self.loc.exists(f"{version_dir_name(v)}/{PAIRS_FILE}"):
+                found.add(v)
+        return sorted(v for v in found if v < live)
 
     def gc(self, keep: int = DEFAULT_KEEP) -> list[str]:
-        """Delete previous versions but the newest `keep` (under `writing()`); their folder names."""
+        """Drop previous versions but the newest `keep` (under `writing()`): their records, and every
+        file under a version folder that no kept version names. Returns the dropped versions' names."""
         if self._lock is None:
             raise StoreError(f"store {self.uri}: gc() outside `with store.writing():`")
         if keep < 0:
             raise StoreError(f"keep must be 0 or more, got {keep}")
+        live = self.require()
         old = self.previous_versions()
-        doomed = [version_dir_name(v) for v in old[: max(0, len(old) - keep)]]
-        for name in doomed:
-            self.loc.delete_dir(name)
-        return doomed
+        kept, doomed = old[max(0, len(old) - keep) :], old[: max(0, len(old) - keep)]
+        records = self._records()
+        named = set(manifest_files(live))
+        for v in kept:  # a kept version's files: its record's, or (schema 1) its whole folder
+            if v in records:
+                named |= set(manifest_files(json.loads(self.loc.read_bytes(records[v]))))
+            else:
+                named |= set(self.loc.list_files(version_dir_name(v)))
+        for v in doomed:
+            if v in records:
+                self.loc.delete_file(records[v])
+        for info in self._top():
+            folder = posixpath.basename(info.path.rstrip("/"))
+            if parse_version_dir(folder) is None or parse_version_dir(folder) > live["version"]:
+                continue
+            files = self.loc.list_files(folder)
+            unnamed = [f for f in files if f not in named]
+            if len(unnamed) == len(files):
+                self.loc.delete_dir(folder)
+            else:
+                for rel in unnamed:
+                    self.loc.delete_file(rel)
+        return [version_dir_name(v) for v in doomed]
 
     def _top(self):
         return self.loc.fs.get_file_info(_selector(self.loc.path))
 
 
 class StagedVersion:
-    """A new store version being written beside the live one; `commit` swaps it in."""
+    """A new store version being written under its own fresh prefix; `commit` makes it live.
+
+    `join(...)` is a path inside the new version's folder (`vNNNNNN/`, its final content);
+    `scratch(...)` a path inside a staging folder for the writer's intermediate files (raw and
+    de-duplicated buckets), deleted by `drop_scratch` or `abort`."""
 
     def __init__(self, store: TripletStore):
         self.store = store
-        self.name = f".staging-{uuid.uuid4().hex[:12]}"
+        old = store.manifest
+        self.version = (old["version"] + 1) if old else 1
+        self.data_dir = version_dir_name(self.version)
+        self.name = f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         self.loc = store.loc
         self.path = self.loc.join(self.name)
-        for sub in (*SCRATCH_DIRS, "triplets"):
-            self.loc.fs.create_dir(self.join(sub), recursive=True)
+        for sub in SCRATCH_DIRS:
+            self.loc.fs.create_dir(self.scratch(sub), recursive=True)
+        self.loc.fs.create_dir(self.join("triplets"), recursive=True)
 
     def join(self, *parts: str) -> str:
+        """A path inside the new version's folder."""
+        return self.loc.join(self.data_dir, *parts)
+
+    def scratch(self, *parts: str) -> str:
+        """A path inside this writer's staging folder (never part of a version)."""
         return self.loc.join(self.name, *parts)
 
     def exists(self, rel: str) -> bool:
         return self.loc.exists(f"{self.name}/{rel}")
 
     def drop_scratch(self) -> None:
-        """Delete the staging-only folders (raw, dedup): what remains is the version's content."""
-        for sub in SCRATCH_DIRS:
-            self.loc.delete_dir(f"{self.name}/{sub}")
+        """Delete the staging folder (raw, dedup): what remains is the version's content."""
+        self.loc.delete_dir(self.name)
 
-    def commit(self, manifest: dict, features: FeatureSpace, keep: int = DEFAULT_KEEP) -> dict:
-        """Rename the staged folder to the next version and atomically point the manifest at it,
-        then delete previous versions but the newest `keep`. `features` is the version's feature
-        space: the live one (appends), or a new one, whose files are written here, before the swap."""
+    def commit(
+        self, manifest: dict, features: FeatureSpace, keep: int = DEFAULT_KEEP, reused: dict | None = None
+    ) -> dict:
+        """Make the staged version live: record its files (`manifest["triplet_files"]`: the files it
+        wrote, relative to its folder; `reused`: {store-relative path: record} of earlier versions'
+        bucket files it keeps; `manifest["files"]`, optional: records taken at write, relative to its
+        folder), write its record, then replace `manifest.json` (the one write readers see); then
+        drop previous versions but the newest `keep`. `features` is the version's feature space: the
+        live one (appends), or a new one, whose files are written here, before the swap."""
         old = self.store.manifest
-        version = (old["version"] + 1) if old else 1
-        data_dir = version_dir_name(version)
         new_features = features.version != (self.store.feature_version if old else None)
+        reused = dict(reused or {})
         written = []
         try:
             if new_features:
@@ -340,12 +443,21 @@ class StagedVersion:
                     self.loc.fs.create_dir(self.loc.join(FEATURES_DIR), recursive=True)
                     write_atomic(self.loc, rel, data)
                     written.append(rel)
+            at_write = manifest.pop("files", None) or {}
+            files = {f"{self.data_dir}/{rel}": at_write.get(rel) for rel in self.loc_files()}
+            files = {
+                rel: rec or file_record(self.loc.fs, self.loc.join(rel)) for rel, rec in files.items()
+            }  # size, sha256, rows: what `store verify` checks (hashed now only if not at write)
+            for rel, rec in reused.items():
+                files[rel] = rec or file_record(self.loc.fs, self.loc.join(rel))
+            triplets = [f"{self.data_dir}/{f}" for f in manifest.pop("triplet_files")] + list(reused)
             manifest = {
                 "schema_version": SCHEMA_VERSION,
-                "version": version,
-                "data_dir": data_dir,
+                "version": self.version,
+                "data_dir": self.data_dir,
                 "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 **manifest,
+                "triplet_files": sorted(triplets, key=bucket_of_file),
                 "features": {
                     "version": features.version,
                     "files": {
@@ -353,28 +465,30 @@ class StagedVersion:
                         for rel in feature_files(features.version)
                     },
                 },
-                "files": inventory(self.loc, self.name),  # size, sha256, rows: what `store verify` checks
+                "files": dict(sorted(files.items())),
             }
-            fsync_tree(self.loc, self.name)  # every file of the version on disk before the swap names it
-            self.loc.fs.move(self.path, self.loc.join(data_dir))
-            fsync_dir(self.loc)
+            data = json.dumps(manifest, indent=2).encode()
+            fsync_tree(self.loc, self.data_dir)  # every file of the version on disk before a record names it
+            self.loc.fs.create_dir(self.loc.join(VERSIONS_DIR), recursive=True)
+            write_atomic(self.loc, version_record(self.version), data)
+            written.append(version_record(self.version))
+            write_atomic(self.loc, MANIFEST, data)  # the pointer: the version is live from here on
         except BaseException:
-            for rel in written:  # a feature version no manifest names is removed with the failed version
-                self.loc.fs.delete_file(self.loc.join(rel))
-            raise
-        try:
-            write_atomic(self.loc, MANIFEST, json.dumps(manifest, indent=2).encode())
-        except BaseException:
-            self.loc.delete_dir(data_dir)  # the manifest still names the old version: drop the new one
-            for rel in written:
-                self.loc.fs.delete_file(self.loc.join(rel))
+            self.loc.delete_dir(self.data_dir)  # the manifest still names the old version: drop the new one
+            for rel in written:  # so are a record and a feature version no manifest names
+                self.loc.delete_file(rel)
             raise
         self.store.manifest = manifest
         self.store.gc(keep)
         return manifest
 
+    def loc_files(self) -> list[str]:
+        """The files written so far under the new version's folder, relative to it."""
+        return [posixpath.relpath(f, self.data_dir) for f in self.loc.list_files(self.data_dir)]
+
     def abort(self) -> None:
         self.loc.delete_dir(self.name)
+        self.loc.delete_dir(self.data_dir)
 
 
 def write_pairs(path: str, rows: list[dict], embed_dim: int, fs) -> None:

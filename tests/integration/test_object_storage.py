@@ -2,11 +2,13 @@
 server over HTTP), on a two-node Ray cluster whose node processes and drivers each have their own
 empty TUNESTACK_HOME, so nothing can be found on a shared disk by accident.
 
-ingest (for now: on this machine, then copied into the bucket; see test_ingest_into_s3) → store
-verify → train → resume from another driver → tune with ASHA (registers and
+ingest straight into the bucket (no rename anywhere: files under a fresh prefix, then one pointer
+object) → store verify → train → resume from another driver → tune with ASHA (registers and
 promotes v0001) → serve (the model replica pinned to the second node) → query → a registration
 that fails between writing its version and the production pointer (v0001 stays live) → register
 v0002 → promote from yet another driver → the replica hot-swaps to v0002 → models verify.
+(The store's own object-storage cases, append, gc, damage and a failure before the pointer, are
+tests/unit/test_ingest_s3.py.)
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ AE = [
     "model.latent_dim=4",
     "--set",
     "train.batch_size=512",
-]  # the Stage-1 autoencoder, tiny: a 4-d latent over the store's 8-d embedding + value
+    "--set",
+    "data.val_fraction=0.2",
+]  # the Stage-1 autoencoder, tiny: a 4-d latent over the store's 8-d embedding + value. Validation
+# is the first val_fraction of the 100 accession folds: the two companies' 32 filings leave the
+# first 10 folds empty, the first 20 hold 75 of their 480 facts
 LOCAL_AREAS = ("store", "runs", "registry")
 
 
@@ -125,25 +131,29 @@ def world(s3_server, tmp_path):
         cluster.stop()
 
 
-def _driver_env(world, name: str) -> dict:
-    """A driver on 'another machine': its own empty home, the cluster's address, the shared storage."""
+def _driver_env(world, name: str, cluster: bool = True) -> dict:
+    """A driver on 'another machine': its own empty home, the shared storage and (`cluster`) the
+    cluster's address."""
     home = world["tmp"] / f"driver-{name}-home"
     home.mkdir(exist_ok=True)
     world["cluster"].homes.append(home)
-    return venv_env(
+    env = venv_env(
         **world["s3"].env,
         TUNESTACK_HOME=home,
         TUNESTACK_STORAGE=world["prefix"],
         RAY_ADDRESS=world["cluster"].address,
         RAY_AUTH_MODE="token",
     )
+    if not cluster:
+        env.pop("RAY_ADDRESS")
+    return env
 
 
-def tunestack(world, name: str, *args: str, timeout: float = 420) -> str:
+def tunestack(world, name: str, *args: str, timeout: float = 420, cluster: bool = True) -> str:
     done = subprocess.run(
         [str(VENV_BIN / "tunestack"), *args],
         cwd=REPO,
-        env=_driver_env(world, name),
+        env=_driver_env(world, name, cluster),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -167,14 +177,12 @@ def test_pipeline_on_object_storage_with_no_shared_disk(world, monkeypatch):
         docs.append(str(tmp / f"CIK{i}.json"))
         write_companyfacts_json(docs[-1], cik=1000 + i, name=f"Company {i}", facts_per_concept=16, seed=i)
 
-    # ingest → the store on s3, and its verification. Until the store commits without renaming a
-    # folder (issue 13; test_ingest_into_s3 below says when), the store is ingested on this machine
-    # and copied into the bucket as it is; everything after reads it from the bucket only.
-    from pipeline.ingest import ingest
-
-    ingest(docs, str(tmp / "local-store"), embedder="hashed", embed_dim=8, progress=False)
-    resolve(join_uri(prefix, "store")).upload(str(tmp / "local-store"))
-    shutil.rmtree(tmp / "local-store")
+    # ingest → the store on s3 (written by a laptop outside the cluster, as the README does it: the
+    # input files are on its own disk), and its verification from another driver
+    out = tunestack(
+        world, "ingest", "ingest", *docs, "--embedder", "hashed", "--embed-dim", "8", cluster=False
+    )
+    assert json.loads(out)["store"] == join_uri(prefix, "store")
     assert "match the manifest" in tunestack(world, "verify-store", "store", "verify")
     store = TripletStore(join_uri(prefix, "store"))
     row = store.read_pairs().slice(0, 1).to_pylist()[0]
@@ -188,12 +196,15 @@ def test_pipeline_on_object_storage_with_no_shared_disk(world, monkeypatch):
     assert resumed["best_checkpoint"] == train["best_checkpoint"]
 
     # tune with ASHA: 2 trials, experiment and trial checkpoints on s3; the best registered + promoted
+    tune_cfg = yaml.safe_load((REPO / cfg).read_text())  # its latent grid (16, 32) exceeds the 9-d input
+    tune_cfg["search"]["model.latent_dim"] = {"grid": [2, 4]}
+    (tmp / "autoencoder-tune.yaml").write_text(yaml.safe_dump(tune_cfg))
     out = tunestack(
         world,
         "tune",
         "tune",
         "--config",
-        cfg,
+        str(tmp / "autoencoder-tune.yaml"),
         "--name",
         "ae-tune",
         "--promote",
@@ -284,6 +295,7 @@ def test_pipeline_on_object_storage_with_no_shared_disk(world, monkeypatch):
 def _serve_config(port: int) -> dict:
     app_args = {
         "families": {"autoencoder": "encode"},
+        "model_deployments": ["autoencoder"],  # its own deployment, model-autoencoder, on the second node
         "poll_interval_s": 0.5,
         "model_num_cpus": 0.1,
         "gateway_num_cpus": 0.1,
@@ -309,21 +321,3 @@ def _serve_config(port: int) -> dict:
             }
         ],
     }
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="the store's commit renames its staged folder, which object stores cannot do (issue 13 "
-    "makes it rename-free); strict: this fails the suite once ingest into s3:// works, so the "
-    "end-to-end test above switches to `tunestack ingest` straight into the bucket",
-)
-def test_ingest_into_s3(s3_prefix, tmp_path):
-    from pipeline.ingest import ingest
-    from pipeline.store.integrity import verify_store
-    from pipeline.synth import write_companyfacts_json
-
-    doc = str(tmp_path / "CIK1.json")
-    write_companyfacts_json(doc, cik=1, name="Company 1", facts_per_concept=8, seed=0)
-    ingest([doc], f"{s3_prefix}/store", embedder="hashed", embed_dim=8, progress=False)
-    assert verify_store(f"{s3_prefix}/store").ok

@@ -3,7 +3,8 @@
     tests.support               paths, the real SEC data, tree digests, free ports, wait_until
     tests.support.procs         processes of Ray clusters a test starts itself, and ending them
     tests.support.serve_world   tiny real models trained in-process, registered; reference answers
-    tests.support.store_docs    small synthetic companyfacts documents and a quick ingest
+    tests.support.store_docs    small synthetic companyfacts documents, a quick ingest, a store's rows
+    tests.support.golden        the digest of a store's contents ingest's golden test records
     tests.support.faults        storage that fails midway (a full disk) for the fault drills
     tests.support.pickle_scan   find pickles among files (artifacts are never pickle)
     tests.support.s3server      moto's S3 server process (the s3_server / s3_prefix fixtures)

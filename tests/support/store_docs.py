@@ -1,11 +1,17 @@
 """Small synthetic companyfacts documents, and a quick offline ingest of them (the storage, ingest
-and verify tests build their stores so)."""
+and verify tests build their stores so); a store's rows in a total order for comparing stores."""
 
 from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
+
 from pipeline.ingest import ingest
+from pipeline.store import TripletStore
+from pipeline.synth_companyfacts import company_document
+
+RAW = ["entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn", "filed", "value"]
 
 
 def make_docs(folder, first_cik: int, n: int) -> list[str]:
@@ -42,3 +48,23 @@ def make_docs(folder, first_cik: int, n: int) -> list[str]:
 def quick_ingest(paths, uri):
     """Ingest `paths` into `uri` with the hashed embedder at 8 dimensions (fast, offline)."""
     return ingest(paths, uri, embedder="hashed", embed_dim=8, progress=False)
+
+
+def synth_docs(folder, first: int, n: int) -> list[str]:
+    """n companies of `tunestack synth companyfacts` (realistic filings: amendments, restatements,
+    comparatives), companies first .. first+n-1, one CIK##########.json each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(first, first + n):
+        doc = company_document(i, seed=5)
+        path = folder / f"CIK{doc['cik']:010d}.json"
+        path.write_text(json.dumps(doc))
+        out.append(str(path))
+    return out
+
+
+def store_rows(uri, columns=RAW):
+    """The live version's rows (`columns`), sorted on all of them: equal for equal store contents."""
+    store = TripletStore(str(uri))
+    t = pq.read_table(store.triplet_files(), columns=columns, filesystem=store.loc.fs)
+    return t.sort_by([(c, "ascending") for c in columns])

@@ -129,6 +129,7 @@ def test_second_ingest_of_same_files_adds_nothing_and_append_adds_company(tmp_pa
         "v000001",
         "v000002",
         "v000003",  # two previous versions kept
+        "versions",  # their records
     ]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -42,6 +41,10 @@ def _ingest(paths, uri, **kw):
 
 def _listing(uri) -> list[str]:
     return sorted(p.name for p in Path(uri).iterdir())
+
+
+def _records(uri) -> list[str]:
+    return sorted(p.name for p in (Path(uri) / "versions").iterdir())
 
 
 def _spawn(docs, uri, log: Path) -> subprocess.Popen:
@@ -125,7 +128,7 @@ def test_a_killed_writers_leftovers_are_removed_under_the_lock(tmp_path):
     (uri / ".manifest.json.tmp-1").write_text("{")
     assert len(verify_store(str(uri)).notes) == 3
     _ingest(make_docs(tmp_path / "b", 50, 1), uri)
-    assert _listing(uri) == [".lock", "features", "manifest.json", "v000001", "v000002"]
+    assert _listing(uri) == [".lock", "features", "manifest.json", "v000001", "v000002", "versions"]
     assert sorted(p.name for p in (uri / "features").iterdir()) == ["f000001.json", "f000001.safetensors"]
 
 
@@ -135,12 +138,23 @@ def test_previous_versions_stay_for_readers_until_gc(tmp_path, capsys):
     reader = TripletStore(str(uri))  # a reader that planned its reads on version 1
     for i in range(2):
         _ingest(make_docs(tmp_path / f"b{i}", 10 + i, 1), uri)
-    assert _listing(uri) == [".lock", "features", "manifest.json", "v000001", "v000002", "v000003"]
+    assert _listing(uri) == [
+        ".lock",
+        "features",
+        "manifest.json",
+        "v000001",
+        "v000002",
+        "v000003",
+        "versions",
+    ]
     assert pq.read_table(reader.triplet_files()).num_rows == ROWS_PER_DOC  # still readable
     _ingest(make_docs(tmp_path / "c", 20, 1), uri)  # a third previous version: the oldest goes
-    assert _listing(uri)[-3:] == ["v000002", "v000003", "v000004"] and "v000001" not in _listing(uri)
+    assert TripletStore(str(uri)).previous_versions() == [2, 3]
+    assert _records(uri) == ["v000002.json", "v000003.json", "v000004.json"]
     _ingest(make_docs(tmp_path / "d", 30, 1), uri, keep=0)
-    assert [n for n in _listing(uri) if n.startswith("v")] == ["v000005"]
+    assert TripletStore(str(uri)).previous_versions() == [] and _records(uri) == ["v000005.json"]
+    live = TripletStore(str(uri)).manifest  # what remains of older folders: files v5 reuses, no more
+    assert {str(p.relative_to(uri)) for p in uri.glob("v0*/**/*") if p.is_file()} == set(live["files"])
     _ingest(make_docs(tmp_path / "e", 40, 1), uri, keep=5)
     assert main(["store", "gc", "--store", str(uri), "--keep", "0"]) == 0
     assert json.loads(capsys.readouterr().out) == {"live": 6, "removed": ["v000005"], "kept": []}
@@ -159,13 +173,11 @@ def test_every_file_is_fsynced_before_the_manifest_names_it(tmp_path, monkeypatc
     monkeypatch.setattr(files_module, "_fsync", lambda path, flags: (synced.append(path), real(path, flags)))
     _ingest(make_docs(tmp_path / "b", 10, 1), uri)
     swap = next(i for i, p in enumerate(synced) if os.path.basename(p).startswith(".manifest.json.tmp-"))
-    staging = {m.group(1) for p in synced if (m := re.search(r"/(\.staging-[0-9a-f]+)(/|$)", p))}
-    assert len(staging) == 1
-    name = staging.pop()
-    before = {p.replace(f"/{name}/", "/v000002/") for p in synced[:swap]}
+    before = set(synced[:swap])
     store = TripletStore(str(uri))
-    for name in store.manifest["files"]:
-        assert os.path.join(str(uri), "v000002", name) in before, name  # each file of the new version
+    new = [name for name in store.manifest["files"] if name.startswith("v000002/")]
+    assert new and all(os.path.join(str(uri), name) in before for name in new)  # each file it wrote
+    assert os.path.join(str(uri), "versions", ".v000002.json.tmp-" + str(os.getpid())) in before  # its record
     assert str(uri) in synced[swap:]  # the folder, after the rename over manifest.json
 
 

@@ -30,14 +30,14 @@ def _verify(capsys, *args) -> tuple[int, str]:
 
 def _triplet_file(store):
     m = json.loads((store / "manifest.json").read_text())
-    return store / m["data_dir"] / m["triplet_files"][0], m
+    return store / m["triplet_files"][0], m  # named relative to the store
 
 
 def test_clean_store_verifies(store, capsys):
     rc, out = _verify(capsys, "--store", str(store))
     m = json.loads((store / "manifest.json").read_text())
     assert rc == 0 and "match the manifest" in out, out
-    assert set(m["files"]) == set(m["triplet_files"]) | {"pairs.parquet"}
+    assert set(m["files"]) == set(m["triplet_files"]) | {f"{m['data_dir']}/pairs.parquet"}
     assert all(len(r["sha256"]) == 64 and r["size"] > 0 and r["rows"] > 0 for r in m["files"].values())
     assert sum(m["files"][f]["rows"] for f in m["triplet_files"]) == m["counts"]["triplets"]
 
@@ -50,7 +50,7 @@ def test_flipped_byte_is_reported(store, capsys):
     path.write_bytes(bytes(data))
     rc, out = _verify(capsys, "--store", str(store))
     assert rc == 1
-    assert f"DAMAGE {m['data_dir']}/{m['triplet_files'][0]}: sha256 does not match the manifest" in out, out
+    assert f"DAMAGE {m['triplet_files'][0]}: sha256 does not match the manifest" in out, out
 
 
 @pytest.mark.chaos
@@ -66,7 +66,7 @@ def test_truncated_parquet_is_reported(store, capsys):
     path, m = _triplet_file(store)
     path.write_bytes(path.read_bytes()[:-100])
     rc, out = _verify(capsys, "--store", str(store))
-    name = f"{m['data_dir']}/{m['triplet_files'][0]}"
+    name = m["triplet_files"][0]
     assert rc == 1 and f"DAMAGE {name}: {path.stat().st_size} bytes, the manifest recorded" in out, out
     assert f"DAMAGE {name}: not readable Parquet" in out, out
 

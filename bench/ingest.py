@@ -1,0 +1,248 @@
+"""Ingest benchmark: `tunestack ingest` of SEC bulk zips against the single-process ingest it
+replaced, its memory as the bulk grows eightfold, and the cost of an append.
+
+    python -m bench.ingest [--quick] [--out-dir bench/results]
+
+Input: `synth companyfacts` bulk zips of N and 8·N companies (800 and 100; --quick 96 and 12), in
+the format of SEC's companyfacts.zip, about 6,000 fact rows per company like the real archive.
+Every ingest runs in a fresh subprocess (the hashed embedder, a new store), one after the other;
+the resident memory (RSS) of the subprocess's whole tree (driver, Ray's GCS and raylet, workers)
+is sampled every 50 ms.
+
+(a) Throughput: facts read per second (report.rows_read / report.seconds, from the first line of
+    `ingest()` to the swapped manifest) of the current engine (parsing and partitions as Ray tasks
+    on every core) against the baseline, the pre-issue-13 engine kept in bench/_ingest_baseline.py,
+    on the same zip in the same run. Goal: >= 2x at both sizes.
+(b) Memory: peak tree RSS of the current engine, 8·N vs N companies. Goals: <= 1.2x, < 2 GiB.
+(c) Append: one more company (not in the bulk) ingested into the 8·N-company store, in seconds, vs
+    the full ingest of that store. Goal: <= 5%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+
+import psutil
+
+from bench.report import bench_cli
+from bench.streaming import _tree_memory
+
+NAME = "ingest"
+SIZES = {False: (100, 800), True: (12, 96)}
+GOALS = {"speedup_min": 2.0, "rss_ratio_max": 1.2, "rss_max_mib": 2048.0, "append_ratio_max": 0.05}
+SAMPLE_EVERY_S = 0.05
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- what runs in the subprocess ----------------------------------------------------------------
+def _child(mode: str, zip_path: str, store: str) -> dict:
+    if mode == "baseline":
+        from bench._ingest_baseline import ingest_baseline
+
+        r = ingest_baseline(zip_path, store)
+        return {"rows_read": r["rows_read"], "rows_after": r["rows_after"], "seconds": r["seconds"]}
+    from pipeline.ingest import ingest
+
+    workers = (os.cpu_count() or 1) if mode == "engine" else 1
+    r = ingest([zip_path], store, embedder="hashed", progress=False, workers=workers)
+    return {
+        "rows_read": r.rows_read,
+        "rows_after": r.rows_after,
+        "seconds": r.seconds,
+        "workers": r.workers,
+        "store_version": r.store_version,
+    }
+
+
+def measured_run(mode: str, zip_path: str, store: str) -> dict:
+    """One ingest in a fresh subprocess: its result and the peak RSS of its process tree."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ingest", "--_child", mode, zip_path, store],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    root = psutil.Process(proc.pid)
+    out: dict = {"stdout": [], "stderr": []}
+
+    def drain(stream, key) -> None:
+        for line in stream:
+            out[key].append(line)
+
+    readers = [threading.Thread(target=drain, args=(s, k), daemon=True) for s, k in
+               ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]  # fmt: skip
+    for t in readers:
+        t.start()
+    peak = {"rss": 0, "pss": 0, "procs": 0}
+    samples = 0
+    while proc.poll() is None:
+        t0 = time.perf_counter()
+        m = _tree_memory(root)
+        samples += 1
+        for k in peak:
+            peak[k] = max(peak[k], m[k])
+        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t0)))
+    for t in readers:
+        t.join(timeout=10)
+    line = next((ln for ln in out["stdout"] if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"bench.ingest {mode} failed (exit {proc.returncode}): {''.join(out['stderr'])[-2000:]}"
+        )
+    result = json.loads(line[len("RESULT ") :])
+    mib = 1024**2
+    result.update(
+        facts_per_s=result["rows_read"] / result["seconds"],
+        peak_tree_rss_mib=peak["rss"] / mib,
+        peak_tree_pss_mib=peak["pss"] / mib,
+        max_processes=peak["procs"],
+        samples=samples,
+    )
+    return result
+
+
+# ---- the run --------------------------------------------------------------------------------------
+def _fig(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None, ratio=None) -> dict:
+    if ratio is None and baseline_value:
+        ratio = value / baseline_value
+    return {"figure": figure, "value": value, "unit": unit, "baseline": baseline,
+            "baseline_value": baseline_value, "ratio": ratio, "goal": goal, "pass": ok}  # fmt: skip
+
+
+def _append_zip(path: str, index: int) -> None:
+    """A one-member bulk zip holding company `index` (one not in the bulk zips)."""
+    from pipeline.synth_companyfacts import company_document
+
+    doc = company_document(index)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr(f"CIK{doc['cik']:010d}.json", json.dumps(doc, separators=(",", ":")))
+
+
+def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
+    from pipeline.synth_companyfacts import synth_companyfacts
+
+    t_start = time.perf_counter()
+    small, large = SIZES[quick]
+    work = tempfile.mkdtemp(prefix="bench-ingest-")
+    try:
+        zips = {n: synth_companyfacts(os.path.join(work, f"bulk-{n}.zip"), n) for n in (small, large)}
+        runs: dict = {}
+        for n in (small, large):
+            zp = zips[n]["out"]
+            runs[n] = {
+                "baseline": measured_run("baseline", zp, os.path.join(work, f"baseline-{n}")),
+                "engine": measured_run("engine", zp, os.path.join(work, f"store-{n}")),
+            }
+            shutil.rmtree(os.path.join(work, f"baseline-{n}"), ignore_errors=True)
+        append_zip = os.path.join(work, "append.zip")
+        _append_zip(append_zip, large)
+        append = measured_run("append", append_zip, os.path.join(work, f"store-{large}"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    figures = []
+    for n in (small, large):
+        b, e = runs[n]["baseline"], runs[n]["engine"]
+        speedup = e["facts_per_s"] / b["facts_per_s"]
+        figures.append(
+            _fig(
+                f"facts read/s, {n} companies ({e['rows_read']:,} facts)",
+                e["facts_per_s"],
+                "facts/s",
+                "single-process ingest",
+                b["facts_per_s"],
+                f">= {GOALS['speedup_min']}x",
+                speedup >= GOALS["speedup_min"],
+            )  # fmt: skip
+        )
+    e_small, e_large = runs[small]["engine"], runs[large]["engine"]
+    rss_ratio = e_large["peak_tree_rss_mib"] / e_small["peak_tree_rss_mib"]
+    figures.append(
+        _fig(
+            f"peak RSS of the process tree, {large} companies",
+            e_large["peak_tree_rss_mib"],
+            "MiB",
+            f"the same, {small} companies",
+            e_small["peak_tree_rss_mib"],
+            f"<= {GOALS['rss_ratio_max']}x",
+            rss_ratio <= GOALS["rss_ratio_max"],
+        )  # fmt: skip
+    )
+    figures.append(
+        _fig(
+            f"peak RSS of the process tree, {large} companies (absolute)",
+            e_large["peak_tree_rss_mib"],
+            "MiB",
+            goal=f"< {GOALS['rss_max_mib']:.0f} MiB",
+            ok=e_large["peak_tree_rss_mib"] < GOALS["rss_max_mib"],
+        )  # fmt: skip
+    )
+    append_ratio = append["seconds"] / e_large["seconds"]
+    figures.append(
+        _fig(
+            f"append 1 company ({append['rows_read']:,} facts) to the {large}-company store",
+            append["seconds"],
+            "s",
+            f"full ingest of the {large}-company store",
+            e_large["seconds"],
+            f"<= {GOALS['append_ratio_max']:.0%}",
+            append_ratio <= GOALS["append_ratio_max"],
+        )  # fmt: skip
+    )
+    result = {
+        "name": NAME,
+        "title": "Ingest of SEC bulk zips: throughput, memory, appends",
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "quick": quick,
+        "figures": figures,
+        "plots": [],
+        "method": (
+            f"Synthetic SEC bulk zips (`tunestack synth companyfacts`) of {small} and {large} companies "
+            f"({zips[small]['fact_rows']:,} and {zips[large]['fact_rows']:,} fact rows); each ingest in a "
+            "fresh subprocess into a new store, hashed embedder; throughput = facts read / the ingest's "
+            "own seconds; the baseline is the pre-issue-13 single-process engine (bench/_ingest_baseline.py) "
+            f"on the same zip in the same run; the engine parses on {os.cpu_count()} cores (Ray tasks). "
+            "Peak RSS: the whole process tree (driver, Ray's processes, workers) sampled every 50 ms. "
+            "Append: one more synthetic company ingested into the larger store (in one process: a small "
+            "input starts no Ray), vs the full ingest of that store."
+        ),
+        "details": {"zips": zips, "runs": {str(k): v for k, v in runs.items()}, "append": append},
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def _render(result: dict) -> str:
+    lines = [result["title"]]
+    for f in result["figures"]:
+        base = f" vs {f['baseline_value']:,.4g} ({f['baseline']})" if f["baseline_value"] else ""
+        ratio = f", ratio {f['ratio']:.3g}" if f["ratio"] is not None else ""
+        lines.append(f"  {f['figure']}: {f['value']:,.4g} {f['unit']}{base}{ratio}; goal {f['goal']}: "
+                     f"{'PASS' if f['pass'] else 'FAIL'}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_child"]:
+        print("RESULT " + json.dumps(_child(*argv[1:4])), flush=True)
+        return 0
+    return bench_cli(NAME, __doc__, run, _render, "96 and 12 companies (about 2 minutes)", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Where ingest's per-unit work runs: in this process, or as Ray tasks on every core of this machine
+or every node of a cluster.
+
+    runner = TaskRunner.start(address=None, workers=None, work_bytes=...)
+    results = runner.map(stage_unit, [kwargs, ...], on_result=progress)   # in call order
+
+`TaskRunner.start` picks: a Ray cluster when `address` (or RAY_ADDRESS) names one; a local Ray
+with `workers` CPUs when `workers` > 1, or when `workers` is None and the input is large enough
+(AUTO_RAY_BYTES) on a machine with more than one core; else this process, without Ray. A task
+that fails with bad input (IngestError) or a storage error (OSError) has its error re-raised here
+as the same exception type with the same message; the tasks still queued are cancelled and the
+ones running are awaited first, so nothing writes after the caller starts cleaning up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline.ingest.companyfacts import IngestError
+
+AUTO_RAY_BYTES = 256 * 1024 * 1024  # inputs at least this large (uncompressed) go parallel by default
+
+
+def _guarded(fn: Callable, kwargs: dict):
+    """Run fn; bad input and storage errors come back as values (a Ray task error would carry a
+    remote traceback into the user's one-line message)."""
+    try:
+        return {"ok": fn(**kwargs)}
+    except IngestError as e:
+        return {"error": "ingest", "args": (e.source, e.detail, e.where)}
+    except OSError as e:
+        return {"error": "os", "message": str(e)}
+
+
+def _reraise(out: dict):
+    if "ok" in out:
+        return out["ok"]
+    if out["error"] == "ingest":
+        raise IngestError(*out["args"])
+    raise OSError(out["message"])
+
+
+def _node() -> str:
+    """The Ray node this runs on ('local' outside Ray, without importing it)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return "local"
+    return ray.get_runtime_context().get_node_id()
+
+
+class TaskRunner:
+    """Runs functions over lists of keyword arguments, locally or as Ray tasks."""
+
+    def __init__(self, ray_module=None, owns_ray: bool = False):
+        self.ray = ray_module
+        self.owns_ray = owns_ray
+
+    @property
+    def parallel(self) -> bool:
+        return self.ray is not None
+
+    @classmethod
+    def start(cls, address: str | None = None, workers: int | None = None, work_bytes: int = 0) -> TaskRunner:
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        cpus = os.cpu_count() or 1
+        if address is None:
+            if workers is None:
+                workers = cpus if work_bytes >= AUTO_RAY_BYTES and cpus > 1 else 1
+            if workers <= 1:
+                return cls()
+        import ray
+
+        from pipeline.runtime import join, start_local
+
+        if ray.is_initialized():
+            return cls(ray)
+        if address is not None:
+            join(address)  # RayConnectError (a UserError) says what to check when it refuses
+            return cls(ray, owns_ray=True)
+        try:  # a fresh local cluster, never someone's `ray start`; a timed-out start is retried once
+            start_local(num_cpus=workers, include_dashboard=False)
+        except Exception as e:  # Ray's start-up failures are plain Exceptions (a timed-out raylet, …)
+            raise OSError(f"could not start a local Ray with {workers} CPUs ({e}); --workers 1 "
+                          "parses in this process") from e  # fmt: skip
+        return cls(ray, owns_ray=True)
+
+    def close(self) -> None:
+        if self.owns_ray:
+            self.ray.shutdown()
+            self.owns_ray = False
+
+    def __enter__(self) -> TaskRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def slots(self) -> int:
+        """How many tasks may run at once on one machine (the most CPUs of any node)."""
+        if not self.ray:
+            return 1
+        return max([int(n["Resources"].get("CPU", 1)) for n in self.ray.nodes() if n["Alive"]] or [1])
+
+    def map(self, fn: Callable, calls: list[dict], on_result: Callable | None = None) -> list:
+        """fn(**kwargs) for each kwargs in `calls`; results in call order. `on_result(i, result)` is
+        called as each finishes (in completion order)."""
+        if not self.parallel:
+            results = []
+            for i, kwargs in enumerate(calls):
+                results.append(_reraise(_guarded(fn, kwargs)))
+                if on_result:
+                    on_result(i, results[-1])
+            return results
+        ray = self.ray
+        remote = ray.remote(_guarded).options(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict = {}  # ref -> call index
+        results: list = [None] * len(calls)
+        queue = list(enumerate(calls))
+        try:
+            while queue or pending:
+                while queue and len(pending) < 2 * cpus:  # a short queue per CPU: no idle gaps
+                    i, kwargs = queue.pop(0)
+                    pending[remote.remote(fn, kwargs)] = i
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                results[i] = _reraise(ray.get(done[0]))
+                if on_result:
+                    on_result(i, results[i])
+        except BaseException:
+            self._cancel(list(pending))
+            raise
+        return results
+
+    def _cancel(self, refs: list) -> None:
+        """Stop the tasks still queued or running, and wait until none of them can write anymore."""
+        ray = self.ray
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # a task that already finished cannot be cancelled
+                pass
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=60)
+        except Exception:  # cancelled tasks report errors here; they are expected
+            pass

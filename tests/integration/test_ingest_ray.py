@@ -1,0 +1,111 @@
+"""Ingest as Ray tasks: the same store as one process, bad input refused from inside a task with
+the store untouched, and a two-node `ray.cluster_utils.Cluster` whose nodes both parse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.ingest import IngestError, ingest
+from pipeline.ingest import run as ingest_run
+from pipeline.synth_companyfacts import company_document, synth_companyfacts
+from tests.support import COMPANIES, REPO, free_ports, require_us_gaap, tree_digest
+from tests.support.golden import GOLDEN, store_digest
+from tests.support.procs import end_session, venv_env
+
+pytestmark = pytest.mark.ray
+
+
+def test_parallel_ingest_gives_the_recorded_store(ray_cluster, tmp_path, monkeypatch):
+    data = require_us_gaap()
+    monkeypatch.setattr(ingest_run, "UNIT_BYTES", 1)  # one unit per document: three Ray tasks
+    paths = [str(data / f"{t}_companyfacts.json.gz") for t in sorted(COMPANIES)]
+    store = str(tmp_path / "s")
+    r = ingest(paths, store, embedder="hashed", progress=False, workers=2)
+    assert r.workers["parallel"] and r.workers["units"] == 3
+    got, golden = store_digest(store), json.loads(GOLDEN.read_text())["all"]
+    assert (got["rows"], got["columns"], got["pairs"]) == (golden["rows"], golden["columns"], golden["pairs"])
+
+
+def test_a_bad_member_fails_the_parallel_ingest_and_leaves_the_store_as_it_was(
+    ray_cluster, tmp_path, monkeypatch
+):
+    store = str(tmp_path / "s")
+    good = tmp_path / "good.zip"
+    synth_companyfacts(str(good), 3)
+    ingest([str(good)], store, embedder="hashed", progress=False)
+    before = tree_digest(store)
+    bad = tmp_path / "bulk.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for i in range(3, 9):
+            doc = company_document(i)
+            if i == 6:
+                doc["facts"]["us-gaap"] = [1, 2]
+            zf.writestr(f"CIK{doc['cik']:010d}.json", json.dumps(doc))
+    monkeypatch.setattr(ingest_run, "UNIT_BYTES", 1)  # one member per task
+    with pytest.raises(IngestError) as e:
+        ingest([str(bad)], store, embedder="hashed", progress=False, workers=2)
+    assert str(e.value).startswith(f"{bad}!CIK") and "taxonomy is not an object" in str(e.value)
+    assert tree_digest(store) == before
+
+
+TWO_NODES = r"""
+import json, sys
+import ray
+import ray._common.utils
+from ray.cluster_utils import Cluster
+from pipeline.ingest import ingest
+from pipeline.ingest import run as ingest_run
+
+zip_path, store, agents = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 1, "dashboard_port": agents[2], "dashboard_agent_listen_port": agents[0]})
+ray._common.utils.reset_ray_address()  # connect by address only (see test_tune_cluster.py)
+cluster.add_node(num_cpus=2, dashboard_agent_listen_port=agents[1])
+cluster.wait_for_nodes()
+ingest_run.UNIT_BYTES = 1  # one member per task: more tasks than either node has CPUs
+ray.init(address=cluster.address, log_to_driver=False)  # what `--address` would connect to
+try:
+    r = ingest([zip_path], store, embedder="hashed", progress=False, address=cluster.address)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+print("RESULT " + json.dumps({"workers": r.workers, "nodes": nodes, "rows": r.rows_after}))
+"""
+
+
+def test_two_node_cluster_parses_on_both_nodes(tmp_path):
+    bulk = tmp_path / "bulk.zip"
+    synth_companyfacts(str(bulk), 8)
+    local = str(tmp_path / "local")
+    ingest([str(bulk)], local, embedder="hashed", progress=False, workers=1)
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODES)
+    store = str(tmp_path / "cluster")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(bulk), store, json.dumps(free_ports(3))],
+        cwd=REPO,
+        env=venv_env(TUNESTACK_HOME=os.environ["TUNESTACK_HOME"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        end_session(proc)
+    line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, output[-4000:]
+    result = json.loads(line[len("RESULT ") :])
+    assert len(result["nodes"]) == 2 and result["workers"]["nodes"] == 2, result  # tasks ran on both
+    assert result["workers"]["units"] == 8
+    assert store_digest(store) == store_digest(local)  # the same store as one process writes
+    assert Path(store, "manifest.json").exists()
