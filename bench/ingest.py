@@ -32,13 +32,13 @@ import zipfile
 
 import psutil
 
+from bench.memory import MIB, sample_until
 from bench.report import bench_cli
-from bench.streaming import _tree_memory
+from bench.report import figure as _fig
 
 NAME = "ingest"
 SIZES = {False: (100, 800), True: (12, 96)}
 GOALS = {"speedup_min": 2.0, "rss_ratio_max": 1.2, "rss_max_mib": 2048.0, "append_ratio_max": 0.05}
-SAMPLE_EVERY_S = 0.05
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -85,15 +85,7 @@ def measured_run(mode: str, zip_path: str, store: str) -> dict:
                ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]  # fmt: skip
     for t in readers:
         t.start()
-    peak = {"rss": 0, "pss": 0, "procs": 0}
-    samples = 0
-    while proc.poll() is None:
-        t0 = time.perf_counter()
-        m = _tree_memory(root)
-        samples += 1
-        for k in peak:
-            peak[k] = max(peak[k], m[k])
-        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t0)))
+    peak, samples = sample_until(root, lambda: proc.poll() is not None)
     for t in readers:
         t.join(timeout=10)
     line = next((ln for ln in out["stdout"] if ln.startswith("RESULT ")), None)
@@ -102,11 +94,10 @@ def measured_run(mode: str, zip_path: str, store: str) -> dict:
             f"bench.ingest {mode} failed (exit {proc.returncode}): {''.join(out['stderr'])[-2000:]}"
         )
     result = json.loads(line[len("RESULT ") :])
-    mib = 1024**2
     result.update(
         facts_per_s=result["rows_read"] / result["seconds"],
-        peak_tree_rss_mib=peak["rss"] / mib,
-        peak_tree_pss_mib=peak["pss"] / mib,
+        peak_tree_rss_mib=peak["rss"] / MIB,
+        peak_tree_pss_mib=peak["pss"] / MIB,
         max_processes=peak["procs"],
         samples=samples,
     )
@@ -114,13 +105,6 @@ def measured_run(mode: str, zip_path: str, store: str) -> dict:
 
 
 # ---- the run --------------------------------------------------------------------------------------
-def _fig(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None, ratio=None) -> dict:
-    if ratio is None and baseline_value:
-        ratio = value / baseline_value
-    return {"figure": figure, "value": value, "unit": unit, "baseline": baseline,
-            "baseline_value": baseline_value, "ratio": ratio, "goal": goal, "pass": ok}  # fmt: skip
-
-
 def _append_zip(path: str, index: int) -> None:
     """A one-member bulk zip holding company `index` (one not in the bulk zips)."""
     from pipeline.synth_companyfacts import company_document

@@ -34,12 +34,25 @@ def tree_memory(root: psutil.Process) -> dict:
     return {"rss": rss, "pss": pss, "driver_rss": driver_rss, "procs": procs}
 
 
+def sample_until(root: psutil.Process, done) -> tuple[dict, int]:
+    """Sample the tree under `root` every SAMPLE_EVERY_S until `done()`: (peaks, samples)."""
+    peak = {"rss": 0, "pss": 0, "driver_rss": 0, "procs": 0}
+    samples = 0
+    while not done():
+        t = time.perf_counter()
+        m = tree_memory(root)
+        samples += 1
+        for k in peak:
+            peak[k] = max(peak[k], m[k])
+        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t)))
+    return peak, samples
+
+
 def watch_child(proc: subprocess.Popen) -> dict:
     """For a child that has printed READY: take the idle tree, start the pass, sample the tree
-    every SAMPLE_EVERY_S until the child's RESULT; the result with the idle and peak figures (MiB)."""
+    until the child's RESULT; the result with the idle and peak figures (MiB)."""
     root = psutil.Process(proc.pid)
     idle = tree_memory(root)
-    peak = dict(idle)
     proc.stdin.write("go\n")
     proc.stdin.flush()
     result: dict = {}
@@ -51,14 +64,8 @@ def watch_child(proc: subprocess.Popen) -> dict:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    samples = 0
-    while not result and proc.poll() is None:
-        t = time.perf_counter()
-        m = tree_memory(root)
-        samples += 1
-        for k in ("rss", "pss", "driver_rss", "procs"):
-            peak[k] = max(peak[k], m[k])
-        time.sleep(max(0.0, SAMPLE_EVERY_S - (time.perf_counter() - t)))
+    peak, samples = sample_until(root, lambda: bool(result) or proc.poll() is not None)
+    peak = {k: max(v, idle[k]) for k, v in peak.items()}
     proc.wait(timeout=120)
     reader.join(timeout=5)
     if not result:

@@ -44,9 +44,11 @@ FIGURE_KEYS = ("figure", "value", "unit", "baseline", "baseline_value", "ratio",
 HEADER = ("benchmark", "figure", "value", "baseline", "ratio", "goal", "result")
 
 
-def figure(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None) -> dict:
-    """One entry of a result's `figures`; ratio = value / baseline_value (None without a baseline)."""
-    ratio = value / baseline_value if value is not None and baseline_value else None
+def figure(figure, value, unit, baseline=None, baseline_value=None, goal=None, ok=None, ratio=None) -> dict:
+    """One entry of a result's `figures`; ratio = value / baseline_value unless given (None without
+    a baseline)."""
+    if ratio is None and value is not None and baseline_value:
+        ratio = value / baseline_value
     return {
         "figure": figure,
         "value": value,
