@@ -47,10 +47,8 @@ def _deploy(registry_root: str):
         gateway_num_cpus=0.1,
         poll_interval_s=0.2,
     )
-    app["deployments"] = [
-        {"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
-        {"name": "model-autoencoder", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}},
-    ]
+    # one hop: the Gateway replica holds the autoencoder (no separate model deployment)
+    app["deployments"] = [{"name": "Gateway", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}]
     deploy(config, timeout=240)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
