@@ -28,6 +28,7 @@ import yaml
 from pipeline.registry import Registry
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.router_eval import CALIBRATION_KEY
 from tests.support.procs import REPO, end_session, train_worker_pids, venv_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.chaos]
@@ -82,15 +83,20 @@ def _planned_epochs(exp: Path, trial: str) -> int | None:
 def _files(*roots: Path) -> dict[str, tuple]:
     """(mtime_ns, size) of every file under `roots` (results, curves, checkpoints): unchanged means
     nothing was re-run there. Tune rewrites a restored trial's params.json/params.pkl (its
-    bookkeeping) with the same content: those are compared by content."""
+    bookkeeping) with the same content: those are compared by content. So is checkpoint.json,
+    less the router calibration the experiment's end adds to its best checkpoint."""
     out = {}
     for root in roots:
         for p in root.rglob("*"):
-            if p.is_file():
+            if p.name.startswith("params."):
+                out[str(p)] = (p.read_bytes(),)
+            elif p.name == "checkpoint.json":
+                meta = json.loads(p.read_text())
+                meta.pop(CALIBRATION_KEY, None)
+                out[str(p)] = (json.dumps(meta, sort_keys=True),)
+            elif p.is_file():
                 st = p.stat()
-                out[str(p)] = (
-                    (p.read_bytes(),) if p.name.startswith("params.") else (st.st_mtime_ns, st.st_size)
-                )
+                out[str(p)] = (st.st_mtime_ns, st.st_size)
     return out
 
 
