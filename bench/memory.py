@@ -8,7 +8,9 @@ runs, and the child's result."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -16,6 +18,32 @@ import psutil
 
 SAMPLE_EVERY_S = 0.05
 MIB = 1024**2
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_child(args: list[str], log_path: str, attempts: int = 3) -> subprocess.Popen:
+    """`python -m ARGS` in a fresh process (never joining $RAY_ADDRESS), once it has printed READY;
+    its stderr goes to `log_path`. A loaded machine can time out Ray's start-up (its raylet waits
+    a fixed time for its agents): tried `attempts` times."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for _ in range(attempts):
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+        if proc.stdout.readline().strip() == "READY":
+            return proc
+        proc.kill()
+        proc.wait()
+    with open(log_path) as f:
+        tail = f.read()[-2000:]
+    raise RuntimeError(f"benchmark child did not start Ray ({attempts} attempts):\n{tail}")
 
 
 def tree_memory(root: psutil.Process) -> dict:

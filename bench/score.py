@@ -23,12 +23,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-from bench.memory import watch_child
+from bench.memory import start_child, watch_child
 from bench.streaming import _fig
 
 NAME = "score"
@@ -144,33 +143,9 @@ def _child(checkpoint: str, store: str, out: str) -> None:
     ray.shutdown()
 
 
-def _start_child(checkpoint: str, store: str, out: str, attempts: int = 3):
-    """The memory child, once its Ray is up. A loaded machine can time out
-    Ray's start-up (its raylet waits a fixed time for its agents): tried `attempts` times."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    log_path = out + ".log"
-    for _ in range(attempts):
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.score", "--_child", checkpoint, store, out],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=env,
-                cwd=REPO,
-            )
-        if proc.stdout.readline().strip() == "READY":
-            return proc
-        proc.kill()
-        proc.wait()
-    with open(log_path) as f:
-        tail = f.read()[-2000:]
-    raise RuntimeError(f"benchmark child did not start Ray ({attempts} attempts):\n{tail}")
-
-
 def memory_pass(checkpoint: str, store: str, out: str) -> dict:
-    return watch_child(_start_child(checkpoint, store, out))
+    """Peak tree RSS/PSS of a fresh process scoring `store` once."""
+    return watch_child(start_child(["bench.score", "--_child", checkpoint, store, out], out + ".log"))
 
 
 # ---- the run --------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from bench.memory import watch_child
+from bench.memory import start_child, watch_child
 from bench.report import figure as _fig
 from bench.report import write_result
 from pipeline.data.triplets import READ_COLUMNS, iter_triplet_batches, triplet_batch
@@ -260,19 +259,7 @@ def _child(store: str) -> None:
 
 def memory_pass(store: str) -> dict:
     """(b) for one store: peak tree RSS/PSS of a fresh process streaming it once."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.streaming", "--_child", store],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    if proc.stdout.readline().strip() != "READY":
-        proc.kill()
-        raise RuntimeError("benchmark child did not start Ray")
+    proc = start_child(["bench.streaming", "--_child", store], store.rstrip("/") + ".child.log")
     return watch_child(proc)
 
 

@@ -172,6 +172,14 @@ def make_api(service: GatewayService) -> FastAPI:
     }
     managed = {**guarded, **errors(401, 404, _503="the registry or the model backend cannot answer now")}
 
+    async def answer(body, infer, path: str):
+        """One inference endpoint: the request's instances through `infer`, one result or a batch."""
+        t0 = time.perf_counter()
+        instances, batch = body.as_instances()
+        results = await infer(instances, t0)
+        service.metrics.instances.labels(path).inc(len(results))
+        return {"predictions": results} if batch else results[0]
+
     @app.post(
         "/v1/route",
         response_model=RouteResult | RouteBatchResult,
@@ -179,11 +187,7 @@ def make_api(service: GatewayService) -> FastAPI:
         summary="lightweight or powerful?",
     )
     async def route(body: RouteRequest):
-        t0 = time.perf_counter()
-        instances, batch = body.as_instances()
-        results = await service.route(instances, t0)
-        service.metrics.instances.labels("/v1/route").inc(len(results))
-        return {"predictions": results} if batch else results[0]
+        return await answer(body, service.route, "/v1/route")
 
     @app.post(
         "/v1/encode",
@@ -192,11 +196,7 @@ def make_api(service: GatewayService) -> FastAPI:
         summary="latent vector and anomaly score of financial facts",
     )
     async def encode(body: EncodeRequest):
-        t0 = time.perf_counter()
-        instances, batch = body.as_instances()
-        results = await service.encode(instances, t0)
-        service.metrics.instances.labels("/v1/encode").inc(len(results))
-        return {"predictions": results} if batch else results[0]
+        return await answer(body, service.encode, "/v1/encode")
 
     @app.get("/v1/models", dependencies=[Depends(admin)], responses=managed, summary="every served family")
     async def models():
