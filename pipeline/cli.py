@@ -249,7 +249,7 @@ def _positive_int(text: str) -> int:
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
 
 
-def _size(text: str) -> int:
+def size_arg(text: str) -> int:
     """A size such as 2GB, 512MB, 1.5G or 300000000 (bytes; K/M/G are powers of 1024)."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     unit = m.group(2).upper() if m else None
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--memory-limit",
-        type=_size,
+        type=size_arg,
         default="2GB",
         help="rows held at once by one machine's de-duplication (default 2GB); a larger store "
         "is de-duplicated in more chunks of whole companies, never all at once",

@@ -29,7 +29,9 @@ LOCAL_RAY = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driv
 # and a worker can be at most one report ahead, so epochs shorter than the poll (a router on 100k
 # rows trains one in well under a second) waited for it (bench/training.py). A local cluster's
 # processes, the controller included, inherit this from the driver that starts it.
-LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# One machine has no node that the cluster can drain: no preemption watcher actor (a process to
+# start for every Train run and Tune trial) is needed.
+LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class RayConnectError(UserError):

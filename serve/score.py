@@ -34,6 +34,14 @@ from pipeline.errors import UserError
 
 KEY_COLUMNS = ("entity_id", "taxonomy", "concept", "unit", "period_start", "period_end", "accn", "value")
 FORWARD_ROWS = 16_384  # rows per model call inside a block: bounds an actor's activations
+# Blocks in flight (read, scaled, scored, not yet written), at most: without a budget Ray Data fills
+# a share of the object store that grows with the machine, and, since the model is slower than the
+# reads, a larger source fills more of it before the end.
+DEFAULT_MEMORY_LIMIT = 512 * 1024**2
+# Ray Data merges what a read task yields (here: row groups) into blocks of up to 128 MiB by
+# default; an actor then holds such a block, its features and its scores at once, so a source large
+# enough to fill blocks cost ~2.5x the memory of a small one. Small blocks keep that flat.
+BLOCK_BYTES = 8 * 1024**2
 
 
 class ScoreError(UserError, ValueError):
@@ -201,10 +209,12 @@ def score(
     data: str | None = None,
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
 ) -> dict:
     """Score every row of `data` (default: what the model was trained on) with `model` (a registry
-    version FAMILY:VERSION, a run or a checkpoint folder) into the Parquet file `out`. Returns a
-    summary (rows, seconds, rows/s). The file appears only once complete."""
+    version FAMILY:VERSION, a run or a checkpoint folder) into the Parquet file `out`, with at most
+    `memory_limit` bytes of blocks in flight. Returns a summary (rows, seconds, rows/s). The file
+    appears only once complete."""
     import pyarrow.parquet as pq
     import ray.data
 
@@ -218,6 +228,10 @@ def score(
     except CheckpointError as e:
         raise ScoreError(str(e)) from None
     ensure_ray()
+    context = ray.data.DataContext.get_current()
+    context.target_max_block_size = BLOCK_BYTES
+    options = context.execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=memory_limit)
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=actors or default_actors())
     arch = ckpt.config["model"]["arch"]
     if arch == "autoencoder":
@@ -285,12 +299,22 @@ def add_score_parser(subparsers) -> None:
     s.add_argument("--out", required=True, metavar="PATH.parquet", help="output file (local path or URI)")
     s.add_argument("--actors", type=int, help="most model actors at once (default: CPUs of the cluster - 1)")
     s.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor holds (default 1)")
+    from pipeline.cli import size_arg  # the CLI's size parser (imported here: the CLI imports this module)
+
+    s.add_argument(
+        "--memory-limit",
+        type=size_arg,
+        default=DEFAULT_MEMORY_LIMIT,
+        help="blocks in flight at most, whatever the size of the source (default 512MB)",
+    )
     s.set_defaults(func=_cmd_score)
 
 
 def _cmd_score(args) -> int:
     import json
 
-    summary = score(args.model, args.out, args.data, args.actors, args.cpus_per_actor)  # UserError: one line
+    summary = score(  # a UserError is one line
+        args.model, args.out, args.data, args.actors, args.cpus_per_actor, args.memory_limit
+    )
     print(json.dumps(summary, indent=2))
     return 0

@@ -333,6 +333,9 @@ def build_trainer(
             callbacks=list(callbacks),
         ),
         datasets=data.datasets,
+        # One worker gets every dataset whole: splitting would only add a SplitCoordinator actor
+        # (a process to start) per dataset to every run and trial, and split nothing.
+        dataset_config=None if t.num_workers > 1 else ray.train.DataConfig(datasets_to_split=[]),
     )
 
 

@@ -147,7 +147,6 @@ def run_tune(
 ) -> TuneOutcome:
     """Run (or resume, by `name`) the experiment a tune file describes; register its best checkpoint."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from pipeline.runtime import releasing_placement_groups
     from pipeline.train.router_eval import calibrate_checkpoint, is_router
@@ -201,31 +200,10 @@ def run_tune(
             storage_filesystem=fs,
         )
     else:
-        scheduler = None
-        if spec.tune.asha is not None:
-            a = spec.tune.asha
-            scheduler = ASHAScheduler(
-                time_attr=a.time_attr,
-                max_t=a.max_t or spec.config.train.epochs,
-                grace_period=a.grace_period,
-                reduction_factor=a.reduction_factor,
-                brackets=a.brackets,
-            )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec.search, spec.plan),
-            # Each point of tune.points_to_evaluate takes one of Tune's samples: add them, so the
-            # file's num_samples draws all run.
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=spec.mode,
-                num_samples=spec.tune.num_samples + len(spec.tune.points_to_evaluate),
-                scheduler=scheduler,
-                search_alg=_search_alg(spec),
-                max_concurrent_trials=max_concurrent(spec),
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
+            tune_config=tune_config(spec),
             run_config=tune.RunConfig(name=exp_name, verbose=0, **storage),
         )
     with releasing_placement_groups():  # every trial has ended when it closes: leftovers only
@@ -248,6 +226,35 @@ def run_tune(
         )
     registered = _register(spec, best, promote, shared_data) if best else None
     return TuneOutcome(exp_name, exp_path, best, trials, registered, report)
+
+
+def tune_config(spec: TuneSpec):
+    """Ray Tune's TuneConfig for a spec: metric, samples, ASHA, search algorithm, concurrency."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if spec.tune.asha is not None:
+        a = spec.tune.asha
+        scheduler = ASHAScheduler(
+            time_attr=a.time_attr,
+            max_t=a.max_t or spec.config.train.epochs,
+            grace_period=a.grace_period,
+            reduction_factor=a.reduction_factor,
+            brackets=a.brackets,
+        )
+    return tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        # Each point of tune.points_to_evaluate takes one of Tune's samples: add them, so the
+        # file's num_samples draws all run.
+        num_samples=spec.tune.num_samples + len(spec.tune.points_to_evaluate),
+        scheduler=scheduler,
+        search_alg=_search_alg(spec),
+        max_concurrent_trials=max_concurrent(spec),
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_name,
+    )
 
 
 def _search_alg(spec: TuneSpec):

@@ -2,9 +2,10 @@
 from its last checkpoint.
 
 The run goes in a subprocess with its own local Ray (its own RAY_TMPDIR, so it never joins another
-cluster on this machine). The whole process group is SIGKILLed once Ray Train has committed a
-checkpoint; whatever Ray processes survive that are left running while the resume starts a fresh
-cluster (they must not block it), and are ended by pid when the test is done.
+cluster on this machine). The driver alone is SIGKILLed once Ray Train has committed a checkpoint:
+its Ray processes are orphaned and left running while the resume starts a fresh cluster (they must
+not block it), and are ended by pid when the test is done. (Killing the whole process group is the
+easier case: nothing survives to get in the resume's way.)
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def _ray_processes(marker: str) -> list:
 
 @pytest.mark.ray
 @pytest.mark.chaos
-@pytest.mark.parametrize("target", ["process group", "driver only"])
-def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path, target):
+def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path):
     from pipeline.data.sequences import write_digits_npz
 
     home = tmp_path / "home"
@@ -85,10 +85,7 @@ def test_sigkilled_driver_resumes_from_last_checkpoint(tmp_path, target):
             )
             assert time.time() < deadline, "no committed checkpoint within 240 s"
             time.sleep(0.2)
-        if target == "process group":
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its process group
-        else:
-            os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes are orphaned
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes are orphaned
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         assert not (run_dir / "run.json").exists()  # the run did not finish (only the driver writes it)

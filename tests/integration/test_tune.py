@@ -10,7 +10,8 @@ from pipeline.registry import Registry
 from pipeline.runtime import job_placement_groups
 from pipeline.synth import synth_routing
 from pipeline.train.checkpoint import load_checkpoint
-from pipeline.tune.run import max_concurrent, run_tune
+from pipeline.tune.run import max_concurrent, run_tune, tune_config
+from pipeline.tune.space import overrides_of, param_space
 from pipeline.tune.spec import load_tune_spec
 
 pytestmark = pytest.mark.ray
@@ -69,28 +70,37 @@ def test_asha_tune_with_more_trials_than_slots_registers_the_best(ray_cluster, t
                     list(f.keys())
 
 
-def test_points_to_evaluate_run_first_on_every_plan_entry_besides_the_draws(
-    ray_cluster, tmp_path, monkeypatch
-):
-    home = tmp_path / "home"
-    monkeypatch.setenv("TUNESTACK_HOME", str(home))
-    synth_routing(str(home / "routing"), rows=3000, seed=2, noise=0.1)
+def test_points_to_evaluate_run_first_on_every_plan_entry_besides_the_draws(ray_cluster, tmp_path):
+    """run_tune's own TuneConfig and param space, with a trainable that only reports its config: the
+    trials Tune creates, in order, are what a real experiment would train."""
+    from ray import tune
+
     overrides = [
-        "train.epochs=1",
         "train.patience=0",
         "tune.num_samples=1",
         "tune.asha=null",
         "tune.points_to_evaluate=[{optim.lr: 0.0123}]",
     ]
-    out = run_tune(str(REPO / "tune_configs" / "router.yaml"), name="router-points", overrides=overrides)
-    assert all(t["error"] is None for t in out.trials), [t["error"] for t in out.trials]
-    ordered = sorted(out.trials, key=lambda t: t["trial"])  # Tune numbers trials in creation order
+    spec = load_tune_spec(str(REPO / "tune_configs" / "router.yaml"), overrides)
+
+    def reports_its_config(config):
+        tune.report({spec.metric: 0.5, "overrides": overrides_of(config)})
+
+    results = tune.Tuner(
+        reports_its_config,
+        param_space=param_space(spec.search, spec.plan),
+        tune_config=tune_config(spec),
+        run_config=tune.RunConfig(name="points", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    assert not results.errors, results.errors
+    # Tune numbers trials in creation order
+    ordered = sorted((r.metrics for r in results), key=lambda m: int(m["trial_id"].rsplit("_", 1)[1]))
     assert len(ordered) == 4  # the point and one draw, each on both planned hidden sizes
-    assert [(t["overrides"]["optim.lr"], t["overrides"]["model.hidden_size"]) for t in ordered[:2]] == [
+    assert [(m["overrides"]["optim.lr"], m["overrides"]["model.hidden_size"]) for m in ordered[:2]] == [
         (0.0123, 8),
         (0.0123, 16),
     ]
     assert all(
-        2.0e-3 <= t["overrides"]["optim.lr"] <= 3.0e-2 and t["overrides"]["optim.lr"] != 0.0123
-        for t in ordered[2:]
+        2.0e-3 <= m["overrides"]["optim.lr"] <= 3.0e-2 and m["overrides"]["optim.lr"] != 0.0123
+        for m in ordered[2:]
     )
