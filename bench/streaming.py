@@ -22,8 +22,8 @@ per-index lookups, its memory as the store grows tenfold, and its throughput vs 
 (b) Memory: one full Ray Data pass per store, each in a fresh subprocess with its own Ray instance;
     the RSS (and PSS, which counts shared object-store pages once) of the whole process tree —
     driver, raylet, GCS, workers — is sampled every 50 ms. Goal: peak(10·N) <= 1.2 x peak(N).
-(c) Block size: the larger store (10·N triplets) also written with row groups (= Ray Data blocks)
-    of 16k and 256k rows; ray_data and raw_scan on each, measured as in (a) (plot:
+(c) Block size: the larger store (10·N triplets; --quick the smaller) also written with row groups
+    (= Ray Data blocks) of 16k and 256k rows; ray_data and raw_scan on each, measured as in (a) (plot:
     streaming_block_size.png).
 """
 
@@ -329,7 +329,7 @@ def figures(r: dict) -> list[dict]:
     for size, b in r["details"]["block_sizes"].items():
         out.append(
             _fig(
-                f"Ray Data triplets/s, {int(size):,}-row blocks, {int(large):,} triplets",
+                f"Ray Data triplets/s, {int(size):,}-row blocks, {r['details']['block_sweep_rows']:,} triplets",
                 b["ray_data_rows_per_s"],
                 "rows/s",
                 "raw pyarrow scan",
@@ -379,17 +379,19 @@ def run(
         "sizes": [small, large],
         "batch_size": BATCH,
         "per_index_sample": per_index_sample,
+        "block_sweep_rows": small if quick else large,  # quick: a smoke run of the sweep
         "load_average_at_start": os.getloadavg(),
         "stores": {},
     }
     try:
         stores, by_block = {}, {}
-        for n, rg in [(small, 65_536), (large, 65_536)] + [(large, b) for b in BLOCK_SIZES if b != 65_536]:
+        sweep = details["block_sweep_rows"]
+        for n, rg in [(small, 65_536), (large, 65_536)] + [(sweep, b) for b in BLOCK_SIZES if b != 65_536]:
             uri = os.path.join(workdir, f"synth-{n}-rg{rg}")
             details["stores"][uri] = synth_gaap(uri, n, seed=0, row_group_size=rg)
             if rg == 65_536:
                 stores[n] = uri
-            if n == large:
+            if n == sweep:
                 by_block[rg] = uri
         import ray
 
@@ -426,8 +428,9 @@ def run(
             "pass of each reader is reported. Per-index = a torch DataLoader over a map-style dataset, "
             f"{per_index_sample:,} random indices timed and extrapolated. Memory: a fresh subprocess "
             "with its own Ray per store streams it once (training's path) while the RSS and PSS of its "
-            "whole process tree are sampled every 50 ms. Block sizes: the larger store also written "
-            "with 16k- and 256k-row row groups, measured as the main figures."
+            "whole process tree are sampled every 50 ms. Block sizes: the "
+            f"{details['block_sweep_rows']:,}-triplet store also written with 16k- and 256k-row row groups, "
+            "measured as the main figures."
         ),
     }
     result["figures"] = figures(result)

@@ -34,6 +34,23 @@ LOCAL_RAY = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driv
 LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
+PIN_ADDRESS_HOOK = "pipeline.runtime.pin_cluster_address"
+
+
+def pin_cluster_address() -> None:
+    """Worker-process setup hook of a local cluster: RAY_ADDRESS = this cluster's GCS.
+
+    Ray's state API, called without an address, looks for the Ray instances on this machine and
+    gives up when it finds more than one; Ray Train's PlacementGroupCleaner calls it that way from
+    inside the cluster, so with a second Ray on the machine (another run, a test's own cluster) it
+    failed, the worker group of every finished trial kept its CPUs, and a tune with more trials than
+    slots waited forever. With the variable set, every state-API call in a worker asks its own
+    cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
 class RayConnectError(UserError):
     """The Ray cluster named by RAY_ADDRESS (or --address) cannot be joined."""
 
@@ -49,6 +66,7 @@ def start_local(**options):
     # variable here instead would come after `import ray` cached "disabled": the driver then could
     # not authenticate to the GCS it just started ("Failed to start GCS").
     kwargs = {"num_cpus": os.cpu_count() or 2, **LOCAL_RAY, **options}
+    kwargs.setdefault("runtime_env", {}).setdefault("worker_process_setup_hook", PIN_ADDRESS_HOOK)
     # Ray gives a new node 30 s to register with its GCS (a constant in ray._private.node); on a
     # loaded machine that can pass while nothing is broken: one more try after a clean shutdown.
     for attempt in (1, 2):

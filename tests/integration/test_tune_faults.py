@@ -114,8 +114,9 @@ def _tunestack(args: list[str], home: Path, log: Path) -> subprocess.Popen:
 def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path):
     home = Path(os.environ["TUNESTACK_HOME"])
     synth_routing(str(home / "routing"), rows=4000, seed=1, noise=0.1)
-    # 2 trials at once: the short (2-epoch) one finishes while the long (16-epoch) one is mid-run
-    config = _tune_file(tmp_path, home, {"train.epochs": [2, 16]})
+    # 2 trials at once: the short (2-epoch) one finishes while the long (60-epoch) one is mid-run (Tune
+    # records a finished trial in its saved state some seconds later: the long one must outlast that)
+    config = _tune_file(tmp_path, home, {"train.epochs": [2, 60]})
     exp = home / "runs" / "tune" / "interrupted"
     args = ["tune", "--config", str(config), "--name", "interrupted"]
 
