@@ -38,6 +38,7 @@ BENCHMARKS = [
     ("asha", "bench.asha"),
     ("serve", "bench.serve"),
     ("score", "bench.score"),
+    ("storage", "bench.storage"),
 ]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_RUN = 3  # the child's exit status when the module has no run()
