@@ -53,7 +53,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from pipeline.data.features import MIN_PAIR_ROWS, anomaly_scores
+from pipeline.data.error_baseline import MIN_PAIR_ROWS, anomaly_scores
 from pipeline.data.sequences import ROUTING_FEATURES, Normalization
 from pipeline.lean import lean_supported, sequence_lengths_of
 from pipeline.lean.engine import LeanFastGRNNClassifier

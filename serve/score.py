@@ -71,7 +71,7 @@ class EncodeScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from pipeline.data.features import anomaly_scores
+        from pipeline.data.error_baseline import anomaly_scores
 
         pid = batch.column("pair_id").to_numpy().astype(np.int64)
         x = np.empty((len(pid), self.embeddings.shape[1] + 1), dtype=np.float32)

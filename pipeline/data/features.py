@@ -10,7 +10,7 @@ Both halves come from the triplet store at training time, and the store moves on
     embedding and its scaler (the knots, as plain numbers);
   - a fallback scaler per unit (and one over every unit), for pairs the model never saw: fitted at
     training time on a pseudo-sample drawn from the unit's pair scalers, as many points per pair as
-    it had rows (up to FALLBACK_POINTS);
+    it had rows (up to pipeline.data.packed_scalers.FALLBACK_POINTS);
   - the entities (companies) the training store held;
   - the per-pair reconstruction-error baseline (count, mean, std of the model's error over its
     training rows), added once at the end of training (pipeline.train.baseline).
@@ -28,260 +28,28 @@ projection and scaled with its unit's fallback.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.error_baseline import MIN_PAIR_ROWS, ErrorBaseline
+from pipeline.data.packed_scalers import (
+    GLOBAL_FALLBACK,
+    PackedScalers,
+    bound_values,
+    concat_scalers,
+    fit_fallbacks,
+    store_scalers,
+)
 from pipeline.errors import UserError
 
 FORMAT = "tunestack-features-v1"
 FEATURES_FILE = "features.safetensors"
 FEATURES_JSON = "features.json"  # beside FEATURES_FILE in a run folder (in a checkpoint: checkpoint.json)
-MIN_PAIR_ROWS = 5  # a pair with fewer training rows is scored against the global error baseline
-STD_FLOOR = 1e-6
-FALLBACK_POINTS = 200  # pseudo-sample points per pair when fitting a unit's fallback scaler
-GLOBAL_FALLBACK = "*"  # the fallback scaler over every unit, for a unit never seen in training
-# |scaled value| fed to the model at most. A pair's scaler maps its training values into about
-# ±5.2 (normal scores of its quantiles) and extends its end segments linearly beyond them, so a
-# value far outside the range its scaler was fitted on — a company larger than any the pair was
-# first seen with — can come out at 1e15. Bounded, it still looks extreme (the model never saw
-# beyond ±5.2) without drowning every other number the model computes.
-VALUE_BOUND = 8.0
-STANDARD, QUANTILE = 0, 1
 
 
 class FeatureError(UserError, ValueError):
     """A transform that cannot be built, read or applied as asked."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Scalers, packed: one set of flat arrays instead of a dict of objects
-
-
-@dataclass(frozen=True, eq=False)
-class PackedScalers:
-    """Many PairScalers as flat arrays: scaler i has knots x[offsets[i]:offsets[i+1]] (and z), or
-    (kind STANDARD) mean[i], std[i]. `transform(i, v)` equals `PairScaler.transform` row by row,
-    vectorised over rows with different scalers (a binary search within each row's own knots)."""
-
-    kind: np.ndarray  # int8 [m]
-    mean: np.ndarray  # float64 [m]
-    std: np.ndarray  # float64 [m]
-    offsets: np.ndarray  # int64 [m + 1]
-    x: np.ndarray  # float64 [knots]
-    z: np.ndarray  # float64 [knots]
-
-    def __len__(self) -> int:
-        return len(self.kind)
-
-    @classmethod
-    def from_scalers(cls, scalers) -> PackedScalers:
-        scalers = list(scalers)
-        sizes = [len(s.x) if s.kind != "standard" else 0 for s in scalers]
-        return cls(
-            kind=np.asarray([STANDARD if s.kind == "standard" else QUANTILE for s in scalers], np.int8),
-            mean=np.asarray([s.mean for s in scalers], np.float64),
-            std=np.asarray([s.std for s in scalers], np.float64),
-            offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            x=np.concatenate([s.x for s in scalers if s.kind != "standard"] or [np.empty(0)]).astype(
-                np.float64
-            ),
-            z=np.concatenate([s.z for s in scalers if s.kind != "standard"] or [np.empty(0)]).astype(
-                np.float64
-            ),
-        )
-
-    def scaler(self, i: int):
-        """Scaler i as a PairScaler."""
-        from pipeline.store.scaler import PairScaler
-
-        lo, hi = self.offsets[i], self.offsets[i + 1]
-        kind = "standard" if self.kind[i] == STANDARD else "quantile_normal"
-        return PairScaler(
-            kind, self.x[lo:hi].copy(), self.z[lo:hi].copy(), float(self.mean[i]), float(self.std[i])
-        )
-
-    def take(self, idx: np.ndarray) -> PackedScalers:
-        """The scalers idx[0], idx[1], … (repeats allowed) as a new PackedScalers."""
-        idx = np.asarray(idx, dtype=np.int64)
-        sizes = self.offsets[idx + 1] - self.offsets[idx]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        knots = (
-            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
-            if len(idx)
-            else np.empty(0, np.int64)
-        ).astype(np.int64)
-        return PackedScalers(
-            self.kind[idx], self.mean[idx], self.std[idx], offsets, self.x[knots], self.z[knots]
-        )
-
-    def transform(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """float64: values[k] scaled with scaler rows[k]."""
-        return self._apply(rows, values, self.x, self.z, inverse=False)
-
-    def inverse(self, rows: np.ndarray, scaled: np.ndarray) -> np.ndarray:
-        """float64: the exact inverse of `transform`."""
-        return self._apply(rows, scaled, self.z, self.x, inverse=True)
-
-    def _apply(self, rows, values, xp_all, fp_all, inverse: bool) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        v = np.asarray(values, dtype=np.float64)
-        out = np.empty(len(v), dtype=np.float64)
-        std_rows = self.kind[rows] == STANDARD
-        if std_rows.any():
-            r, s = rows[std_rows], v[std_rows]
-            out[std_rows] = s * self.std[r] + self.mean[r] if inverse else (s - self.mean[r]) / self.std[r]
-        q = ~std_rows
-        if q.any():
-            out[q] = _interp_rows(v[q], self.offsets[rows[q]], self.offsets[rows[q] + 1], xp_all, fp_all)
-        return out
-
-    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}.{k}": getattr(self, k) for k in ("kind", "mean", "std", "offsets", "x", "z")}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict, prefix: str) -> PackedScalers:
-        return cls(
-            **{k: np.asarray(tensors[f"{prefix}.{k}"]) for k in ("kind", "mean", "std", "offsets", "x", "z")}
-        )
-
-    def equal_rows(self, i: int, other: PackedScalers, j: int) -> bool:
-        """Scaler i of self and scaler j of `other` are the same numbers."""
-        a, b = self.offsets[i : i + 2], other.offsets[j : j + 2]
-        return bool(
-            self.kind[i] == other.kind[j]
-            and self.mean[i] == other.mean[j]
-            and self.std[i] == other.std[j]
-            and np.array_equal(self.x[a[0] : a[1]], other.x[b[0] : b[1]])
-            and np.array_equal(self.z[a[0] : a[1]], other.z[b[0] : b[1]])
-        )
-
-
-def _interp_rows(v, lo, hi, xp, fp) -> np.ndarray:
-    """np.interp of each v[k] on its own knots xp[lo[k]:hi[k]] (≥ 2 knots, increasing), extended
-    linearly beyond the end knots — as pipeline.store.scaler._interp_extrapolate, vectorised."""
-    # j = the last knot <= v within [lo, hi - 2] (binary search, all rows at once)
-    left, right = lo.copy(), hi - 2
-    while True:
-        active = left < right
-        if not active.any():
-            break
-        mid = (left + right + 1) // 2
-        go_right = active & (xp[mid] <= v)
-        left = np.where(go_right, mid, left)
-        right = np.where(active & ~go_right, mid - 1, right)
-    j = left
-    x0, x1, f0, f1 = xp[j], xp[j + 1], fp[j], fp[j + 1]
-    out = (f1 - f0) / (x1 - x0) * (v - x0) + f0  # np.interp's own formula inside the range
-    below = v < xp[lo]
-    if below.any():  # as _interp_extrapolate: fp[0] + (v - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
-        out[below] = f0[below] + (v[below] - x0[below]) * (f1[below] - f0[below]) / (x1[below] - x0[below])
-    above = v > xp[hi - 1]
-    if above.any():
-        out[above] = f1[above] + (v[above] - x1[above]) * (f1[above] - f0[above]) / (x1[above] - x0[above])
-    exact_top = v == xp[hi - 1]  # np.interp returns the last knot's value exactly there
-    out[exact_top] = f1[exact_top]
-    return out
-
-
-def fit_fallbacks(
-    units: list[str], scalers: PackedScalers, counts: np.ndarray
-) -> tuple[list[str], PackedScalers]:
-    """A scaler per unit (and GLOBAL_FALLBACK over all), each fitted on a pseudo-sample of the
-    values of that unit's pairs: min(count, FALLBACK_POINTS) points of each pair's fitted quantile
-    function, so a pair weighs in proportion to its rows (up to the cap)."""
-    from pipeline.store.scaler import fit_scaler
-
-    samples: dict[str, list[np.ndarray]] = {}
-    for i, unit in enumerate(units):
-        k = int(max(1, min(int(counts[i]), FALLBACK_POINTS)))
-        s = scalers.scaler(i)
-        if s.kind == "standard":
-            points = np.full(k, s.mean)
-        else:
-            from scipy.special import ndtri
-
-            p = (np.arange(k) + 0.5) / k
-            points = s.inverse(np.clip(ndtri(p), s.z[0], s.z[-1]))
-        samples.setdefault(unit, []).append(points)
-    names = sorted(samples)
-    fitted = [fit_scaler(np.concatenate(samples[u])) for u in names]
-    if names:
-        fitted.append(fit_scaler(np.concatenate([np.concatenate(samples[u]) for u in names])))
-    else:
-        from pipeline.store.scaler import PairScaler
-
-        fitted.append(PairScaler("standard", np.empty(0), np.empty(0), 0.0, 1.0))
-    return names + [GLOBAL_FALLBACK], PackedScalers.from_scalers(fitted)
-
-
-# ---------------------------------------------------------------------------------------------
-# The error baseline (filled at the end of training)
-
-
-@dataclass(frozen=True, eq=False)
-class ErrorBaseline:
-    """Per model pair row: count, mean and std of the model's reconstruction error over its
-    training rows; and the same over all training rows (`overall`: count, mean, std)."""
-
-    count: np.ndarray  # int64 [K]
-    mean: np.ndarray  # float64 [K]
-    std: np.ndarray  # float64 [K]
-    overall: np.ndarray  # float64 [3]: count, mean, std
-
-    @classmethod
-    def from_sums(cls, count: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> ErrorBaseline:
-        count = np.asarray(count, np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-            std = np.sqrt(
-                np.maximum(np.where(count > 0, total_sq / np.maximum(count, 1), 0.0) - mean**2, 0.0)
-            )
-        n = float(count.sum())
-        if n == 0:
-            raise FeatureError("no training rows to fit the error baseline on")
-        g_mean = float(total.sum()) / n
-        g_std = math.sqrt(max(float(total_sq.sum()) / n - g_mean**2, 0.0))
-        return cls(count.astype(np.int64), mean, std, np.asarray([n, g_mean, g_std], np.float64))
-
-    def row(self, k: int) -> dict:
-        """The baseline a row of model pair k (-1: unknown) is scored against."""
-        if k >= 0 and self.count[k] >= MIN_PAIR_ROWS:
-            return {
-                "scope": "pair",
-                "count": int(self.count[k]),
-                "mean": float(self.mean[k]),
-                "std": float(self.std[k]),
-            }
-        return {
-            "scope": "global",
-            "count": int(self.overall[0]),
-            "mean": float(self.overall[1]),
-            "std": float(self.overall[2]),
-        }
-
-    def arrays(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, std, is_pair_scope) for model pair rows (-1: unknown → global), vectorised."""
-        rows = np.asarray(rows, dtype=np.int64)
-        safe = np.maximum(rows, 0)
-        own = (rows >= 0) & (self.count[safe] >= MIN_PAIR_ROWS)
-        return (
-            np.where(own, self.mean[safe], self.overall[1]),
-            np.where(own, self.std[safe], self.overall[2]),
-            own,
-        )
-
-
-def bound_values(scaled: np.ndarray) -> np.ndarray:
-    """Scaled values clipped to ±VALUE_BOUND: what the model is fed."""
-    return np.clip(scaled, -VALUE_BOUND, VALUE_BOUND)
-
-
-def anomaly_scores(error: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(error − mean) / std of the baseline it is scored against (std floored at STD_FLOOR): how
-    many standard deviations above its typical training error a row's error is."""
-    return (np.asarray(error, np.float64) - mean) / np.maximum(std, STD_FLOOR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +87,7 @@ class FeatureTransform:
             keys=list(zip(cols["concept"], cols["unit"])),
             store_ids=ids,
             embeddings=store_embeddings(pairs),
-            scalers=_concat_scalers(pair_scalers, fallbacks),
+            scalers=concat_scalers(pair_scalers, fallbacks),
             fallback_units=units,
             entities=_store_entities(store),
             source={"uri": store.uri, "version": manifest["version"], "feature_version": space.version},
@@ -351,8 +119,8 @@ class FeatureTransform:
             keys=self.keys + [(cols["concept"][i], cols["unit"][i]) for i in new],
             store_ids=np.concatenate([[by_key.get(key, -1) for key in self.keys], ids[new]]).astype(np.int64),
             embeddings=np.concatenate([self.embeddings, new_emb]).astype(np.float32),
-            scalers=_concat_scalers(
-                _concat_scalers(self.scalers.take(np.arange(k)), scalers.take(np.asarray(new, np.int64))),
+            scalers=concat_scalers(
+                concat_scalers(self.scalers.take(np.arange(k)), scalers.take(np.asarray(new, np.int64))),
                 fallbacks,
             ),
             fallback_units=list(self.fallback_units),
@@ -517,26 +285,6 @@ class FeatureTransform:
         from pipeline.storage import resolve
 
         return cls.load(directory) if resolve(directory).exists(FEATURES_JSON) else None
-
-
-def _concat_scalers(a: PackedScalers, b: PackedScalers) -> PackedScalers:
-    return PackedScalers(
-        kind=np.concatenate([a.kind, b.kind]),
-        mean=np.concatenate([a.mean, b.mean]),
-        std=np.concatenate([a.std, b.std]),
-        offsets=np.concatenate([a.offsets, a.offsets[-1] + b.offsets[1:]]),
-        x=np.concatenate([a.x, b.x]),
-        z=np.concatenate([a.z, b.z]),
-    )
-
-
-def store_scalers(pairs) -> tuple[np.ndarray, PackedScalers]:
-    """(pair ids, their scalers packed in the same order) of a store's pairs table."""
-    from pipeline.store.scaler import PairScaler
-
-    ids = np.asarray(pairs.column("pair_id").to_numpy(), np.int64)
-    cols = ["scaler_kind", "scaler_x", "scaler_z", "scaler_mean", "scaler_std"]
-    return ids, PackedScalers.from_scalers(PairScaler.from_row(r) for r in pairs.select(cols).to_pylist())
 
 
 def store_embeddings(pairs) -> np.ndarray:

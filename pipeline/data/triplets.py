@@ -20,7 +20,7 @@ The train/validation split is by filing: a row's `fold` is crc32(accession) % 10
 never lands on both sides.
 
 Values: by default the store's own `scaled_value`, bounded as the model's transform bounds them
-(pipeline.data.features.VALUE_BOUND). With a `scale` (a model's
+(pipeline.data.packed_scalers.VALUE_BOUND). With a `scale` (a model's
 pipeline.data.features.ValueScaler), the raw `value` is read and scaled with the model's scalers in
 the read task instead — evaluation, batch scoring and fine-tuning on a store whose scalers differ
 from the model's. `columns` adds store columns to every block (the fact's key, for scoring; the
@@ -36,7 +36,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipeline.data.features import bound_values
+from pipeline.data.packed_scalers import bound_values
 from pipeline.home import default_store_uri
 from pipeline.store.layout import TripletStore
 

@@ -47,7 +47,7 @@ def error_sums(model, features, blocks, max_rows: int = MAX_BASELINE_ROWS) -> tu
 
 def fit_error_baseline(model, features, blocks, max_rows: int = MAX_BASELINE_ROWS):
     """The ErrorBaseline of `model` over `blocks` (see `error_sums`)."""
-    from pipeline.data.features import ErrorBaseline
+    from pipeline.data.error_baseline import ErrorBaseline
 
     return ErrorBaseline.from_sums(*error_sums(model, features, blocks, max_rows))
 

@@ -6,14 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.features import (
-    GLOBAL_FALLBACK,
-    MIN_PAIR_ROWS,
-    ErrorBaseline,
-    PackedScalers,
-    anomaly_scores,
-    fit_fallbacks,
-)
+from pipeline.data.error_baseline import MIN_PAIR_ROWS, ErrorBaseline, anomaly_scores
+from pipeline.data.packed_scalers import GLOBAL_FALLBACK, PackedScalers, fit_fallbacks
 from pipeline.store.scaler import fit_scaler
 
 
@@ -51,7 +45,8 @@ def test_values_fed_to_the_model_are_bounded():
     ±VALUE_BOUND, and the store's own scaled values are bounded the same way when streamed."""
     import pyarrow as pa
 
-    from pipeline.data.features import VALUE_BOUND, ValueScaler, bound_values
+    from pipeline.data.features import ValueScaler
+    from pipeline.data.packed_scalers import VALUE_BOUND, bound_values
     from pipeline.data.triplets import compact_rows
 
     steep = fit_scaler(np.asarray([100.0, 100.001, 100.002]))  # end segments of slope ~1e3

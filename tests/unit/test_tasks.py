@@ -35,7 +35,8 @@ def test_autoencoder_metrics_as_sums_match_whole_array_formulas():
     recon = np.column_stack([emb + 0.1 * rng.normal(size=(6, 4)), scaled_pred])
 
     # the task undoes the scaling through the model's feature transform (its view of pair ids)
-    from pipeline.data.features import FeatureTransform, PackedScalers
+    from pipeline.data.features import FeatureTransform
+    from pipeline.data.packed_scalers import PackedScalers
 
     features = FeatureTransform(
         space=None,  # no unseen pairs here: nothing to embed
