@@ -30,8 +30,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 # Line coverage of pipeline/ and serve/ (pytest-cov) and the 20 slowest tests are reported every run.
+# The fast tier first: its no-cluster cases run before any integration test has started Ray here.
 test: venv lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests --cov --cov-report= --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/unit tests/integration --cov --cov-report= --durations=20
 	@echo "line coverage: pipeline/ $$($(BIN)/coverage report --include='pipeline/*' --format=total)%," \
 	  "serve/ $$($(BIN)/coverage report --include='serve/*' --format=total)%"
 
@@ -48,7 +49,8 @@ gpu-check: venv
 bench: venv
 	$(BIN)/tunestack bench
 
-# The whole suite at small sizes: under 10 minutes on 2 cores.
+# The whole suite at small sizes (a smoke run of every benchmark, figures not to be quoted): about
+# 14 minutes on 2 cores.
 bench-quick: venv
 	$(BIN)/tunestack bench --quick
 
