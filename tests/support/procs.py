@@ -31,10 +31,12 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def end_session(proc: subprocess.Popen, grace: float = 15.0) -> None:
+def end_session(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the session leader `proc` (started with start_new_session=True), wait up to `grace`
     seconds, then SIGKILL whatever is left in its session (Ray's actors set their own process
-    groups, so killpg alone would miss them)."""
+    groups, so killpg alone would miss them). A test ends its own processes here, nothing that
+    must shut down cleanly: a Ray node that has not stopped after 5 s (some of its workers outlive
+    a SIGTERM by far longer) is killed rather than waited for."""
     sid = proc.pid
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
