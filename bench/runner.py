@@ -225,7 +225,9 @@ def add_bench_parser(subparsers) -> None:
 
 def _add_options(p) -> None:
     p.add_argument(
-        "--quick", action="store_true", help="small sizes: a smoke run of the whole suite, about 14 minutes on 2 cores"
+        "--quick",
+        action="store_true",
+        help="small sizes: a smoke run of the whole suite, about 14 minutes on 2 cores",
     )
     p.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks")
     p.add_argument("--out-dir", default="bench/results", help="where results go (default: %(default)s)")

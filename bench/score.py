@@ -11,7 +11,8 @@ as the store grows tenfold.
       per-block code (`compact_rows` with the model's scaler, `EncodeScorer`), writing one Parquet
       file — the baseline with no scheduling, no object store and no actors.
     Both include loading the model. A warm-up run of each, then REPEATS alternating runs; medians.
-    Goal: ray >= 0.8 x in_process.
+    Goal: ray >= 0.8 x in_process. Beside it, without a goal: the in-process loop on one torch
+    thread, what one model actor gets on this machine's 2 CPUs.
 (b) Memory: `score` on stores of N and 10·N triplets (--quick 200k and 2M), each in a fresh
     subprocess with its own Ray; the RSS (and PSS) of the whole process tree is sampled every 50 ms.
     Goal: peak(10·N) <= 1.2 x peak(N).
@@ -20,6 +21,7 @@ as the store grows tenfold.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -67,8 +69,9 @@ def build_model(store: str, out: str, seed: int = 0) -> str:
 
 
 # ---- the two ways to score --------------------------------------------------------------------
-def in_process(checkpoint: str, store: str, out: str) -> dict:
-    """Score every row of `store` in this process, block by block, into one Parquet file."""
+def in_process(checkpoint: str, store: str, out: str, threads: int | None = None) -> dict:
+    """Score every row of `store` in this process, block by block, into one Parquet file, with
+    `threads` torch threads (default: every core)."""
     import pyarrow.parquet as pq
 
     from pipeline.data.triplets import compact_rows, read_columns
@@ -83,7 +86,9 @@ def in_process(checkpoint: str, store: str, out: str) -> dict:
     view = features.view(s.read_pairs())
     mean, std, _ = features.baseline.arrays(view.rows)
     scale = view.value_scaler()
-    scorer = EncodeScorer(checkpoint, view.embeddings, view.known, mean, std, num_cpus=os.cpu_count() or 1)
+    scorer = EncodeScorer(
+        checkpoint, view.embeddings, view.known, mean, std, num_cpus=threads or os.cpu_count() or 1
+    )
     names = read_columns(scale, KEY_COLUMNS)
     rows, writer = 0, None
     for path in s.triplet_files():
@@ -119,9 +124,10 @@ def _ray_init() -> None:
 
 
 def throughput(checkpoint: str, store: str, workdir: str, repeats: int = REPEATS) -> dict:
-    runs: dict[str, list[dict]] = {"in_process": [], "ray": []}
-    for i in range(repeats + 1):  # the first round warms both up
-        for kind, fn in (("in_process", in_process), ("ray", ray_score)):
+    one_thread = functools.partial(in_process, threads=1)
+    runs: dict[str, list[dict]] = {"in_process": [], "in_process_1_thread": [], "ray": []}
+    for i in range(repeats + 1):  # the first round warms them up
+        for kind, fn in (("in_process", in_process), ("in_process_1_thread", one_thread), ("ray", ray_score)):
             out = os.path.join(workdir, f"{kind}-{i}.parquet")
             r = fn(checkpoint, store, out)
             os.remove(out)
@@ -164,6 +170,15 @@ def figures(details: dict) -> list[dict]:
             ray_v >= GOALS["ray_vs_in_process_min"] * base,
         )
     ]
+    figs.append(
+        _fig(
+            f"score rows/s, {n:,} triplets, vs the in-process loop on ONE torch thread",
+            ray_v,
+            "rows/s",
+            "in-process loop, 1 thread (an actor's share here: 1 of 2 CPUs, reads and writes beside it)",
+            med["in_process_1_thread"]["rows_per_s"],
+        )
+    )
     small, large = (str(s) for s in details["sizes"])
     mem = details["memory"]
     for key, what in (("peak_tree_rss_mib", "peak RSS"), ("peak_tree_pss_mib", "peak PSS")):
@@ -231,7 +246,8 @@ def run(quick: bool = False, out_dir: str = "bench/results", workdir: str | None
             "baseline; a fresh local Ray with 2 CPUs. Ray = serve.score.score (what `tunestack score` "
             "runs: read tasks, map_batches on an actor pool, the driver writing one Parquet file); "
             "in-process = a loop over the same row groups in one process with the same per-block code "
-            "(compact_rows + EncodeScorer) writing one Parquet file. Both end to end, model load "
+            "(compact_rows + EncodeScorer) writing one Parquet file, on every core and on one torch thread. "
+            "All end to end, model load "
             f"included; a warm-up run each, then {REPEATS} alternating runs, medians. Memory: a fresh "
             "subprocess with its own Ray per store scores it once while the RSS and PSS of its whole "
             "process tree are sampled every 50 ms."

@@ -15,8 +15,10 @@ temporary registry, and the app of serve/config.yaml is deployed on a fresh loca
 
 The load comes from a separate process (bench/serve_load.py: aiohttp, a closed loop of
 `concurrency` workers with keep-alive connections) on loopback, at concurrency 1, 16 and 64; each
-point has a warm-up that is not counted, and the app's and the floor's points alternate (ROUNDS
-rounds; the median round is reported) so that a change in the machine's load hits both alike.
+point has a warm-up that is not counted, and the app's and the floor's points alternate (5 rounds,
+1 with --quick) so that a change in the machine's load hits both alike: the figures are the median
+round's, and the ratio to the floor is the median of the rounds' own ratios (on this shared
+machine the floor alone moved by 15% between two runs while the app's throughput did not).
 During the one-hop points the CPU time of the proxy and of the Gateway replica is read from their
 processes: the proxy's share of the server's CPU.
 
@@ -297,6 +299,18 @@ def _median_round(rounds: list[dict]) -> dict:
     return sorted(rounds, key=lambda p: p["rps"])[len(rounds) // 2]
 
 
+def _paired(app_rounds: list[dict], floor_rounds: list[dict]) -> dict:
+    """The app against the floor round by round (each round runs the two points back to back, so a
+    change in the machine's load between rounds cancels out): the median of the per-round ratios."""
+    ratios = {
+        key: [a[key] / f[key] for a, f in zip(app_rounds, floor_rounds) if f[key]]
+        for key in ("rps", "p50_ms")
+    }
+    return {f"{k}_ratio": float(np.median(v)) if v else None for k, v in ratios.items()} | {
+        "rounds": [{"app": a, "floor": f} for a, f in zip(app_rounds, floor_rounds)]
+    }
+
+
 def served(registry_root: str, body_file: str, warmup: float, duration: float, rounds: int) -> dict:
     """One hop (with the floor beside it, alternating), then two hops, on one fresh local Ray."""
     import ray
@@ -312,7 +326,7 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
         serve.run(_floor_app(answer), name="floor", route_prefix="/floor")
         floor_url = f"http://127.0.0.1:{port}/floor"
         pids = _server_pids()
-        one, floor, cpu = {}, {}, {}
+        one, floor, cpu, paired = {}, {}, {}, {}
         before = _batching(False)
         for c in CONCURRENCY:
             app_rounds, floor_rounds, shares = [], [], []
@@ -324,6 +338,7 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
                 shares.append(used["proxy"] / max(sum(used.values()), 1e-9))
                 floor_rounds.append(_load(floor_url, body_file, c, warmup, duration))
             one[c], floor[c] = _median_round(app_rounds), _median_round(floor_rounds)
+            paired[c] = _paired(app_rounds, floor_rounds)
             cpu[c] = {"proxy_share_of_server_cpu": float(np.median(shares)), "rounds": shares}
         after = _batching(False)
         results["one_hop"] = {
@@ -331,6 +346,7 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
             "answer": answer,
             "points": one,
             "cpu": cpu,
+            "vs_floor": paired,
             **_batch_summary(before, after),
         }
         results["floor"] = {"points": floor}
@@ -371,8 +387,9 @@ def _batch_summary(before: dict, after: dict) -> dict:
 def _figures(srv: dict, local: dict) -> list[dict]:
     one, two, fl = srv["one_hop"]["points"], srv["two_hops"]["points"], srv["floor"]["points"]
     figs = []
+    paired = srv["one_hop"]["vs_floor"]
     for c in CONCURRENCY:
-        ratio = _ratio(one[c]["p50_ms"], fl[c]["p50_ms"])
+        ratio = paired[c]["p50_ms_ratio"]
         goal = GOALS["p50_c1_over_floor_max"] if c == 1 else None
         figs.append(
             _fig(
@@ -383,6 +400,7 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 fl[c]["p50_ms"],
                 f"<= {goal}x" if goal else None,
                 (ratio is not None and ratio <= goal) if goal else None,
+                ratio=ratio,
             )
         )
         figs.append(
@@ -394,7 +412,7 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 fl[c]["p99_ms"],
             )
         )
-        ratio = _ratio(one[c]["rps"], fl[c]["rps"])
+        ratio = paired[c]["rps_ratio"]
         goal = GOALS["rps_over_floor_min"] if c > 1 else None
         figs.append(
             _fig(
@@ -405,6 +423,7 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 fl[c]["rps"],
                 f">= {goal}x" if goal else None,
                 (ratio is not None and ratio >= goal) if goal else None,
+                ratio=ratio,
             )
         )
     for c in CONCURRENCY:
@@ -481,10 +500,6 @@ def _figures(srv: dict, local: dict) -> list[dict]:
     return figs
 
 
-def _ratio(a, b):
-    return a / b if a is not None and b else None
-
-
 def _plot(srv: dict, local: dict, path: str) -> None:
     import matplotlib
 
@@ -536,7 +551,7 @@ def _print(result: dict) -> None:
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     t_start = time.perf_counter()
-    warmup, duration, rounds = (1.0, 3.0, 1) if quick else (2.0, 8.0, 3)
+    warmup, duration, rounds = (1.0, 3.0, 1) if quick else (2.0, 8.0, 5)
     os.makedirs(out_dir, exist_ok=True)
     home = tempfile.mkdtemp(prefix="tunestack-bench-serve-")
     try:
@@ -573,7 +588,8 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "Gateway replica holding the model, @serve.batch) and, deployed after it, two hops "
             "(model_deployments: [router]: 1 Gateway + 1 model-router replica). Floor: a constant-answer "
             "FastAPI Serve app behind the same proxy, deployed beside the one-hop app; their points "
-            f"alternate, {rounds} round(s) each, the median round reported. Load from a separate process "
+            f"alternate, {rounds} round(s) each: values are the median round's, the ratio to the floor is the "
+            "median of the rounds' own ratios (app and floor back to back in each round). Load from a separate process "
             "(bench/serve_load.py, aiohttp, closed loop, keep-alive) on loopback, one single-instance "
             f"request per call; each point {warmup:g}s warm-up then {duration:g}s measured, at concurrency "
             f"{', '.join(map(str, CONCURRENCY))}. Latency is client-side (request sent to answer read). CPU "
