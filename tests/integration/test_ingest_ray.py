@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,9 +13,10 @@ import pytest
 from pipeline.ingest import IngestError, ingest
 from pipeline.ingest import run as ingest_run
 from pipeline.synth_companyfacts import company_document, synth_companyfacts
-from tests.support import COMPANIES, REPO, free_ports, require_us_gaap, tree_digest
+from tests.support import COMPANIES, require_us_gaap, tree_digest
 from tests.support.golden import GOLDEN, store_digest
-from tests.support.procs import end_session, venv_env
+from tests.support.procs import venv_env
+from tests.support.two_nodes import run_two_nodes
 
 pytestmark = pytest.mark.ray
 
@@ -55,29 +54,13 @@ def test_a_bad_member_fails_the_parallel_ingest_and_leaves_the_store_as_it_was(
     assert tree_digest(store) == before
 
 
-TWO_NODES = r"""
-import json, sys
-import ray
-import ray._common.utils
-from ray.cluster_utils import Cluster
+TWO_NODES = """
 from pipeline.ingest import ingest
 from pipeline.ingest import run as ingest_run
 
-zip_path, store, agents = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-cluster = Cluster(initialize_head=True, head_node_args={
-    "num_cpus": 1, "dashboard_port": agents[2], "dashboard_agent_listen_port": agents[0]})
-ray._common.utils.reset_ray_address()  # connect by address only (see test_tune_cluster.py)
-cluster.add_node(num_cpus=2, dashboard_agent_listen_port=agents[1])
-cluster.wait_for_nodes()
 ingest_run.UNIT_BYTES = 1  # one member per task: more tasks than either node has CPUs
-ray.init(address=cluster.address, log_to_driver=False)  # what `--address` would connect to
-try:
-    r = ingest([zip_path], store, embedder="hashed", progress=False, address=cluster.address)
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-finally:
-    ray.shutdown()
-    cluster.shutdown()
-print("RESULT " + json.dumps({"workers": r.workers, "nodes": nodes, "rows": r.rows_after}))
+r = ingest([sys.argv[2]], sys.argv[3], embedder="hashed", progress=False, address=cluster.address)
+result.update(workers=r.workers, rows=r.rows_after)
 """
 
 
@@ -86,25 +69,9 @@ def test_two_node_cluster_parses_on_both_nodes(tmp_path):
     synth_companyfacts(str(bulk), 8)
     local = str(tmp_path / "local")
     ingest([str(bulk)], local, embedder="hashed", progress=False, workers=1)
-    script = tmp_path / "two_nodes.py"
-    script.write_text(TWO_NODES)
     store = str(tmp_path / "cluster")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(bulk), store, json.dumps(free_ports(3))],
-        cwd=REPO,
-        env=venv_env(TUNESTACK_HOME=os.environ["TUNESTACK_HOME"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        end_session(proc)
-    line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
-    assert line, output[-4000:]
-    result = json.loads(line[len("RESULT ") :])
+    env = venv_env(TUNESTACK_HOME=os.environ["TUNESTACK_HOME"])
+    result = run_two_nodes(tmp_path, TWO_NODES, [str(bulk), store], env, head_cpus=1)
     assert len(result["nodes"]) == 2 and result["workers"]["nodes"] == 2, result  # tasks ran on both
     assert result["workers"]["units"] == 8
     assert store_digest(store) == store_digest(local)  # the same store as one process writes

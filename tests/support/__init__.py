@@ -2,6 +2,7 @@
 
     tests.support               paths, the real SEC data, tree digests, free ports, wait_until
     tests.support.procs         processes of Ray clusters a test starts itself, and ending them
+    tests.support.two_nodes     a two-node ray.cluster_utils.Cluster in a child process, running a body
     tests.support.serve_world   tiny real models trained in-process, registered; reference answers
     tests.support.store_docs    small synthetic companyfacts documents, a quick ingest, a store's rows
     tests.support.golden        the digest of a store's contents ingest's golden test records
