@@ -284,3 +284,33 @@ def test_a_failed_model_call_is_one_error_for_every_request_it_carried(tmp_path,
     outs = asyncio.run(backend._run_many(items))
     assert all(isinstance(o, ModelCallError) and o is outs[0] for o in outs) and outs[0].kind == "error"
     assert backend.batches["batches"] == 2 and backend.batches["requests"] == 8
+
+
+def test_small_lean_engine_calls_run_on_the_event_loop(tmp_path, monkeypatch):
+    """A lean-engine call of a few instances takes tens of µs: it runs on the loop, not on a thread
+    (whose hop costs more than the model); torch models and large batches still go to a thread."""
+    from types import SimpleNamespace
+
+    import serve.hosting as hosting
+    from pipeline.registry.registry import Registry
+    from serve.models import ModelHost
+    from tests.support.serve_world import register, train_router
+
+    reg = Registry(tmp_path / "registry")
+    register(reg, "router", train_router(tmp_path / "r1", steps=10), promote=True)
+    host = ModelHost("router", "route", str(reg.root))
+    host.sync()
+    one = host.prepare([{"features": [0.5] * 5}])
+    assert hosting.runs_inline([one] * 4)
+    assert not hosting.runs_inline(
+        [host.prepare([{"features": [0.5] * 5}] * (hosting.INLINE_MAX_INSTANCES + 1))]
+    )
+    assert not hosting.runs_inline([(SimpleNamespace(engine=None), one[1])])  # a torch model
+
+    async def no_thread(*_a, **_k):
+        raise AssertionError("a small lean call went to a thread")
+
+    monkeypatch.setattr(hosting.asyncio, "to_thread", no_thread)
+    backend = hosting.InProcessBackend(host, call_timeout_s=5.0)
+    outs = asyncio.run(backend._run_many([one] * 4))
+    assert [len(o) for o in outs] == [1] * 4 and all("probability" in o[0] for o in outs)
