@@ -50,7 +50,7 @@ bench: venv
 	$(BIN)/tunestack bench
 
 # The whole suite at small sizes (a smoke run of every benchmark, figures not to be quoted): about
-# 14 minutes on 2 cores.
+# 10 minutes on 2 cores.
 bench-quick: venv
 	$(BIN)/tunestack bench --quick
 

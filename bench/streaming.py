@@ -3,7 +3,7 @@ per-index lookups, its memory as the store grows tenfold, and its throughput vs 
 
     python -m bench.streaming [--quick] [--out-dir bench/results]
 
-(a) Throughput, on synthetic stores of N and 10·N triplets (1M and 10M; --quick 200k and 2M). Every
+(a) Throughput, on synthetic stores of N and 10·N triplets (1M and 10M; --quick 100k and 1M). Every
     way builds the same batches of 4,096 rows in this process — {"x": float32 tensor
     [embedding ‖ scaled value], "pair_id": int64 tensor}, by the same `triplet_batch`:
     - ray_data: `iter_triplet_batches(triplet_dataset(store, split=None), ...)`, exactly as the
@@ -372,7 +372,7 @@ def run(
     workdir: str | None = None,
 ) -> dict:
     t_start = time.perf_counter()
-    small, large = (200_000, 2_000_000) if quick else (1_000_000, 10_000_000)
+    small, large = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
     workdir_made = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="tunestack-bench-streaming-")
     details: dict = {
@@ -453,7 +453,7 @@ def render(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="200k vs 2M triplets instead of 1M vs 10M")
+    ap.add_argument("--quick", action="store_true", help="100k vs 1M triplets instead of 1M vs 10M")
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--per-index-sample", type=int, default=20_000)
     ap.add_argument("--workdir", default=None, help="where to build the stores (default: a temporary folder)")
