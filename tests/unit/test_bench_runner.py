@@ -165,3 +165,15 @@ def test_check_result_names_what_is_wrong():
 def test_bench_is_a_tunestack_subcommand():
     args = build_parser().parse_args(["bench", "--quick", "--only", "streaming"])
     assert args.func is runner.cmd_bench and args.quick and args.only == "streaming"
+
+
+def test_a_ratio_rounded_onto_its_goal_bound_shows_a_third_decimal():
+    from bench.report import figure_row
+
+    def ratio(value, goal):
+        return figure_row("b", {"figure": "f", "value": 1.0, "ratio": value, "goal": goal})[4]
+
+    assert ratio(0.9488, ">= 0.95x") == "0.949x"  # a FAIL must not read as the bound itself
+    assert ratio(0.95, ">= 0.95x") == "0.95x"
+    assert ratio(0.9488, "<= 1.15x") == "0.95x"
+    assert ratio(None, ">= 0.95x") == "-"
