@@ -18,9 +18,11 @@ The load comes from a separate process (bench/serve_load.py: aiohttp, a closed l
 point has a warm-up that is not counted, and the app's and the floor's points alternate (5 rounds,
 1 with --quick) so that a change in the machine's load hits both alike: the figures are the median
 round's, and the ratio to the floor is the median of the rounds' own ratios (on this shared
-machine the floor alone moved by 15% between two runs while the app's throughput did not).
-During the one-hop points the CPU time of the proxy and of the Gateway replica is read from their
-processes: the proxy's share of the server's CPU.
+machine the floor alone moved by 15% between two runs while the app's throughput did not); which
+of the two goes first is swapped every round. During every point the CPU time of the proxy and of
+the replica answering (the Gateway, or the floor's) is read from their processes: the proxy's
+share of the server's CPU, and the server's CPU per request, app against floor (a figure the
+machine's other load barely moves, unlike throughput).
 
 In-process, in this process, one thread: the embedded router (serve.embedded.EmbeddedRouter.route:
 the same request schema, model, threshold and answer format as /v1/route) per decision, and the
@@ -251,24 +253,23 @@ def _floor_app(answer: dict):
 
 
 def _server_pids() -> dict[str, int]:
-    """{"proxy": pid, "gateway": pid, ...} of this Serve instance's processes (asked of each actor)."""
+    """{"proxy": pid, "gateway": pid, "floor": pid, ...} of this Serve instance's processes (asked of
+    each actor)."""
     import ray
 
     def pid(_actor) -> int:
         return os.getpid()
 
+    roles = {
+        "SERVE_PROXY_ACTOR": "proxy",
+        "tunestack#Gateway#": "gateway",
+        "tunestack#model-router#": "model",
+    }
+    roles["floor#floor#"] = "floor"
     out = {}
     for a in ray.util.list_named_actors(all_namespaces=True):
         name = a["name"]
-        role = (
-            "proxy"
-            if name.startswith("SERVE_PROXY_ACTOR")
-            else "gateway"
-            if "tunestack#Gateway#" in name
-            else "model"
-            if "tunestack#model-router#" in name
-            else None
-        )
+        role = next((r for key, r in roles.items() if key in name), None)
         if role:
             actor = ray.get_actor(name, namespace=a["namespace"])
             out[role] = ray.get(actor.__ray_call__.remote(pid), timeout=60)
@@ -329,17 +330,43 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
         one, floor, cpu, paired = {}, {}, {}, {}
         before = _batching(False)
         for c in CONCURRENCY:
-            app_rounds, floor_rounds, shares = [], [], []
-            for _ in range(rounds):
-                t0 = _cpu_seconds(pids)
-                app_rounds.append(_load(app["url"], body_file, c, warmup, duration))
-                t1 = _cpu_seconds(pids)
-                used = {r: t1[r] - t0[r] for r in ("proxy", "gateway")}
-                shares.append(used["proxy"] / max(sum(used.values()), 1e-9))
-                floor_rounds.append(_load(floor_url, body_file, c, warmup, duration))
+            app_rounds, floor_rounds, shares, per_request = [], [], [], []
+            for r in range(rounds):
+                # the order alternates round by round, so that a drift of the machine's load (or of
+                # the load generator's) within a round favours neither side
+                order = ("app", "floor") if r % 2 == 0 else ("floor", "app")
+                point, used = {}, {}
+                for side in order:
+                    t0 = _cpu_seconds(pids)
+                    point[side] = _load(
+                        app["url"] if side == "app" else floor_url, body_file, c, warmup, duration
+                    )
+                    t1 = _cpu_seconds(pids)
+                    used[side] = {role: t1[role] - t0[role] for role in pids}
+                app_rounds.append(point["app"])
+                floor_rounds.append(point["floor"])
+                shares.append(used["app"]["proxy"] / max(used["app"]["proxy"] + used["app"]["gateway"], 1e-9))
+                per_request.append(
+                    {
+                        side: 1e3
+                        * (used[side]["proxy"] + used[side]["gateway" if side == "app" else "floor"])
+                        / max(point[side]["answered_with_warmup"], 1)
+                        for side in order
+                    }
+                )
             one[c], floor[c] = _median_round(app_rounds), _median_round(floor_rounds)
             paired[c] = _paired(app_rounds, floor_rounds)
-            cpu[c] = {"proxy_share_of_server_cpu": float(np.median(shares)), "rounds": shares}
+            cpu[c] = {
+                "proxy_share_of_server_cpu": float(np.median(shares)),
+                "rounds": shares,
+                "server_cpu_ms_per_request": {
+                    side: float(np.median([p[side] for p in per_request])) for side in ("app", "floor")
+                },
+                "server_cpu_per_request_ratio": float(
+                    np.median([p["app"] / p["floor"] for p in per_request])
+                ),
+                "per_request_rounds": per_request,
+            }
         after = _batching(False)
         results["one_hop"] = {
             "settings": app["args"],
@@ -443,6 +470,18 @@ def _figures(srv: dict, local: dict) -> list[dict]:
                 "requests/s",
                 f"one-hop, c={c}",
                 one[c]["rps"],
+            )
+        )
+    for c in CONCURRENCY:
+        cpu = srv["one_hop"]["cpu"][c]
+        figs.append(
+            _fig(
+                f"server CPU per request (proxy + replica), one hop, concurrency {c}",
+                cpu["server_cpu_ms_per_request"]["app"],
+                "ms",
+                f"Ray Serve floor (proxy + its replica), c={c}",
+                cpu["server_cpu_ms_per_request"]["floor"],
+                ratio=cpu["server_cpu_per_request_ratio"],
             )
         )
     for c in CONCURRENCY[1:]:
@@ -589,12 +628,15 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "(model_deployments: [router]: 1 Gateway + 1 model-router replica). Floor: a constant-answer "
             "FastAPI Serve app behind the same proxy, deployed beside the one-hop app; their points "
             f"alternate, {rounds} round(s) each: values are the median round's, the ratio to the floor is the "
-            "median of the rounds' own ratios (app and floor back to back in each round). Load from a separate process "
+            "median of the rounds' own ratios (app and floor back to back in each round, which goes first "
+            "swapped every round). Load from a separate process "
             "(bench/serve_load.py, aiohttp, closed loop, keep-alive) on loopback, one single-instance "
             f"request per call; each point {warmup:g}s warm-up then {duration:g}s measured, at concurrency "
             f"{', '.join(map(str, CONCURRENCY))}. Latency is client-side (request sent to answer read). CPU "
             "share: user+system CPU seconds of the proxy and the Gateway replica processes over each "
-            "one-hop point. Embedded = serve.embedded.EmbeddedRouter.route (validation, model, threshold, "
+            "one-hop point. Server CPU per request: the proxy's and the replica's (the Gateway's, or the "
+            "floor's own) CPU seconds over a point divided by the requests answered in it, warm-up "
+            "included; the ratio is the median of the rounds' own ratios. Embedded = serve.embedded.EmbeddedRouter.route (validation, model, threshold, "
             "answer) in the benchmark process, one thread; predictor = ModelHost.predict. The load "
             "generator shares the 2 cores with the server."
         ),
