@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from serve.schemas import TOKEN_ENV
-
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
 
@@ -73,6 +71,8 @@ def exposure_refusal(config: dict) -> str | None:
     ]
     if is_loopback(host) or not tokenless:
         return None
+    from serve.schemas import TOKEN_ENV
+
     return (
         f"refusing to listen on {host} without an admin token: anyone who reaches the port could promote "
         f"or roll back models and submit jobs that run code on the cluster (application(s) {tokenless}). "
@@ -88,6 +88,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
     from pipeline.storage import absolute
     from serve.config import load_serve_config
     from serve.gateway import token_sha256
+    from serve.schemas import TOKEN_ENV
 
     raw = load_serve_config(path)  # every key checked, Ray's and the app's args: ConfigError
     raw["http_options"] = dict(raw.get("http_options") or {})

@@ -7,15 +7,23 @@ checkpoint.py  the one checkpoint format and loader (safetensors + JSON, never p
 cli.py         `tunestack train` and `tunestack evaluate`
 """
 
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.train.run import TrainResult, evaluate_checkpoint, resume, train
+from importlib import import_module
 
-__all__ = [
-    "train",
-    "resume",
-    "evaluate_checkpoint",
-    "TrainResult",
-    "load_checkpoint",
-    "save_checkpoint",
-    "CheckpointError",
-]
+# Loaded on first use (PEP 562): `import pipeline.train.cli` — what every `tunestack` command
+# does to build its parser — must not pay for torch and Ray.
+_EXPORTS = {
+    "train": "run",
+    "resume": "run",
+    "evaluate_checkpoint": "run",
+    "TrainResult": "run",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"pipeline.train.{_EXPORTS[name]}"), name)
