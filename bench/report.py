@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -198,7 +199,8 @@ def _ratio(ratio, goal: str) -> str:
     if not isinstance(ratio, (int, float)):
         return "-"
     text = f"{ratio:.2f}"
-    if f"{text}x" in goal and float(text) != ratio:
+    bounds = {float(b) for b in re.findall(r"(\d+(?:\.\d+)?)x", goal)}  # ">= 1.0x" bounds at 1.00 too
+    if float(text) in bounds and float(text) != ratio:
         text = f"{ratio:.3f}"
     return f"{text}x"
 

@@ -175,5 +175,6 @@ def test_a_ratio_rounded_onto_its_goal_bound_shows_a_third_decimal():
 
     assert ratio(0.9488, ">= 0.95x") == "0.949x"  # a FAIL must not read as the bound itself
     assert ratio(0.95, ">= 0.95x") == "0.95x"
+    assert ratio(0.96 / 0.962, ">= 1.0x") == "0.998x"  # the bound written with one decimal
     assert ratio(0.9488, "<= 1.15x") == "0.95x"
     assert ratio(None, ">= 0.95x") == "-"
