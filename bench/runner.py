@@ -227,7 +227,7 @@ def _add_options(p) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes: a smoke run of the whole suite, about 14 minutes on 2 cores",
+        help="small sizes: a smoke run of the whole suite, about 10 minutes on 2 cores",
     )
     p.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks")
     p.add_argument("--out-dir", default="bench/results", help="where results go (default: %(default)s)")
