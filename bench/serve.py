@@ -264,8 +264,8 @@ def _server_pids() -> dict[str, int]:
         "SERVE_PROXY_ACTOR": "proxy",
         "tunestack#Gateway#": "gateway",
         "tunestack#model-router#": "model",
+        "floor#floor#": "floor",
     }
-    roles["floor#floor#"] = "floor"
     out = {}
     for a in ray.util.list_named_actors(all_namespaces=True):
         name = a["name"]
@@ -327,6 +327,7 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
         serve.run(_floor_app(answer), name="floor", route_prefix="/floor")
         floor_url = f"http://127.0.0.1:{port}/floor"
         pids = _server_pids()
+        sides = {"app": (app["url"], "gateway"), "floor": (floor_url, "floor")}  # URL, replica's role
         one, floor, cpu, paired = {}, {}, {}, {}
         before = _batching(False)
         for c in CONCURRENCY:
@@ -337,20 +338,17 @@ def served(registry_root: str, body_file: str, warmup: float, duration: float, r
                 order = ("app", "floor") if r % 2 == 0 else ("floor", "app")
                 point, used = {}, {}
                 for side in order:
+                    url, replica = sides[side]
                     t0 = _cpu_seconds(pids)
-                    point[side] = _load(
-                        app["url"] if side == "app" else floor_url, body_file, c, warmup, duration
-                    )
+                    point[side] = _load(url, body_file, c, warmup, duration)
                     t1 = _cpu_seconds(pids)
-                    used[side] = {role: t1[role] - t0[role] for role in pids}
+                    used[side] = {"proxy": t1["proxy"] - t0["proxy"], "replica": t1[replica] - t0[replica]}
                 app_rounds.append(point["app"])
                 floor_rounds.append(point["floor"])
-                shares.append(used["app"]["proxy"] / max(used["app"]["proxy"] + used["app"]["gateway"], 1e-9))
+                shares.append(used["app"]["proxy"] / max(sum(used["app"].values()), 1e-9))
                 per_request.append(
                     {
-                        side: 1e3
-                        * (used[side]["proxy"] + used[side]["gateway" if side == "app" else "floor"])
-                        / max(point[side]["answered_with_warmup"], 1)
+                        side: 1e3 * sum(used[side].values()) / max(point[side]["answered_with_warmup"], 1)
                         for side in order
                     }
                 )
@@ -636,8 +634,9 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "share: user+system CPU seconds of the proxy and the Gateway replica processes over each "
             "one-hop point. Server CPU per request: the proxy's and the replica's (the Gateway's, or the "
             "floor's own) CPU seconds over a point divided by the requests answered in it, warm-up "
-            "included; the ratio is the median of the rounds' own ratios. Embedded = serve.embedded.EmbeddedRouter.route (validation, model, threshold, "
-            "answer) in the benchmark process, one thread; predictor = ModelHost.predict. The load "
+            "included; the ratio is the median of the rounds' own ratios. Embedded = "
+            "serve.embedded.EmbeddedRouter.route (validation, model, threshold, answer) in the benchmark "
+            "process, one thread; predictor = ModelHost.predict. The load "
             "generator shares the 2 cores with the server."
         ),
         "details": {

@@ -27,13 +27,14 @@ async def _load(url: str, body: bytes, concurrency: int, warmup: float, duration
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors: list[str] = []
-    answered = [0]  # every request answered, warm-up included (the server's work over the whole run)
+    answered = 0  # every request answered, warm-up included (the server's work over the whole run)
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup, t_start + warmup + duration
     headers = {"Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=60)
 
     async def worker():
+        nonlocal answered
         connector = aiohttp.TCPConnector(limit=1, force_close=False)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             while True:
@@ -49,7 +50,7 @@ async def _load(url: str, body: bytes, concurrency: int, warmup: float, duration
                     if len(errors) < 5:
                         errors.append(f"{type(e).__name__}: {e}")
                 t1 = time.perf_counter()
-                answered[0] += 1
+                answered += 1
                 if t0 >= t_measure:
                     statuses[status] = statuses.get(status, 0) + 1
                     if status == 200:
@@ -66,7 +67,7 @@ async def _load(url: str, body: bytes, concurrency: int, warmup: float, duration
     return {
         "concurrency": concurrency,
         "requests": int(len(lat_ms)),
-        "answered_with_warmup": answered[0],
+        "answered_with_warmup": answered,
         "errors": int(n_err),
         "seconds": elapsed,
         "rps": len(lat_ms) / elapsed if elapsed > 0 else 0.0,
