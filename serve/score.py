@@ -3,12 +3,13 @@
     tunestack score --model autoencoder:production [--data STORE] --out scores.parquet
     tunestack score --model router:v0003 --data routing/ --out routes.parquet
 
-The source streams in blocks (Ray Data read tasks; the triplet store's row groups), `map_batches`
-runs the model on a pool of actors that each load the version once, and the driver writes the
-scored blocks into ONE Parquet file as they arrive — memory stays bounded whatever the size of the
-source, and nothing but the output path must be shared, so it runs on a cluster unchanged (the
-registry or checkpoint must be readable from every node, as for Serve). One row per input; order is
-not kept (the key columns say which input a row is).
+The source streams in blocks (the triplet store's row groups), and `map_batches` runs the model on
+a pool of actors that each load the version once. The reads are fused into those actors (they ask
+for the same CPUs), so a block is read, scaled and scored in one process and only its scores cross
+the object store. The driver writes the scored blocks into ONE Parquet file as they arrive: memory
+stays bounded whatever the size of the source, and nothing but the output path must be shared, so
+it runs on a cluster unchanged (the registry or checkpoint must be readable from every node, as for
+Serve). One row per input; order is not kept (the key columns say which input a row is).
 
 Autoencoder (a triplet store, default: the one it was trained on): the fact's key (entity_id,
 taxonomy, concept, unit, period_start, period_end, accn), its raw value, `pair_known`, `latent`
@@ -152,7 +153,14 @@ def _encode_pipeline(ckpt, data: str | None, compute, num_cpus: float):
     store.require()
     view = features.view(store.read_pairs())  # unseen pairs: embedded here, once
     mean, std, _ = features.baseline.arrays(view.rows)
-    ds = triplet_dataset(uri, split=None, scale=view.value_scaler(), columns=KEY_COLUMNS)
+    ds = triplet_dataset(  # the reads ask for the actors' CPUs, so Ray Data fuses them into the actors
+        uri,
+        split=None,
+        num_cpus=num_cpus,
+        read_tasks="row_group",
+        scale=view.value_scaler(),
+        columns=KEY_COLUMNS,
+    )
     return ds.map_batches(
         EncodeScorer,
         fn_constructor_kwargs={
@@ -197,10 +205,12 @@ def _route_pipeline(ckpt, data: str | None, version: str, compute, num_cpus: flo
 
 
 def default_actors() -> int:
-    """One actor per CPU of the cluster but one (the read tasks and the writing driver need some)."""
+    """One actor per CPU of the cluster: the reads run inside the actors, and the driver, which
+    writes, holds no CPU. (Measured on 2 CPUs, 10M triplets: 2 actors with the reads fused in score
+    1.5x as fast as 1 actor fed by separate read tasks.)"""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def score(
@@ -297,7 +307,7 @@ def add_score_parser(subparsers) -> None:
         help="triplet store, routing logs or sequences (default: what the model was trained on)",
     )
     s.add_argument("--out", required=True, metavar="PATH.parquet", help="output file (local path or URI)")
-    s.add_argument("--actors", type=int, help="most model actors at once (default: CPUs of the cluster - 1)")
+    s.add_argument("--actors", type=int, help="most model actors at once (default: CPUs of the cluster)")
     s.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs each actor holds (default 1)")
     from pipeline.cli import size_arg  # the CLI's size parser (imported here: the CLI imports this module)
 

@@ -174,14 +174,16 @@ def triplet_dataset(
     split: str | None = "train",
     val_fraction: float = 0.1,
     num_cpus: float = 0.25,
-    read_tasks: int | None = None,
+    read_tasks: int | str | None = None,
     scale=None,
     columns: tuple[str, ...] = (),
 ):
     """A lazy Ray Dataset of {"pair_id", "value"} rows of the live store version for `split`
     ("train", "val" or None = all); build feature batches with `iter_triplet_batches`. `scale`:
     scale the raw values with a model's scalers (see the module docstring); `columns`: extra store
-    columns in every row.
+    columns in every row. `read_tasks`: how many (default: `default_read_tasks`), or "row_group"
+    for one per Parquet row group: many small tasks, which balance a pool of model actors the reads
+    are fused into (serve.score).
 
     Read tasks ask for `num_cpus` each (a fraction by default): inside Ray Train or Tune the
     workers hold most CPUs, and data tasks that wanted a whole CPU would never start."""
@@ -190,6 +192,8 @@ def triplet_dataset(
     store = TripletStore(store_uri or default_store_uri())
     store.require()
     source = TripletDatasource(store, split_folds(split, val_fraction), scale, columns)
+    if read_tasks == "row_group":
+        read_tasks = max(1, len(source.units))  # more would make Ray Data split the blocks
     return ray.data.read_datasource(
         source, num_cpus=num_cpus, override_num_blocks=read_tasks or default_read_tasks(source.rows)
     )
