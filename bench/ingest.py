@@ -14,7 +14,9 @@ is sampled every 50 ms.
     on every core) against the baseline, the pre-issue-13 engine kept in bench/_ingest_baseline.py,
     on the same zip in the same run. Goal: >= 2x at both sizes. The engine also runs in one process
     (--workers 1, what `tunestack ingest` does by default below 256 MiB of JSON): its speed per
-    core, and the speed-up the cores and Ray's tasks give it.
+    core, and the speed-up the cores and Ray's tasks give it; and on a local Ray started before the
+    ingest (what a Ray job's driver finds), whose start and shutdown, timed apart, are the floor a
+    fresh local Ray adds to every ingest.
 (b) Memory: peak tree RSS of the current engine, 8·N vs N companies. Goals: <= 1.2x, < 2 GiB.
 (c) Append: one more company (not in the bulk) ingested into the 8·N-company store, in seconds, vs
     the full ingest of that store. Goal: <= 5%.
@@ -41,6 +43,7 @@ from bench.report import figure as _fig
 NAME = "ingest"
 SIZES = {False: (100, 800), True: (12, 96)}
 GOALS = {"speedup_min": 2.0, "rss_ratio_max": 1.2, "rss_max_mib": 2048.0, "append_ratio_max": 0.05}
+PSS_EVERY_S = 1.0  # RSS every 50 ms, PSS every second: the sampler's CPU stays out of the timed runs
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -53,14 +56,28 @@ def _child(mode: str, zip_path: str, store: str) -> dict:
         return {"rows_read": r["rows_read"], "rows_after": r["rows_after"], "seconds": r["seconds"]}
     from pipeline.ingest import ingest
 
-    workers = (os.cpu_count() or 1) if mode == "engine" else 1
+    floor = {}
+    if mode == "warm":  # a Ray that runs before the ingest (a Ray job's driver, a notebook): its
+        import ray  # start and shutdown, timed apart, are what a fresh local Ray adds to an ingest
+
+        from pipeline.runtime import start_local
+
+        t = time.perf_counter()
+        start_local(num_cpus=os.cpu_count() or 1, include_dashboard=False)  # as TaskRunner.start
+        floor["ray_start_s"] = time.perf_counter() - t
+    workers = (os.cpu_count() or 1) if mode in ("engine", "warm") else 1
     r = ingest([zip_path], store, embedder="hashed", progress=False, workers=workers)
+    if mode == "warm":
+        t = time.perf_counter()
+        ray.shutdown()
+        floor["ray_shutdown_s"] = time.perf_counter() - t
     return {
         "rows_read": r.rows_read,
         "rows_after": r.rows_after,
         "seconds": r.seconds,
         "workers": r.workers,
         "store_version": r.store_version,
+        **floor,
     }
 
 
@@ -87,7 +104,7 @@ def measured_run(mode: str, zip_path: str, store: str) -> dict:
                ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]  # fmt: skip
     for t in readers:
         t.start()
-    peak, samples = sample_until(root, lambda: proc.poll() is not None)
+    peak, samples = sample_until(root, lambda: proc.poll() is not None, pss_every_s=PSS_EVERY_S)
     for t in readers:
         t.join(timeout=10)
     line = next((ln for ln in out["stdout"] if ln.startswith("RESULT ")), None)
@@ -136,6 +153,8 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             # default below AUTO_RAY_BYTES of JSON): its speed per core, and what Ray tasks add
             runs[n]["serial"] = measured_run("serial", zp, os.path.join(work, f"serial-{n}"))
             shutil.rmtree(os.path.join(work, f"serial-{n}"), ignore_errors=True)
+            runs[n]["warm"] = measured_run("warm", zp, os.path.join(work, f"warm-{n}"))
+            shutil.rmtree(os.path.join(work, f"warm-{n}"), ignore_errors=True)
         append_zip = os.path.join(work, "append.zip")
         _append_zip(append_zip, large)
         append = measured_run("append", append_zip, os.path.join(work, f"store-{large}"))
@@ -177,6 +196,27 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
                 serial["facts_per_s"],
             )  # fmt: skip
         )
+    for n in (small, large):
+        warm = runs[n]["warm"]
+        figures.append(
+            _fig(
+                f"facts read/s, {n} companies, the engine on a running local Ray ({os.cpu_count()} CPUs)",
+                warm["facts_per_s"],
+                "facts/s",
+                "single-process ingest",
+                runs[n]["baseline"]["facts_per_s"],
+            )  # fmt: skip
+        )
+    floors = [runs[n]["warm"]["ray_start_s"] + runs[n]["warm"]["ray_shutdown_s"] for n in (small, large)]
+    figures.append(
+        _fig(
+            "a fresh local Ray's start and shutdown (the floor it adds to an ingest; mean of 2)",
+            sum(floors) / 2,
+            "s",
+            f"single-process ingest of {small} companies, whole",
+            runs[small]["baseline"]["seconds"],
+        )  # fmt: skip
+    )
     e_small, e_large = runs[small]["engine"], runs[large]["engine"]
     rss_ratio = e_large["peak_tree_rss_mib"] / e_small["peak_tree_rss_mib"]
     figures.append(
@@ -224,8 +264,11 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "fresh subprocess into a new store, hashed embedder; throughput = facts read / the ingest's "
             "own seconds; the baseline is the pre-issue-13 single-process engine (bench/_ingest_baseline.py) "
             f"on the same zip in the same run; the engine parses on {os.cpu_count()} cores (Ray tasks). "
-            "Peak RSS: the whole process tree (driver, Ray's processes, workers) sampled every 50 ms. "
-            "The engine also runs in one process (--workers 1, no Ray) on each zip. "
+            "Peak RSS: the whole process tree (driver, Ray's processes, workers) sampled every 50 ms (PSS "
+            "every second: reading it costs about half a core for a Ray tree at 50 ms). "
+            "The engine also runs in one process (--workers 1, no Ray) on each zip, and on a local Ray "
+            "started before the ingest (as a Ray job's driver finds one); that run times the Ray's start "
+            "and shutdown apart: the floor a fresh local Ray adds. "
             "Append: one more synthetic company ingested into the larger store (in one process: a small "
             "input starts no Ray), vs the full ingest of that store."
         ),

@@ -55,7 +55,9 @@ from pipeline.store.lock import DEFAULT_WAIT
 from pipeline.store.scaler import PairScaler, fit_scaler
 
 DEFAULT_EMBED_DIM = 64
-UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work
+UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work, at most
+MIN_UNIT_BYTES = 4 * 1024 * 1024  # ... and at least, when a smaller input is spread over Ray's CPUs
+UNITS_PER_CPU = 4
 
 
 @dataclass
@@ -131,6 +133,9 @@ def ingest(
     units = split_inputs(files, UNIT_BYTES)
     work = sum(p.bytes for u in units for p in u)
     with TaskRunner.start(address, workers, work_bytes=work) as runner, store.writing(lock_wait):
+        if runner.parallel:  # units small enough that every CPU gets several (an even finish)
+            per_cpu = work // (UNITS_PER_CPU * runner.cpus())
+            units = split_inputs(files, min(UNIT_BYTES, max(MIN_UNIT_BYTES, per_cpu)))
         report = _write_version(
             store, files, skip_bad, embedder, embed_dim, row_group_size, progress, False, keep, runner,
             memory_limit, units,

@@ -23,7 +23,6 @@ import csv
 import gzip
 import io
 import itertools
-import json
 import math
 import os
 import zipfile
@@ -152,7 +151,7 @@ def _json_document(path: str, kind: str, skip_bad: bool) -> Document:
     with opener(path, "rb") as f:
         data = f.read(STREAM_BYTES + 1)
         if len(data) <= STREAM_BYTES:
-            return parse_companyfacts(_json_text(data, path), path, skip_bad)
+            return parse_companyfacts(data, path, skip_bad)
     del data
     with opener(path, "rb") as f:
         return parse_companyfacts_stream(_Bounded(f, path), path, skip_bad)
@@ -188,14 +187,6 @@ def _read_bounded(f, source: str) -> bytes:
     if len(data) > MAX_DOCUMENT_BYTES:
         raise IngestError(source, f"document inflates past the {MAX_DOCUMENT_BYTES}-byte limit")
     return data
-
-
-def _json_text(data: bytes, source: str) -> str:
-    """JSON bytes as text (UTF-8/16/32, as json.loads detects), so the bytes need not outlive parsing."""
-    try:
-        return data.decode(json.detect_encoding(data), "surrogatepass")
-    except UnicodeDecodeError as e:
-        raise IngestError(source, f"invalid JSON: not UTF-8/16/32 text ({_short(e)})") from e
 
 
 def _unsafe_name(name: str) -> bool:
@@ -235,9 +226,7 @@ def _iter_zip(path: str, skip_bad: bool, members: tuple[int, int] | None) -> Ite
                     if info.file_size > STREAM_BYTES:
                         doc = parse_companyfacts_stream(_Bounded(f, source), source, skip_bad)
                     else:
-                        doc = parse_companyfacts(
-                            _json_text(_read_bounded(f, source), source), source, skip_bad
-                        )
+                        doc = parse_companyfacts(_read_bounded(f, source), source, skip_bad)
                 yield doc
             except IngestError as e:
                 if not skip_bad:

@@ -97,6 +97,10 @@ class TaskRunner:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def cpus(self) -> int:
+        """The CPUs that tasks may use at once (1 in this process)."""
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1))) if self.ray else 1
+
     def slots(self) -> int:
         """How many tasks may run at once on one machine (the most CPUs of any node)."""
         if not self.ray:
@@ -115,7 +119,7 @@ class TaskRunner:
             return results
         ray = self.ray
         remote = ray.remote(_guarded).options(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = self.cpus()
         pending: dict = {}  # ref -> call index
         results: list = [None] * len(calls)
         queue = list(enumerate(calls))

@@ -120,3 +120,47 @@ def test_large_documents_are_streamed(tmp_path, monkeypatch):
     (doc,) = sources.iter_documents(str(p), skip_bad=False)
     assert streamed == [str(p)] and doc.table.num_rows == 3
     assert doc.table.equals(parse_companyfacts(json.dumps(GOOD), str(p)).table)
+
+
+EDGES = {
+    **BAD,
+    "null end": _bad((*FACTS, 1), dict(FACT, end=None)),
+    "NaN val": json.dumps(_bad((*FACTS, 1), dict(FACT, val=float("nan")))).encode(),
+    "val past a double": json.dumps(GOOD).replace('"val": 9', '"val": 1e999').encode(),
+    "val past int64": _bad((*FACTS, 0), dict(FACT, val=2**70)),
+    "val at 2**53 + 1": _bad((*FACTS, 0), dict(FACT, val=2**53 + 1)),
+    "null val": _bad((*FACTS, 0), dict(FACT, val=None)),
+    "extra and missing fields": _bad((*FACTS, 0), {"end": "2020-12-31", "val": 1, "frame": "CY2020"}),
+    "no facts": _bad(FACTS, []),
+    "fy as a float": _bad((*FACTS, 0), dict(FACT, fy=2020.5)),
+    "bad label after a bad fact": _bad(("facts", "dei", "Shares", "label"), 5) | {},
+    "lone surrogate": json.dumps(GOOD).replace('"Seven"', '"\\ud800"').encode(),
+    "BOM": b"\xef\xbb\xbf" + json.dumps(GOOD).encode(),
+}
+EDGES["bad label after a bad fact"]["facts"]["us-gaap"]["Revenues"]["units"]["USD"][0]["val"] = "x"
+
+
+@pytest.mark.parametrize("case", sorted(EDGES))
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_batch_conversion_agrees_with_fact_by_fact(case, skip_bad, monkeypatch):
+    """The fast path (a batch's facts to Arrow at once) gives exactly the slow path's rows, skipped
+    facts and first error, whatever is wrong with a fact."""
+    fast = _both(EDGES[case], skip_bad)
+    monkeypatch.setattr(companyfacts.FactColumns, "_fast_batch", lambda self: None)
+    slow = _both(EDGES[case], skip_bad)
+    for f, s in zip(fast, slow):
+        assert type(f) is type(s)
+        if isinstance(s, str):
+            assert f == s
+        else:
+            assert f.table.equals(s.table) and f.pair_meta == s.pair_meta
+            assert [str(e) for e in f.skipped] == [str(e) for e in s.skipped]
+
+
+def test_sec_documents_take_the_batch_conversion(monkeypatch):
+    """Real SEC documents are clean enough that no batch falls back to fact-by-fact."""
+    raw = gzip.open(require_us_gaap() / "AAPL_companyfacts.json.gz").read()
+    expected = parse_companyfacts(raw, "AAPL").table
+    slow = []
+    monkeypatch.setattr(companyfacts.FactColumns, "_slow_batch", lambda self: slow.append(1))
+    assert parse_companyfacts(raw, "AAPL").table.equals(expected) and slow == []
