@@ -176,37 +176,19 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
                 speedup >= GOALS["speedup_min"],
             )  # fmt: skip
         )
+    cpus = os.cpu_count()
+
+    def rate(n: int, mode: str, what: str, vs: str = "baseline") -> dict:
+        """Facts read/s of one run at `n` companies, against another run's on the same zip."""
+        against = {"baseline": "single-process ingest", "serial": "the engine in one process"}[vs]
+        return _fig(f"facts read/s, {n} companies, {what}", runs[n][mode]["facts_per_s"], "facts/s",
+                    against, runs[n][vs]["facts_per_s"])  # fmt: skip
+
     for n in (small, large):
-        serial = runs[n]["serial"]
-        figures.append(
-            _fig(
-                f"facts read/s, {n} companies, the engine in one process (--workers 1, no Ray)",
-                serial["facts_per_s"],
-                "facts/s",
-                "single-process ingest",
-                runs[n]["baseline"]["facts_per_s"],
-            )  # fmt: skip
-        )
-        figures.append(
-            _fig(
-                f"facts read/s, {n} companies, the engine on {os.cpu_count()} cores (Ray tasks)",
-                runs[n]["engine"]["facts_per_s"],
-                "facts/s",
-                "the engine in one process",
-                serial["facts_per_s"],
-            )  # fmt: skip
-        )
+        figures.append(rate(n, "serial", "the engine in one process (--workers 1, no Ray)"))
+        figures.append(rate(n, "engine", f"the engine on {cpus} cores (Ray tasks)", vs="serial"))
     for n in (small, large):
-        warm = runs[n]["warm"]
-        figures.append(
-            _fig(
-                f"facts read/s, {n} companies, the engine on a running local Ray ({os.cpu_count()} CPUs)",
-                warm["facts_per_s"],
-                "facts/s",
-                "single-process ingest",
-                runs[n]["baseline"]["facts_per_s"],
-            )  # fmt: skip
-        )
+        figures.append(rate(n, "warm", f"the engine on a running local Ray ({cpus} CPUs)"))
     floors = [runs[n]["warm"]["ray_start_s"] + runs[n]["warm"]["ray_shutdown_s"] for n in (small, large)]
     figures.append(
         _fig(
