@@ -159,17 +159,17 @@ class FactColumns:
         lists = self.pending
         if not all(type(facts) is list for *_, facts in lists):
             return None
-        facts = list(itertools.chain.from_iterable(facts for *_, facts in lists))
+        flat = list(itertools.chain.from_iterable(facts for *_, facts in lists))
         try:
-            vals = pa.array([f["val"] for f in facts])  # ints and floats only: a bool is not a number
-            fields = pa.array(facts, _FACT_STRUCT)
+            vals = pa.array([f["val"] for f in flat])  # ints and floats only: a bool is not a number
+            fields = pa.array(flat, _FACT_STRUCT)
         except (TypeError, KeyError, UnicodeEncodeError, pa.ArrowException):
             return None
         if vals.null_count or not (pa.types.is_int64(vals.type) or pa.types.is_float64(vals.type)):
             return None
         values = vals.cast(pa.float64(), safe=False)  # ints round to the nearest double, as np.float64
-        if fields.null_count or fields.field("end").null_count or not pc.all(pc.is_finite(values)).as_py():
-            return None  # a non-dict fact, a null 'end' or a non-finite value: the slow path says which
+        if fields.field("end").null_count or not pc.all(pc.is_finite(values)).as_py():
+            return None  # a missing or null 'end', or a non-finite value: the slow path says which
         which = np.repeat(np.arange(len(lists)), [len(facts) for *_, facts in lists])
         names = {
             k: ([entry[i] for entry in lists], which) for i, k in enumerate(("taxonomy", "concept", "unit"))
@@ -280,16 +280,18 @@ def _clean_columns(facts):
 
 def _loads(data: bytes | str, source: str):
     """The JSON value of a document: orjson's parser for UTF-8 without a BOM (what SEC serves; 1.2x
-    json's speed on SEC's documents, 2x on synthetic ones), json's for anything orjson refuses (other encodings, NaN, a lone surrogate, a
-    number past a double, bad JSON), so that what is accepted and every error message stay json's."""
+    json's speed on SEC's documents, 2x on synthetic ones), json's for anything orjson refuses
+    (other encodings, NaN, a lone surrogate, a number past a double, bad JSON), so that what is
+    accepted and every error message stay json's."""
     if isinstance(data, bytes):
-        if not data.startswith(codecs.BOM_UTF8) and json.detect_encoding(data) == "utf-8":
+        encoding = json.detect_encoding(data)
+        if encoding == "utf-8":  # with a BOM it is "utf-8-sig", which orjson refuses
             try:
                 return orjson.loads(data)
             except orjson.JSONDecodeError:
                 pass
         try:  # as text, so that json's error positions count characters
-            data = data.decode(json.detect_encoding(data), "surrogatepass")
+            data = data.decode(encoding, "surrogatepass")
         except UnicodeDecodeError as e:
             raise IngestError(source, f"invalid JSON: not UTF-8/16/32 text ({short(e)})") from e
     try:
