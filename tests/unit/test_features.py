@@ -3,6 +3,7 @@ under appends, replaced only by `store refit` under a new feature version."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -37,6 +38,15 @@ TEXTS = [
 
 def _space(texts=TEXTS, dim=16, version=1) -> FeatureSpace:
     return fit_feature_space(HASHED.embed(texts), dim, HASHED.info(), version)
+
+
+def test_hashed_embedder_output_is_pinned():
+    """hashed-ngram-v1 is recorded by name in every feature space that uses it: its vectors must stay
+    the same bytes for the same texts (an empty text included), whatever the implementation."""
+    texts = [pair_text("Revenues", "USD", "Revenues", "Amount of revenue recognized."),
+             pair_text("EarningsPerShareBasic", "USD/shares", None, None), ""]  # fmt: skip
+    digest = hashlib.sha256(HASHED.embed(texts).tobytes()).hexdigest()
+    assert digest == "f7cd003d85607119ea5921e6024db0ba0c21ad9c317b96b76695567e105686c4"
 
 
 def test_round_trip_through_tensors_and_json():

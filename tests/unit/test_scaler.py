@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.store.scaler import PairScaler, fit_scaler, scale_by_pair, unscale_by_pair
+from pipeline.store.scaler import PairScaler, _sorted_quantiles, fit_scaler, scale_by_pair, unscale_by_pair
 
 
 def heavy_tailed(n, seed=0):
@@ -37,6 +37,19 @@ def test_transform_is_strictly_monotone_and_extrapolates_invertibly():
 def test_quantile_count_capped_at_1000():
     s = fit_scaler(np.arange(50_000, dtype=float))
     assert s.kind == "quantile_normal" and len(s.x) == 1000
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_knots_are_numpys_quantiles_bit_for_bit(seed):
+    """The knots come from numpy's default quantile method, computed from the sorted values directly
+    (the same IEEE operations in the same order): equal to the last bit, as every store's recorded
+    scalers (and the ingest golden) depend on them."""
+    rng = np.random.default_rng(seed)
+    for n in (2, 3, 999, 1000, 1001, int(rng.integers(2, 25_000))):
+        for v in (heavy_tailed(n, seed), rng.integers(-4, 4, n).astype(float), rng.standard_cauchy(n) * 1e12):
+            v = np.sort(v)
+            p = np.linspace(0.0, 1.0, min(1000, n))
+            np.testing.assert_array_equal(_sorted_quantiles(v, p), np.quantile(v, p))
 
 
 def test_single_value_falls_back_to_standard_scaler():
