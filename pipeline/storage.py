@@ -186,10 +186,17 @@ class Location:
         if self.fs.get_file_info(self.join(rel)).type == pafs.FileType.File:
             self.fs.delete_file(self.join(rel))
 
-    def delete_dir(self, rel: str = "") -> None:
+    def delete_dir(self, rel: str = "") -> bool:
+        """Remove a folder and all it holds. False when there was none, also when another process
+        removed it meanwhile (the state asked for is reached either way)."""
         p = self.join(rel)
-        if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
+        if self.fs.get_file_info(p).type == pafs.FileType.NotFound:
+            return False
+        try:
             self.fs.delete_dir(p)
+        except FileNotFoundError:  # gone between the look and the removal
+            return False
+        return True
 
     # ---- compare-and-swap ----------------------------------------------------------------
     @property

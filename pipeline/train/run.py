@@ -272,7 +272,9 @@ def resume(run: str) -> TrainResult:
 def drop_partial_checkpoints(run_path: str) -> list[str]:
     """Remove the checkpoint folders of a run that Ray Train never committed and that do not load:
     uploads cut short (a killed driver, a full disk). Returns their names. Without Ray's snapshot
-    nothing is touched; a complete but uncommitted folder is left (the resumed run rewrites it)."""
+    nothing is touched; a complete but uncommitted folder is left (the resumed run rewrites it).
+    A killed driver's Ray actors can outlive it for a moment and still prune the run's folders:
+    one that vanishes while being looked at is theirs to remove, not reported here."""
     loc = resolve(run_path)
     try:
         snapshot = json.loads(loc.read_bytes(SNAPSHOT_FILE))
@@ -289,8 +291,8 @@ def drop_partial_checkpoints(run_path: str) -> list[str]:
         try:
             load_checkpoint(loc.uri_of(name))
         except Exception:  # any way of being unreadable: CheckpointError, a safetensors error, OSError
-            loc.delete_dir(name)
-            dropped.append(name)
+            if loc.delete_dir(name):
+                dropped.append(name)
     return dropped
 
 

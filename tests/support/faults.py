@@ -7,12 +7,14 @@ Two seams, the ones the code really writes through:
     through its module's `open`).
 Both share a `ByteBudget`: writes go through until the budget is spent, the write that crosses it
 is written in part and then raises OSError(ENOSPC). Reads, renames and deletes are untouched.
+`pruned_meanwhile_resolve`: deletes race another process that removes the folder first.
 """
 
 from __future__ import annotations
 
 import builtins
 import errno
+import shutil
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -140,6 +142,23 @@ def failing_resolve(budget: ByteBudget):
     from pipeline.storage import Location
 
     fs = failing_filesystem(budget)
+    return lambda uri: Location(fs=fs, path=os.path.abspath(str(uri)), uri=str(uri), local=True)
+
+
+class _PrunedMeanwhile(_FailingHandler):
+    def delete_dir(self, path):
+        shutil.rmtree(path)  # another process got there first
+        self.fs.delete_dir(path)
+
+
+def pruned_meanwhile_resolve():
+    """A replacement for `resolve` in a module: local paths, on a filesystem where another process
+    removes each folder just before this one deletes it (the delete then finds nothing)."""
+    import os
+
+    from pipeline.storage import Location
+
+    fs = pafs.PyFileSystem(_PrunedMeanwhile(ByteBudget(float("inf"))))
     return lambda uri: Location(fs=fs, path=os.path.abspath(str(uri)), uri=str(uri), local=True)
 
 

@@ -21,7 +21,13 @@ from pipeline.store.integrity import verify_store
 from pipeline.train import checkpoint as checkpoint_module
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.support import tree_digest
-from tests.support.faults import ByteBudget, failing_filesystem, failing_open, failing_resolve
+from tests.support.faults import (
+    ByteBudget,
+    failing_filesystem,
+    failing_open,
+    failing_resolve,
+    pruned_meanwhile_resolve,
+)
 from tests.support.store_docs import make_docs, quick_ingest
 
 FRACTIONS = [0.0, 0.01, 0.1, 0.35, 0.6, 0.9, "last"]
@@ -242,6 +248,34 @@ def test_checkpoint_upload_cut_short_is_dropped_on_resume(tmp_path, frac):
     (run / "checkpoint_epoch0001").mkdir()
     pafs.copy_files(local, str(run / "checkpoint_epoch0001"))
     assert drop_partial_checkpoints(str(run)) == [] and (run / "checkpoint_epoch0001").is_dir()
+
+
+@pytest.mark.chaos
+def test_resume_tolerates_a_folder_pruned_while_it_looks(tmp_path, monkeypatch):
+    """A SIGKILLed driver's Ray actors outlive it for a moment: its controller may still prune a
+    checkpoint folder (num_to_keep) while `resume` looks at the run. Whether the folder goes before
+    the load or between the look and the removal, resume carries on and reports nothing dropped."""
+    from pipeline.train import run as run_module
+    from pipeline.train.run import SNAPSHOT_FILE, drop_partial_checkpoints
+
+    model, opt = _model_and_optimizer()
+    run = tmp_path / "run"
+    save_checkpoint(str(run / "checkpoint_epoch0000"), model, {"epoch": 0}, opt)
+    committed = {"checkpoint_dir_name": "checkpoint_epoch0000", "metrics": {"epoch": 0}}
+    (run / SNAPSHOT_FILE).write_text(
+        json.dumps({"checkpoint_results": [committed], "latest_checkpoint_result": committed})
+    )
+
+    (run / "checkpoint_epoch0001").mkdir()  # an upload under way: no files yet
+    monkeypatch.setattr(run_module, "resolve", pruned_meanwhile_resolve())
+    assert drop_partial_checkpoints(str(run)) == []
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch0000", SNAPSHOT_FILE]
+
+    monkeypatch.undo()
+    (run / "checkpoint_epoch0001").mkdir()  # gone before the load looks: nothing to remove either
+    monkeypatch.setattr(run_module, "load_checkpoint", lambda p: (shutil.rmtree(p), load_checkpoint(p)))
+    assert drop_partial_checkpoints(str(run)) == []
+    assert load_checkpoint(str(run / "checkpoint_epoch0000")).meta["epoch"] == 0
 
 
 @pytest.mark.chaos
