@@ -34,6 +34,28 @@ def _guarded(fn: Callable, kwargs: dict):
         return {"error": "os", "message": str(e)}
 
 
+def _task(fn: Callable, kwargs: dict):
+    """_guarded as a Ray task. The worker process outlives the task, idle: the memory the task
+    freed goes back to the OS (Arrow's pool and the C heap keep it otherwise, and it would count
+    against the ingest's footprint while the driver finishes)."""
+    try:
+        return _guarded(fn, kwargs)
+    finally:
+        _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _reraise(out: dict):
     if "ok" in out:
         return out["ok"]
@@ -118,7 +140,7 @@ class TaskRunner:
                     on_result(i, results[-1])
             return results
         ray = self.ray
-        remote = ray.remote(_guarded).options(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)
+        remote = ray.remote(_task).options(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)
         cpus = self.cpus()
         pending: dict = {}  # ref -> call index
         results: list = [None] * len(calls)
