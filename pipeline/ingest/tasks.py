@@ -8,8 +8,8 @@ or every node of a cluster.
 with `workers` CPUs when `workers` > 1, or when `workers` is None and the input is large enough
 (AUTO_RAY_BYTES) on a machine with more than one core; else this process, without Ray. A task
 that fails with bad input (IngestError) or a storage error (OSError) has its error re-raised here
-as the same exception type with the same message; the tasks still queued are cancelled and the
-ones running are awaited first, so nothing writes after the caller starts cleaning up.
+as the same exception type with the same message, once the tasks in flight have finished, so
+nothing writes after the caller starts cleaning up (an interrupt cancels them instead).
 """
 
 from __future__ import annotations
@@ -155,14 +155,25 @@ class TaskRunner:
                 results[i] = _reraise(ray.get(done[0]))
                 if on_result:
                     on_result(i, results[i])
-        except BaseException:
-            self._cancel(list(pending))
+        except Exception:
+            self._settle(list(pending), cancel=False)
+            raise
+        except BaseException:  # interrupted (Ctrl-C): stop what runs
+            self._settle(list(pending), cancel=True)
             raise
         return results
 
-    def _cancel(self, refs: list) -> None:
-        """Stop the tasks still queued or running, and wait until none of them can write anymore."""
+    def _settle(self, refs: list, cancel: bool) -> None:
+        """Wait until none of the tasks submitted can write anymore; with `cancel`, stop them first.
+        A failed unit (bad input, a storage error) lets the others in flight (at most two per CPU)
+        finish instead: force-cancelling a task just as it completes can abort this very process
+        (a RAY_CHECK in Ray's core, "Tried to complete task that was not pending", seen in this
+        repo's tests with Ray 2.60; ray-project/ray#54846), and an abort would skip the clean-up
+        that leaves the store as it was."""
         ray = self.ray
+        if not cancel:
+            ray.wait(refs, num_returns=len(refs))
+            return
         for ref in refs:
             try:
                 ray.cancel(ref, force=True)
