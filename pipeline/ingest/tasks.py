@@ -155,25 +155,21 @@ class TaskRunner:
                 results[i] = _reraise(ray.get(done[0]))
                 if on_result:
                     on_result(i, results[i])
-        except Exception:
-            self._settle(list(pending), cancel=False)
+        except Exception:  # a unit failed: the others in flight (at most two per CPU) finish first
+            # Not cancelled: force-cancelling a task just as it completes can abort this very
+            # process (a RAY_CHECK in Ray's core, "Tried to complete task that was not pending",
+            # seen in this repo's tests with Ray 2.60; ray-project/ray#54846), and an abort would
+            # skip the clean-up that leaves the store as it was.
+            ray.wait(list(pending), num_returns=len(pending))
             raise
         except BaseException:  # interrupted (Ctrl-C): stop what runs
-            self._settle(list(pending), cancel=True)
+            self._cancel(list(pending))
             raise
         return results
 
-    def _settle(self, refs: list, cancel: bool) -> None:
-        """Wait until none of the tasks submitted can write anymore; with `cancel`, stop them first.
-        A failed unit (bad input, a storage error) lets the others in flight (at most two per CPU)
-        finish instead: force-cancelling a task just as it completes can abort this very process
-        (a RAY_CHECK in Ray's core, "Tried to complete task that was not pending", seen in this
-        repo's tests with Ray 2.60; ray-project/ray#54846), and an abort would skip the clean-up
-        that leaves the store as it was."""
+    def _cancel(self, refs: list) -> None:
+        """Stop the tasks still queued or running, and wait until none of them can write anymore."""
         ray = self.ray
-        if not cancel:
-            ray.wait(refs, num_returns=len(refs))
-            return
         for ref in refs:
             try:
                 ray.cancel(ref, force=True)

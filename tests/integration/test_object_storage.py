@@ -111,7 +111,7 @@ class Cluster:
                 if "Ray runtime started" in log_path.read_text()[start:]:  # registered with the GCS
                     self.procs.append(proc)
                     return
-                time.sleep(1)
+                time.sleep(0.25)  # poll interval; the deadline above bounds the wait
             end_session(proc)
         pytest.fail(f"{name} node did not start ({attempts} attempts):\n{log_path.read_text()[-3000:]}")
 

@@ -152,7 +152,7 @@ class ServeApp:
                     return self.port
             except requests.RequestException:
                 pass
-            time.sleep(1)
+            time.sleep(0.25)  # poll interval; the deadline above bounds the wait
         pytest.fail(
             f"tunestack serve not ready after {timeout:.0f}s (did the blocks that register models "
             f"run first?):\n{self.log.read_text()[-3000:]}"
