@@ -109,6 +109,7 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
 def deploy(config: dict, timeout: float = 300.0) -> None:
     """Start Serve with the config's HTTP options and deploy its applications (as `serve run
     CONFIG` does); return once all are RUNNING. RuntimeError when one fails or time runs out."""
+    import ray
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve run CONFIG` deploys a config with
     from ray.serve.schema import ServeDeploySchema
@@ -119,22 +120,33 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
     for app in schema.applications:  # fail here, naming the key, not later inside the cluster
         if app.import_path.startswith("serve.app:"):
             AppArgs(**(app.args or {}))
-    client = serve_api.serve_start(
-        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
-    )
-    client.deploy_apps(schema, _blocking=False)
-    names = [a.name for a in schema.applications]
     deadline = time.monotonic() + timeout
     while True:
-        apps = serve.status().applications
+        try:
+            client = serve_api.serve_start(
+                http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
+            )
+            break
+        except (ray.exceptions.RayActorError, TimeoutError) as e:
+            # On a loaded machine an HTTP proxy can miss the controller's readiness checks (3 x 5 s):
+            # the controller replaces it, and serve_start's wait on the first one fails. The
+            # controller lives on; starting again connects to it, and the loop below waits for the
+            # replacement proxy to be HEALTHY.
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Serve's HTTP proxy did not start: {type(e).__name__}: {e}") from None
+    client.deploy_apps(schema, _blocking=False)
+    names = [a.name for a in schema.applications]
+    while True:
+        status = serve.status()
+        apps, proxies = status.applications, status.proxies
         states = {n: (apps[n].status if n in apps else "NOT_STARTED") for n in names}
-        if all(s == "RUNNING" for s in states.values()):
+        if all(s == "RUNNING" for s in states.values()) and all(p == "HEALTHY" for p in proxies.values()):
             return
         failed = {n: apps[n].message for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
         if failed:
             raise RuntimeError(f"deployment failed: {failed}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"not running after {timeout:.0f}s: {states}")
+            raise RuntimeError(f"not running after {timeout:.0f}s: {states}, HTTP proxies {proxies}")
         time.sleep(0.5)
 
 

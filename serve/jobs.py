@@ -35,6 +35,7 @@ import json
 import re
 import shlex
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -45,6 +46,12 @@ OVERRIDE_FORM = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}=[^\r\n]{0,256}$")
 DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "tune_configs"
 RESULTS_DIR = "jobs"  # under the home: <home>/jobs/<job id>.json
 LOG_TAIL_CHARS = 4000
+# Ray's job head answers "No available agent to submit job, please try again later" when its node's
+# job agent has not registered within 10 s (ray.dashboard.consts.WAIT_AVAILABLE_AGENT_TIMEOUT): on
+# a cluster still starting, or a loaded one, the agent comes up later. Submitting asks again until
+# this many seconds have passed before it answers 503.
+NO_AGENT = "No available agent"
+AGENT_WAIT_S = 60.0
 
 
 class JobError(Exception):
@@ -173,21 +180,27 @@ class JobLauncher:
             argv.append("--promote")
         entrypoint = shlex.join(argv)
         client = self.client()
-        try:
-            client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=job_id,
-                runtime_env={"env_vars": {"TUNESTACK_HOME": str(home)}},
-                metadata={
-                    "tunestack": "tune",
-                    "config": config,
-                    "promote": str(promote).lower(),
-                    "set": json.dumps(overrides),
-                },
-                entrypoint_num_cpus=self.entrypoint_num_cpus,
-            )
-        except Exception as e:
-            raise JobError(503, f"submitting the job failed: {type(e).__name__}: {e}") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=job_id,
+                    runtime_env={"env_vars": {"TUNESTACK_HOME": str(home)}},
+                    metadata={
+                        "tunestack": "tune",
+                        "config": config,
+                        "promote": str(promote).lower(),
+                        "set": json.dumps(overrides),
+                    },
+                    entrypoint_num_cpus=self.entrypoint_num_cpus,
+                )
+                break
+            except Exception as e:
+                if NO_AGENT in str(e) and time.monotonic() < deadline:
+                    time.sleep(0.5)  # Ray's head has already waited 10 s for the agent
+                    continue
+                raise JobError(503, f"submitting the job failed: {type(e).__name__}: {e}") from None
         return {
             "job_id": job_id,
             "status": "PENDING",

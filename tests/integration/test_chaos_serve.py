@@ -15,6 +15,9 @@ replica), real HTTP on 127.0.0.1. Tests run in file order:
    the circuit opens; once they come back a probe closes it;
 6. Serve listens on loopback only.
 
+Before them, the module's Serve starts through a first `serve_start` that fails as it does when the
+controller replaced an HTTP proxy that missed its readiness checks (0.).
+
 Faults go into one replica with Ray's own `actor.__ray_call__` (a function run inside that actor):
 the product has no fault-injection hook. Each drill prints a row "fault or input | tried | lost |
 success rate" (run with -s to see them).
@@ -110,6 +113,28 @@ def wait_ready(url: str, timeout: float = 120.0) -> float:
 # The app
 
 
+def _first_serve_start_fails(mp: pytest.MonkeyPatch) -> list[str]:
+    """Serve's start as on a loaded machine where the HTTP proxy missed the controller's readiness
+    checks (seen with the CPUs oversubscribed): the controller is up, and serve_start's wait on its
+    first proxy ends in ActorDiedError. deploy() must start again (which connects to that
+    controller) and wait for a HEALTHY proxy. Returns what each serve_start call did."""
+    import ray
+    from ray.serve._private import api as serve_api
+
+    real, calls = serve_api.serve_start, []
+
+    def serve_start(*args, **kwargs):
+        client = real(*args, **kwargs)
+        if not calls:
+            calls.append("failed")
+            raise ray.exceptions.ActorDiedError()
+        calls.append("connected")
+        return client
+
+    mp.setattr(serve_api, "serve_start", serve_start)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def app(ray_cluster, tmp_path_factory):
     from ray import serve
@@ -138,7 +163,10 @@ def app(ray_cluster, tmp_path_factory):
         {"name": "model-router", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}, **health},
         {"name": "model-autoencoder", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, **health},
     ]
-    deploy(config, timeout=480)  # a deadline: replicas start slowly on a loaded 2-core machine
+    with pytest.MonkeyPatch.context() as mp:  # 0. a start whose first HTTP proxy died
+        started = _first_serve_start_fails(mp)
+        deploy(config, timeout=480)  # a deadline: replicas start slowly on a loaded 2-core machine
+    assert started == ["failed", "connected"], started
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, 60)
     try:

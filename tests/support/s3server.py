@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
+from pipeline.runtime import free_port
+
 BUCKET = "tunestack-test"
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -26,12 +27,6 @@ CREDENTIALS = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups (each would time out here)
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
@@ -90,7 +85,7 @@ def start_s3_server(timeout: float = 60.0, attempts: int = 3) -> S3Server:
     """Start `python -m moto.server` on a free loopback port, wait until it answers, create the bucket."""
     last = ""
     for _ in range(attempts):  # the free port may be taken between choosing it and binding it
-        port = _free_port()
+        port = free_port()
         log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

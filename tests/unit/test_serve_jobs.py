@@ -136,3 +136,73 @@ def test_tune_result_file_reports_a_refused_config(tmp_path):
     assert main(["tune", "--config", str(bad), "--result-file", str(result)]) == 2
     out = json.loads(result.read_text())
     assert out["ok"] is False and out["registered"] is None and "data: section is required" in out["error"]
+
+
+class _StartingJobHead:
+    """A Jobs API over real HTTP that answers as Ray's job head does while its node's job agent has
+    not registered yet (ray.dashboard.modules.job.job_head: 500 "No available agent to submit job,
+    please try again later.") for the first `busy` submissions, then accepts."""
+
+    def __init__(self, busy: int):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        head = self
+        self.busy, self.submissions = busy, []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body: str, kind: str = "application/json"):
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                assert self.path == "/api/version", self.path
+                self._answer(200, json.dumps({"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}))
+
+            def do_POST(self):
+                assert self.path == "/api/jobs/", self.path
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                head.submissions.append(request)
+                if len(head.submissions) <= head.busy:
+                    self._answer(
+                        500, "No available agent to submit job, please try again later.", "text/plain"
+                    )
+                else:
+                    sid = request["submission_id"]
+                    self._answer(200, json.dumps({"job_id": sid, "submission_id": sid}))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("busy, wait_s, status", [(2, 60.0, 202), (10**6, 1.0, 503)])
+def test_submission_asks_again_while_the_job_agent_is_starting(tmp_path, monkeypatch, busy, wait_s, status):
+    import serve.jobs
+    from serve.jobs import JobError, JobLauncher
+
+    monkeypatch.setattr(serve.jobs, "AGENT_WAIT_S", wait_s)
+    head = _StartingJobHead(busy)
+    try:
+        launcher = JobLauncher(str(tmp_path / "home" / "registry"), dashboard_address=head.url)
+        try:
+            out = launcher.submit("tune_configs/router.yaml", overrides=["train.epochs=1"])
+        except JobError as e:  # past the wait: 503 with Ray's reason
+            assert status == 503 and e.status == 503 and "No available agent" in e.detail, e.detail
+            assert len(head.submissions) >= 2  # it did ask again before giving up
+        else:
+            assert status == 202 and len(head.submissions) == busy + 1
+            assert {s["submission_id"] for s in head.submissions} == {out["job_id"]}  # the same job each time
+    finally:
+        head.close()
