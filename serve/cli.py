@@ -106,9 +106,17 @@ def serve_config_dict(path: str, host: str | None = None, port: int | None = Non
     return raw
 
 
+def serving(app_states: dict, proxy_states: dict) -> bool:
+    """Every application RUNNING and no HTTP proxy still STARTING or UNHEALTHY (being replaced).
+    A DRAINING or DRAINED proxy is settled: Serve drains the proxy of a node that holds no replica."""
+    return all(s == "RUNNING" for s in app_states.values()) and not any(
+        p in ("STARTING", "UNHEALTHY") for p in proxy_states.values()
+    )
+
+
 def deploy(config: dict, timeout: float = 300.0) -> None:
     """Start Serve with the config's HTTP options and deploy its applications (as `serve run
-    CONFIG` does); return once all are RUNNING. RuntimeError when one fails or time runs out."""
+    CONFIG` does); return once all are `serving`. RuntimeError when one fails or time runs out."""
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve run CONFIG` deploys a config with
@@ -131,16 +139,17 @@ def deploy(config: dict, timeout: float = 300.0) -> None:
             # On a loaded machine an HTTP proxy can miss the controller's readiness checks (3 x 5 s):
             # the controller replaces it, and serve_start's wait on the first one fails. The
             # controller lives on; starting again connects to it, and the loop below waits for the
-            # replacement proxy to be HEALTHY.
+            # replacement proxy to be up (`serving`).
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Serve's HTTP proxy did not start: {type(e).__name__}: {e}") from None
+            time.sleep(0.5)
     client.deploy_apps(schema, _blocking=False)
     names = [a.name for a in schema.applications]
     while True:
         status = serve.status()
         apps, proxies = status.applications, status.proxies
         states = {n: (apps[n].status if n in apps else "NOT_STARTED") for n in names}
-        if all(s == "RUNNING" for s in states.values()) and all(p == "HEALTHY" for p in proxies.values()):
+        if serving(states, proxies):
             return
         failed = {n: apps[n].message for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
         if failed:

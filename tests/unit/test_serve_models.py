@@ -553,6 +553,22 @@ def test_serve_subcommand_help(capsys):
     assert ns.host is None and ns.port is None and ns.config.endswith("config.yaml")
 
 
+def test_deploy_waits_for_running_apps_and_settled_proxies():
+    """The states come as `serve.status()` gives them (Ray's enums): a proxy being replaced
+    (STARTING, UNHEALTHY) is waited for; a drained one (a node with no replica) is not."""
+    from ray.serve.schema import ApplicationStatus as A
+    from ray.serve.schema import ProxyStatus as P
+
+    from serve.cli import serving
+
+    assert serving({"app": A.RUNNING}, {"head": P.HEALTHY, "worker": P.DRAINING})
+    assert serving({"app": A.RUNNING}, {"head": P.HEALTHY, "worker": P.DRAINED})
+    assert serving({"app": A.RUNNING}, {})  # proxy_location: Disabled
+    assert not serving({"app": A.RUNNING}, {"head": P.STARTING})
+    assert not serving({"app": A.RUNNING}, {"head": P.HEALTHY, "worker": P.UNHEALTHY})
+    assert not serving({"app": A.DEPLOYING, "other": A.RUNNING}, {"head": P.HEALTHY})
+
+
 def test_client_retries_idempotent_calls_only(monkeypatch):
     from serve.client import TunestackClient, TunestackError
 
