@@ -5,13 +5,14 @@ B `dedupe_partition`: the partition's new raw rows (phase A's files) and, when t
   concept, unit, start and end (or accession, for rows without a period), the latest filing wins.
   Returns per-pair counts and a value sample (for fitting the scalers of new pairs).
 D `write_partition`: the de-duplicated rows get pair id, scaled value and fold, sorted by entity,
-  pair and period, written in row groups; returns the file's size, sha256 and rows.
+  pair and period (FINAL_ORDER), written in row groups; returns the file's size, sha256 and rows.
 
 Memory: a fact's duplicates all belong to one entity, so a partition is processed in chunks of
 whole entities, contiguous ranges of entity ids of at most `chunk_rows` rows (input rows for B),
 each read with a filter (the live file is sorted by entity, so its row-group statistics skip what
-a chunk does not need). The de-duplicated file holds one row group per chunk, which D reads back
-one at a time, so neither phase ever holds more than a chunk, whatever the partition's size.
+a chunk does not need). The de-duplicated file (scratch.py) holds one record batch per chunk,
+which D reads back one at a time, so neither phase ever holds more than a chunk, whatever the
+partition's size.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.ingest import scratch
 from pipeline.storage import Location
 from pipeline.store.layout import RAW_SCHEMA, TRIPLET_SCHEMA, fold_of
 from pipeline.store.scaler import PairScaler, scale_by_pair
@@ -35,6 +37,12 @@ SCALER_SAMPLE = 20_000  # values kept per pair for fitting (a uniform sample bey
 BYTES_PER_ROW = 600  # peak memory per input row while a chunk is sorted and de-duplicated (measured: ~450)
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3  # bytes of rows held at once by a machine's de-duplication tasks
 MIN_CHUNK_ROWS = 10_000
+# The final files' row order: entity, pair, period, then the rest of a fact's key (DEDUP_KEYS), so
+# that no two rows tie and the same rows always give the same bytes (the join before the sort
+# returns rows in an order that varies from run to run).
+FINAL_ORDER = [
+    (c, "ascending") for c in ("entity_id", "pair_id", "period_end", "period_start", "taxonomy", "accn")
+]
 
 
 def chunk_rows_for(memory_limit: int, slots: int) -> int:
@@ -61,31 +69,33 @@ def dedupe_partition(
     loc: Location,
     staged: str,
     part: int,
-    raw_files: list[str],
+    raw_files: dict[str, int],
     old_file: str | None,
     out_file: str,
     chunk_rows: int,
 ) -> DedupeResult:
-    """Merge and de-duplicate one partition into `staged`/`out_file` (one row group per chunk).
-    `raw_files` are relative to `staged`, `old_file` (the live version's file) to the store."""
+    """Merge and de-duplicate one partition into `staged`/`out_file` (one record batch per chunk).
+    `raw_files` ({file: its rows}, phase A's scratch files) are relative to `staged`, `old_file`
+    (the live version's Parquet file) to the store."""
     fs = loc.fs
-    sources = [loc.join(staged, f) for f in raw_files] + ([loc.join(old_file)] if old_file else [])
+    raw = [loc.join(staged, f) for f in raw_files]
+    live = loc.join(old_file) if old_file else None
     out = DedupeResult(part)
-    ranges = _entity_ranges(fs, sources, chunk_rows)
+    total = sum(raw_files.values()) + (pq.ParquetFile(live, filesystem=fs).metadata.num_rows if live else 0)
+    ranges = _entity_ranges(fs, raw, live, chunk_rows) if total > chunk_rows else [(None, None)]
     out.chunks = len(ranges)
-    path = loc.join(staged, out_file)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with pq.ParquetWriter(path, RAW_SCHEMA, filesystem=fs) as writer:
+    with scratch.writer(fs, loc.join(staged, out_file)) as writer:
         for lo, hi in ranges:
-            parts = [_read(fs, src, lo, hi, len(ranges) > 1) for src in sources]
-            if old_file:
+            parts = [scratch.read(fs, f, lo, hi) for f in raw]
+            if live:
+                parts.append(_read_live(fs, live, lo, hi))
                 old = parts[-1]
                 out.rows_old += old.num_rows
                 out.entities_old += len(pc.unique(old.column("entity_id")))
                 _add_counts(out.counts_old, old)
             t = latest_per_fact(pa.concat_tables(parts))
             del parts
-            writer.write_table(t, row_group_size=max(t.num_rows, 1))  # one row group per chunk
+            scratch.write_chunk(writer, t)
             out.rows_after += t.num_rows
             out.entities += len(pc.unique(t.column("entity_id")))
             _add_counts(out.counts, t)
@@ -99,17 +109,20 @@ def _add_counts(counts: dict, t: pa.Table) -> None:
         counts[key] = counts.get(key, 0) + row["value_count"]
 
 
-def _entity_ranges(fs, sources: list[str], chunk_rows: int) -> list[tuple[str | None, str | None]]:
+def _entity_ranges(fs, raw: list[str], live: str | None, chunk_rows: int) -> list[tuple[str, str]]:
     """Contiguous entity-id ranges [lo, hi] of at most ~chunk_rows input rows (an entity is never
-    split; one larger than that is a chunk of its own). [(None, None)]: the whole partition."""
-    total = sum(pq.ParquetFile(s, filesystem=fs).metadata.num_rows for s in sources)
-    if total <= chunk_rows:
-        return [(None, None)]
+    split; one larger than that is a chunk of its own)."""
     counts: dict[str, int] = {}
-    for s in sources:  # the entity column only: a few bytes per row
-        ids = pq.read_table(s, columns=["entity_id"], filesystem=fs).column("entity_id")
+
+    def count(ids) -> None:
         for row in pa.table({"e": ids}).group_by("e").aggregate([("e", "count")]).to_pylist():
             counts[row["e"]] = counts.get(row["e"], 0) + row["e_count"]
+
+    for f in raw:  # batch by batch: one batch held at a time
+        for t in scratch.batches(fs, f):
+            count(t.column("entity_id"))
+    if live:  # the entity column only: a few bytes per row
+        count(pq.read_table(live, columns=["entity_id"], filesystem=fs).column("entity_id"))
     ranges: list[list[str]] = []  # [first, last] entity of each chunk
     acc = 0
     for entity in sorted(counts):
@@ -121,8 +134,9 @@ def _entity_ranges(fs, sources: list[str], chunk_rows: int) -> list[tuple[str | 
     return [(lo, hi) for lo, hi in ranges]
 
 
-def _read(fs, path: str, lo: str | None, hi: str | None, filtered: bool) -> pa.Table:
-    if not filtered:
+def _read_live(fs, path: str, lo: str | None, hi: str | None) -> pa.Table:
+    """A live bucket file's raw columns, or its rows with lo <= entity_id <= hi."""
+    if lo is None:
         return pq.read_table(path, filesystem=fs, columns=RAW_SCHEMA.names).cast(RAW_SCHEMA)
     filters = [("entity_id", ">=", lo), ("entity_id", "<=", hi)]
     return pq.read_table(path, filesystem=fs, columns=RAW_SCHEMA.names, filters=filters).cast(RAW_SCHEMA)
@@ -190,31 +204,48 @@ def write_partition(
     """Phase D for one partition: `staged`/`dedup_file` → `out_file` (relative to the store) with
     pair id, scaled value and fold, sorted by entity, pair and period; returns its file record."""
     fs = loc.fs
-    ids = pa.table(
-        {
-            "concept": [k[0] for k in pair_ids],
-            "unit": [k[1] for k in pair_ids],
-            "pair_id": pa.array(list(pair_ids.values()), pa.int32()),
-        }
-    )
-    src = pq.ParquetFile(loc.join(staged, dedup_file), filesystem=fs)
     path = loc.join(out_file)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     rows = 0
     with pq.ParquetWriter(path, TRIPLET_SCHEMA, filesystem=fs) as writer:
-        for i in range(src.metadata.num_row_groups):  # one chunk of whole entities at a time
-            t = src.read_row_group(i).join(ids, keys=["concept", "unit"], join_type="inner")
-            pair_id = t.column("pair_id").to_numpy()
+        for t in scratch.batches(fs, loc.join(staged, dedup_file)):  # whole entities, one chunk at a time
+            pair_id = pair_ids_of(t, pair_ids)
+            if (pair_id < 0).any():  # rows of pairs not given: not written
+                t, pair_id = t.filter(pair_id >= 0), pair_id[pair_id >= 0]
             scaled = scale_by_pair(pair_id, t.column("value").to_numpy(), scalers)
+            t = t.append_column("pair_id", pa.array(pair_id))
             t = t.append_column("scaled_value", pa.array(scaled)).append_column(
                 "fold", fold(t.column("accn"))
             )
             t = t.select(TRIPLET_SCHEMA.names).cast(TRIPLET_SCHEMA)
-            t = t.sort_by([("entity_id", "ascending"), ("pair_id", "ascending"), ("period_end", "ascending")])
-            writer.write_table(t, row_group_size=row_group_size)
+            order = pc.sort_indices(t, FINAL_ORDER)
+            for start in range(0, t.num_rows, row_group_size):  # sorted a row group at a time, not
+                # a sorted copy of the whole chunk (the same bytes)
+                writer.write_table(
+                    t.take(order[start : start + row_group_size]), row_group_size=row_group_size
+                )
             rows += t.num_rows
     digest, size = sha256_file(fs, path)
     return {"size": size, "sha256": digest, "rows": rows}
+
+
+def pair_ids_of(t: pa.Table, pair_ids: dict[tuple[str, str], int]) -> np.ndarray:
+    """Each row's pair id (int32; -1 for a pair not in `pair_ids`), looked up by (concept, unit)
+    codes: no copy of the rows, unlike a join."""
+    if not pair_ids:
+        return np.full(t.num_rows, -1, dtype=np.int32)
+    concepts = {c: i for i, c in enumerate(sorted({c for c, _ in pair_ids}))}
+    units = {u: i for i, u in enumerate(sorted({u for _, u in pair_ids}))}
+    known = np.array([concepts[c] * len(units) + units[u] for c, u in pair_ids], dtype=np.int64)
+    ids = np.fromiter(pair_ids.values(), dtype=np.int32, count=len(pair_ids))
+    by_code = np.argsort(known)
+    known, ids = known[by_code], ids[by_code]
+    c = pc.fill_null(pc.index_in(t.column("concept"), value_set=pa.array(list(concepts), pa.string())), -1)
+    u = pc.fill_null(pc.index_in(t.column("unit"), value_set=pa.array(list(units), pa.string())), -1)
+    c, u = c.to_numpy().astype(np.int64), u.to_numpy().astype(np.int64)
+    code = c * len(units) + u
+    at = np.minimum(np.searchsorted(known, code), len(known) - 1)
+    return np.where((c >= 0) & (u >= 0) & (known[at] == code), ids[at], -1).astype(np.int32)
 
 
 def fold(accn: pa.ChunkedArray) -> pa.Array:

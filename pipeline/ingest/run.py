@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline.home import default_store_uri
+from pipeline.ingest import scratch
 from pipeline.ingest.partition import (
     DEFAULT_MEMORY_LIMIT,
     DedupeResult,
@@ -230,8 +231,8 @@ def _write_version(
 
 
 def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, progress, runner: TaskRunner):
-    """Phase A: parse every unit into per-bucket raw Parquet files; return pair labels and, per
-    bucket, the raw files written."""
+    """Phase A: parse every unit into per-bucket raw files (scratch.py); return pair labels and, per
+    bucket, the raw files written ({file: its rows})."""
     calls = [
         {"parts": u, "loc": staged.loc, "version_dir": staged.name, "unit": i, "buckets": buckets,
          "skip_bad": skip_bad}
@@ -239,7 +240,7 @@ def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, pro
     ]  # fmt: skip
     with Progress(sum(p.bytes for u in units for p in u), progress) as bar:
         results = runner.map(stage_unit, calls, on_result=lambda i, r: bar.advance(r.bytes, r.rows))
-    raw_files: dict[int, list[str]] = {}
+    raw_files: dict[int, dict[str, int]] = {}  # bucket -> {raw file: its rows}
     for r in results:  # in input order: the report lists skips as one pass would
         report.documents += r.documents
         report.rows_read += r.rows
@@ -247,7 +248,7 @@ def _stage_raw(units, staged: StagedVersion, buckets: int, skip_bad, report, pro
         report.skipped_documents += r.skipped_documents
         report.skipped_examples += r.skipped_examples[: max(0, 5 - len(report.skipped_examples))]
         for b, f in r.files.items():
-            raw_files.setdefault(b, []).append(f)
+            raw_files.setdefault(b, {})[f] = r.bucket_rows[b]
     report.workers = {
         "parallel": runner.parallel,
         "units": len(results),
@@ -266,8 +267,8 @@ def _dedupe(
     old = store.manifest
     live = store.bucket_files() if old else {}
     calls = [
-        {"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, []),
-         "old_file": live.get(b), "out_file": bucket_file("dedup", b), "chunk_rows": chunk_rows}
+        {"loc": staged.loc, "staged": staged.name, "part": b, "raw_files": raw_files.get(b, {}),
+         "old_file": live.get(b), "out_file": scratch.dedup_file(b), "chunk_rows": chunk_rows}
         for b in sorted(touched)
     ]  # fmt: skip
     counts: dict[tuple[str, str], int] = {}
@@ -402,7 +403,7 @@ def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers,
     calls = []
     for b, keys in sorted(parts.items()):
         own = {k: ids[k] for k in keys}
-        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": bucket_file("dedup", b),
+        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": scratch.dedup_file(b),
                       "out_file": f"{staged.data_dir}/{bucket_file('triplets', b)}", "pair_ids": own,
                       "scalers": {i: scalers[i] for i in own.values()}, "row_group_size": row_group_size})  # fmt: skip
     records = runner.map(write_partition, calls)

@@ -1,7 +1,7 @@
 """Phase A of ingest: parse a unit of the input (a run of zip members, or files) and write its rows
-into the staged version's raw partitions, one Parquet file per partition the unit touches:
+into the staged version's raw partitions, one file per partition the unit touches (scratch.py):
 
-    <staged>/raw/bucket-07/unit-00012.parquet
+    <staged>/raw/bucket-07/unit-00012.arrow
 
 Each unit is independent (its own files, named by its unit number), so units run in any order, on
 any node, and a retried unit rewrites exactly its own files. Memory: one document, plus at most
@@ -15,21 +15,16 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline.ingest import scratch
 from pipeline.ingest.companyfacts import IngestError
 from pipeline.ingest.sources import Part, iter_documents
 from pipeline.ingest.tasks import _node
 from pipeline.storage import Location
-from pipeline.store.layout import RAW_SCHEMA, bucket_of
+from pipeline.store.layout import bucket_of
 
 FLUSH_ROWS = 100_000  # rows held before the largest partition's rows are written
 MAX_EXAMPLES = 5  # skipped-record messages kept per unit
-
-
-def raw_file(bucket: int, unit: int) -> str:
-    """A unit's raw rows of one bucket, inside the staged version (one file per unit and bucket)."""
-    return f"raw/bucket-{bucket:02d}/unit-{unit:05d}.parquet"
 
 
 @dataclass
@@ -43,6 +38,7 @@ class UnitResult:
     seconds: float = 0.0
     node: str = ""
     files: dict[int, str] = field(default_factory=dict)  # bucket -> raw file (relative to the version)
+    bucket_rows: dict[int, int] = field(default_factory=dict)  # bucket -> rows in its raw file
     pair_meta: dict = field(default_factory=dict)  # (concept, unit) -> (label, description)
     skipped_documents: list[str] = field(default_factory=list)
     skipped_records: int = 0
@@ -53,20 +49,18 @@ def stage_unit(parts: list[Part], loc: Location, version_dir: str, unit: int, bu
     """Parse `parts` and write their rows under `version_dir`/raw; returns a UnitResult."""
     t0 = time.perf_counter()
     out = UnitResult(unit=unit, node=_node(), bytes=sum(p.bytes for p in parts))
-    writers: dict[int, pq.ParquetWriter] = {}
+    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     pending: dict[int, list[pa.Table]] = {}
     held = {"rows": 0}
 
     def flush(b: int) -> None:
         if b not in writers:
-            out.files[b] = raw_file(b, unit)
-            path = loc.join(version_dir, out.files[b])
-            loc.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            writers[b] = pq.ParquetWriter(path, RAW_SCHEMA, filesystem=loc.fs)
-            closing.callback(writers[b].close)
-        tables = pending.pop(b)
-        held["rows"] -= sum(t.num_rows for t in tables)
-        writers[b].write_table(pa.concat_tables(tables))
+            out.files[b] = scratch.raw_file(b, unit)
+            writers[b] = closing.enter_context(scratch.writer(loc.fs, loc.join(version_dir, out.files[b])))
+        t = pa.concat_tables(pending.pop(b)).combine_chunks()  # one record batch, not one per document
+        held["rows"] -= t.num_rows
+        out.bucket_rows[b] = out.bucket_rows.get(b, 0) + t.num_rows
+        writers[b].write_table(t)
 
     with contextlib.ExitStack() as closing:  # closes every writer, even when one close fails (a full disk)
         for part in parts:

@@ -34,7 +34,7 @@ def test_a_killed_ingest_leaves_the_store_as_it_was(tmp_path):
     )
     try:
         deadline = time.monotonic() + 300
-        while not list(store.glob(".staging-*/raw/*/*.parquet")):  # mid-way: parsing has written rows
+        while not list(store.glob(".staging-*/raw/*/*.arrow")):  # mid-way: parsing has written rows
             assert proc.poll() is None, "the ingest finished before it could be killed"
             assert time.monotonic() < deadline, "the ingest never started writing"
             time.sleep(0.05)
