@@ -100,3 +100,30 @@ def test_pair_ids_of_every_row_and_minus_one_for_pairs_not_given():
     t = pa.table({"concept": [c for c, _ in rows], "unit": [u for _, u in rows]})
     assert pair_ids_of(t, given).tolist() == [given.get(r, -1) for r in rows]
     assert pair_ids_of(t, {}).tolist() == [-1] * len(rows)
+
+
+def test_latest_per_fact_matches_a_one_pass_reference_with_nulls_in_every_key():
+    from pipeline.store.layout import RAW_SCHEMA
+
+    rng = np.random.default_rng(7)
+
+    def pick(options):
+        return options[rng.integers(len(options))]
+
+    rows = [
+        {"entity_id": pick(["e1", "e2"]), "entity_name": None, "taxonomy": pick(["us-gaap", "dei", None]),
+         "concept": pick(["A", "B"]), "unit": pick(["USD", "shares"]), "value": float(i),
+         "period_start": pick([None, 100, 200]), "period_end": pick([None, 300, 400]), "fy": None,
+         "fp": None, "form": None, "filed": pick([None, 10, 11, 12]), "accn": pick([None, "a1", "a2", "a3"])}
+        for i in range(3_000)
+    ]  # fmt: skip
+    best: dict = {}  # the rule in one pass: latest filing, then greatest accession (nulls last), then first read
+    for i, r in enumerate(rows):
+        key = (r["entity_id"], r["taxonomy"], r["concept"], r["unit"], r["period_start"], r["period_end"],
+               (r["accn"] or "") if r["period_end"] is None else "")  # fmt: skip
+        score = (r["filed"] is not None, r["filed"] or 0, r["accn"] is not None, r["accn"] or "")
+        if key not in best or score > best[key][0]:
+            best[key] = (score, i)
+    want = sorted(i for _, i in best.values())
+    got = latest_per_fact(pa.Table.from_pylist(rows, schema=RAW_SCHEMA))
+    assert got["value"].to_pylist() == [float(i) for i in want]
