@@ -38,8 +38,8 @@ BYTES_PER_ROW = 600  # peak memory per input row while a chunk is sorted and de-
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3  # bytes of rows held at once by a machine's de-duplication tasks
 MIN_CHUNK_ROWS = 10_000
 # The final files' row order: entity, pair, period, then the rest of a fact's key (DEDUP_KEYS), so
-# that no two rows tie and the same rows always give the same bytes (the join before the sort
-# returns rows in an order that varies from run to run).
+# that no two rows tie and the same rows give the same bytes in whatever order they arrive (a hash
+# join before the sort once returned them in an order that varied from run to run).
 FINAL_ORDER = [
     (c, "ascending") for c in ("entity_id", "pair_id", "period_end", "period_start", "taxonomy", "accn")
 ]
