@@ -585,7 +585,7 @@ def synth_gaap(
         try:
             files, counts = [], np.zeros(len(pairs), dtype=np.int64)
             for b in sorted(plan):
-                name = bucket_file("triplets", b)
+                name = bucket_file(b)
                 w = _BucketWriter(staged.join(name), staged.loc.fs, pairs, scalers, row_group_size)
                 try:
                     for _, ent, keep in sorted(plan[b]):  # by entity id: the store's sort order

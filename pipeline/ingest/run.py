@@ -35,7 +35,7 @@ from pipeline.ingest.partition import (
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.sources import expand_inputs, split_inputs
 from pipeline.ingest.stage import merge_pair_meta, stage_unit
-from pipeline.ingest.tasks import TaskRunner
+from pipeline.ingest.tasks import TaskRunner, release_freed_memory
 from pipeline.store.embed import embedder_name, get_embedder, pair_text
 from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace, fit_feature_space, load_embedder
@@ -194,6 +194,8 @@ def _write_version(
         pairs, scalers, space = _build_pairs(
             store, meta, counts, samples, space, embedder, embed_dim, report, refit
         )
+        del samples  # up to SCALER_SAMPLE values of every pair: freed before the rows are written
+        release_freed_memory()
         written = _write_final(staged, parts, pairs, scalers, row_group_size, runner)
         write_pairs(staged.join(PAIRS_FILE), pairs, space.embed_dim, store.loc.fs)
         staged.drop_scratch()
@@ -263,7 +265,7 @@ def _dedupe(
     """Phase B: each touched bucket's new rows merged with its live rows, the latest filing kept
     (one task per bucket). Returns the store's per-pair counts and entity count after the merge (the
     live totals, less what the touched buckets held, plus what they hold now), the touched buckets'
-    value sample per pair (all rows of any new pair are in them), and each touched bucket's pairs."""
+    value sample per pair (all rows of any new pair are in them), and the buckets written."""
     old = store.manifest
     live = store.bucket_files() if old else {}
     calls = [
@@ -293,7 +295,7 @@ def _dedupe(
     done = runner.map(dedupe_partition, calls, on_result=take)
     report.duplicates_dropped = report.rows_read + report.rows_before - report.rows_after
     counts = {k: n for k, n in counts.items() if n > 0}
-    return counts, samples, totals["entities"], {r.part: list(r.counts) for r in done}
+    return counts, samples, totals["entities"], {r.part for r in done}
 
 
 def _live_feature_space(store: TripletStore, embedder: str | None, embed_dim: int | None, refit: bool):
@@ -394,17 +396,22 @@ def _fit_space(store: TripletStore, texts: list[str], embedder: str | None, embe
     return space, raw
 
 
-def _write_final(staged: StagedVersion, parts: dict, pairs: list[dict], scalers, row_group_size: int, runner):
+def _write_final(
+    staged: StagedVersion, parts: set[int], pairs: list[dict], scalers, row_group_size: int, runner
+):
     """Phase D: each de-duplicated bucket gets pair id, scaled value and fold, sorted by
-    entity/pair/period, written in row groups into the new version's folder (one task per bucket,
-    given the ids and scalers of its own pairs only). Returns {file (relative to the version's
+    entity/pair/period, written in row groups into the new version's folder (one task per bucket).
+    Returns {file (relative to the version's
     folder): its size, sha256 and rows, taken as it was written}."""
-    ids = {(p["concept"], p["unit"]): p["pair_id"] for p in pairs}
-    calls = []
-    for b, keys in sorted(parts.items()):
-        own = {k: ids[k] for k in keys}
-        calls.append({"loc": staged.loc, "staged": staged.name, "dedup_file": scratch.dedup_file(b),
-                      "out_file": f"{staged.data_dir}/{bucket_file('triplets', b)}", "pair_ids": own,
-                      "scalers": {i: scalers[i] for i in own.values()}, "row_group_size": row_group_size})  # fmt: skip
-    records = runner.map(write_partition, calls)
-    return {bucket_file("triplets", b): rec for b, rec in zip(sorted(parts), records)}
+    calls = [
+        {"loc": staged.loc, "staged": staged.name, "dedup_file": scratch.dedup_file(b),
+         "out_file": f"{staged.data_dir}/{bucket_file(b)}"}
+        for b in sorted(parts)
+    ]  # fmt: skip
+    shared = {  # every pair's id and scaler, sent once (a pair's rows are in most buckets)
+        "pair_ids": {(p["concept"], p["unit"]): p["pair_id"] for p in pairs},
+        "scalers": scalers,
+        "row_group_size": row_group_size,
+    }
+    records = runner.map(write_partition, calls, shared=shared)
+    return {bucket_file(b): rec for b, rec in zip(sorted(parts), records)}

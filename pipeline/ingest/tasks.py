@@ -14,42 +14,79 @@ nothing writes after the caller starts cleaning up (an interrupt cancels them in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pipeline.ingest.companyfacts import IngestError
 
 AUTO_RAY_BYTES = 256 * 1024 * 1024  # inputs at least this large (uncompressed) go parallel by default
 
 
-def _guarded(fn: Callable, kwargs: dict):
-    """Run fn; bad input and storage errors come back as values (a Ray task error would carry a
-    remote traceback into the user's one-line message)."""
+def _guarded(fn: Callable, kwargs: dict, shared: dict | None = None):
+    """Run fn(**kwargs, **shared); bad input and storage errors come back as values (a Ray task
+    error would carry a remote traceback into the user's one-line message)."""
     try:
-        return {"ok": fn(**kwargs)}
+        with lean_arrow_memory():
+            return {"ok": fn(**kwargs, **(shared or {}))}
     except IngestError as e:
         return {"error": "ingest", "args": (e.source, e.detail, e.where)}
     except OSError as e:
         return {"error": "os", "message": str(e)}
 
 
-def _task(fn: Callable, kwargs: dict):
+# Ingest's work allocates Arrow memory from jemalloc, not from pyarrow's default pool, mimalloc,
+# which keeps much of what a step frees resident: a task's RSS then rises with its data far beyond
+# what it holds at once. Measured on one bucket of 167k facts (800 companies), growth of the process
+# on mimalloc / jemalloc / malloc: de-duplication 173 / 112 / 108 MiB, writing 105 / 42 / 57 MiB; an
+# ingest's process-tree peak on Ray tasks fell from about 1,800 to 1,700 MiB at 800 companies (100:
+# about 1,530 → 1,515), at the same speed. A Ray task gets it from its environment (then Arrow's
+# C++ default, Acero's hash aggregations included); this process, from `lean_arrow_memory`.
+TASK_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+
+
+@contextlib.contextmanager
+def lean_arrow_memory() -> Iterator[None]:
+    """pyarrow's allocations on jemalloc (the C library's malloc where pyarrow lacks it) while this
+    runs; the previous default pool after. Acero's own allocations stay on Arrow's C++ default."""
+    import pyarrow as pa
+
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(_lean_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _lean_pool():
+    import pyarrow as pa
+
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc (Windows)
+        return pa.system_memory_pool()
+
+
+def _task(fn: Callable, kwargs: dict, shared: dict | None = None):
     """_guarded as a Ray task. The worker process outlives the task, idle: the memory the task
     freed goes back to the OS (Arrow's pool and the C heap keep it otherwise, and it would count
     against the ingest's footprint while the driver finishes)."""
     try:
-        return _guarded(fn, kwargs)
+        return _guarded(fn, kwargs, shared)
     finally:
-        _release_freed_memory()
+        release_freed_memory()
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
+    """Return what Arrow's pools and the C heap keep of freed memory to the OS."""
     import ctypes
 
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
+    _lean_pool().release_unused()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -129,19 +166,26 @@ class TaskRunner:
             return 1
         return max([int(n["Resources"].get("CPU", 1)) for n in self.ray.nodes() if n["Alive"]] or [1])
 
-    def map(self, fn: Callable, calls: list[dict], on_result: Callable | None = None) -> list:
-        """fn(**kwargs) for each kwargs in `calls`; results in call order. `on_result(i, result)` is
-        called as each finishes (in completion order)."""
+    def map(
+        self, fn: Callable, calls: list[dict], on_result: Callable | None = None, shared: dict | None = None
+    ) -> list:
+        """fn(**kwargs, **shared) for each kwargs in `calls`; results in call order. `shared`, the
+        arguments common to every call, goes into Ray's object store once (not once per task).
+        `on_result(i, result)` is called as each finishes (in completion order)."""
         if not self.parallel:
             results = []
             for i, kwargs in enumerate(calls):
-                results.append(_reraise(_guarded(fn, kwargs)))
+                results.append(_reraise(_guarded(fn, kwargs, shared)))
                 if on_result:
                     on_result(i, results[-1])
             return results
         ray = self.ray
-        remote = ray.remote(_task).options(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)
+        remote = ray.remote(_task).options(
+            num_cpus=1, scheduling_strategy="SPREAD", max_retries=2,
+            runtime_env={"env_vars": TASK_ENV},  # merged into the job's own
+        )  # fmt: skip
         cpus = self.cpus()
+        shared_ref = ray.put(shared or {})  # a task argument that is an object ref arrives resolved
         pending: dict = {}  # ref -> call index
         results: list = [None] * len(calls)
         queue = list(enumerate(calls))
@@ -149,7 +193,7 @@ class TaskRunner:
             while queue or pending:
                 while queue and len(pending) < 2 * cpus:  # a short queue per CPU: no idle gaps
                     i, kwargs = queue.pop(0)
-                    pending[remote.remote(fn, kwargs)] = i
+                    pending[remote.remote(fn, kwargs, shared_ref)] = i
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(done[0])
                 results[i] = _reraise(ray.get(done[0]))

@@ -59,7 +59,6 @@ VERSIONS_DIR = "versions"
 PAIRS_FILE = "pairs.parquet"
 FEATURES_DIR = "features"
 STAGING_PREFIX = ".staging-"
-SCRATCH_DIRS = ("raw", "dedup")  # inside a staged version only: parsed and de-duplicated buckets
 DEFAULT_KEEP = 2  # previous versions kept for readers (`tunestack store gc --keep N`)
 DEFAULT_BUCKETS = 16
 DEFAULT_ROW_GROUP = 65_536
@@ -129,9 +128,9 @@ def fold_of(accn: str | None) -> int:
     return zlib.crc32((accn or "").encode()) % VAL_FOLDS
 
 
-def bucket_file(kind: str, bucket: int) -> str:
-    """A bucket's Parquet file inside a version (kind "triplets"; staging's own files: ingest/scratch.py)."""
-    return f"{kind}/bucket-{bucket:02d}.parquet"
+def bucket_file(bucket: int) -> str:
+    """A bucket's Parquet file inside a version (staging's own files: ingest/scratch.py)."""
+    return f"triplets/bucket-{bucket:02d}.parquet"
 
 
 def bucket_of_file(path: str) -> int:
@@ -405,8 +404,7 @@ class StagedVersion:
         self.name = f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         self.loc = store.loc
         self.path = self.loc.join(self.name)
-        for sub in SCRATCH_DIRS:
-            self.loc.fs.create_dir(self.scratch(sub), recursive=True)
+        self.loc.fs.create_dir(self.path, recursive=True)  # its scratch files' folders: ingest/scratch.py
         self.loc.fs.create_dir(self.join("triplets"), recursive=True)
 
     def join(self, *parts: str) -> str:

@@ -8,10 +8,12 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.ingest import IngestError, ingest
 from pipeline.ingest import run as ingest_run
+from pipeline.ingest.tasks import TaskRunner
 from pipeline.synth_companyfacts import company_document, synth_companyfacts
 from tests.support import COMPANIES, require_us_gaap, tree_digest
 from tests.support.golden import GOLDEN, store_digest
@@ -30,6 +32,23 @@ def test_parallel_ingest_gives_the_recorded_store(ray_cluster, tmp_path, monkeyp
     assert r.workers["parallel"] and r.workers["units"] == 3
     got, golden = store_digest(store), json.loads(GOLDEN.read_text())["all"]
     assert (got["rows"], got["columns"], got["pairs"]) == (golden["rows"], golden["columns"], golden["pairs"])
+
+
+def test_tasks_get_the_shared_arguments_and_allocate_arrow_memory_from_jemalloc(ray_cluster):
+    def call(a: int, b) -> tuple:
+        import os
+
+        import pyarrow as pa
+
+        return (
+            a + int(b.sum()),
+            pa.default_memory_pool().backend_name,
+            os.environ["ARROW_DEFAULT_MEMORY_POOL"],
+        )
+
+    runner = TaskRunner.start(workers=2)  # the Ray this process already runs
+    got = runner.map(call, [{"a": 1}, {"a": 2}], shared={"b": np.arange(4)})  # b: 6, put once
+    assert got == [(7, "jemalloc", "jemalloc"), (8, "jemalloc", "jemalloc")]
 
 
 def test_a_bad_member_fails_the_parallel_ingest_and_leaves_the_store_as_it_was(
@@ -57,6 +76,7 @@ def test_a_bad_member_fails_the_parallel_ingest_and_leaves_the_store_as_it_was(
 TWO_NODES = """
 from pipeline.ingest import ingest
 from pipeline.ingest import run as ingest_run
+from pipeline.ingest.tasks import TaskRunner
 
 ingest_run.UNIT_BYTES = 1  # one member per task: more tasks than either node has CPUs
 r = ingest([sys.argv[2]], sys.argv[3], embedder="hashed", progress=False, address=cluster.address)
