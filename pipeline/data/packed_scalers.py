@@ -197,11 +197,10 @@ def concat_scalers(a: PackedScalers, b: PackedScalers) -> PackedScalers:
 
 def store_scalers(pairs) -> tuple[np.ndarray, PackedScalers]:
     """(pair ids, their scalers packed in the same order) of a store's pairs table."""
-    from pipeline.store.scaler import PairScaler
+    from pipeline.store.scaler import scalers_of
 
     ids = np.asarray(pairs.column("pair_id").to_numpy(), np.int64)
-    cols = ["scaler_kind", "scaler_x", "scaler_z", "scaler_mean", "scaler_std"]
-    return ids, PackedScalers.from_scalers(PairScaler.from_row(r) for r in pairs.select(cols).to_pylist())
+    return ids, PackedScalers.from_scalers(scalers_of(pairs).values())  # in the table's order
 
 
 def bound_values(scaled: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ from pipeline.store.layout import (
     write_pairs,
 )
 from pipeline.store.lock import DEFAULT_WAIT
-from pipeline.store.scaler import PairScaler, fit_scaler
+from pipeline.store.scaler import fit_scaler, scalers_of
 
 DEFAULT_EMBED_DIM = 64
 UNIT_BYTES = 32 * 1024 * 1024  # documents (uncompressed) per unit of parsing work, at most
@@ -334,17 +334,26 @@ def _build_pairs(
     """Phase C: stable pair ids; kept scalers and embeddings for known pairs (when `space` is the
     live feature space), fitted ones for new pairs; with `space` None, a new feature space fitted
     on every pair and every scaler refitted (first ingest, refit)."""
-    old = {}
-    if store.manifest:
-        for row in store.read_pairs().to_pylist():
-            old[(row["concept"], row["unit"])] = row
+    old, old_scalers = {}, {}
+    if store.manifest:  # the knots and embeddings as arrays: thousands of pairs × 2,000 floats
+        table = store.read_pairs()
+        old_scalers = scalers_of(table)
+        width = table.schema.field("embedding").type.list_size
+        emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(table.num_rows, width)
+        text = ["pair_id", "concept", "unit", "label", "description"]
+        for row, e in zip(table.select(text).to_pylist(), emb):
+            old[(row["concept"], row["unit"])] = {
+                **row,
+                **old_scalers[row["pair_id"]].to_columns(),
+                "embedding": e,
+            }
     next_id = max((r["pair_id"] for r in old.values()), default=-1) + 1
     by_pair = {k: value for k, (_, value) in samples.items()}
     rows, scalers, new = [], {}, []
     for key in sorted(counts):
         if space is not None and key in old:  # frozen: the pair's scaler, embedding and text stay
             row = {**old[key], "count": counts[key]}
-            scalers[row["pair_id"]] = PairScaler.from_row(row)
+            scalers[row["pair_id"]] = old_scalers[row["pair_id"]]
             rows.append(row)
             continue
         label, desc = meta.get(key, (None, None))
@@ -356,7 +365,7 @@ def _build_pairs(
         scaler = fit_scaler(by_pair[key])
         scalers[pid] = scaler
         row = {"pair_id": pid, "concept": key[0], "unit": key[1], "label": label, "description": desc}
-        rows.append({**row, "count": counts[key], **scaler.to_row()})
+        rows.append({**row, "count": counts[key], **scaler.to_columns()})
         new.append(rows[-1])
     report.new_pairs = sum(1 for r in new if (r["concept"], r["unit"]) not in old)
     texts = [pair_text(r["concept"], r["unit"], r["label"], r["description"]) for r in new]

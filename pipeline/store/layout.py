@@ -50,7 +50,7 @@ from pipeline.store.errors import StoreError
 from pipeline.store.features import FeatureSpace
 from pipeline.store.files import file_record, fsync_tree, write_atomic
 from pipeline.store.lock import DEFAULT_WAIT, LOCK_FILE, StoreLock
-from pipeline.store.scaler import PairScaler
+from pipeline.store.scaler import PairScaler, scalers_of
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)  # 1: file names relative to the version's folder, no version records
@@ -258,7 +258,7 @@ class TripletStore:
 
     def scalers(self, pairs: pa.Table | None = None) -> dict[int, PairScaler]:
         pairs = pairs if pairs is not None else self.read_pairs()
-        return {row["pair_id"]: PairScaler.from_row(row) for row in pairs.to_pylist()}
+        return scalers_of(pairs)
 
     def embeddings(self, pairs: pa.Table | None = None) -> np.ndarray:
         """Embedding matrix indexed by pair id: row i is pair i's embedding."""

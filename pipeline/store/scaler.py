@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from scipy.special import ndtri
 
 N_QUANTILES = 1000
@@ -43,10 +44,15 @@ class PairScaler:
         return _interp_extrapolate(s, self.z, self.x)
 
     def to_row(self) -> dict:
+        return {**self.to_columns(), "scaler_x": self.x.tolist(), "scaler_z": self.z.tolist()}
+
+    def to_columns(self) -> dict:
+        """The pairs table's scaler fields, the knots as numpy arrays (a store's pairs hold up to
+        1,000 knots each: as Python floats, 4x the memory)."""
         return {
             "scaler_kind": self.kind,
-            "scaler_x": self.x.tolist(),
-            "scaler_z": self.z.tolist(),
+            "scaler_x": self.x,
+            "scaler_z": self.z,
             "scaler_mean": float(self.mean),
             "scaler_std": float(self.std),
         }
@@ -60,6 +66,33 @@ class PairScaler:
             mean=float(row["scaler_mean"]),
             std=float(row["scaler_std"]),
         )
+
+
+def scalers_of(pairs: pa.Table) -> dict[int, PairScaler]:
+    """{pair id: its scaler} of a pairs table, the knots read as numpy arrays (no Python floats);
+    the same scalers as PairScaler.from_row of each row."""
+    ids = pairs.column("pair_id").to_pylist()
+    kinds = pairs.column("scaler_kind").to_pylist()
+    means = pairs.column("scaler_mean").to_pylist()
+    stds = pairs.column("scaler_std").to_pylist()
+    xs, zs = _knots(pairs.column("scaler_x")), _knots(pairs.column("scaler_z"))
+    return {
+        i: PairScaler(kind=k, x=x, z=z, mean=float(m), std=float(s))
+        for i, k, x, z, m, s in zip(ids, kinds, xs, zs, means, stds)
+    }
+
+
+def _knots(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """Each row's list of a list<float64> column as an array (a null: empty)."""
+    lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if len(lists) == 0:
+        return []
+    offsets = lists.offsets.to_numpy()  # absolute positions in `values`, the slice's own included
+    values = lists.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    valid = lists.is_valid().to_numpy(zero_copy_only=False)
+    return [
+        values[offsets[i] : offsets[i + 1]].copy() if valid[i] else np.empty(0) for i in range(len(lists))
+    ]
 
 
 def fit_scaler(values: np.ndarray, n_quantiles: int = N_QUANTILES) -> PairScaler:

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from pipeline.store.scaler import PairScaler, _sorted_quantiles, fit_scaler, scale_by_pair, unscale_by_pair
+from pipeline.store.scaler import (
+    PairScaler,
+    _sorted_quantiles,
+    fit_scaler,
+    scale_by_pair,
+    scalers_of,
+    unscale_by_pair,
+)
 
 
 def heavy_tailed(n, seed=0):
@@ -78,3 +85,21 @@ def test_scale_by_pair_uses_each_rows_own_scaler():
 def test_fit_rejects_non_finite():
     with pytest.raises(ValueError):
         fit_scaler(np.array([1.0, np.nan]))
+
+
+def test_scalers_of_a_pairs_table_are_those_of_its_rows():
+    import pyarrow as pa
+
+    fitted = [fit_scaler(heavy_tailed(50 + 40 * i)) for i in range(4)] + [fit_scaler(np.array([3.0, 3.0]))]
+    rows = [{"pair_id": 10 + i, **s.to_columns()} for i, s in enumerate(fitted)]
+    rows[4]["scaler_x"] = rows[4]["scaler_z"] = None  # a standard scaler's knots read back as null
+    table = pa.Table.from_pylist(rows)
+    table = pa.concat_tables([table.slice(0, 1), table.slice(1, 2), table.slice(3)])  # chunked, sliced
+    got = scalers_of(table)
+    assert list(got) == [10, 11, 12, 13, 14]
+    for row in table.to_pylist():
+        want, have = PairScaler.from_row(row), got[row["pair_id"]]
+        assert (have.kind, have.mean, have.std) == (want.kind, want.mean, want.std)
+        np.testing.assert_array_equal(have.x, want.x)  # the same float64 values, bit for bit
+        np.testing.assert_array_equal(have.z, want.z)
+        assert have.x.dtype == np.float64 and have.x.shape == want.x.shape
