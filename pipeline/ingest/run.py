@@ -410,8 +410,8 @@ def _write_final(
 ):
     """Phase D: each de-duplicated bucket gets pair id, scaled value and fold, sorted by
     entity/pair/period, written in row groups into the new version's folder (one task per bucket).
-    Returns {file (relative to the version's
-    folder): its size, sha256 and rows, taken as it was written}."""
+    Returns {file (relative to the version's folder): its size, sha256 and rows, taken as it was
+    written}."""
     calls = [
         {"loc": staged.loc, "staged": staged.name, "dedup_file": scratch.dedup_file(b),
          "out_file": f"{staged.data_dir}/{bucket_file(b)}"}

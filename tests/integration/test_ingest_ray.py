@@ -76,7 +76,6 @@ def test_a_bad_member_fails_the_parallel_ingest_and_leaves_the_store_as_it_was(
 TWO_NODES = """
 from pipeline.ingest import ingest
 from pipeline.ingest import run as ingest_run
-from pipeline.ingest.tasks import TaskRunner
 
 ingest_run.UNIT_BYTES = 1  # one member per task: more tasks than either node has CPUs
 r = ingest([sys.argv[2]], sys.argv[3], embedder="hashed", progress=False, address=cluster.address)

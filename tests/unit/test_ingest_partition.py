@@ -67,8 +67,8 @@ def test_chunks_of_whole_entities_give_the_same_rows(raw, chunk_rows):
     order = final.select(["entity_id", "pair_id", "period_end"]).to_pylist()
     assert order == sorted(order, key=lambda x: (x["entity_id"], x["pair_id"], x["period_end"] or ""))
     # The same rows in another order (a hash join there once returned them in an order that varied
-    # from run to run) give the same bytes: rows that tie on entity, pair and period (durations ending on one
-    # day) are ordered by the rest of their key.
+    # from run to run) give the same bytes: rows that tie on entity, pair and period (durations
+    # ending on one day) are ordered by the rest of their key.
     assert len({tuple(o.values()) for o in order}) < len(order)  # there are such ties here
     with scratch.writer(loc.fs, str(root / "dedup-reversed.arrow")) as out:
         for c in chunks:

@@ -6,14 +6,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.ingest.tasks import TaskRunner
-
-
-def _lean_pool_name() -> str:
-    try:
-        return pa.jemalloc_memory_pool().backend_name
-    except NotImplementedError:
-        return pa.system_memory_pool().backend_name
+from pipeline.ingest.tasks import TaskRunner, _lean_pool
 
 
 def test_calls_in_this_process_get_their_own_and_the_shared_arguments_on_the_lean_pool():
@@ -27,6 +20,6 @@ def test_calls_in_this_process_get_their_own_and_the_shared_arguments_on_the_lea
     got = TaskRunner().map(
         call, [{"a": 1}, {"a": 2}], on_result=lambda i, r: seen.append(i), shared={"b": 10}
     )
-    assert got == [(11, _lean_pool_name()), (12, _lean_pool_name())]
+    assert got == [(11, _lean_pool().backend_name), (12, _lean_pool().backend_name)]
     assert seen == [0, 1]
     assert pa.default_memory_pool().backend_name == before
