@@ -22,8 +22,9 @@ is sampled every 50 ms.
     the floor.
 (b) Memory: peak tree RSS of the engine on Ray tasks (--workers N), 8·N vs N companies. Goals:
     <= 1.2x, < 2 GiB.
-(c) Append: one more company (not in the bulk) ingested into the 8·N-company store, in seconds, vs
-    the full ingest of that store. Goal: <= 5%.
+(c) Append: one more company (not in the bulk) ingested into a copy of the 8·N-company store, in
+    seconds (the median of the rounds, a fresh copy each), vs the full ingest of that store.
+    Goal: <= 5%.
 """
 
 from __future__ import annotations
@@ -164,6 +165,22 @@ def _append_zip(path: str, index: int) -> None:
         zf.writestr(f"CIK{doc['cik']:010d}.json", json.dumps(doc, separators=(",", ":")))
 
 
+def _appends(rounds: int, zip_path: str, store: str) -> dict:
+    """The append with the median seconds of `rounds`, each into its own copy of `store` (one run
+    is about a second: a single one measured 0.8-1.1 s in three runs of this benchmark, about 0.55 s
+    alone on a quiet machine), its "rounds" listing every run's seconds."""
+    done = []
+    for i in range(rounds):
+        copy = f"{store}-append-{i}"
+        shutil.copytree(store, copy)
+        try:
+            done.append(measured_run("append", zip_path, copy))
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+    ranked = sorted(done, key=lambda r: r["seconds"])
+    return {**ranked[(len(ranked) - 1) // 2], "rounds": [r["seconds"] for r in done]}
+
+
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     from pipeline.synth_companyfacts import synth_companyfacts
 
@@ -186,7 +203,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
                 runs[n][mode] = _fresh_run(mode, zp, os.path.join(work, f"{mode}-{n}"))
         append_zip = os.path.join(work, "append.zip")
         _append_zip(append_zip, large)
-        append = measured_run("append", append_zip, os.path.join(work, f"store-{large}"))
+        append = _appends(ROUNDS[quick], append_zip, os.path.join(work, f"store-{large}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -267,7 +284,8 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
     append_ratio = append["seconds"] / e_large["seconds"]
     figures.append(
         _fig(
-            f"append 1 company ({append['rows_read']:,} facts) to the {large}-company store",
+            f"append 1 company ({append['rows_read']:,} facts) to the {large}-company store (median of "
+            f"{len(append['rounds'])})",
             append["seconds"],
             "s",
             f"full ingest of the {large}-company store",
@@ -298,8 +316,9 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
             "started before the ingest (as a Ray job's driver finds one); that run times the Ray's start "
             "and shutdown apart: the floor a fresh local Ray adds. The bound: facts / (the one-process "
             "run's seconds / cores + that floor), the best a fresh local Ray could do with this engine. "
-            "Append: one more synthetic company ingested into the larger store (in one process: a small "
-            "input starts no Ray), vs the full ingest of that store."
+            "Append: one more synthetic company ingested into a copy of the larger store (in one process: "
+            f"a small input starts no Ray; the median of {ROUNDS[quick]}, a fresh copy each), vs the full "
+            "ingest of that store."
         ),
         "details": {"zips": zips, "runs": {str(k): v for k, v in runs.items()}, "append": append},
     }

@@ -323,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=None,
-        help="parse on a local Ray with this many CPUs (1: in this process, no Ray). Default: every "
-        "core for inputs of 256 MB or more, else in this process",
+        help="parse on a local Ray with this many CPUs (1: in this process, no Ray, one thread). "
+        "Default: every core for inputs of 256 MB or more, else in this process (buckets de-duplicated "
+        "and written on a thread per core)",
     )
     s.add_argument(
         "--memory-limit",

@@ -292,7 +292,7 @@ def _dedupe(
         merge_samples(samples, r.sample)
         r.sample = None
 
-    done = runner.map(dedupe_partition, calls, on_result=take)
+    done = runner.map(dedupe_partition, calls, on_result=take, threaded=True)
     report.duplicates_dropped = report.rows_read + report.rows_before - report.rows_after
     counts = {k: n for k, n in counts.items() if n > 0}
     return counts, samples, totals["entities"], {r.part for r in done}
@@ -422,5 +422,5 @@ def _write_final(
         "scalers": scalers,
         "row_group_size": row_group_size,
     }
-    records = runner.map(write_partition, calls, shared=shared)
+    records = runner.map(write_partition, calls, shared=shared, threaded=True)
     return {bucket_file(b): rec for b, rec in zip(sorted(parts), records)}

@@ -5,13 +5,15 @@ into the staged version's raw partitions, one file per partition the unit touche
 
 Each unit is independent (its own files, named by its unit number), so units run in any order, on
 any node, and a retried unit rewrites exactly its own files. Memory: one document, plus at most
-FLUSH_ROWS rows waiting to be written.
+FLUSH_ROWS rows waiting to be written and one flush being written. The writes (Arrow's IPC writer
+and zstd, outside the GIL) run on a thread while the next documents are parsed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -60,9 +62,10 @@ def stage_unit(parts: list[Part], loc: Location, version_dir: str, unit: int, bu
         t = pa.concat_tables(pending.pop(b)).combine_chunks()  # one record batch, not one per document
         held["rows"] -= t.num_rows
         out.bucket_rows[b] = out.bucket_rows.get(b, 0) + t.num_rows
-        writers[b].write_table(t)
+        writing.submit(writers[b].write_table, t)
 
-    with contextlib.ExitStack() as closing:  # closes every writer, even when one close fails (a full disk)
+    # The writer thread stops (its write finished) before any writer closes, even on an error.
+    with contextlib.ExitStack() as closing, _OneAtATime() as writing:
         for part in parts:
             members = (part.start, part.stop) if part.start is not None else None
             try:
@@ -81,8 +84,31 @@ def stage_unit(parts: list[Part], loc: Location, version_dir: str, unit: int, bu
                 out.skipped_documents.append(str(e))
         for b in sorted(pending):
             flush(b)
+        writing.wait()
     out.seconds = time.perf_counter() - t0
     return out
+
+
+class _OneAtATime:
+    """Calls run on a thread, one at a time: `submit` waits for the previous one (and raises its
+    error), so at most one call's arguments are held beside the caller's."""
+
+    def __enter__(self) -> _OneAtATime:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-write")
+        self.last: Future | None = None
+        return self
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self.last = self.pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        if self.last is not None:
+            last, self.last = self.last, None
+            last.result()
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def _count(out: UnitResult, doc) -> None:

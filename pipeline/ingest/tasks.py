@@ -6,10 +6,15 @@ or every node of a cluster.
 
 `TaskRunner.start` picks: a Ray cluster when `address` (or RAY_ADDRESS) names one; a local Ray
 with `workers` CPUs when `workers` > 1, or when `workers` is None and the input is large enough
-(AUTO_RAY_BYTES) on a machine with more than one core; else this process, without Ray. A task
-that fails with bad input (IngestError) or a storage error (OSError) has its error re-raised here
-as the same exception type with the same message, once the tasks in flight have finished, so
-nothing writes after the caller starts cleaning up (an interrupt cancels them instead).
+(AUTO_RAY_BYTES) on a machine with more than one core; else this process, without Ray. There,
+`map(..., threaded=True)` runs calls on a thread per core (`workers` None; `--workers 1` keeps to
+one) for work that spends its time in Arrow's and numpy's native code, outside the GIL
+(de-duplicating and writing buckets: about 1.1x an ingest of 100 companies on 2 cores, with no
+start-up to pay, where a local Ray's costs 4-6 s). A task that fails with bad input (IngestError)
+or a storage error (OSError) has its error re-raised here as the same exception type with the
+same message, once the tasks in flight have finished, so nothing writes after the caller starts
+cleaning up (an interrupt cancels Ray's tasks; a thread's call is left to finish, queued calls
+are dropped).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from pipeline.ingest.companyfacts import IngestError
 
@@ -25,11 +31,16 @@ AUTO_RAY_BYTES = 256 * 1024 * 1024  # inputs at least this large (uncompressed) 
 
 
 def _guarded(fn: Callable, kwargs: dict, shared: dict | None = None):
+    """_call with Arrow's allocations on the lean pool."""
+    with lean_arrow_memory():
+        return _call(fn, kwargs, shared)
+
+
+def _call(fn: Callable, kwargs: dict, shared: dict | None = None):
     """Run fn(**kwargs, **shared); bad input and storage errors come back as values (a Ray task
     error would carry a remote traceback into the user's one-line message)."""
     try:
-        with lean_arrow_memory():
-            return {"ok": fn(**kwargs, **(shared or {}))}
+        return {"ok": fn(**kwargs, **(shared or {}))}
     except IngestError as e:
         return {"error": "ingest", "args": (e.source, e.detail, e.where)}
     except OSError as e:
@@ -112,9 +123,10 @@ def _node() -> str:
 class TaskRunner:
     """Runs functions over lists of keyword arguments, locally or as Ray tasks."""
 
-    def __init__(self, ray_module=None, owns_ray: bool = False):
+    def __init__(self, ray_module=None, owns_ray: bool = False, threads: int = 1):
         self.ray = ray_module
         self.owns_ray = owns_ray
+        self.threads = threads  # calls at once in this process, for map(..., threaded=True)
 
     @property
     def parallel(self) -> bool:
@@ -126,7 +138,9 @@ class TaskRunner:
         cpus = os.cpu_count() or 1
         if address is None:
             if workers is None:
-                workers = cpus if work_bytes >= AUTO_RAY_BYTES and cpus > 1 else 1
+                if work_bytes < AUTO_RAY_BYTES or cpus == 1:
+                    return cls(threads=cpus)
+                workers = cpus
             if workers <= 1:
                 return cls()
         import ray
@@ -161,17 +175,27 @@ class TaskRunner:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1))) if self.ray else 1
 
     def slots(self) -> int:
-        """How many tasks may run at once on one machine (the most CPUs of any node)."""
+        """How many tasks may run at once on one machine (the most CPUs of any node; in this
+        process, its threads)."""
         if not self.ray:
-            return 1
+            return self.threads
         return max([int(n["Resources"].get("CPU", 1)) for n in self.ray.nodes() if n["Alive"]] or [1])
 
     def map(
-        self, fn: Callable, calls: list[dict], on_result: Callable | None = None, shared: dict | None = None
+        self,
+        fn: Callable,
+        calls: list[dict],
+        on_result: Callable | None = None,
+        shared: dict | None = None,
+        threaded: bool = False,
     ) -> list:
         """fn(**kwargs, **shared) for each kwargs in `calls`; results in call order. `shared`, the
         arguments common to every call, goes into Ray's object store once (not once per task).
-        `on_result(i, result)` is called as each finishes (in completion order)."""
+        `on_result(i, result)` is called as each finishes (in completion order). `threaded`: fn
+        spends its time outside the GIL, so in this process calls may run on `self.threads`
+        threads at once."""
+        if not self.parallel and threaded and self.threads > 1 and len(calls) > 1:
+            return self._map_threads(fn, calls, on_result, shared)
         if not self.parallel:
             results = []
             for i, kwargs in enumerate(calls):
@@ -209,6 +233,23 @@ class TaskRunner:
         except BaseException:  # interrupted (Ctrl-C): stop what runs
             self._cancel(list(pending))
             raise
+        return results
+
+    def _map_threads(self, fn: Callable, calls: list[dict], on_result: Callable | None, shared: dict | None):
+        results: list = [None] * len(calls)
+        # The lean pool for all the threads at once: swapping Arrow's process-wide default pool
+        # per call would race between them.
+        with lean_arrow_memory(), ThreadPoolExecutor(self.threads, thread_name_prefix="ingest") as pool:
+            futures = {pool.submit(_call, fn, kwargs, shared): i for i, kwargs in enumerate(calls)}
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = _reraise(future.result())
+                    if on_result:
+                        on_result(i, results[i])
+            except BaseException:  # a call failed or Ctrl-C: the queued calls are dropped, the
+                pool.shutdown(cancel_futures=True)  # running ones finish before the caller cleans up
+                raise
         return results
 
     def _cancel(self, refs: list) -> None:

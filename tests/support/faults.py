@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import errno
 import shutil
+import threading
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -25,14 +26,16 @@ class ByteBudget:
         self.limit = limit  # float("inf"): never fail, just count
         self.written = 0
         self.tripped = False
+        self._lock = threading.Lock()  # ingest writes from several threads at once
 
     def take(self, n: int) -> int:
         """Bytes of an n-byte write that may go through; trips (and the caller raises) past the budget."""
-        room = max(0, int(min(self.limit - self.written, n)))
-        self.written += room
-        if room < n:
-            self.tripped = True
-        return room
+        with self._lock:
+            room = max(0, int(min(self.limit - self.written, n)))
+            self.written += room
+            if room < n:
+                self.tripped = True
+            return room
 
     def error(self) -> OSError:
         return OSError(errno.ENOSPC, f"injected fault: no space left after {self.written} bytes")
