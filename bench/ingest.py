@@ -106,11 +106,14 @@ def _alternated(modes: tuple, rounds: int, zip_path: str, store: str) -> dict:
     for _ in range(rounds):
         for mode in modes:
             done[mode].append(_fresh_run(mode, zip_path, f"{store}-{mode}"))
-    out = {}
-    for mode, results in done.items():
-        ranked = sorted(results, key=lambda r: r["facts_per_s"])
-        out[mode] = {**ranked[(len(ranked) - 1) // 2], "rounds": [r["facts_per_s"] for r in results]}
-    return out
+    return {mode: _median(results, "facts_per_s") for mode, results in done.items()}
+
+
+def _median(results: list[dict], key: str) -> dict:
+    """The run with the median `key` (the lower one of an even count), its "rounds" listing every
+    run's `key` in run order."""
+    ranked = sorted(results, key=lambda r: r[key])
+    return {**ranked[(len(ranked) - 1) // 2], "rounds": [r[key] for r in results]}
 
 
 def measured_run(mode: str, zip_path: str, store: str) -> dict:
@@ -177,8 +180,7 @@ def _appends(rounds: int, zip_path: str, store: str) -> dict:
             done.append(measured_run("append", zip_path, copy))
         finally:
             shutil.rmtree(copy, ignore_errors=True)
-    ranked = sorted(done, key=lambda r: r["seconds"])
-    return {**ranked[(len(ranked) - 1) // 2], "rounds": [r["seconds"] for r in done]}
+    return _median(done, "seconds")
 
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict:
